@@ -1,0 +1,2 @@
+def main() -> None:
+    raise SystemExit("the CLI arrives with the socket issue")

@@ -1,0 +1,70 @@
+"""Sortable ids and claim tokens.
+
+Ids are ``<prefix>_`` + 26 Crockford base32 characters: 48 bits of milliseconds then 80 bits
+that start random and count up within the same millisecond, so ids sort by creation order
+(the ULID scheme). Claim tokens are 32 random bytes, base64url, prefixed ``rl_claim_``; only
+``sha256:<hex>`` of a token is ever stored on a run or shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from collections.abc import Callable
+from typing import Final
+
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+CLAIM_TOKEN_PREFIX: Final = "rl_claim_"
+SESSION_TOKEN_PREFIX: Final = "rl_session_"
+_RANDOM_BITS: Final = 80
+
+
+def _encode_base32(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+class IdGenerator:
+    """Monotonic, sortable ids. ``random_bytes`` is injectable so tests are reproducible."""
+
+    def __init__(self, random_bytes: Callable[[int], bytes] = os.urandom) -> None:
+        self._random_bytes = random_bytes
+        self._last_ms = -1
+        self._last_rand = 0
+
+    def _next_value(self, now: float) -> int:
+        ms = max(int(now * 1000), self._last_ms)
+        if ms == self._last_ms:
+            self._last_rand += 1
+            if self._last_rand >= 1 << _RANDOM_BITS:  # vanishingly rare: borrow the next ms
+                ms += 1
+                self._last_rand = int.from_bytes(self._random_bytes(10), "big") >> 1
+        else:
+            # Keep the top bit clear so increments within a millisecond cannot overflow.
+            self._last_rand = int.from_bytes(self._random_bytes(10), "big") >> 1
+        self._last_ms = ms
+        return (ms << _RANDOM_BITS) | self._last_rand
+
+    def new(self, prefix: str, now: float) -> str:
+        return f"{prefix}_{_encode_base32(self._next_value(now), 26)}"
+
+
+def new_secret_token(prefix: str, random_bytes: Callable[[int], bytes] = os.urandom) -> str:
+    raw = base64.urlsafe_b64encode(random_bytes(32)).rstrip(b"=").decode("ascii")
+    return prefix + raw
+
+
+def hash_token(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def token_matches(token: str, stored_hash: str | None) -> bool:
+    """Constant-time comparison of a token against its stored hash."""
+    if stored_hash is None:
+        return False
+    return hmac.compare_digest(hash_token(token), stored_hash)

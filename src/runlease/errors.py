@@ -1,0 +1,132 @@
+"""The small, flat set of errors runlease raises.
+
+Every error carries a stable machine-readable ``code`` and a message a person can act on.
+The classes split errors by who is at fault, and each class maps to one CLI exit code:
+
+====================  =====  ============================================================
+class                 exit   meaning
+====================  =====  ============================================================
+InternalError         1      a bug or an unexpected failure inside runlease
+UsageError            2      the command line itself is wrong (CLI only)
+InvalidInput          3      the request is malformed, too large, or not allowed now
+NotFound              4      the named thing does not exist, or nothing is claimable
+LeaseRefused          5      the session may not do this to that lease (AUTONOMY_* codes)
+Unavailable           6      the runtime is not serving (closed, recovering, unreachable)
+====================  =====  ============================================================
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+# Lease refusals: the five reason codes of the reference contract, plus SESSION_STOPPED.
+AUTONOMY_SESSION_REQUIRED: Final = "AUTONOMY_SESSION_REQUIRED"
+AUTONOMY_NO_ACTIVE_LEASE: Final = "AUTONOMY_NO_ACTIVE_LEASE"
+AUTONOMY_FOREIGN_RUN: Final = "AUTONOMY_FOREIGN_RUN"
+AUTONOMY_LEASE_EXPIRED: Final = "AUTONOMY_LEASE_EXPIRED"
+AUTONOMY_LEASE_ALREADY_HELD: Final = "AUTONOMY_LEASE_ALREADY_HELD"
+SESSION_STOPPED: Final = "SESSION_STOPPED"
+
+# Caller mistakes.
+INVALID_INPUT: Final = "INVALID_INPUT"
+PAYLOAD_TOO_LARGE: Final = "PAYLOAD_TOO_LARGE"
+INVALID_TRANSITION: Final = "INVALID_TRANSITION"
+
+# Missing things.
+TASK_NOT_FOUND: Final = "TASK_NOT_FOUND"
+RUN_NOT_FOUND: Final = "RUN_NOT_FOUND"
+SESSION_NOT_FOUND: Final = "SESSION_NOT_FOUND"
+NO_CLAIMABLE_RUN: Final = "NO_CLAIMABLE_RUN"
+
+# Runtime availability and bugs.
+RUNTIME_CLOSED: Final = "RUNTIME_CLOSED"
+RECOVERING: Final = "RECOVERING"
+SERVER_UNAVAILABLE: Final = "SERVER_UNAVAILABLE"
+STORAGE_FAILED: Final = "STORAGE_FAILED"
+INTERNAL: Final = "INTERNAL"
+
+
+class RunleaseError(Exception):
+    """Base class: ``code`` is stable across releases, ``message`` is for people."""
+
+    exit_code: ClassVar[int] = 1
+    default_code: ClassVar[str] = INTERNAL
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code: str = code or self.default_code
+        self.message: str = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.message, self.code))
+
+
+def _rebuild(cls: type[RunleaseError], message: str, code: str) -> RunleaseError:
+    return cls(message, code=code)
+
+
+class InternalError(RunleaseError):
+    exit_code = 1
+    default_code = INTERNAL
+
+
+class UsageError(RunleaseError):
+    exit_code = 2
+    default_code = "USAGE"
+
+
+class InvalidInput(RunleaseError):
+    exit_code = 3
+    default_code = INVALID_INPUT
+
+
+class NotFound(RunleaseError):
+    exit_code = 4
+    default_code = TASK_NOT_FOUND
+
+
+class LeaseRefused(RunleaseError):
+    exit_code = 5
+    default_code = AUTONOMY_NO_ACTIVE_LEASE
+
+
+class Unavailable(RunleaseError):
+    exit_code = 6
+    default_code = RUNTIME_CLOSED
+
+
+_CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
+    AUTONOMY_SESSION_REQUIRED: LeaseRefused,
+    AUTONOMY_NO_ACTIVE_LEASE: LeaseRefused,
+    AUTONOMY_FOREIGN_RUN: LeaseRefused,
+    AUTONOMY_LEASE_EXPIRED: LeaseRefused,
+    AUTONOMY_LEASE_ALREADY_HELD: LeaseRefused,
+    SESSION_STOPPED: LeaseRefused,
+    INVALID_INPUT: InvalidInput,
+    PAYLOAD_TOO_LARGE: InvalidInput,
+    INVALID_TRANSITION: InvalidInput,
+    TASK_NOT_FOUND: NotFound,
+    RUN_NOT_FOUND: NotFound,
+    SESSION_NOT_FOUND: NotFound,
+    NO_CLAIMABLE_RUN: NotFound,
+    RUNTIME_CLOSED: Unavailable,
+    RECOVERING: Unavailable,
+    SERVER_UNAVAILABLE: Unavailable,
+    STORAGE_FAILED: Unavailable,
+    INTERNAL: InternalError,
+}
+
+
+def error_for_code(code: str, message: str) -> RunleaseError:
+    """Rebuild the right error class from a code, e.g. one received over the socket."""
+    return _CLASS_BY_CODE.get(code, InternalError)(message, code=code)
+
+
+def exit_code_for(code: str) -> int:
+    return _CLASS_BY_CODE.get(code, InternalError).exit_code
