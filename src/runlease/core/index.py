@@ -80,7 +80,7 @@ class ClaimIndex:
 
     def peek(self, *, workspace_id: str | None, offered: frozenset[str]) -> str | None:
         best = self._best(workspace_id, offered)
-        return None if best is None else str(best[1][0][_RUN_ID])
+        return None if best is None else str(best[0][_RUN_ID])
 
     def take(self, *, workspace_id: str | None, offered: frozenset[str]) -> str | None:
         """Remove and return the best run this claimer may take, or None."""
