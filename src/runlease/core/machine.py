@@ -13,7 +13,7 @@ claim's own error in ``Outcome.error``. The shell journals such an outcome like 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -44,6 +44,7 @@ from runlease.core.model import (
     MAX_DESCRIPTION_CHARS,
     MAX_MAX_ATTEMPTS,
     MAX_METADATA_BYTES,
+    MAX_REASON_CHARS,
     MAX_RESULT_BYTES,
     MAX_TITLE_CHARS,
     PRIORITY_RANK,
@@ -195,6 +196,45 @@ class Machine:
         """Only for tests that prove the token never escapes; not used by the runtime."""
         return self._tokens.get(run_id)
 
+    # -------------------------------------------------------------------- snapshots
+    def live_tokens(self) -> dict[str, str]:
+        """A copy of the raw claim tokens of live leases, by run id, for the snapshot codec.
+
+        Snapshots must carry them so a restored lease still accepts its holder; nothing
+        else may read them.
+        """
+        return dict(self._tokens)
+
+    @classmethod
+    def restore(
+        cls,
+        *,
+        tasks: Iterable[Task],
+        runs: Iterable[Run],
+        sessions: Iterable[Session],
+        tokens: dict[str, str],
+        last_seq: int,
+    ) -> Machine:
+        """Rebuild a machine from its records (a decoded snapshot); the records are adopted.
+
+        Derived state is recomputed: ``children`` in session order (the order they were
+        opened in), and the claim index from the queued runs through ``_index``, so claims
+        come out in exactly the order the original machine would hand them out.
+        """
+        machine = cls()
+        machine.tasks = {task.id: task for task in tasks}
+        machine.runs = {run.id: run for run in runs}
+        machine.sessions = {session.id: session for session in sessions}
+        for session in machine.sessions.values():
+            if session.parent_id is not None:
+                machine.children.setdefault(session.parent_id, []).append(session.id)
+        for run in machine.runs.values():
+            if run.status == "queued":
+                machine._index(machine.tasks[run.task_id], run)
+        machine._tokens = dict(tokens)
+        machine.last_seq = last_seq
+        return machine
+
     # ----------------------------------------------------------------- tasks, runs
     def _create_task(self, cmd: CreateTask) -> Outcome:
         if cmd.task_id in self.tasks:
@@ -343,9 +383,7 @@ class Machine:
             data={"agent": agent, "parent_id": cmd.parent_id, "ttl_deadline": ttl_deadline},
         )
         deadlines = [] if ttl_deadline is None else [(ttl_deadline, SESSION_DEADLINE, session.id)]
-        return Outcome(
-            reply=msgspec.structs.replace(session), events=[event], deadlines=deadlines
-        )
+        return Outcome(reply=msgspec.structs.replace(session), events=[event], deadlines=deadlines)
 
     def _stop_session(self, cmd: StopSession) -> Outcome:
         session = self.get_session(cmd.session_id)
@@ -374,9 +412,7 @@ class Machine:
         queued = self._drop_session_lease(session, cmd.reason, cmd.now, events, reply)
         return Outcome(reply=reply, events=events, queued=queued)
 
-    def _stop_tree(
-        self, root: Session, stop_reason: str, lease_reason: str, now: float
-    ) -> Outcome:
+    def _stop_tree(self, root: Session, stop_reason: str, lease_reason: str, now: float) -> Outcome:
         """Stop a session and, depth first, its live auto-stopping descendants."""
         reply = SessionReleased(session_id=root.id, reason=lease_reason)
         events: list[Event] = []
@@ -392,7 +428,9 @@ class Machine:
             session.stop_reason = why_stop
             reply.stopped_session_ids.append(session.id)
             events.append(
-                self._event("session_stopped", now, session_id=session.id, data={"reason": why_stop})
+                self._event(
+                    "session_stopped", now, session_id=session.id, data={"reason": why_stop}
+                )
             )
             for child_id in self.children.get(session.id, ()):
                 child = self.sessions[child_id]
@@ -522,7 +560,9 @@ class Machine:
             queued=queued,
         )
 
-    def _resolve_lease(self, session_id: str | None, run_id: str, now: float) -> tuple[Session, Run]:
+    def _resolve_lease(
+        self, session_id: str | None, run_id: str, now: float
+    ) -> tuple[Session, Run]:
         """Find the lease a session holds on a run, or say exactly why it does not."""
         session = self._live_session(session_id)
         if session.lease_run_id is None:
@@ -638,7 +678,7 @@ class Machine:
         return Outcome(reply=snapshot_run(run), events=[event], queued=True)
 
     def _block(self, cmd: BlockRun) -> Outcome:
-        reason = validate.text(cmd.reason, "reason", max_chars=validate.MAX_REASON_CHARS)
+        reason = validate.text(cmd.reason, "reason", max_chars=MAX_REASON_CHARS)
         session, run = self._resolve_lease(cmd.session_id, cmd.run_id, cmd.now)
         self._end_lease(run, session)
         run.status = "needs_attention"
@@ -661,7 +701,7 @@ class Machine:
         assert run.lease_until is not None
         if run.lease_until > cmd.now:
             return Outcome()  # renewed since this deadline was scheduled
-        reason = validate.text(cmd.reason, "reason", max_chars=validate.MAX_REASON_CHARS)
+        reason = validate.text(cmd.reason, "reason", max_chars=MAX_REASON_CHARS)
         return self._expire(run, reason, cmd.now)
 
     def _expire(self, run: Run, reason: str, now: float) -> Outcome:
@@ -693,8 +733,12 @@ class Machine:
             task_id=run.task_id,
             run_id=run.id,
             session_id=session.id,
-            data={**previous, "reason": reason, "recovery_count": run.recovery_count,
-                  "outcome": outcome},
+            data={
+                **previous,
+                "reason": reason,
+                "recovery_count": run.recovery_count,
+                "outcome": outcome,
+            },
         )
         return Outcome(reply=snapshot_run(run), events=[event], queued=queued)
 
@@ -761,4 +805,3 @@ class Machine:
             current = self.runs.get(task.current_run_id) if task.current_run_id else None
             assert task.status == derive_task_status(task, current), f"status of {task.id}"
         assert len(self.index) == sum(1 for r in self.runs.values() if r.status == "queued")
-

@@ -138,4 +138,3 @@ def copy_payload(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return _decoder.decode(_encoder.encode(value))
-

@@ -1,0 +1,237 @@
+"""The trio shells of the three actors: scheduler, per-task actors, lease clock.
+
+All of them drive one pure :class:`~runlease.core.machine.Machine`; what they add is who
+handles which message, in what order, and when replies are released.
+
+- The scheduler owns the claimable index, sessions and the queue of waiting claimers. It
+  handles claims and session commands, draining its mailbox in batches.
+- A task actor serialises the run-scoped commands of one task (heartbeat, complete, fail,
+  release, block, lease expiry). Task actors are virtual: one is spawned when a message for
+  its task arrives and exits as soon as its mailbox is empty, so a million idle tasks cost
+  no trio task and no mailbox, only their records in the machine.
+- The lease clock sleeps until the earliest lease or session-TTL deadline and sends the
+  expiry to the owning actor at that moment (no periodic sweep).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import msgspec
+import trio
+
+from runlease.actors.lease_clock import DeadlineHeap
+from runlease.actors.scheduler import WaiterQueue
+from runlease.core.commands import (
+    RUN_SCOPED,
+    AnyCommand,
+    ClaimNext,
+    ExpireLease,
+    ExpireSession,
+)
+from runlease.core.machine import LEASE_DEADLINE, Machine, Outcome
+from runlease.core.model import LEASED_RUN_STATUSES
+from runlease.errors import NO_CLAIMABLE_RUN, InternalError, RunleaseError
+from runlease.runtime.clock import RuntimeClock
+from runlease.runtime.commit import Committer
+from runlease.runtime.requests import Request
+
+log = logging.getLogger("runlease")
+
+SCHEDULER_MAILBOX_SIZE = 4096
+TASK_MAILBOX_SIZE = 64
+
+
+class WorkAvailable(msgspec.Struct, tag="work_available"):
+    """Tells the scheduler that a run entered the queue, so waiters should try again."""
+
+
+SchedulerMessage = Request | WorkAvailable
+# Commands a task actor handles: everything that acts on one run of its task.
+_TASK_OWNED = (*RUN_SCOPED, ExpireLease)
+
+
+class ActorSystem:
+    """The actors of one runtime and the state they share: the machine and the clock."""
+
+    def __init__(self, machine: Machine, clock: RuntimeClock, committer: Committer) -> None:
+        self.machine = machine
+        self.clock = clock
+        self.committer = committer
+        self.deadlines = DeadlineHeap()
+        self.waiters: WaiterQueue[Request] = WaiterQueue()
+        self._scheduler_send, self._scheduler_receive = trio.open_memory_channel[SchedulerMessage](
+            SCHEDULER_MAILBOX_SIZE
+        )
+        self._task_mailboxes: dict[str, trio.MemorySendChannel[Request]] = {}
+        self._clock_wake = trio.Event()
+        self._work_pending = False
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def active_task_actors(self) -> int:
+        return len(self._task_mailboxes)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._run_scheduler)
+            nursery.start_soon(self._run_lease_clock)
+            task_status.started()
+
+    # ------------------------------------------------------------------ routing
+    async def send(self, request: Request) -> None:
+        """Deliver a request to the actor that owns its command."""
+        command = request.command
+        if isinstance(command, _TASK_OWNED):
+            run = self.machine.runs.get(command.run_id)
+            if run is not None:
+                await self._send_to_task(run.task_id, request)
+                return
+        await self._scheduler_send.send(request)
+
+    async def _send_to_task(self, task_id: str, request: Request) -> None:
+        mailbox = self._task_mailboxes.get(task_id)
+        if mailbox is None:
+            assert self._nursery is not None, "actor system is not running"
+            mailbox, receive = trio.open_memory_channel[Request](TASK_MAILBOX_SIZE)
+            self._task_mailboxes[task_id] = mailbox
+            self._nursery.start_soon(self._run_task_actor, task_id, receive)
+        try:
+            mailbox.send_nowait(request)
+        except trio.WouldBlock:
+            # Full means busy, and a busy actor does not exit, so waiting here is safe.
+            await mailbox.send(request)
+
+    # --------------------------------------------------------------- execution
+    def _execute(self, request: Request) -> Outcome | None:
+        """Apply one command now; route its outcome to the committer. None on refusal."""
+        command = request.command
+        command.now = self.clock.now()
+        try:
+            outcome = self.machine.apply(command)
+        except RunleaseError as exc:
+            request.resolve(None, exc)
+            return None
+        except Exception:
+            log.exception("internal error applying %s", type(command).__name__)
+            request.resolve(None, InternalError(f"internal error in {type(command).__name__}"))
+            return None
+        request.assigned = True
+        self._after_apply(request, command, outcome)
+        return outcome
+
+    def _after_apply(self, request: Request, command: AnyCommand, outcome: Outcome) -> None:
+        for deadline in outcome.deadlines:
+            if self.deadlines.push(deadline):
+                self._clock_wake.set()
+        if outcome.events:
+            self.committer.submit(request, command, outcome)
+        else:
+            # Nothing changed, so there is nothing to make durable.
+            request.resolve(outcome.reply, outcome.error)
+        if outcome.queued:
+            self._work_pending = True
+            # If the mailbox is full the scheduler is busy and checks _work_pending anyway.
+            with contextlib.suppress(trio.WouldBlock):
+                self._scheduler_send.send_nowait(WorkAvailable())
+
+    # --------------------------------------------------------------- scheduler
+    async def _run_scheduler(self) -> None:
+        receive = self._scheduler_receive
+        while True:
+            message = await receive.receive()
+            self._handle_scheduler_message(message)
+            # Drain whatever else is queued before yielding, so claims batch up.
+            while True:
+                try:
+                    message = receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                self._handle_scheduler_message(message)
+            if self._work_pending:
+                self._serve_waiters()
+
+    def _handle_scheduler_message(self, message: SchedulerMessage) -> None:
+        if isinstance(message, WorkAvailable):
+            self._work_pending = True
+            return
+        if isinstance(message.command, ClaimNext) and message.wait:
+            if not self._try_claim_for(message):
+                self.waiters.park(message)
+            return
+        self._execute(message)
+
+    def _try_claim_for(self, request: Request) -> bool:
+        """One claim attempt for a waiting claimer; True once it is settled."""
+        command = request.command
+        command.now = self.clock.now()
+        try:
+            outcome = self.machine.apply(command)
+        except RunleaseError as exc:
+            if exc.code == NO_CLAIMABLE_RUN:
+                return False
+            request.resolve(None, exc)
+            return True
+        if outcome.error is not None and outcome.error.code == NO_CLAIMABLE_RUN:
+            # The claim expired the session's stale lease but found nothing: record the
+            # expiry (it is journaled without a caller) and keep waiting.
+            self._after_apply(Request(command), command, outcome)
+            return False
+        request.assigned = True
+        self._after_apply(request, command, outcome)
+        return True
+
+    def _serve_waiters(self) -> None:
+        self._work_pending = False
+        index = self.machine.index
+        self.waiters.serve(self._try_claim_for, lambda: len(index) > 0)
+
+    # ------------------------------------------------------------- task actors
+    async def _run_task_actor(
+        self, task_id: str, receive: trio.MemoryReceiveChannel[Request]
+    ) -> None:
+        handled = 0
+        while True:
+            try:
+                request = receive.receive_nowait()
+            except trio.WouldBlock:
+                # Deactivate: the task goes back to being a plain record in the machine.
+                del self._task_mailboxes[task_id]
+                return
+            self._execute(request)
+            handled += 1
+            if handled % 32 == 0:
+                await trio.lowlevel.checkpoint()  # a busy task must not starve the others
+
+    # -------------------------------------------------------------- lease clock
+    async def _run_lease_clock(self) -> None:
+        while True:
+            self._clock_wake = wake = trio.Event()
+            upcoming = self.deadlines.next_deadline()
+            if upcoming is None:
+                await wake.wait()
+            else:
+                with trio.move_on_at(self.clock.trio_time_of(upcoming)):
+                    await wake.wait()
+            for at, kind, key in self.deadlines.pop_due(self.clock.now()):
+                if kind == LEASE_DEADLINE:
+                    run = self.machine.runs.get(key)
+                    if (
+                        run is not None
+                        and run.status in LEASED_RUN_STATUSES
+                        and run.lease_until is not None
+                        and run.lease_until <= at
+                    ):
+                        await self.send(Request(ExpireLease(now=0.0, run_id=key)))
+                else:
+                    session = self.machine.sessions.get(key)
+                    if session is not None and session.state == "live":
+                        await self.send(Request(ExpireSession(now=0.0, session_id=key)))
+
+    # ------------------------------------------------------------------- close
+    def fail_waiters(self, error: RunleaseError) -> None:
+        for request in self.waiters.drain():
+            request.resolve(None, error)

@@ -1,0 +1,467 @@
+"""The embedded API: ``async with open_runtime() as rt`` and the session handle."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import trio
+
+from runlease.core.commands import (
+    AnyCommand,
+    BlockRun,
+    ClaimNext,
+    CompleteRun,
+    CreateTask,
+    FailRun,
+    HeartbeatRun,
+    OpenSession,
+    ReleaseRun,
+    ReleaseSessionLeases,
+    StartTask,
+    StopSession,
+)
+from runlease.core.ids import CLAIM_TOKEN_PREFIX, IdGenerator, new_secret_token
+from runlease.core.machine import Machine, Outcome, snapshot_run, snapshot_task
+from runlease.core.model import (
+    Claim,
+    Event,
+    Heartbeat,
+    Priority,
+    Run,
+    Scope,
+    Session,
+    SessionReleased,
+    Task,
+    TaskStatus,
+)
+from runlease.errors import (
+    NO_CLAIMABLE_RUN,
+    RUNTIME_CLOSED,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
+from runlease.runtime.actors import ActorSystem
+from runlease.runtime.clock import RuntimeClock
+from runlease.runtime.commit import Committer, MemoryCommitter
+from runlease.runtime.events import EventFeed
+from runlease.runtime.requests import Request
+
+DEFAULT_EVENT_CAPACITY = 10_000
+
+
+class RuntimeStatus(msgspec.Struct, kw_only=True, tag="status"):
+    tasks: int
+    queued_runs: int
+    leased_runs: int
+    live_sessions: int
+    waiting_claimers: int
+    active_task_actors: int
+    last_event_seq: int
+    durability: str
+    recovered: bool = True
+
+
+class Runtime:
+    """One lease runtime. Create it with :func:`open_runtime`; all methods are trio-native.
+
+    Writes go through the actors and return once acknowledged (durable when a journal is
+    configured). Reads return copies of the current in-memory state without a round trip.
+    """
+
+    def __init__(
+        self,
+        machine: Machine,
+        clock: RuntimeClock,
+        *,
+        event_capacity: int = DEFAULT_EVENT_CAPACITY,
+        durability: str = "memory",
+    ) -> None:
+        self._machine = machine
+        self._clock = clock
+        self._ids = IdGenerator()
+        self._feed = EventFeed(event_capacity)
+        self._committer: Committer = MemoryCommitter(self._acknowledge)
+        self._system = ActorSystem(machine, clock, self._committer)
+        self._inflight: set[Request] = set()
+        self._closed = False
+        self.durability = durability
+
+    def use_committer(self, committer: Committer) -> None:
+        """Swap in a durable committer before the runtime starts serving."""
+        self._committer = committer
+        self._system.committer = committer
+
+    def _acknowledge(self, request: Request | None, outcome: Outcome) -> None:
+        if outcome.events:
+            self._feed.publish(outcome.events)
+        if request is not None:
+            request.resolve(outcome.reply, outcome.error)
+
+    # ----------------------------------------------------------------- plumbing
+    def _new_id(self, prefix: str) -> str:
+        return self._ids.new(prefix, self._clock.now())
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Unavailable("the runtime is closed", code=RUNTIME_CLOSED)
+
+    async def _call(self, command: AnyCommand) -> Any:
+        self._check_open()
+        request = Request(command)
+        self._inflight.add(request)
+        try:
+            await self._system.send(request)
+            await request.done.wait()
+        finally:
+            self._inflight.discard(request)
+        return request.result()
+
+    # -------------------------------------------------------------------- tasks
+    async def create_task(
+        self,
+        title: str,
+        *,
+        description: str = "",
+        priority: Priority = "medium",
+        workspace: str | None = None,
+        scope: Scope | None = None,
+        max_attempts: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        capabilities: Iterable[str] = (),
+        start: bool = False,
+    ) -> Task:
+        """Create a task; with ``start=True`` also enqueue its first run."""
+        command = CreateTask(
+            now=0.0,
+            task_id=self._new_id("tsk"),
+            title=title,
+            description=description,
+            priority=priority,
+            scope=scope,
+            workspace_id=workspace,
+            max_attempts=max_attempts,
+            metadata=metadata,
+            required_capabilities=_string_list(capabilities, "capabilities"),
+            start_run_id=self._new_id("run") if start else None,
+        )
+        task: Task = await self._call(command)
+        return task
+
+    async def start(self, task_id: str) -> Run:
+        """Enqueue a new run of a task (its next attempt)."""
+        run: Run = await self._call(StartTask(now=0.0, task_id=task_id, run_id=self._new_id("run")))
+        return run
+
+    def get_task(self, task_id: str) -> Task:
+        return snapshot_task(self._machine.get_task(task_id))
+
+    def get_run(self, run_id: str) -> Run:
+        return snapshot_run(self._machine.get_run(run_id))
+
+    def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        workspace: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
+        """Tasks in creation order, optionally filtered; page with ``after`` and ``limit``."""
+        if limit is not None and limit < 0:
+            raise InvalidInput("limit must be zero or positive")
+        out: list[Task] = []
+        seen_after = after is None
+        for task in self._machine.tasks.values():
+            if not seen_after:
+                seen_after = task.id == after
+                continue
+            if status is not None and task.status != status:
+                continue
+            if workspace is not None and task.workspace_id != workspace:
+                continue
+            if limit is not None and len(out) >= limit:
+                break
+            out.append(snapshot_task(task))
+        return out
+
+    def runs_of(self, task_id: str) -> list[Run]:
+        """Every run of a task, oldest first (follows previous_run_id back from the current)."""
+        task = self._machine.get_task(task_id)
+        chain: list[Run] = []
+        run_id = task.current_run_id
+        while run_id is not None:
+            run = self._machine.runs[run_id]
+            chain.append(snapshot_run(run))
+            run_id = run.previous_run_id
+        chain.reverse()
+        return chain
+
+    # ----------------------------------------------------------------- sessions
+    async def open_session(
+        self,
+        *,
+        agent: str = "agent",
+        parent: str | None = None,
+        ttl: float | None = None,
+        capabilities: Iterable[str] = (),
+        auto_stop_on_parent: bool = True,
+    ) -> SessionHandle:
+        session: Session = await self._call(
+            OpenSession(
+                now=0.0,
+                session_id=self._new_id("ses"),
+                agent=agent,
+                parent_id=parent,
+                ttl_seconds=ttl,
+                auto_stop_on_parent=auto_stop_on_parent,
+                capabilities=_string_list(capabilities, "capabilities"),
+            )
+        )
+        return SessionHandle(self, session.id)
+
+    def session(self, session_id: str) -> SessionHandle:
+        """A handle for an existing session (raises SESSION_NOT_FOUND if there is none)."""
+        self._machine.get_session(session_id)
+        return SessionHandle(self, session_id)
+
+    def get_session(self, session_id: str) -> Session:
+        return msgspec.structs.replace(self._machine.get_session(session_id))
+
+    def list_sessions(self, *, live_only: bool = False) -> list[Session]:
+        return [
+            msgspec.structs.replace(s)
+            for s in self._machine.sessions.values()
+            if not live_only or s.state == "live"
+        ]
+
+    async def stop_session(self, session_id: str, *, reason: str | None = None) -> SessionReleased:
+        """Stop a session: release its lease and stop its auto-stopping children."""
+        result: SessionReleased = await self._call(
+            StopSession(now=0.0, session_id=session_id, reason=reason)
+        )
+        return result
+
+    async def release_session_leases(self, session_id: str, *, reason: str) -> SessionReleased:
+        """Put a session's leased run back in the queue without stopping the session."""
+        result: SessionReleased = await self._call(
+            ReleaseSessionLeases(now=0.0, session_id=session_id, reason=reason)
+        )
+        return result
+
+    # ------------------------------------------------------------------- leases
+    async def claim_next(
+        self,
+        session_id: str | None,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+    ) -> Claim:
+        """Claim the best queued run this session may take.
+
+        With ``wait=True`` the claimer parks until an enqueue makes work available (FIFO
+        among waiters) or ``timeout`` seconds pass, then raises NO_CLAIMABLE_RUN.
+        """
+        self._check_open()
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or math.isnan(timeout)
+            or timeout < 0
+        ):
+            raise InvalidInput(f"timeout must be zero or positive seconds, got {timeout!r}")
+        command = ClaimNext(
+            now=0.0,
+            session_id=session_id,
+            claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
+            lease_seconds=lease_seconds,
+            workspace_id=workspace,
+        )
+        request = Request(command, wait=wait)
+        self._inflight.add(request)
+        try:
+            await self._system.send(request)
+            with trio.move_on_after(math.inf if timeout is None else timeout):
+                await request.done.wait()
+            if not request.done.is_set():
+                if not request.assigned:
+                    request.abandoned = True
+                    raise NotFound(
+                        f"no claimable run arrived within {timeout} seconds",
+                        code=NO_CLAIMABLE_RUN,
+                    )
+                # The claim was made as the timeout fired: it must still reach the caller.
+                with trio.CancelScope(shield=True):
+                    await request.done.wait()
+        finally:
+            if not request.done.is_set() and not request.assigned:
+                request.abandoned = True
+            self._inflight.discard(request)
+        claim: Claim = request.result()
+        return claim
+
+    async def heartbeat(
+        self, session_id: str | None, run_id: str, *, lease_seconds: float | None = None
+    ) -> Heartbeat:
+        result: Heartbeat = await self._call(
+            HeartbeatRun(now=0.0, session_id=session_id, run_id=run_id, lease_seconds=lease_seconds)
+        )
+        return result
+
+    async def complete(self, session_id: str | None, run_id: str, *, result: Any = None) -> Run:
+        run: Run = await self._call(
+            CompleteRun(now=0.0, session_id=session_id, run_id=run_id, result=result)
+        )
+        return run
+
+    async def fail(
+        self,
+        session_id: str | None,
+        run_id: str,
+        *,
+        error: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> Run:
+        run: Run = await self._call(
+            FailRun(now=0.0, session_id=session_id, run_id=run_id, error=error, metadata=metadata)
+        )
+        return run
+
+    async def release(
+        self, session_id: str | None, run_id: str, *, reason: str | None = None
+    ) -> Run:
+        run: Run = await self._call(
+            ReleaseRun(now=0.0, session_id=session_id, run_id=run_id, reason=reason)
+        )
+        return run
+
+    async def block(self, session_id: str | None, run_id: str, *, reason: str) -> Run:
+        run: Run = await self._call(
+            BlockRun(now=0.0, session_id=session_id, run_id=run_id, reason=reason)
+        )
+        return run
+
+    # ------------------------------------------------------------------- events
+    def events(self, *, after_seq: int = 0, task_id: str | None = None) -> list[Event]:
+        """Recent acknowledged events (a bounded buffer), oldest first."""
+        return self._feed.recent(after_seq=after_seq, task_id=task_id)
+
+    def follow_events(
+        self, *, after_seq: int = 0, task_id: str | None = None
+    ) -> AsyncIterator[Event]:
+        """Buffered events after ``after_seq``, then new ones as they are acknowledged."""
+        return self._feed.follow(after_seq=after_seq, task_id=task_id)
+
+    def status(self) -> RuntimeStatus:
+        machine = self._machine
+        return RuntimeStatus(
+            tasks=len(machine.tasks),
+            queued_runs=len(machine.index),
+            leased_runs=sum(1 for _ in machine.leased_runs()),
+            live_sessions=sum(1 for s in machine.sessions.values() if s.state == "live"),
+            waiting_claimers=len(self._system.waiters),
+            active_task_actors=self._system.active_task_actors,
+            last_event_seq=machine.last_seq,
+            durability=self.durability,
+        )
+
+    # -------------------------------------------------------------------- close
+    async def _serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await self._system.run(task_status=task_status)
+
+    def _close(self) -> None:
+        self._closed = True
+        error = Unavailable("the runtime closed before answering", code=RUNTIME_CLOSED)
+        self._system.fail_waiters(error)
+        for request in list(self._inflight):
+            if not request.done.is_set():
+                request.resolve(None, error)
+        self._feed.close()
+
+
+class SessionHandle:
+    """What an agent holds: its session id and the lease operations bound to it."""
+
+    def __init__(self, runtime: Runtime, session_id: str) -> None:
+        self._runtime = runtime
+        self.id = session_id
+
+    def __repr__(self) -> str:
+        return f"SessionHandle(id={self.id!r})"
+
+    def info(self) -> Session:
+        return self._runtime.get_session(self.id)
+
+    async def claim_next(
+        self,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+    ) -> Claim:
+        return await self._runtime.claim_next(
+            self.id, wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+        )
+
+    async def heartbeat(self, run_id: str, *, lease_seconds: float | None = None) -> Heartbeat:
+        return await self._runtime.heartbeat(self.id, run_id, lease_seconds=lease_seconds)
+
+    async def complete(self, run_id: str, *, result: Any = None) -> Run:
+        return await self._runtime.complete(self.id, run_id, result=result)
+
+    async def fail(self, run_id: str, *, error: str, metadata: dict[str, Any] | None = None) -> Run:
+        return await self._runtime.fail(self.id, run_id, error=error, metadata=metadata)
+
+    async def release(self, run_id: str, *, reason: str | None = None) -> Run:
+        return await self._runtime.release(self.id, run_id, reason=reason)
+
+    async def block(self, run_id: str, *, reason: str) -> Run:
+        return await self._runtime.block(self.id, run_id, reason=reason)
+
+    async def stop(self, *, reason: str | None = None) -> SessionReleased:
+        return await self._runtime.stop_session(self.id, reason=reason)
+
+
+def _string_list(values: Iterable[str], field: str) -> list[str]:
+    if isinstance(values, str):
+        raise InvalidInput(f"{field} must be a list of strings, not one string")
+    return list(values)
+
+
+@asynccontextmanager
+async def open_runtime(
+    clock: Callable[[], float] | None = None,
+    *,
+    event_capacity: int = DEFAULT_EVENT_CAPACITY,
+) -> AsyncIterator[Runtime]:
+    """Run a lease runtime for the duration of the block.
+
+    ``clock`` returns wall time in epoch seconds; by default wall time is read once and then
+    advanced with trio's clock, so ``MockClock`` drives lease expiry in tests.
+    """
+    runtime = Runtime(Machine(), RuntimeClock(clock), event_capacity=event_capacity)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime._serve)
+            try:
+                yield runtime
+            finally:
+                runtime._close()
+                nursery.cancel_scope.cancel()
+    finally:
+        runtime._close()
+
+
+__all__ = [
+    "Runtime",
+    "RuntimeStatus",
+    "SessionHandle",
+    "open_runtime",
+]
