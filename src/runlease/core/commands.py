@@ -47,6 +47,8 @@ class OpenSession(Command, tag="open_session"):
     ttl_seconds: float | None = None
     auto_stop_on_parent: bool = True
     capabilities: list[str] = []
+    # sha256 of the bearer token handed to socket clients; the token itself is never kept.
+    session_token_hash: str | None = None
 
 
 class StopSession(Command, tag="stop_session"):

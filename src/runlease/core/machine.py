@@ -13,6 +13,7 @@ claim's own error in ``Outcome.error``. The shell journals such an outcome like 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -82,6 +83,7 @@ from runlease.errors import (
 )
 
 MAX_ERROR_CHARS = 8 * 1024
+_TOKEN_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 
 # (deadline, kind, id): what the lease clock must watch after this step.
 Deadline = tuple[float, str, str]
@@ -141,6 +143,7 @@ class Machine:
         self.runs: dict[str, Run] = {}
         self.sessions: dict[str, Session] = {}
         self.children: dict[str, list[str]] = {}
+        self.session_by_token_hash: dict[str, str] = {}
         self.index = ClaimIndex()
         self.last_seq = 0
         # Raw claim tokens of live leases, by run id. They never leave this object: runs and
@@ -226,6 +229,8 @@ class Machine:
         machine.runs = {run.id: run for run in runs}
         machine.sessions = {session.id: session for session in sessions}
         for session in machine.sessions.values():
+            if session.token_hash is not None:
+                machine.session_by_token_hash[session.token_hash] = session.id
             if session.parent_id is not None:
                 machine.children.setdefault(session.parent_id, []).append(session.id)
         for run in machine.runs.values():
@@ -364,8 +369,14 @@ class Machine:
                     f"parent session {parent.id} is stopped; open the child under a live one",
                     code=SESSION_STOPPED,
                 )
+        token_hash = cmd.session_token_hash
+        if token_hash is not None and (
+            not _TOKEN_HASH.fullmatch(token_hash) or token_hash in self.session_by_token_hash
+        ):
+            raise InvalidInput("session token hash is malformed or already in use")
         session = Session(
             id=cmd.session_id,
+            token_hash=token_hash,
             agent=agent,
             parent_id=cmd.parent_id,
             ttl_deadline=ttl_deadline,
@@ -374,6 +385,8 @@ class Machine:
             opened_at=cmd.now,
         )
         self.sessions[session.id] = session
+        if token_hash is not None:
+            self.session_by_token_hash[token_hash] = session.id
         if cmd.parent_id is not None:
             self.children.setdefault(cmd.parent_id, []).append(session.id)
         event = self._event(

@@ -116,6 +116,7 @@ class Session(msgspec.Struct, kw_only=True, tag="session", gc=False, omit_defaul
     opened_at: float
     stopped_at: float | None = None
     stop_reason: str | None = None
+    token_hash: str | None = None
 
 
 class Event(msgspec.Struct, kw_only=True, tag="event", omit_defaults=True):

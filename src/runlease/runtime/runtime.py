@@ -24,7 +24,13 @@ from runlease.core.commands import (
     StartTask,
     StopSession,
 )
-from runlease.core.ids import CLAIM_TOKEN_PREFIX, IdGenerator, new_secret_token
+from runlease.core.ids import (
+    CLAIM_TOKEN_PREFIX,
+    SESSION_TOKEN_PREFIX,
+    IdGenerator,
+    hash_token,
+    new_secret_token,
+)
 from runlease.core.machine import Machine, Outcome, snapshot_run, snapshot_task
 from runlease.core.model import (
     Claim,
@@ -39,9 +45,11 @@ from runlease.core.model import (
     TaskStatus,
 )
 from runlease.errors import (
+    AUTONOMY_SESSION_REQUIRED,
     NO_CLAIMABLE_RUN,
     RUNTIME_CLOSED,
     InvalidInput,
+    LeaseRefused,
     NotFound,
     Unavailable,
 )
@@ -211,6 +219,42 @@ class Runtime:
         capabilities: Iterable[str] = (),
         auto_stop_on_parent: bool = True,
     ) -> SessionHandle:
+        """Open a session for an agent in this process (no bearer token needed)."""
+        session = await self._open_session(
+            agent, parent, ttl, capabilities, auto_stop_on_parent, token_hash=None
+        )
+        return SessionHandle(self, session.id)
+
+    async def open_session_with_token(
+        self,
+        *,
+        agent: str = "agent",
+        parent: str | None = None,
+        ttl: float | None = None,
+        capabilities: Iterable[str] = (),
+        auto_stop_on_parent: bool = True,
+    ) -> tuple[Session, str]:
+        """Open a session for an out-of-process agent: returns it and its bearer token.
+
+        The token (``rl_session_...``) is returned once; only its hash is kept, and
+        :meth:`session_id_for_token` maps a presented token back to the session.
+        """
+        token = new_secret_token(SESSION_TOKEN_PREFIX)
+        session = await self._open_session(
+            agent, parent, ttl, capabilities, auto_stop_on_parent, token_hash=hash_token(token)
+        )
+        return session, token
+
+    async def _open_session(
+        self,
+        agent: str,
+        parent: str | None,
+        ttl: float | None,
+        capabilities: Iterable[str],
+        auto_stop_on_parent: bool,
+        *,
+        token_hash: str | None,
+    ) -> Session:
         session: Session = await self._call(
             OpenSession(
                 now=0.0,
@@ -220,9 +264,28 @@ class Runtime:
                 ttl_seconds=ttl,
                 auto_stop_on_parent=auto_stop_on_parent,
                 capabilities=_string_list(capabilities, "capabilities"),
+                session_token_hash=token_hash,
             )
         )
-        return SessionHandle(self, session.id)
+        return session
+
+    def session_id_for_token(self, token: str | None) -> str:
+        """The session a bearer token belongs to; AUTONOMY_SESSION_REQUIRED if none."""
+        if not token:
+            raise LeaseRefused(
+                "this command needs a session token (--session-token or "
+                "RUNLEASE_SESSION_TOKEN); get one from `runlease session open`",
+                code=AUTONOMY_SESSION_REQUIRED,
+            )
+        session_id = None
+        if token.startswith(SESSION_TOKEN_PREFIX):
+            session_id = self._machine.session_by_token_hash.get(hash_token(token))
+        if session_id is None:
+            raise LeaseRefused(
+                "the session token is not recognised; open a session and use its token",
+                code=AUTONOMY_SESSION_REQUIRED,
+            )
+        return session_id
 
     def session(self, session_id: str) -> SessionHandle:
         """A handle for an existing session (raises SESSION_NOT_FOUND if there is none)."""
