@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import Counter
 
 import msgspec
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import runlease
@@ -241,7 +243,7 @@ async def test_waiting_claimer_times_out_with_no_claimable_run(
         assert trio.current_time() - start == pytest.approx(12)
         # A run arriving after the timeout is not claimed by the abandoned waiter.
         await rt.create_task("later", start=True)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         assert rt.status().queued_runs == 1
         assert agent.info().lease_run_id is None
 
@@ -287,13 +289,16 @@ async def test_many_sessions_race_and_every_run_completes_exactly_once() -> None
                 try:
                     claim = await handle.claim_next()
                 except RunleaseError as exc:
-                    assert exc.code == NO_CLAIMABLE_RUN
+                    if exc.code != NO_CLAIMABLE_RUN:
+                        raise
                     return
                 run_id = claim.run.id
                 assert run_id not in holders, "a run was handed to two sessions at once"
                 holders[run_id] = handle.id
                 handed_out[run_id] += 1
-                await trio.sleep(0)  # let everyone else interleave while this lease is held
+                await (
+                    trio.lowlevel.checkpoint()
+                )  # let everyone else interleave while this lease is held
                 done = await handle.complete(run_id, result={"by": handle.id})
                 assert done.status == "completed"
                 del holders[run_id]
@@ -360,10 +365,8 @@ async def test_raw_claim_tokens_never_appear_anywhere(
 
     def record(value: object) -> None:
         seen.append(repr(value))
-        try:
+        with contextlib.suppress(TypeError):
             seen.append(msgspec.json.encode(value).decode())
-        except TypeError:
-            pass
 
     async with runlease.open_runtime() as rt:
         parent = await rt.open_session(agent="parent")
