@@ -43,6 +43,7 @@ RUNTIME_CLOSED: Final = "RUNTIME_CLOSED"
 RECOVERING: Final = "RECOVERING"
 SERVER_UNAVAILABLE: Final = "SERVER_UNAVAILABLE"
 STORAGE_FAILED: Final = "STORAGE_FAILED"
+DATA_DIR_LOCKED: Final = "DATA_DIR_LOCKED"
 INTERNAL: Final = "INTERNAL"
 
 
@@ -119,6 +120,7 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
     RECOVERING: Unavailable,
     SERVER_UNAVAILABLE: Unavailable,
     STORAGE_FAILED: Unavailable,
+    DATA_DIR_LOCKED: Unavailable,
     INTERNAL: InternalError,
 }
 
