@@ -19,6 +19,8 @@ from runlease.errors import INVALID_INPUT, PAYLOAD_TOO_LARGE, InvalidInput
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
+_MIN_INT = -(2**63)
+_MAX_INT = 2**64 - 1
 
 
 def text(value: object, field: str, *, max_chars: int, required: bool = True) -> str:
@@ -127,6 +129,9 @@ def _reject_claim_tokens(value: Any, field: str) -> None:
                 stack.append(child)
         elif isinstance(item, list):
             stack.extend(item)
+        elif isinstance(item, int) and not _MIN_INT <= item <= _MAX_INT:
+            # JSON allows any integer; the journal (msgpack) holds 64 bits.
+            raise InvalidInput(f"{field} holds an integer outside the 64-bit range")
         elif isinstance(item, str) and CLAIM_TOKEN_PREFIX in item:
             raise InvalidInput(
                 f"{field} must not contain a raw claim token ({CLAIM_TOKEN_PREFIX}...)"
