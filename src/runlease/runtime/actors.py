@@ -31,7 +31,7 @@ from runlease.core.commands import (
     ExpireLease,
     ExpireSession,
 )
-from runlease.core.machine import LEASE_DEADLINE, Machine, Outcome
+from runlease.core.machine import LEASE_DEADLINE, SESSION_DEADLINE, Machine, Outcome
 from runlease.core.model import LEASED_RUN_STATUSES
 from runlease.errors import NO_CLAIMABLE_RUN, InternalError, RunleaseError
 from runlease.runtime.clock import RuntimeClock
@@ -104,6 +104,16 @@ class ActorSystem:
         except trio.WouldBlock:
             # Full means busy, and a busy actor does not exit, so waiting here is safe.
             await mailbox.send(request)
+
+    def arm_deadlines_of_live_state(self) -> None:
+        """After boot: watch every lease and session TTL the recovered state holds."""
+        for run in self.machine.leased_runs():
+            assert run.lease_until is not None
+            self.deadlines.push((run.lease_until, LEASE_DEADLINE, run.id))
+        for session in self.machine.sessions.values():
+            if session.state == "live" and session.ttl_deadline is not None:
+                self.deadlines.push((session.ttl_deadline, SESSION_DEADLINE, session.id))
+        self._clock_wake.set()
 
     # --------------------------------------------------------------- execution
     def _execute(self, request: Request) -> Outcome | None:

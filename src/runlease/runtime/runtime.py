@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import msgspec
 import trio
@@ -53,13 +55,26 @@ from runlease.errors import (
     NotFound,
     Unavailable,
 )
+from runlease.persistence.store import DEFAULT_MAP_SIZE, Store
 from runlease.runtime.actors import ActorSystem
 from runlease.runtime.clock import RuntimeClock
 from runlease.runtime.commit import Committer, MemoryCommitter
 from runlease.runtime.events import EventFeed
+from runlease.runtime.journal import (
+    DEFAULT_SNAPSHOT_EVERY_RECORDS,
+    DEFAULT_SNAPSHOT_EVERY_SECONDS,
+    BootReport,
+    JournalCommitter,
+    SnapshotPolicy,
+    load_machine,
+    recovery_commands,
+    run_snapshotter,
+    take_snapshot,
+)
 from runlease.runtime.requests import Request
 
 DEFAULT_EVENT_CAPACITY = 10_000
+Durability = Literal["durable", "relaxed"]
 
 
 class RuntimeStatus(msgspec.Struct, kw_only=True, tag="status"):
@@ -98,6 +113,7 @@ class Runtime:
         self._inflight: set[Request] = set()
         self._closed = False
         self.durability = durability
+        self.boot_report: BootReport | None = None
 
     def use_committer(self, committer: Committer) -> None:
         """Swap in a durable committer before the runtime starts serving."""
@@ -438,6 +454,16 @@ class Runtime:
     async def _serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         await self._system.run(task_status=task_status)
 
+    async def _drain(self) -> None:
+        """Stop taking requests, let those in flight finish and their records commit."""
+        self._closed = True
+        self._system.fail_waiters(Unavailable("the runtime is shutting down", code=RUNTIME_CLOSED))
+        while self._inflight:
+            request = next(iter(self._inflight))
+            await request.done.wait()
+            self._inflight.discard(request)
+        await self._committer.flush()
+
     def _close(self) -> None:
         self._closed = True
         error = Unavailable("the runtime closed before answering", code=RUNTIME_CLOSED)
@@ -502,29 +528,80 @@ def _string_list(values: Iterable[str], field: str) -> list[str]:
 async def open_runtime(
     clock: Callable[[], float] | None = None,
     *,
+    data_dir: str | os.PathLike[str] | None = None,
+    durability: Durability = "durable",
     event_capacity: int = DEFAULT_EVENT_CAPACITY,
+    snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
+    snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
+    map_size: int | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
+
+    Without ``data_dir`` all state is in memory and lost at exit. With it, every change is
+    journaled to LMDB before it is acknowledged: ``durable`` syncs each group commit to disk
+    (survives an OS crash or power loss); ``relaxed`` skips the sync (survives a crash of
+    this process, not of the machine). Boot loads the newest valid snapshot, replays the
+    journal, expires leases that ran out while it was down (reason ``orphaned_on_boot``)
+    and stops sessions whose TTL passed, all before the block starts.
 
     ``clock`` returns wall time in epoch seconds; by default wall time is read once and then
     advanced with trio's clock, so ``MockClock`` drives lease expiry in tests.
     """
-    runtime = Runtime(Machine(), RuntimeClock(clock), event_capacity=event_capacity)
+    if durability not in ("durable", "relaxed"):
+        raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
+    if data_dir is None:
+        runtime = Runtime(Machine(), RuntimeClock(clock), event_capacity=event_capacity)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runtime._serve)
+                try:
+                    yield runtime
+                finally:
+                    runtime._close()
+                    nursery.cancel_scope.cancel()
+        finally:
+            runtime._close()
+        return
+
+    policy = SnapshotPolicy(snapshot_every_records, snapshot_every_seconds)
+    store = await trio.to_thread.run_sync(
+        lambda: Store.open(
+            Path(data_dir), durability=durability, map_size=map_size or DEFAULT_MAP_SIZE
+        )
+    )
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(runtime._serve)
-            try:
-                yield runtime
-            finally:
-                runtime._close()
-                nursery.cancel_scope.cancel()
+        report = BootReport()
+        machine = await trio.to_thread.run_sync(load_machine, store, report)
+        runtime = Runtime(
+            machine, RuntimeClock(clock), event_capacity=event_capacity, durability=durability
+        )
+        runtime.boot_report = report
+        committer = JournalCommitter(store, runtime._acknowledge)
+        runtime.use_committer(committer)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(committer.run)
+                await nursery.start(runtime._serve)
+                # Recovery runs through the actors, so it is journaled like any change,
+                # and it finishes before the caller can send a single request.
+                runtime._system.arm_deadlines_of_live_state()
+                for command in recovery_commands(machine, runtime._clock.now(), report):
+                    await runtime._call(command)
+                await nursery.start(run_snapshotter, machine, committer, policy)
+                try:
+                    yield runtime
+                finally:
+                    with trio.move_on_after(SHUTDOWN_GRACE_SECONDS) as scope:
+                        scope.shield = True
+                        await runtime._drain()
+                        if committer.failure is None and committer.records_since_snapshot:
+                            await take_snapshot(machine, committer).done.wait()
+                    runtime._close()
+                    nursery.cancel_scope.cancel()
+        finally:
+            runtime._close()
     finally:
-        runtime._close()
+        await trio.to_thread.run_sync(store.close)
 
 
-__all__ = [
-    "Runtime",
-    "RuntimeStatus",
-    "SessionHandle",
-    "open_runtime",
-]
+SHUTDOWN_GRACE_SECONDS = 30.0

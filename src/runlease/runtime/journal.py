@@ -1,0 +1,266 @@
+"""Write-ahead journaling with group commit, snapshots, and boot recovery.
+
+The actors apply a command to the in-memory machine and hand it here. One writer task
+collects every command submitted while the previous LMDB commit was running and writes them
+all in one transaction on a worker thread; only after that commit returns are their replies
+released (and their events published). So a reply always describes durable state, the
+number of commits adapts to load with no timer, and the event loop never waits on disk.
+
+Snapshots go through the same writer, in order with the records, so a snapshot taken after
+the k-th submitted command is stored only once the first k records are committed, and is
+tagged with exactly that journal sequence.
+
+If a commit fails (disk full, IO error) the runtime turns read-only: the callers of that
+batch and of every later write get STORAGE_FAILED, reads keep working, and nothing that was
+acknowledged is lost. A restart re-reads the journal once the disk is healthy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import trio
+
+from runlease.core.commands import AnyCommand, ExpireLease, ExpireSession
+from runlease.core.machine import Machine, Outcome
+from runlease.core.model import LEASED_RUN_STATUSES, REASON_ORPHANED_ON_BOOT
+from runlease.core.snapshot import UnsupportedFormat, decode_snapshot, encode_snapshot
+from runlease.errors import STORAGE_FAILED, InternalError, RunleaseError, Unavailable
+from runlease.persistence.records import decode_command, encode_record
+from runlease.persistence.store import Store
+from runlease.runtime.commit import Acknowledge
+from runlease.runtime.requests import Request
+
+log = logging.getLogger("runlease.journal")
+
+DEFAULT_SNAPSHOT_EVERY_RECORDS = 200_000
+DEFAULT_SNAPSHOT_EVERY_SECONDS = 600.0
+
+
+class _Snapshot:
+    __slots__ = ("data", "done", "seq")
+
+    def __init__(self, seq: int, data: bytes) -> None:
+        self.seq = seq
+        self.data = data
+        self.done = trio.Event()
+
+
+_Item = tuple[bytes, Request | None, Outcome]
+
+
+class JournalCommitter:
+    """Group commit in front of a :class:`~runlease.persistence.store.Store`."""
+
+    def __init__(self, store: Store, acknowledge: Acknowledge) -> None:
+        self._store = store
+        self._acknowledge = acknowledge
+        self._pending: list[_Item | _Snapshot] = []
+        self._wake = trio.Event()
+        self._progress = trio.Event()
+        # Journal sequence of the newest submitted record, and of the newest written one.
+        self.submitted_seq = store.last_seq()
+        self.written_seq = self.submitted_seq
+        self.records_since_snapshot = 0
+        self.failure: RunleaseError | None = None
+
+    # The actors call this right after applying; it must never block.
+    def submit(self, request: Request | None, command: AnyCommand, outcome: Outcome) -> None:
+        if self.failure is not None:
+            # The machine moved ahead of a journal that can no longer follow: refuse to
+            # acknowledge anything more until a restart re-reads the journal.
+            if request is not None:
+                request.resolve(None, self.failure)
+            return
+        try:
+            record = encode_record(command)
+        except RunleaseError as exc:  # validated earlier, so this is a bug
+            log.error("cannot encode %s for the journal: %s", type(command).__name__, exc)
+            self._fail(InternalError(f"could not journal {type(command).__name__}"))
+            if request is not None:
+                request.resolve(None, self.failure)
+            return
+        self._pending.append((record, request, outcome))
+        self.submitted_seq += 1
+        self.records_since_snapshot += 1
+        self._wake.set()
+
+    def submit_snapshot(self, data: bytes) -> _Snapshot:
+        """Queue a snapshot of the state after every record submitted so far."""
+        snapshot = _Snapshot(self.submitted_seq, data)
+        self._pending.append(snapshot)
+        self.records_since_snapshot = 0
+        self._wake.set()
+        return snapshot
+
+    async def flush(self) -> None:
+        target = self.submitted_seq
+        while self.written_seq < target and self.failure is None:
+            await self._progress.wait()
+
+    def _fail(self, error: RunleaseError) -> None:
+        if self.failure is None:
+            log.critical("journal write failed; runtime is now read-only: %s", error)
+            self.failure = Unavailable(
+                f"the journal cannot be written ({error.message}); the runtime is read-only "
+                "until it is restarted with a healthy disk. Nothing acknowledged was lost.",
+                code=STORAGE_FAILED,
+            )
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._write(batch)
+
+    async def _write(self, batch: list[_Item | _Snapshot]) -> None:
+        # Runs of records are committed together; a snapshot splits the batch so it is
+        # written only after the records it covers.
+        records: list[_Item] = []
+        for item in batch:
+            if isinstance(item, _Snapshot):
+                await self._commit(records)
+                records = []
+                await self._write_snapshot(item)
+            else:
+                records.append(item)
+        await self._commit(records)
+
+    async def _commit(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        if self.failure is None:
+            try:
+                await trio.to_thread.run_sync(self._store.append, [item[0] for item in items])
+            except RunleaseError as exc:
+                self._fail(exc)
+            except Exception as exc:
+                log.exception("journal commit failed")
+                self._fail(InternalError(str(exc)))
+        self.written_seq += len(items)
+        self._progress.set()
+        self._progress = trio.Event()
+        if self.failure is not None:
+            for _, request, _ in items:
+                if request is not None:
+                    request.resolve(None, self.failure)
+            return
+        for _, request, outcome in items:
+            self._acknowledge(request, outcome)
+
+    async def _write_snapshot(self, snapshot: _Snapshot) -> None:
+        try:
+            if self.failure is None:
+                await trio.to_thread.run_sync(
+                    self._store.write_snapshot, snapshot.seq, snapshot.data
+                )
+        except Exception:
+            # A failed snapshot loses nothing: the journal still holds every record.
+            log.exception("snapshot at seq %d failed; the journal keeps everything", snapshot.seq)
+        finally:
+            snapshot.done.set()
+
+
+class SnapshotPolicy:
+    def __init__(
+        self,
+        every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
+        every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
+    ) -> None:
+        if every_records < 1 or not every_seconds > 0:
+            raise ValueError("snapshot intervals must be positive")
+        self.every_records = every_records
+        self.every_seconds = every_seconds
+
+
+async def run_snapshotter(
+    machine: Machine,
+    committer: JournalCommitter,
+    policy: SnapshotPolicy,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Take a snapshot every N records or T seconds, whichever comes first."""
+    task_status.started()
+    check_every = min(policy.every_seconds, 1.0)
+    last = trio.current_time()
+    while True:
+        await trio.sleep(check_every)
+        due_by_count = committer.records_since_snapshot >= policy.every_records
+        due_by_time = (
+            trio.current_time() - last >= policy.every_seconds
+            and committer.records_since_snapshot > 0
+        )
+        if due_by_count or due_by_time:
+            take_snapshot(machine, committer)
+            last = trio.current_time()
+
+
+def take_snapshot(machine: Machine, committer: JournalCommitter) -> _Snapshot:
+    # Encoding is the only pause: the state is consistent between two awaits.
+    return committer.submit_snapshot(encode_snapshot(machine))
+
+
+# ------------------------------------------------------------------------------ boot
+class BootReport:
+    def __init__(self) -> None:
+        self.snapshot_seq = 0
+        self.replayed = 0
+        self.skipped_snapshots = 0
+        self.orphaned_leases: list[str] = []
+        self.expired_sessions: list[str] = []
+
+
+def load_machine(store: Store, report: BootReport) -> Machine:
+    """The newest valid snapshot plus the journal after it; fail closed on any gap."""
+    machine: Machine | None = None
+    for seq, data in store.load_snapshots():
+        try:
+            machine = decode_snapshot(data)
+        except UnsupportedFormat:
+            raise  # a newer format must stop boot, not fall back to older data
+        except RunleaseError as exc:
+            log.error("snapshot at seq %d does not decode (%s); trying an older one", seq, exc)
+            report.skipped_snapshots += 1
+            continue
+        report.snapshot_seq = seq
+        break
+    if machine is None:
+        machine = Machine()
+    expected = report.snapshot_seq + 1
+    for seq, data in store.iter_journal(report.snapshot_seq):
+        if seq != expected:
+            raise InternalError(
+                f"journal gap: expected record {expected} after snapshot "
+                f"{report.snapshot_seq}, found {seq}; the data dir is damaged"
+            )
+        command = decode_command(data)
+        try:
+            machine.apply(command)
+        except RunleaseError as exc:
+            raise InternalError(
+                f"journal record {seq} ({type(command).__name__}) does not replay: {exc}"
+            ) from None
+        expected += 1
+        report.replayed += 1
+    return machine
+
+
+def recovery_commands(machine: Machine, now: float, report: BootReport) -> list[AnyCommand]:
+    """What boot must do before serving: expire dead leases, then dead sessions."""
+    commands: list[AnyCommand] = []
+    for run in sorted(machine.leased_runs(), key=lambda r: (r.lease_until or 0.0, r.id)):
+        if run.status in LEASED_RUN_STATUSES and (run.lease_until or math.inf) <= now:
+            commands.append(ExpireLease(now=now, run_id=run.id, reason=REASON_ORPHANED_ON_BOOT))
+            report.orphaned_leases.append(run.id)
+    for session in machine.sessions.values():
+        ttl = session.ttl_deadline
+        if session.state == "live" and ttl is not None and ttl <= now:
+            commands.append(ExpireSession(now=now, session_id=session.id))
+            report.expired_sessions.append(session.id)
+    return commands
