@@ -31,6 +31,16 @@ SESSION_STOPPED: Final = "SESSION_STOPPED"
 INVALID_INPUT: Final = "INVALID_INPUT"
 PAYLOAD_TOO_LARGE: Final = "PAYLOAD_TOO_LARGE"
 INVALID_TRANSITION: Final = "INVALID_TRANSITION"
+USAGE: Final = "USAGE"
+
+# Wire-protocol mistakes (the socket server's replies to a misbehaving client).
+BAD_FRAME: Final = "BAD_FRAME"
+FRAME_TOO_LARGE: Final = "FRAME_TOO_LARGE"
+UNKNOWN_OP: Final = "UNKNOWN_OP"
+BAD_REQUEST: Final = "BAD_REQUEST"
+UNSUPPORTED_VERSION: Final = "UNSUPPORTED_VERSION"
+HANDSHAKE_REQUIRED: Final = "HANDSHAKE_REQUIRED"
+SOCKET_PATH_UNSAFE: Final = "SOCKET_PATH_UNSAFE"
 
 # Missing things.
 TASK_NOT_FOUND: Final = "TASK_NOT_FOUND"
@@ -44,6 +54,10 @@ RECOVERING: Final = "RECOVERING"
 SERVER_UNAVAILABLE: Final = "SERVER_UNAVAILABLE"
 STORAGE_FAILED: Final = "STORAGE_FAILED"
 DATA_DIR_LOCKED: Final = "DATA_DIR_LOCKED"
+SOCKET_IN_USE: Final = "SOCKET_IN_USE"
+PEER_REFUSED: Final = "PEER_REFUSED"
+SHUTTING_DOWN: Final = "SHUTTING_DOWN"
+REQUEST_CANCELLED: Final = "REQUEST_CANCELLED"
 INTERNAL: Final = "INTERNAL"
 
 
@@ -79,7 +93,7 @@ class InternalError(RunleaseError):
 
 class UsageError(RunleaseError):
     exit_code = 2
-    default_code = "USAGE"
+    default_code = USAGE
 
 
 class InvalidInput(RunleaseError):
@@ -112,6 +126,14 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
     INVALID_INPUT: InvalidInput,
     PAYLOAD_TOO_LARGE: InvalidInput,
     INVALID_TRANSITION: InvalidInput,
+    USAGE: UsageError,
+    BAD_FRAME: InvalidInput,
+    FRAME_TOO_LARGE: InvalidInput,
+    UNKNOWN_OP: InvalidInput,
+    BAD_REQUEST: InvalidInput,
+    UNSUPPORTED_VERSION: InvalidInput,
+    HANDSHAKE_REQUIRED: InvalidInput,
+    SOCKET_PATH_UNSAFE: InvalidInput,
     TASK_NOT_FOUND: NotFound,
     RUN_NOT_FOUND: NotFound,
     SESSION_NOT_FOUND: NotFound,
@@ -121,6 +143,10 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
     SERVER_UNAVAILABLE: Unavailable,
     STORAGE_FAILED: Unavailable,
     DATA_DIR_LOCKED: Unavailable,
+    SOCKET_IN_USE: Unavailable,
+    PEER_REFUSED: Unavailable,
+    SHUTTING_DOWN: Unavailable,
+    REQUEST_CANCELLED: Unavailable,
     INTERNAL: InternalError,
 }
 
