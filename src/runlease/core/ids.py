@@ -21,12 +21,14 @@ SESSION_TOKEN_PREFIX: Final = "rl_session_"
 _RANDOM_BITS: Final = 80
 
 
-def _encode_base32(value: int, length: int) -> str:
-    out = []
-    for _ in range(length):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
+# base64's RFC 4648 alphabet is not in ASCII order; mapping it onto Crockford's keeps the
+# fast C encoder while making the text sort like the number.
+_TO_CROCKFORD: Final = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode())
+
+
+def _encode_128(value: int) -> str:
+    """26 characters for 128 bits, most significant first (the last carries 3 bits)."""
+    return base64.b32encode(value.to_bytes(16, "big"))[:26].translate(_TO_CROCKFORD).decode()
 
 
 class IdGenerator:
@@ -51,7 +53,7 @@ class IdGenerator:
         return (ms << _RANDOM_BITS) | self._last_rand
 
     def new(self, prefix: str, now: float) -> str:
-        return f"{prefix}_{_encode_base32(self._next_value(now), 26)}"
+        return f"{prefix}_{_encode_128(self._next_value(now))}"
 
 
 def new_secret_token(prefix: str, random_bytes: Callable[[int], bytes] = os.urandom) -> str:

@@ -366,8 +366,11 @@ class Runtime:
         self._inflight.add(request)
         try:
             await self._system.send(request)
-            with trio.move_on_after(math.inf if timeout is None else timeout):
+            if not wait or timeout is None:
                 await request.done.wait()
+            else:
+                with trio.move_on_after(timeout):
+                    await request.done.wait()
             if not request.done.is_set():
                 if not request.assigned:
                     request.abandoned = True
