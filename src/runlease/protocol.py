@@ -1,0 +1,547 @@
+"""The socket wire protocol: message types, framing and decoding. Pure: no IO, no trio.
+
+Framing
+    Every message is one frame: a 4-byte big-endian unsigned length, then that many bytes
+    of msgpack. A frame body is at most :data:`MAX_FRAME_BYTES` (1 MiB). A length prefix
+    above that means the stream can no longer be trusted to be in step (framing is lost):
+    the server answers with ``FRAME_TOO_LARGE`` and closes the connection. Any other bad
+    frame (undecodable body, unknown ``op``, wrong field types) gets an error reply and the
+    connection carries on.
+
+Messages
+    Requests are msgspec Structs tagged by ``op``; replies are tagged by ``reply``. The tags
+    are stable wire names and never change meaning. Every request carries a positive ``id``
+    chosen by the client and every reply echoes it, so a client may pipeline: send several
+    requests before reading, and match replies by id in whatever order they come. Each
+    request gets exactly one final reply; ``follow_events`` first streams zero or more
+    :class:`EventItem` replies with its id and ends with :class:`StreamEnd`. Id 0 is reserved
+    for replies about the connection itself (framing lost, peer refused, a frame too broken
+    to carry an id).
+
+Handshake
+    The first request on a connection must be :class:`Hello`, listing the protocol versions
+    the client speaks; the server answers :class:`Welcome` with the version it picked, or an
+    ``UNSUPPORTED_VERSION`` error. Any other request before that gets
+    ``HANDSHAKE_REQUIRED``.
+
+Sessions
+    Requests that act for a session (claim, heartbeat, complete, fail, release, block,
+    whoami) carry the session's bearer token (``rl_session_...``) in ``token``. Raw claim
+    tokens never appear in any message: leases are found from the session and the run id,
+    and replies show only ``claim_token_hash``.
+
+Times are float seconds since the Unix epoch on the wire.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from runlease.core.model import (
+    Claim,
+    Event,
+    Heartbeat,
+    Priority,
+    Run,
+    Scope,
+    Session,
+    SessionReleased,
+    Task,
+    TaskStatus,
+)
+from runlease.errors import (
+    BAD_FRAME,
+    BAD_REQUEST,
+    FRAME_TOO_LARGE,
+    PAYLOAD_TOO_LARGE,
+    UNKNOWN_OP,
+    InvalidInput,
+)
+
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (1,)
+MAX_FRAME_BYTES: Final = 1024 * 1024
+HEADER: Final = struct.Struct(">I")
+HEADER_BYTES: Final = HEADER.size
+# Id 0 marks a reply about the connection rather than about one request.
+CONNECTION_ID: Final = 0
+
+RequestId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
+# ------------------------------------------------------------------------------ requests
+class Request(msgspec.Struct, kw_only=True, tag_field="op", omit_defaults=True):
+    """Base of every request. ``id`` is the client's; the reply echoes it."""
+
+    id: RequestId
+
+
+class SessionRequest(Request, kw_only=True):
+    """A request made on behalf of a session: it carries the session's bearer token."""
+
+    token: str | None = None
+
+
+class Hello(Request, tag="hello"):
+    versions: list[int]
+    client: str = ""
+
+
+class Cancel(Request, tag="cancel"):
+    """Stop an in-flight request of this connection (a stream, or a waiting claim)."""
+
+    target: int
+
+
+class GetStatus(Request, tag="status"):
+    pass
+
+
+class CreateTask(Request, tag="create_task"):
+    title: str
+    description: str = ""
+    priority: Priority = "medium"
+    workspace: str | None = None
+    scope: Scope | None = None
+    max_attempts: int | None = None
+    metadata: dict[str, Any] | None = None
+    capabilities: list[str] = []
+    start: bool = False
+
+
+class StartTask(Request, tag="start_task"):
+    task_id: str
+
+
+class ShowTask(Request, tag="show_task"):
+    task_id: str
+
+
+class GetRun(Request, tag="get_run"):
+    run_id: str
+
+
+class ListTasks(Request, tag="list_tasks"):
+    status: TaskStatus | None = None
+    workspace: str | None = None
+    after: str | None = None
+    limit: int | None = None
+
+
+class ListEvents(Request, tag="events"):
+    task_id: str | None = None
+    after_seq: int = 0
+    limit: int | None = None
+
+
+class FollowEvents(Request, tag="follow_events"):
+    task_id: str | None = None
+    after_seq: int = 0
+
+
+class OpenSession(Request, tag="open_session"):
+    agent: str = "agent"
+    parent: str | None = None
+    ttl: float | None = None
+    capabilities: list[str] = []
+    auto_stop_on_parent: bool = True
+
+
+class StopSession(Request, tag="stop_session"):
+    session_id: str
+    reason: str | None = None
+
+
+class GetSession(Request, tag="get_session"):
+    session_id: str
+
+
+class ListSessions(Request, tag="list_sessions"):
+    live_only: bool = False
+    after: str | None = None
+    limit: int | None = None
+
+
+class WhoAmI(SessionRequest, tag="whoami"):
+    pass
+
+
+class ClaimNext(SessionRequest, tag="claim_next"):
+    wait: bool = False
+    timeout: float | None = None
+    lease_seconds: float | None = None
+    workspace: str | None = None
+
+
+class HeartbeatRun(SessionRequest, tag="heartbeat"):
+    run_id: str
+    lease_seconds: float | None = None
+
+
+class CompleteRun(SessionRequest, tag="complete"):
+    run_id: str
+    result: Any = None
+
+
+class FailRun(SessionRequest, tag="fail"):
+    run_id: str
+    error: str
+    metadata: dict[str, Any] | None = None
+
+
+class ReleaseRun(SessionRequest, tag="release"):
+    run_id: str
+    reason: str | None = None
+
+
+class BlockRun(SessionRequest, tag="block"):
+    run_id: str
+    reason: str
+
+
+AnyRequest = (
+    Hello
+    | Cancel
+    | GetStatus
+    | CreateTask
+    | StartTask
+    | ShowTask
+    | GetRun
+    | ListTasks
+    | ListEvents
+    | FollowEvents
+    | OpenSession
+    | StopSession
+    | GetSession
+    | ListSessions
+    | WhoAmI
+    | ClaimNext
+    | HeartbeatRun
+    | CompleteRun
+    | FailRun
+    | ReleaseRun
+    | BlockRun
+)
+
+REQUEST_TYPES: Final[tuple[type[Request], ...]] = (
+    Hello,
+    Cancel,
+    GetStatus,
+    CreateTask,
+    StartTask,
+    ShowTask,
+    GetRun,
+    ListTasks,
+    ListEvents,
+    FollowEvents,
+    OpenSession,
+    StopSession,
+    GetSession,
+    ListSessions,
+    WhoAmI,
+    ClaimNext,
+    HeartbeatRun,
+    CompleteRun,
+    FailRun,
+    ReleaseRun,
+    BlockRun,
+)
+OPS: Final[frozenset[str]] = frozenset(
+    str(t.__struct_config__.tag) for t in REQUEST_TYPES if t.__struct_config__.tag
+)
+
+
+# ------------------------------------------------------------------------------- replies
+class Reply(msgspec.Struct, kw_only=True, tag_field="reply", omit_defaults=True):
+    """Base of every reply: ``id`` is the request's (0 for connection-level replies)."""
+
+    id: int
+
+
+class Welcome(Reply, tag="welcome"):
+    version: int
+    server: str
+    pid: int
+
+
+class ErrorReply(Reply, tag="error"):
+    code: str
+    message: str
+
+
+class Ok(Reply, tag="ok"):
+    pass
+
+
+class ServerStatus(msgspec.Struct, kw_only=True):
+    version: str
+    protocol: int
+    pid: int
+    socket: str
+    started_at: float
+    uptime_seconds: float
+    connections: int
+    durability: str
+    recovered: bool
+    tasks: int
+    queued_runs: int
+    leased_runs: int
+    live_sessions: int
+    waiting_claimers: int
+    active_task_actors: int
+    last_event_seq: int
+
+
+class StatusReply(Reply, tag="status"):
+    status: ServerStatus
+
+
+class TaskReply(Reply, tag="task"):
+    task: Task
+
+
+class TaskDetail(Reply, tag="task_detail"):
+    task: Task
+    runs: list[Run]
+
+
+class RunReply(Reply, tag="run"):
+    run: Run
+
+
+class TaskList(Reply, tag="tasks"):
+    """One page of tasks; ``next_after`` is the cursor for the next page, None at the end."""
+
+    tasks: list[Task]
+    next_after: str | None = None
+
+
+class EventList(Reply, tag="events"):
+    events: list[Event]
+    next_after_seq: int | None = None
+
+
+class EventItem(Reply, tag="event"):
+    """One event of a ``follow_events`` stream (not final)."""
+
+    event: Event
+
+
+class StreamEnd(Reply, tag="end"):
+    """The final reply of a stream: why it ended (``closed``, ``cancelled``, ``shutdown``)."""
+
+    reason: str
+
+
+class SessionOpened(Reply, tag="session_opened"):
+    session: Session
+    token: str
+
+
+class SessionReply(Reply, tag="session"):
+    session: Session
+
+
+class SessionList(Reply, tag="sessions"):
+    sessions: list[Session]
+    next_after: str | None = None
+
+
+class SessionReleasedReply(Reply, tag="session_released"):
+    released: SessionReleased
+
+
+class ClaimReply(Reply, tag="claim"):
+    claim: Claim
+
+
+class HeartbeatReply(Reply, tag="heartbeat"):
+    heartbeat: Heartbeat
+
+
+AnyReply = (
+    Welcome
+    | ErrorReply
+    | Ok
+    | StatusReply
+    | TaskReply
+    | TaskDetail
+    | RunReply
+    | TaskList
+    | EventList
+    | EventItem
+    | StreamEnd
+    | SessionOpened
+    | SessionReply
+    | SessionList
+    | SessionReleasedReply
+    | ClaimReply
+    | HeartbeatReply
+)
+
+AnyMessage = Request | Reply
+
+# One encoder and one typed decoder per direction, built once and reused.
+_encoder = msgspec.msgpack.Encoder()
+_request_decoder: msgspec.msgpack.Decoder[AnyRequest] = msgspec.msgpack.Decoder(AnyRequest)
+_reply_decoder: msgspec.msgpack.Decoder[AnyReply] = msgspec.msgpack.Decoder(AnyReply)
+_any_decoder = msgspec.msgpack.Decoder()
+
+
+# ------------------------------------------------------------------------------- framing
+def encode_frame(message: Request | Reply) -> bytes:
+    """One message as a frame: length prefix plus msgpack body.
+
+    Raises InvalidInput(FRAME_TOO_LARGE) rather than produce a frame the peer must refuse.
+    """
+    body = _encoder.encode(message)
+    if len(body) > MAX_FRAME_BYTES:
+        raise InvalidInput(
+            f"message is {len(body)} bytes; a frame may hold at most {MAX_FRAME_BYTES}",
+            code=PAYLOAD_TOO_LARGE,
+        )
+    return HEADER.pack(len(body)) + body
+
+
+def frame_bytes(body: bytes) -> bytes:
+    """Wrap an already-encoded body (tests use it to send hand-made bodies)."""
+    return HEADER.pack(len(body)) + body
+
+
+class FramingLost(InvalidInput):
+    """A length prefix above the limit: the byte stream is out of step for good."""
+
+    def __init__(self, declared: int) -> None:
+        super().__init__(
+            f"frame length prefix says {declared} bytes; the limit is {MAX_FRAME_BYTES}, "
+            "so the stream cannot be trusted and the connection will close",
+            code=FRAME_TOO_LARGE,
+        )
+        self.declared = declared
+
+
+class FrameBuffer:
+    """Sans-IO reassembly: feed received bytes, take complete frame bodies out.
+
+    Once framing is lost every further :meth:`next_frame` raises :class:`FramingLost`
+    again; the owner is expected to close the connection.
+    """
+
+    def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
+        self._data = bytearray()
+        self._max = max_frame
+        self._lost: FramingLost | None = None
+
+    def __len__(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._data)
+
+    @property
+    def lost(self) -> bool:
+        return self._lost is not None
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._lost is None:
+            self._data += data
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame body, or None until more bytes arrive."""
+        if self._lost is not None:
+            raise self._lost
+        if len(self._data) < HEADER_BYTES:
+            return None
+        (size,) = HEADER.unpack_from(self._data)
+        if size > self._max:
+            self._lost = FramingLost(size)
+            self._data.clear()
+            raise self._lost
+        end = HEADER_BYTES + size
+        if len(self._data) < end:
+            return None
+        body = bytes(self._data[HEADER_BYTES:end])
+        del self._data[:end]
+        return body
+
+    def frames(self) -> list[bytes]:
+        """Every complete frame body available now (raises FramingLost like next_frame)."""
+        out: list[bytes] = []
+        while (body := self.next_frame()) is not None:
+            out.append(body)
+        return out
+
+
+# ------------------------------------------------------------------------------ decoding
+class RequestRejected(InvalidInput):
+    """A frame that is not a valid request; ``request_id`` is 0 when none could be read."""
+
+    def __init__(self, request_id: int, message: str, *, code: str) -> None:
+        super().__init__(message, code=code)
+        self.request_id = request_id
+
+
+def decode_request(body: bytes) -> AnyRequest:
+    """Decode one request body, or raise :class:`RequestRejected` saying what is wrong.
+
+    Never raises anything else, whatever the bytes.
+    """
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        detail = str(exc)
+    except Exception as exc:  # DecodeError, or anything odd msgspec meets in garbage
+        raise RequestRejected(
+            CONNECTION_ID, f"frame is not valid msgpack: {_short(exc)}", code=BAD_FRAME
+        ) from None
+    # The body is msgpack but not a valid request: find its id and op to say why.
+    try:
+        raw = _any_decoder.decode(body)
+    except Exception:  # pragma: no cover - the typed decode already parsed it
+        raw = None
+    if not isinstance(raw, dict):
+        raise RequestRejected(
+            CONNECTION_ID, "a request must be a msgpack map with an op and an id", code=BAD_FRAME
+        )
+    raw_id = raw.get("id")
+    request_id = (
+        raw_id
+        if isinstance(raw_id, int) and not isinstance(raw_id, bool) and 1 <= raw_id < 2**63
+        else CONNECTION_ID
+    )
+    op = raw.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        shown = repr(op)[:60] if op is not None else "none"
+        raise RequestRejected(
+            request_id,
+            f"unknown op {shown}; this server knows: {', '.join(sorted(OPS))}",
+            code=UNKNOWN_OP,
+        )
+    raise RequestRejected(request_id, f"bad {op} request: {detail}", code=BAD_REQUEST)
+
+
+def decode_reply(body: bytes) -> AnyReply:
+    """Decode one reply body (client side); a malformed reply is a BAD_FRAME error."""
+    try:
+        return _reply_decoder.decode(body)
+    except Exception as exc:
+        raise InvalidInput(
+            f"the server sent a reply this client cannot read: {_short(exc)}", code=BAD_FRAME
+        ) from None
+
+
+def encode_message(message: Request | Reply) -> bytes:
+    """The msgpack body of a message, without the length prefix."""
+    return _encoder.encode(message)
+
+
+def choose_version(offered: list[int]) -> int | None:
+    """The newest version both sides speak, or None."""
+    common = set(offered) & set(SUPPORTED_VERSIONS)
+    return max(common) if common else None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

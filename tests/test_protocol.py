@@ -1,0 +1,283 @@
+"""The wire protocol on its own: tags, framing, and decoding whatever bytes arrive."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runlease import protocol as p
+from runlease.core.model import Claim, LeaseView, Run, Task
+from runlease.errors import (
+    BAD_FRAME,
+    BAD_REQUEST,
+    FRAME_TOO_LARGE,
+    PAYLOAD_TOO_LARGE,
+    UNKNOWN_OP,
+    InvalidInput,
+)
+
+EXAMPLES: list[p.Request] = [
+    p.Hello(id=1, versions=[1], client="test"),
+    p.Cancel(id=2, target=1),
+    p.GetStatus(id=3),
+    p.CreateTask(
+        id=4,
+        title="t",
+        description="d",
+        priority="high",
+        workspace="w",
+        scope="workspace",
+        max_attempts=2,
+        metadata={"k": [1, "v", None]},
+        capabilities=["gpu"],
+        start=True,
+    ),
+    p.StartTask(id=5, task_id="tsk_1"),
+    p.ShowTask(id=6, task_id="tsk_1"),
+    p.GetRun(id=7, run_id="run_1"),
+    p.ListTasks(id=8, status="ready", workspace="w", after="tsk_0", limit=5),
+    p.ListEvents(id=9, task_id="tsk_1", after_seq=3, limit=10),
+    p.FollowEvents(id=10, task_id=None, after_seq=0),
+    p.OpenSession(id=11, agent="a", parent="ses_0", ttl=1.5, capabilities=["x"]),
+    p.StopSession(id=12, session_id="ses_1", reason="done"),
+    p.GetSession(id=13, session_id="ses_1"),
+    p.ListSessions(id=14, live_only=True, after="ses_0", limit=3),
+    p.WhoAmI(id=15, token="rl_session_x"),
+    p.ClaimNext(id=16, token="rl_session_x", wait=True, timeout=2.5, lease_seconds=30),
+    p.HeartbeatRun(id=17, token="rl_session_x", run_id="run_1", lease_seconds=60.0),
+    p.CompleteRun(id=18, token="rl_session_x", run_id="run_1", result={"ok": True}),
+    p.FailRun(id=19, token="rl_session_x", run_id="run_1", error="boom", metadata={"a": 1}),
+    p.ReleaseRun(id=20, token="rl_session_x", run_id="run_1", reason="handoff"),
+    p.BlockRun(id=21, token="rl_session_x", run_id="run_1", reason="needs a human"),
+]
+
+
+def test_the_wire_names_are_stable() -> None:
+    # Renaming a tag breaks every client in the field: this list only ever grows.
+    expected_ops = {
+        "hello",
+        "cancel",
+        "status",
+        "create_task",
+        "start_task",
+        "show_task",
+        "get_run",
+        "list_tasks",
+        "events",
+        "follow_events",
+        "open_session",
+        "stop_session",
+        "get_session",
+        "list_sessions",
+        "whoami",
+        "claim_next",
+        "heartbeat",
+        "complete",
+        "fail",
+        "release",
+        "block",
+    }
+    assert expected_ops == p.OPS
+    reply_types: tuple[type[p.Reply], ...] = p.AnyReply.__args__
+    expected_replies = {
+        "welcome",
+        "error",
+        "ok",
+        "status",
+        "task",
+        "task_detail",
+        "run",
+        "tasks",
+        "events",
+        "event",
+        "end",
+        "session_opened",
+        "session",
+        "sessions",
+        "session_released",
+        "claim",
+        "heartbeat",
+    }
+    assert expected_replies == {t.__struct_config__.tag for t in reply_types}
+    assert {type(r) for r in EXAMPLES} == set(p.REQUEST_TYPES)
+
+
+@pytest.mark.parametrize("request_", EXAMPLES, ids=lambda r: type(r).__name__)
+def test_every_request_round_trips(request_: p.Request) -> None:
+    frame = p.encode_frame(request_)
+    (size,) = struct.unpack(">I", frame[:4])
+    assert size == len(frame) - 4
+    assert p.decode_request(frame[4:]) == request_
+
+
+def test_replies_round_trip_with_float_times() -> None:
+    task = Task(id="tsk_1", title="t", created_at=1700000000.25, updated_at=1700000001.5)
+    run = Run(id="run_1", task_id="tsk_1", queued_at=1700000000.0, lease_until=1700000300.125)
+    lease = LeaseView(
+        run_id="run_1",
+        session_id="ses_1",
+        lease_until=1700000300.125,
+        claim_token_hash="sha256:" + "0" * 64,
+        lease_seconds=300.0,
+    )
+    reply = p.ClaimReply(id=7, claim=Claim(task=task, run=run, lease=lease))
+    body = p.encode_message(reply)
+    assert p.decode_reply(body) == reply
+    raw = msgspec.msgpack.decode(body)
+    assert raw["reply"] == "claim"
+    assert isinstance(raw["claim"]["lease"]["lease_until"], float)
+    assert isinstance(raw["claim"]["task"]["created_at"], float)
+
+
+def test_bad_reply_bytes_are_an_invalid_input_error() -> None:
+    with pytest.raises(InvalidInput) as info:
+        p.decode_reply(b"\xc1")
+    assert info.value.code == BAD_FRAME
+
+
+# ------------------------------------------------------------------------------ framing
+@given(
+    bodies=st.lists(st.binary(max_size=300), max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=20),
+)
+def test_frame_buffer_reassembles_frames_however_the_bytes_are_split(
+    bodies: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(p.frame_bytes(body) for body in bodies)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    buffer = p.FrameBuffer()
+    out: list[bytes] = []
+    for start, end in itertools.pairwise(points):
+        buffer.feed(stream[start:end])
+        out.extend(buffer.frames())
+    assert out == bodies
+    assert len(buffer) == 0
+
+
+def test_a_frame_of_exactly_the_limit_is_accepted() -> None:
+    buffer = p.FrameBuffer()
+    body = b"\x00" * p.MAX_FRAME_BYTES
+    buffer.feed(p.frame_bytes(body))
+    assert buffer.next_frame() == body
+
+
+@pytest.mark.parametrize("declared", [p.MAX_FRAME_BYTES + 1, 2**32 - 1, 0x47455420])
+def test_an_oversized_length_prefix_loses_framing_for_good(declared: int) -> None:
+    buffer = p.FrameBuffer()
+    buffer.feed(p.frame_bytes(b"ok") + struct.pack(">I", declared) + b"rest")
+    assert buffer.next_frame() == b"ok"
+    with pytest.raises(p.FramingLost) as info:
+        buffer.next_frame()
+    assert info.value.code == FRAME_TOO_LARGE
+    assert info.value.declared == declared
+    buffer.feed(p.frame_bytes(b"later"))
+    assert buffer.lost
+    with pytest.raises(p.FramingLost):
+        buffer.next_frame()
+
+
+def test_encoding_refuses_a_message_over_the_limit() -> None:
+    big = p.CompleteRun(id=1, run_id="r", result="x" * (p.MAX_FRAME_BYTES + 1))
+    with pytest.raises(InvalidInput) as info:
+        p.encode_frame(big)
+    assert info.value.code == PAYLOAD_TOO_LARGE
+
+
+# ----------------------------------------------------------------------------- decoding
+def _decode(body: bytes) -> p.AnyRequest | p.RequestRejected:
+    try:
+        return p.decode_request(body)
+    except p.RequestRejected as exc:
+        return exc
+
+
+@given(st.binary(max_size=200))
+def test_decoding_any_bytes_gives_a_request_or_a_stable_rejection(body: bytes) -> None:
+    outcome = _decode(body)
+    if isinstance(outcome, p.RequestRejected):
+        assert outcome.code in {BAD_FRAME, BAD_REQUEST, UNKNOWN_OP}
+        assert outcome.request_id >= 0
+    else:
+        assert isinstance(outcome, p.REQUEST_TYPES)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+field_names = st.sampled_from(
+    [
+        "title",
+        "task_id",
+        "run_id",
+        "session_id",
+        "token",
+        "versions",
+        "wait",
+        "timeout",
+        "lease_seconds",
+        "limit",
+        "after_seq",
+        "priority",
+        "metadata",
+        "result",
+        "error",
+        "reason",
+        "capabilities",
+        "target",
+    ]
+)
+
+
+@given(
+    op=st.sampled_from(sorted(p.OPS)) | st.text(max_size=12) | json_values,
+    rid=st.integers(min_value=-5, max_value=2**64 - 1) | json_values,
+    fields=st.dictionaries(field_names, json_values, max_size=5),
+)
+def test_decoding_request_shaped_maps_reports_the_id_and_why(
+    op: Any, rid: Any, fields: dict[str, Any]
+) -> None:
+    body = msgspec.msgpack.encode({"op": op, "id": rid, **fields})
+    outcome = _decode(body)
+    if isinstance(outcome, p.RequestRejected):
+        valid_id = isinstance(rid, int) and not isinstance(rid, bool) and 1 <= rid < 2**63
+        assert outcome.request_id == (rid if valid_id else 0)
+        if not isinstance(op, str) or op not in p.OPS:
+            assert outcome.code == UNKNOWN_OP
+        else:
+            assert outcome.code == BAD_REQUEST
+            assert op in outcome.message
+    else:
+        assert outcome.id == rid
+        assert outcome.__struct_config__.tag == op
+
+
+def test_unknown_op_and_wrong_types_carry_the_request_id() -> None:
+    with pytest.raises(p.RequestRejected) as unknown:
+        p.decode_request(msgspec.msgpack.encode({"op": "explode", "id": 9}))
+    assert (unknown.value.code, unknown.value.request_id) == (UNKNOWN_OP, 9)
+    with pytest.raises(p.RequestRejected) as wrong:
+        p.decode_request(msgspec.msgpack.encode({"op": "create_task", "id": 4, "title": 5}))
+    assert (wrong.value.code, wrong.value.request_id) == (BAD_REQUEST, 4)
+    assert "$.title" in wrong.value.message
+    with pytest.raises(p.RequestRejected) as not_a_map:
+        p.decode_request(msgspec.msgpack.encode([1, 2, 3]))
+    assert (not_a_map.value.code, not_a_map.value.request_id) == (BAD_FRAME, 0)
+
+
+def test_version_choice() -> None:
+    assert p.choose_version([1]) == 1
+    assert p.choose_version([0, 1, 7]) == 1
+    assert p.choose_version([2, 3]) is None
+    assert p.choose_version([]) is None
