@@ -1,0 +1,507 @@
+"""Talk to a runlease server over its Unix socket, from programs that do not embed it.
+
+Two clients with the same methods:
+
+- :class:`Client` (this module) is synchronous and uses only the standard library's
+  ``socket``; one call at a time. The ``runlease`` CLI uses it::
+
+      from runlease.client import Client
+
+      with Client(session_token=token) as client:  # socket from $RUNLEASE_SOCKET etc.
+          claim = client.claim_next(wait=True, timeout=30)
+          client.complete(claim.run.id, result={"ok": True})
+
+- :func:`open_client` (in :mod:`runlease.runtime.client`, importable from here too) is the
+  trio client: ``async with open_client(path) as client``. It pipelines: concurrent calls
+  from several trio tasks share one connection.
+
+Errors arrive as the same :class:`~runlease.errors.RunleaseError` classes the embedded
+runtime raises, rebuilt from their codes. A server that cannot be reached raises
+``Unavailable`` with code ``SERVER_UNAVAILABLE`` naming the socket path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from runlease import protocol as p
+from runlease.core.model import (
+    Claim,
+    Event,
+    Heartbeat,
+    Priority,
+    Run,
+    Scope,
+    Session,
+    SessionReleased,
+    Task,
+    TaskStatus,
+)
+from runlease.errors import (
+    SERVER_UNAVAILABLE,
+    InternalError,
+    RunleaseError,
+    Unavailable,
+    error_for_code,
+)
+from runlease.paths import default_socket_path
+
+if TYPE_CHECKING:
+    from runlease.runtime.client import AsyncClient, open_client
+
+CLIENT_NAME: Final = "runlease-python"
+RECEIVE_BYTES: Final = 64 * 1024
+
+R = TypeVar("R", bound=p.Reply)
+
+
+# ------------------------------------------------------------- shared by both clients
+def resolve_socket(path: str | os.PathLike[str] | None) -> Path:
+    """The socket to use: ``path``, else $RUNLEASE_SOCKET, else the default data dir's."""
+    return Path(path).expanduser() if path is not None else default_socket_path()
+
+
+def unreachable(path: Path, exc: BaseException | str) -> Unavailable:
+    reason = exc if isinstance(exc, str) else (getattr(exc, "strerror", None) or str(exc))
+    return Unavailable(
+        f"cannot reach the runlease server at {path}: {reason}; is `runlease serve` running "
+        "with this socket (--socket or RUNLEASE_SOCKET)?",
+        code=SERVER_UNAVAILABLE,
+    )
+
+
+def closed_by_server(path: Path) -> Unavailable:
+    return Unavailable(
+        f"the runlease server at {path} closed the connection", code=SERVER_UNAVAILABLE
+    )
+
+
+def check_reply(reply: p.AnyReply, expected: type[R]) -> R:
+    """The reply if it has the expected type; its error if it is one; else a bug."""
+    if isinstance(reply, expected):
+        return reply
+    if isinstance(reply, p.ErrorReply):
+        raise error_for_code(reply.code, reply.message)
+    raise InternalError(
+        f"the server answered {type(reply).__name__} where {expected.__name__} was expected"
+    )
+
+
+def hello(rid: int) -> p.Hello:
+    return p.Hello(id=rid, versions=list(p.SUPPORTED_VERSIONS), client=CLIENT_NAME)
+
+
+# ------------------------------------------------------------------------ sync client
+class Client:
+    """A synchronous connection to a runlease server. Not safe to share between threads.
+
+    ``session_token`` is used by the session-scoped calls (claim_next, heartbeat, complete,
+    fail, release, block, whoami) unless a call passes its own ``token``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        session_token: str | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.path = resolve_socket(path)
+        self.session_token = session_token
+        self.connect_timeout = connect_timeout
+        self.welcome: p.Welcome | None = None
+        self._sock: socket.socket | None = None
+        self._buffer = p.FrameBuffer()
+        self._next_id = 1
+        self._broken: RunleaseError | None = None
+
+    # ------------------------------------------------------------------ connection
+    def connect(self) -> Client:
+        if self._sock is not None:
+            return self
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.connect_timeout)
+            sock.connect(os.fspath(self.path))
+            sock.settimeout(None)
+        except OSError as exc:
+            sock.close()
+            raise unreachable(self.path, exc) from None
+        self._sock = sock
+        try:
+            self.welcome = self._call(hello(self._take_id()), p.Welcome)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def __enter__(self) -> Client:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _take_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def _socket(self) -> socket.socket:
+        if self._broken is not None:
+            raise self._broken
+        if self._sock is None:
+            self.connect()
+        assert self._sock is not None
+        return self._sock
+
+    def _send(self, request: p.Request) -> None:
+        frame = p.encode_frame(request)
+        sock = self._socket()
+        try:
+            sock.sendall(frame)
+        except OSError as exc:
+            raise self._break(unreachable(self.path, exc)) from None
+
+    def _break(self, error: RunleaseError) -> RunleaseError:
+        self._broken = error
+        self.close()
+        return error
+
+    def _receive(self) -> p.AnyReply:
+        while True:
+            try:
+                body = self._buffer.next_frame()
+            except p.FramingLost as exc:
+                raise self._break(
+                    InternalError(f"the server's reply stream broke: {exc.message}")
+                ) from None
+            if body is not None:
+                reply = p.decode_reply(body)
+                if reply.id == p.CONNECTION_ID and isinstance(reply, p.ErrorReply):
+                    raise self._break(error_for_code(reply.code, reply.message))
+                return reply
+            sock = self._socket()
+            try:
+                data = sock.recv(RECEIVE_BYTES)
+            except OSError as exc:
+                raise self._break(unreachable(self.path, exc)) from None
+            if not data:
+                raise self._break(closed_by_server(self.path))
+            self._buffer.feed(data)
+
+    def _receive_for(self, rid: int) -> p.AnyReply:
+        while True:
+            reply = self._receive()
+            if reply.id == rid:
+                return reply
+            # A late reply to something abandoned earlier (a cancelled stream): skip it.
+
+    def _call(self, request: p.Request, expected: type[R]) -> R:
+        self._send(request)
+        return check_reply(self._receive_for(request.id), expected)
+
+    def _token(self, token: str | None) -> str | None:
+        return token if token is not None else self.session_token
+
+    # ---------------------------------------------------------------------- status
+    def status(self) -> p.ServerStatus:
+        return self._call(p.GetStatus(id=self._take_id()), p.StatusReply).status
+
+    # ----------------------------------------------------------------------- tasks
+    def create_task(
+        self,
+        title: str,
+        *,
+        description: str = "",
+        priority: Priority = "medium",
+        workspace: str | None = None,
+        scope: Scope | None = None,
+        max_attempts: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        capabilities: Iterable[str] = (),
+        start: bool = False,
+    ) -> Task:
+        request = p.CreateTask(
+            id=self._take_id(),
+            title=title,
+            description=description,
+            priority=priority,
+            workspace=workspace,
+            scope=scope,
+            max_attempts=max_attempts,
+            metadata=metadata,
+            capabilities=_strings(capabilities),
+            start=start,
+        )
+        return self._call(request, p.TaskReply).task
+
+    def start_task(self, task_id: str) -> Run:
+        return self._call(p.StartTask(id=self._take_id(), task_id=task_id), p.RunReply).run
+
+    def show_task(self, task_id: str) -> p.TaskDetail:
+        """The task and all its runs, oldest first."""
+        return self._call(p.ShowTask(id=self._take_id(), task_id=task_id), p.TaskDetail)
+
+    def get_task(self, task_id: str) -> Task:
+        return self.show_task(task_id).task
+
+    def get_run(self, run_id: str) -> Run:
+        return self._call(p.GetRun(id=self._take_id(), run_id=run_id), p.RunReply).run
+
+    def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        workspace: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
+        """Tasks in creation order; every page of them when ``limit`` is None."""
+        out: list[Task] = []
+        cursor = after
+        while True:
+            want = None if limit is None else limit - len(out)
+            page = self._call(
+                p.ListTasks(
+                    id=self._take_id(), status=status, workspace=workspace, after=cursor, limit=want
+                ),
+                p.TaskList,
+            )
+            out.extend(page.tasks)
+            cursor = page.next_after
+            if cursor is None or (limit is not None and len(out) >= limit):
+                return out
+
+    def events(self, *, task_id: str | None = None, after_seq: int = 0) -> list[Event]:
+        """Events the server still holds after ``after_seq``, oldest first."""
+        out: list[Event] = []
+        cursor: int | None = after_seq
+        while cursor is not None:
+            page = self._call(
+                p.ListEvents(id=self._take_id(), task_id=task_id, after_seq=cursor), p.EventList
+            )
+            out.extend(page.events)
+            cursor = page.next_after_seq
+        return out
+
+    @contextmanager
+    def follow_events(
+        self, *, task_id: str | None = None, after_seq: int = 0
+    ) -> Iterator[Iterator[Event]]:
+        """Buffered events after ``after_seq``, then live ones, until the block exits::
+
+        with client.follow_events(task_id=t) as events:
+            for event in events: ...
+        """
+        rid = self._take_id()
+        self._send(p.FollowEvents(id=rid, task_id=task_id, after_seq=after_seq))
+        stream = _EventStream(self, rid)
+        try:
+            yield stream
+        finally:
+            if not stream.ended and self._broken is None and self._sock is not None:
+                stream.cancel()
+
+    # -------------------------------------------------------------------- sessions
+    def open_session(
+        self,
+        *,
+        agent: str = "agent",
+        parent: str | None = None,
+        ttl: float | None = None,
+        capabilities: Iterable[str] = (),
+        auto_stop_on_parent: bool = True,
+    ) -> tuple[Session, str]:
+        """Open a session; returns it and its bearer token (shown only this once)."""
+        reply = self._call(
+            p.OpenSession(
+                id=self._take_id(),
+                agent=agent,
+                parent=parent,
+                ttl=ttl,
+                capabilities=_strings(capabilities),
+                auto_stop_on_parent=auto_stop_on_parent,
+            ),
+            p.SessionOpened,
+        )
+        return reply.session, reply.token
+
+    def stop_session(self, session_id: str, *, reason: str | None = None) -> SessionReleased:
+        request = p.StopSession(id=self._take_id(), session_id=session_id, reason=reason)
+        return self._call(request, p.SessionReleasedReply).released
+
+    def get_session(self, session_id: str) -> Session:
+        request = p.GetSession(id=self._take_id(), session_id=session_id)
+        return self._call(request, p.SessionReply).session
+
+    def list_sessions(self, *, live_only: bool = False) -> list[Session]:
+        out: list[Session] = []
+        cursor: str | None = None
+        while True:
+            page = self._call(
+                p.ListSessions(id=self._take_id(), live_only=live_only, after=cursor),
+                p.SessionList,
+            )
+            out.extend(page.sessions)
+            cursor = page.next_after
+            if cursor is None:
+                return out
+
+    def whoami(self, *, token: str | None = None) -> Session:
+        """The session the token belongs to."""
+        request = p.WhoAmI(id=self._take_id(), token=self._token(token))
+        return self._call(request, p.SessionReply).session
+
+    # ---------------------------------------------------------------------- leases
+    def claim_next(
+        self,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        token: str | None = None,
+    ) -> Claim:
+        request = p.ClaimNext(
+            id=self._take_id(),
+            token=self._token(token),
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+        )
+        return self._call(request, p.ClaimReply).claim
+
+    def heartbeat(
+        self, run_id: str, *, lease_seconds: float | None = None, token: str | None = None
+    ) -> Heartbeat:
+        request = p.HeartbeatRun(
+            id=self._take_id(),
+            token=self._token(token),
+            run_id=run_id,
+            lease_seconds=lease_seconds,
+        )
+        return self._call(request, p.HeartbeatReply).heartbeat
+
+    def complete(self, run_id: str, *, result: Any = None, token: str | None = None) -> Run:
+        request = p.CompleteRun(
+            id=self._take_id(), token=self._token(token), run_id=run_id, result=result
+        )
+        return self._call(request, p.RunReply).run
+
+    def fail(
+        self,
+        run_id: str,
+        *,
+        error: str,
+        metadata: dict[str, Any] | None = None,
+        token: str | None = None,
+    ) -> Run:
+        request = p.FailRun(
+            id=self._take_id(),
+            token=self._token(token),
+            run_id=run_id,
+            error=error,
+            metadata=metadata,
+        )
+        return self._call(request, p.RunReply).run
+
+    def release(self, run_id: str, *, reason: str | None = None, token: str | None = None) -> Run:
+        request = p.ReleaseRun(
+            id=self._take_id(), token=self._token(token), run_id=run_id, reason=reason
+        )
+        return self._call(request, p.RunReply).run
+
+    def block(self, run_id: str, *, reason: str, token: str | None = None) -> Run:
+        request = p.BlockRun(
+            id=self._take_id(), token=self._token(token), run_id=run_id, reason=reason
+        )
+        return self._call(request, p.RunReply).run
+
+
+class _EventStream:
+    """The iterator behind :meth:`Client.follow_events`."""
+
+    def __init__(self, client: Client, rid: int) -> None:
+        self._client = client
+        self._rid = rid
+        self.ended = False
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        if self.ended:
+            raise StopIteration
+        reply = self._client._receive_for(self._rid)
+        if isinstance(reply, p.EventItem):
+            return reply.event
+        self.ended = True
+        if isinstance(reply, p.StreamEnd):
+            raise StopIteration
+        check_reply(reply, p.EventItem)  # raises the error the server sent
+        raise StopIteration  # pragma: no cover
+
+    def cancel(self) -> None:
+        """Ask the server to end the stream and read up to its end, so the client stays usable."""
+        client = self._client
+        cancel_id = client._take_id()
+        client._send(p.Cancel(id=cancel_id, target=self._rid))
+        pending = {cancel_id, self._rid}
+        while pending:
+            reply = client._receive()
+            if reply.id == cancel_id:
+                pending.discard(cancel_id)
+            elif reply.id == self._rid and not isinstance(reply, p.EventItem):
+                pending.discard(self._rid)
+        self.ended = True
+
+
+def connect(
+    path: str | os.PathLike[str] | None = None, *, session_token: str | None = None
+) -> Client:
+    """A connected :class:`Client` (close it, or use ``with``)."""
+    return Client(path, session_token=session_token).connect()
+
+
+def _strings(values: Iterable[str]) -> list[str]:
+    if isinstance(values, str):
+        raise TypeError("pass a list of strings, not one string")
+    return list(values)
+
+
+def __getattr__(name: str) -> Any:
+    # The trio client lives in runlease.runtime.client (only runtime/ imports trio);
+    # importing it from here loads it on first use.
+    if name in ("open_client", "AsyncClient"):
+        from runlease.runtime import client as trio_client
+
+        return getattr(trio_client, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "check_reply",
+    "connect",
+    "open_client",
+    "resolve_socket",
+    "unreachable",
+]
