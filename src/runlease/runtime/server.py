@@ -189,7 +189,7 @@ class _InFlight:
     def __init__(self, *, long: bool) -> None:
         self.scope = trio.CancelScope()
         self.long = long
-        self.why: str | None = None  # "cancelled" or "shutdown" once its scope is cancelled
+        self.why: str | None = None  # why its scope was cancelled: cancelled, shutdown, ...
 
 
 class _Connection:
@@ -252,13 +252,13 @@ class _Connection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
-    def begin_drain(self) -> None:
+    def begin_drain(self, why: str = "shutdown") -> None:
         """Stop reading; end long waits now; let short requests finish."""
         self.draining = True
         self.read_scope.cancel()
         for flight in self.inflight.values():
             if flight.long and flight.why is None:
-                flight.why = "shutdown"
+                flight.why = why
                 flight.scope.cancel()
 
 
@@ -413,7 +413,7 @@ class SocketServer:
             with conn.read_scope:
                 await self._read_loop(conn, handlers)
             if not conn.draining:
-                # The client went away or broke framing: nobody is left to read replies.
+                # The client went away: nobody is left to read replies.
                 handlers.cancel_scope.cancel()
 
     async def _read_loop(self, conn: _Connection, handlers: trio.Nursery) -> None:
@@ -436,6 +436,8 @@ class SocketServer:
                     await conn.send(
                         p.ErrorReply(id=p.CONNECTION_ID, code=exc.code, message=exc.message)
                     )
+                    # Requests read before the bad prefix still get their replies.
+                    conn.begin_drain("framing_lost")
                     return
                 if body is None:
                     break
