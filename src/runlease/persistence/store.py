@@ -25,13 +25,14 @@ Durability modes:
     :meth:`Store.close` flushes, so a clean shutdown loses nothing.
 
 LMDB runs with ``writemap``: the data file always has the size of the whole map, so a
-commit never grows the file and its flush needs no file-size metadata update (a durable
-commit costs about a quarter as much). A write into a shared file mapping that the disk
-cannot back would kill the process with SIGBUS, so the store reserves the disk blocks of the
-whole map (``posix_fallocate``) before LMDB may use them: at open and before each growth of
-the map. A full disk therefore shows up as ``STORAGE_FAILED`` when the map would grow, with
-nothing written, never as a crash mid-commit. The price: ``data.mdb`` takes the map's size
-on disk (64 MiB at first, doubling as needed).
+commit never grows the file and its flush needs no file-size metadata update, which makes
+a durable commit cheaper (by how much depends on the filesystem and the load). A write
+into a shared file mapping that the disk cannot back would kill the process with SIGBUS,
+so the store reserves the disk blocks of the whole map (``posix_fallocate``) before LMDB
+may use them: at open and before each growth of the map. A full disk therefore shows up
+as ``STORAGE_FAILED`` when the map would grow, with nothing written, never as a crash
+mid-commit. The price: ``data.mdb`` takes the map's size on disk (64 MiB at first,
+doubling as needed).
 
 Failures: whenever a write raises ``STORAGE_FAILED`` the batch is absent, except in one
 case LMDB cannot resolve: the final flush of the commit itself failing. Then LMDB marks the
