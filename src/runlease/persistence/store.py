@@ -24,15 +24,18 @@ Durability modes:
     commits (the database itself stays consistent: it rolls back to an older commit).
     :meth:`Store.close` flushes, so a clean shutdown loses nothing.
 
-LMDB runs with ``writemap``: the data file always has the size of the whole map, so a
-commit never grows the file and its flush needs no file-size metadata update, which makes
-a durable commit cheaper (by how much depends on the filesystem and the load). A write
-into a shared file mapping that the disk cannot back would kill the process with SIGBUS,
-so the store reserves the disk blocks of the whole map (``posix_fallocate``) before LMDB
-may use them: at open and before each growth of the map. A full disk therefore shows up
-as ``STORAGE_FAILED`` when the map would grow, with nothing written, never as a crash
-mid-commit. The price: ``data.mdb`` takes the map's size on disk (64 MiB at first,
-doubling as needed).
+In durable mode LMDB runs with ``writemap``: the data file always has the size of the
+whole map, so a commit never grows the file and its flush needs no file-size metadata
+update, which makes a durable commit cheaper (by how much depends on the filesystem and
+the load). A write into a shared file mapping that the disk cannot back would kill the
+process with SIGBUS, so the store reserves the disk blocks of the whole map
+(``posix_fallocate``) before LMDB may use them: at open and before each growth of the map.
+A full disk therefore shows up as ``STORAGE_FAILED`` when the map would grow, with nothing
+written, never as a crash mid-commit. The price: ``data.mdb`` takes the map's size on disk
+(64 MiB at first, doubling as needed). Relaxed mode must not use ``writemap``: without
+flushes the kernel may write LMDB's meta page before the pages it points to, and an OS
+crash could then corrupt the database instead of just losing the newest commits. Without
+it, a full disk fails the commit's own writes, which LMDB rolls back.
 
 Failures: whenever a write raises ``STORAGE_FAILED`` the batch is absent, except in one
 case LMDB cannot resolve: the final flush of the commit itself failing. Then LMDB marks the
@@ -179,7 +182,8 @@ class Store:
         try:
             env = _open_env(data_dir / "db", durability=durability, map_size=map_size)
             try:
-                _reserve(data_dir / "db", env.info()["map_size"], "open the store")
+                if durability == "durable":
+                    _reserve(data_dir / "db", env.info()["map_size"], "open the store")
                 journal, snapshots, meta, last_seq = _open_databases(env)
             except BaseException:
                 env.close()
@@ -487,7 +491,8 @@ class Store:
                 code=STORAGE_FAILED,
             )
         # Reserve the disk first: if it is full, fail here with the environment untouched.
-        _reserve(self.data_dir / "db", new, what)
+        if self.durability == "durable":  # the writemap mode, see the module docstring
+            _reserve(self.data_dir / "db", new, what)
         try:
             self._env.set_mapsize(new)
         except lmdb.Error as exc:
@@ -644,11 +649,12 @@ def _open_env(path: Path, *, durability: Durability, map_size: int) -> lmdb.Envi
             sync=durable,
             metasync=durable,
             mode=0o600,
+            # Durable only (see the module docstring for why relaxed must not).
             # With writemap LMDB sizes the file to the whole map up front (sparse), so a
             # commit never grows the file and its sync needs no filesystem-metadata flush:
             # measured here, ~0.3 ms per durable commit instead of ~4 ms. Safe against a
             # full disk only together with _reserve().
-            writemap=True,
+            writemap=durable,
             readahead=False,
             max_spare_txns=0,
         )
