@@ -122,8 +122,10 @@ def _reject_claim_tokens(value: Any, field: str) -> None:
         if isinstance(item, dict):
             for key, child in item.items():
                 if key == "claim_token" or CLAIM_TOKEN_PREFIX in key:
+                    # Never echo such a key: it may be (part of) the token itself.
+                    what = "a claim_token key" if key == "claim_token" else "a raw token as a key"
                     raise InvalidInput(
-                        f"{field} must not carry a claim token (key {key[:40]!r}); "
+                        f"{field} must not carry a claim token ({what}); "
                         "leases are resolved from your session, never from a token"
                     )
                 stack.append(child)
