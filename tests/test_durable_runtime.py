@@ -273,12 +273,6 @@ async def test_leases_that_ran_out_while_down_are_expired_on_boot(tmp_path: Path
         assert rt.get_task(short.id).status == "needs_attention"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open_runtime arms the lease clock before it runs the recovery commands, so "
-    "the clock expires every orphaned lease after the first with reason lease_expired; "
-    "the boot report still lists them as orphaned_on_boot",
-)
 async def test_every_lease_that_ran_out_while_down_is_orphaned_on_boot(
     tmp_path: Path,
 ) -> None:
@@ -365,11 +359,6 @@ async def test_damaged_newest_snapshot_falls_back_to_the_older_one(
         await finish_held_leases(rt, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_machine counts only snapshots that fail to decode; a snapshot the store "
-    "rejects (checksum, torn) is skipped without showing in BootReport.skipped_snapshots",
-)
 async def test_boot_report_counts_a_snapshot_the_store_rejected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -553,12 +542,6 @@ async def test_a_failed_commit_fails_its_callers_and_turns_writes_off(
         assert rt.get_task(task.id).title == "writes work again"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after a failed commit the actors keep applying commands to the in-memory "
-    "machine, so reads show changes that were never acknowledged (and a retry is refused "
-    "with a lease error instead of STORAGE_FAILED)",
-)
 async def test_after_a_failed_commit_reads_show_only_acknowledged_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -172,6 +172,17 @@ class Machine:
             raise InvalidInput(f"unknown command {type(command).__name__}")
         return handler(command)
 
+    def adopt(self, other: Machine) -> None:
+        """Take over another machine's whole state (used to roll back to the journal)."""
+        self.tasks = other.tasks
+        self.runs = other.runs
+        self.sessions = other.sessions
+        self.children = other.children
+        self.session_by_token_hash = other.session_by_token_hash
+        self.index = other.index
+        self.last_seq = other.last_seq
+        self._tokens = other._tokens
+
     # ------------------------------------------------------------------------ reads
     def get_task(self, task_id: str) -> Task:
         task = self.tasks.get(task_id)

@@ -119,6 +119,10 @@ class ActorSystem:
     def _execute(self, request: Request) -> Outcome | None:
         """Apply one command now; route its outcome to the committer. None on refusal."""
         command = request.command
+        refusal = self.committer.refusal
+        if refusal is not None:
+            request.resolve(None, refusal)
+            return None
         command.now = self.clock.now()
         try:
             outcome = self.machine.apply(command)
@@ -177,6 +181,10 @@ class ActorSystem:
     def _try_claim_for(self, request: Request) -> bool:
         """One claim attempt for a waiting claimer; True once it is settled."""
         command = request.command
+        refusal = self.committer.refusal
+        if refusal is not None:
+            request.resolve(None, refusal)
+            return True
         command.now = self.clock.now()
         try:
             outcome = self.machine.apply(command)

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from runlease.core.commands import AnyCommand
 from runlease.core.machine import Outcome
+from runlease.errors import RunleaseError
 from runlease.runtime.requests import Request
 
 Acknowledge = Callable[[Request | None, Outcome], None]
@@ -25,6 +26,10 @@ class Committer(Protocol):
     async def flush(self) -> None:
         """Return once everything submitted so far has been acknowledged."""
 
+    @property
+    def refusal(self) -> RunleaseError | None:
+        """Set once writes can no longer be made durable; actors then refuse all writes."""
+
 
 class MemoryCommitter:
     """No durability: acknowledge immediately."""
@@ -36,4 +41,8 @@ class MemoryCommitter:
         self._acknowledge(request, outcome)
 
     async def flush(self) -> None:
+        return None
+
+    @property
+    def refusal(self) -> RunleaseError | None:
         return None

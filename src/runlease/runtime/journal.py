@@ -54,8 +54,9 @@ _Item = tuple[bytes, Request | None, Outcome]
 class JournalCommitter:
     """Group commit in front of a :class:`~runlease.persistence.store.Store`."""
 
-    def __init__(self, store: Store, acknowledge: Acknowledge) -> None:
+    def __init__(self, store: Store, machine: Machine, acknowledge: Acknowledge) -> None:
         self._store = store
+        self._machine = machine
         self._acknowledge = acknowledge
         self._pending: list[_Item | _Snapshot] = []
         self._wake = trio.Event()
@@ -94,6 +95,10 @@ class JournalCommitter:
         self.records_since_snapshot = 0
         self._wake.set()
         return snapshot
+
+    @property
+    def refusal(self) -> RunleaseError | None:
+        return self.failure
 
     async def flush(self) -> None:
         target = self.submitted_seq
@@ -137,11 +142,11 @@ class JournalCommitter:
         if self.failure is None:
             try:
                 await trio.to_thread.run_sync(self._store.append, [item[0] for item in items])
-            except RunleaseError as exc:
-                self._fail(exc)
             except Exception as exc:
-                log.exception("journal commit failed")
-                self._fail(InternalError(str(exc)))
+                if not isinstance(exc, RunleaseError):
+                    log.exception("journal commit failed")
+                self._fail(exc if isinstance(exc, RunleaseError) else InternalError(str(exc)))
+                await self._roll_back_to_journal()
         self.written_seq += len(items)
         self._progress.set()
         self._progress = trio.Event()
@@ -152,6 +157,19 @@ class JournalCommitter:
             return
         for _, request, outcome in items:
             self._acknowledge(request, outcome)
+
+    async def _roll_back_to_journal(self) -> None:
+        """Make memory match the journal again, so reads show only acknowledged state.
+
+        The failed batch (and anything applied after it) changed the machine but will never
+        be acknowledged; rebuilding from disk drops those changes.
+        """
+        try:
+            durable = await trio.to_thread.run_sync(load_machine, self._store, BootReport())
+        except Exception:
+            log.exception("could not re-read the journal after a failed commit")
+            return
+        self._machine.adopt(durable)
 
     async def _write_snapshot(self, snapshot: _Snapshot) -> None:
         try:
@@ -219,17 +237,20 @@ class BootReport:
 def load_machine(store: Store, report: BootReport) -> Machine:
     """The newest valid snapshot plus the journal after it; fail closed on any gap."""
     machine: Machine | None = None
-    for seq, data in store.load_snapshots():
+    decode_failures = 0
+    for seq, data in store.iter_snapshots():
         try:
             machine = decode_snapshot(data)
         except UnsupportedFormat:
             raise  # a newer format must stop boot, not fall back to older data
         except RunleaseError as exc:
             log.error("snapshot at seq %d does not decode (%s); trying an older one", seq, exc)
-            report.skipped_snapshots += 1
+            decode_failures += 1
             continue
         report.snapshot_seq = seq
         break
+    # Torn or corrupt images the store itself rejected count as skipped too.
+    report.skipped_snapshots = decode_failures + len(store.snapshot_problems)
     if machine is None:
         machine = Machine()
     expected = report.snapshot_seq + 1

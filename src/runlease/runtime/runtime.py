@@ -579,7 +579,7 @@ async def open_runtime(
             machine, RuntimeClock(clock), event_capacity=event_capacity, durability=durability
         )
         runtime.boot_report = report
-        committer = JournalCommitter(store, runtime._acknowledge)
+        committer = JournalCommitter(store, machine, runtime._acknowledge)
         runtime.use_committer(committer)
         try:
             async with trio.open_nursery() as nursery:
@@ -587,9 +587,11 @@ async def open_runtime(
                 await nursery.start(runtime._serve)
                 # Recovery runs through the actors, so it is journaled like any change,
                 # and it finishes before the caller can send a single request.
-                runtime._system.arm_deadlines_of_live_state()
                 for command in recovery_commands(machine, runtime._clock.now(), report):
                     await runtime._call(command)
+                # Armed only now, so every lease that ran out while down was expired above
+                # as orphaned_on_boot rather than by the clock as an ordinary expiry.
+                runtime._system.arm_deadlines_of_live_state()
                 await nursery.start(run_snapshotter, machine, committer, policy)
                 try:
                     yield runtime
