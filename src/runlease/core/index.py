@@ -14,7 +14,7 @@ dropped lazily when they reach a heap's top or when they outnumber the live ones
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 # An entry is a list so heapq compares it in C: [neg_rank, queued_at, run_id, live, ws, caps].
 # run_id is unique, so comparison never reaches the trailing bookkeeping fields.
@@ -69,6 +69,28 @@ class ClaimIndex:
         self._entries[run_id] = entry
         for key in (ws_key, _ANY_WORKSPACE):
             heapq.heappush(self._heap(key, capabilities).items, entry)
+
+    def add_many(self, items: Iterable[tuple[str, int, float, str | None, frozenset[str]]]) -> None:
+        """Index many runs at once (boot): append everything, then heapify each heap once.
+
+        Each item is (run_id, rank, queued_at, workspace_id, capabilities).
+        """
+        touched: set[int] = set()
+        heaps: list[_Heap] = []
+        for run_id, rank, queued_at, workspace_id, capabilities in items:
+            if run_id in self._entries:
+                raise ValueError(f"run {run_id} is already indexed")
+            ws_key = workspace_id if workspace_id is not None else ""
+            entry: _Entry = [-rank, queued_at, run_id, True, ws_key, capabilities]
+            self._entries[run_id] = entry
+            for key in (ws_key, _ANY_WORKSPACE):
+                heap = self._heap(key, capabilities)
+                heap.items.append(entry)
+                if id(heap) not in touched:
+                    touched.add(id(heap))
+                    heaps.append(heap)
+        for heap in heaps:
+            heapq.heapify(heap.items)
 
     def discard(self, run_id: str) -> bool:
         """Take a run out of the index (it was canceled or paused). True if it was there."""

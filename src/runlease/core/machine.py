@@ -244,9 +244,26 @@ class Machine:
                 machine.session_by_token_hash[session.token_hash] = session.id
             if session.parent_id is not None:
                 machine.children.setdefault(session.parent_id, []).append(session.id)
-        for run in machine.runs.values():
-            if run.status == "queued":
-                machine._index(machine.tasks[run.task_id], run)
+        caps_of: dict[tuple[str, ...], frozenset[str]] = {}
+
+        def queued() -> Iterator[tuple[str, int, float, str | None, frozenset[str]]]:
+            for run in machine.runs.values():
+                if run.status == "queued":
+                    task = machine.tasks[run.task_id]
+                    caps = caps_of.get(task.required_capabilities)
+                    if caps is None:
+                        caps = caps_of[task.required_capabilities] = frozenset(
+                            task.required_capabilities
+                        )
+                    yield (
+                        run.id,
+                        PRIORITY_RANK[task.priority],
+                        run.queued_at,
+                        task.workspace_id,
+                        caps,
+                    )
+
+        machine.index.add_many(queued())
         machine._tokens = dict(tokens)
         machine.last_seq = last_seq
         return machine
