@@ -1,0 +1,548 @@
+"""The ``runlease`` command: a cyclopts app over the synchronous socket client.
+
+Every command returns an exit code: 0 when it worked, else the code of the error's class
+(see :mod:`runlease.errors`): 2 usage, 3 invalid input, 4 not found or nothing to claim,
+5 lease or session refusal, 6 server unavailable, 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from cyclopts import App, CycloptsError, Parameter
+
+from runlease.cli.output import Output, default_output, emit, emit_error, emit_event, plain
+from runlease.client import Client
+from runlease.core.model import Priority, TaskStatus
+from runlease.errors import USAGE, InvalidInput, RunleaseError, UsageError
+from runlease.paths import ENV_SESSION_TOKEN, ENV_SOCKET, default_data_dir, default_socket_path
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("runlease")
+    except Exception:
+        return "0+unknown"
+
+
+app = App(
+    name="runlease",
+    help=(
+        "Hand task runs to agent sessions under leases.\n\n"
+        "Start a server with `runlease serve`, open a session with `runlease session open`, "
+        "then claim work with `runlease task next`."
+    ),
+    version=_version,
+    default_parameter=Parameter(negative_iterable=()),
+)
+session_app = App(name="session", help="Open, stop and list agent sessions.")
+task_app = App(
+    name="task",
+    help=(
+        "Create and inspect tasks; claim and finish runs. The commands next, heartbeat, "
+        "complete, fail, release and block act for the session whose token is given with "
+        f"--session-token or {ENV_SESSION_TOKEN}."
+    ),
+)
+app.command(session_app)
+app.command(task_app)
+
+
+@dataclass
+class Globals:
+    socket: Path | None = None
+    output: Output = "json"
+    session_token: str | None = None
+
+    def client(self) -> Client:
+        return Client(self.socket, session_token=self.session_token).connect()
+
+
+GLOBALS = Globals()
+
+
+@app.meta.default
+def _launcher(
+    *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
+    socket: Annotated[
+        Path | None,
+        Parameter(env_var=ENV_SOCKET, help="The server's Unix socket.", group="Global options"),
+    ] = None,
+    output: Annotated[
+        Literal["json", "table"] | None,
+        Parameter(
+            name=["--output", "-o"],
+            help="json, or table for people (default: table on a terminal, else json).",
+            group="Global options",
+        ),
+    ] = None,
+    session_token: Annotated[
+        str | None,
+        Parameter(
+            env_var=ENV_SESSION_TOKEN,
+            help="The session's bearer token (rl_session_...), for session-scoped commands.",
+            group="Global options",
+        ),
+    ] = None,
+) -> int:
+    GLOBALS.socket = socket
+    GLOBALS.output = output or default_output()
+    GLOBALS.session_token = session_token or None
+    command, bound, _ = app.parse_args(tokens)
+    try:
+        result = command(*bound.args, **bound.kwargs)
+    except RunleaseError as exc:
+        emit_error(exc.code, exc.message, GLOBALS.output)
+        return exc.exit_code
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: run the command line and exit with its code."""
+    sys.exit(run(argv))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = app.meta(
+            tokens, exit_on_error=False, print_error=False, result_action="return_value"
+        )
+    except CycloptsError as exc:
+        output = _output_from_argv(tokens) or default_output()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        emit_error(USAGE, f"{message} (see runlease --help)", output)
+        return UsageError.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def _output_from_argv(tokens: list[str]) -> Output | None:
+    """The -o/--output value, read by hand when the command line did not parse."""
+    for index, token in enumerate(tokens):
+        value: str | None = None
+        if token in ("-o", "--output") and index + 1 < len(tokens):
+            value = tokens[index + 1]
+        elif token.startswith("--output="):
+            value = token.split("=", 1)[1]
+        elif token.startswith("-o") and len(token) > 2:
+            value = token[2:]
+        if value == "json":
+            return "json"
+        if value == "table":
+            return "table"
+    return None
+
+
+def _json_arg(text: str | None, flag: str, *, object_only: bool = False) -> Any:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"{flag} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if object_only and not isinstance(value, dict):
+        raise InvalidInput(f'{flag} must be a JSON object, like \'{{"key": "value"}}\'')
+    return value
+
+
+@contextlib.contextmanager
+def _client() -> Iterator[Client]:
+    client = GLOBALS.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- serve & status
+@app.command
+def serve(
+    *,
+    data_dir: Annotated[Path | None, Parameter(help="Where state is kept.")] = None,
+    durability: Annotated[
+        Literal["durable", "relaxed"],
+        Parameter(help="durable: sync every commit to disk; relaxed: survive process crashes."),
+    ] = "durable",
+) -> int:
+    """Run the server in the foreground until SIGINT or SIGTERM.
+
+    The data directory defaults to $RUNLEASE_HOME, else $XDG_DATA_HOME/runlease, else
+    ~/.local/share/runlease; the socket to --socket, else $RUNLEASE_SOCKET, else
+    <data dir>/runlease.sock. Log lines go to stderr as JSON.
+    """
+    from runlease.runtime.server import configure_logging, run_server
+
+    directory = data_dir.expanduser() if data_dir is not None else default_data_dir()
+    socket_path = GLOBALS.socket or default_socket_path(directory)
+    configure_logging()
+    run_server(socket_path, data_dir=directory, durability=durability)
+    return 0
+
+
+@app.command
+def status() -> int:
+    """Is the server up, has recovery finished, and how much is in it."""
+    with _client() as client:
+        info = client.status()
+    document = plain(info)
+    emit(
+        {
+            "server": {
+                "up": True,
+                "version": document["version"],
+                "protocol": document["protocol"],
+                "pid": document["pid"],
+                "socket": document["socket"],
+                "started_at": document["started_at"],
+                "uptime_seconds": round(info.uptime_seconds, 3),
+                "connections": document["connections"],
+            },
+            "recovered": info.recovered,
+            "durability": info.durability,
+            "counts": {
+                "tasks": info.tasks,
+                "queued_runs": info.queued_runs,
+                "leased_runs": info.leased_runs,
+                "live_sessions": info.live_sessions,
+                "waiting_claimers": info.waiting_claimers,
+                "active_task_actors": info.active_task_actors,
+                "last_event_seq": info.last_event_seq,
+            },
+        },
+        GLOBALS.output,
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------------- sessions
+@session_app.command(name="open")
+def session_open(
+    *,
+    agent: Annotated[str, Parameter(help="Who the session works for.")] = "agent",
+    parent: Annotated[str | None, Parameter(help="A parent SESSION_ID.")] = None,
+    ttl: Annotated[float | None, Parameter(help="Stop the session after SECONDS.")] = None,
+    capability: Annotated[
+        list[str] | None, Parameter(help="A capability the session offers (repeatable).")
+    ] = None,
+) -> int:
+    """Open a session and print its id and its token (shown only this once)."""
+    with _client() as client:
+        session, token = client.open_session(
+            agent=agent, parent=parent, ttl=ttl, capabilities=capability or ()
+        )
+    emit(
+        {"session_id": session.id, "session_token": token, "session": plain(session)},
+        GLOBALS.output,
+    )
+    if GLOBALS.output == "table":
+        sys.stderr.write(
+            f"Keep the token: it is shown only once.\n  export {ENV_SESSION_TOKEN}={token}\n"
+        )
+    return 0
+
+
+@session_app.command(name="stop")
+def session_stop(
+    session_id: str,
+    /,
+    *,
+    reason: Annotated[str | None, Parameter(help="Why it stops.")] = None,
+) -> int:
+    """Stop a session: its lease goes back to the queue, its children stop too.
+
+    Parameters
+    ----------
+    session_id
+        The session to stop.
+    """
+    with _client() as client:
+        released = client.stop_session(session_id, reason=reason)
+    emit(plain(released), GLOBALS.output)
+    return 0
+
+
+@session_app.command(name="list")
+def session_list(
+    *, live: Annotated[bool, Parameter(help="Only sessions that are still live.")] = False
+) -> int:
+    """List sessions, oldest first."""
+    with _client() as client:
+        sessions = client.list_sessions(live_only=live)
+    emit({"sessions": plain(sessions)}, GLOBALS.output)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ tasks
+@task_app.command(name="create")
+def task_create(
+    title: str,
+    /,
+    *,
+    description: str = "",
+    priority: Priority = "medium",
+    workspace: Annotated[str | None, Parameter(help="Scope the task to a workspace.")] = None,
+    max_attempts: Annotated[int | None, Parameter(help="Runs allowed, 1 to 10.")] = None,
+    capability: Annotated[
+        list[str] | None, Parameter(help="A capability a session needs (repeatable).")
+    ] = None,
+    metadata: Annotated[str | None, Parameter(help="A JSON object kept with the task.")] = None,
+    start: Annotated[bool, Parameter(help="Also enqueue its first run.")] = False,
+) -> int:
+    """Create a task.
+
+    Parameters
+    ----------
+    title
+        What the task is.
+    """
+    meta = _json_arg(metadata, "--metadata", object_only=True)
+    with _client() as client:
+        task = client.create_task(
+            title,
+            description=description,
+            priority=priority,
+            workspace=workspace,
+            max_attempts=max_attempts,
+            capabilities=capability or (),
+            metadata=meta,
+            start=start,
+        )
+    emit({"task": plain(task)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="start")
+def task_start(task_id: str, /) -> int:
+    """Enqueue a run of a task (its next attempt).
+
+    Parameters
+    ----------
+    task_id
+        The task to start.
+    """
+    with _client() as client:
+        run = client.start_task(task_id)
+    emit({"run": plain(run)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="show")
+def task_show(task_id: str, /) -> int:
+    """Show a task and all its runs.
+
+    Parameters
+    ----------
+    task_id
+        The task to show.
+    """
+    with _client() as client:
+        detail = client.show_task(task_id)
+    emit({"task": plain(detail.task), "runs": plain(detail.runs)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="list")
+def task_list(
+    *,
+    status: Annotated[TaskStatus | None, Parameter(help="Only tasks in this status.")] = None,
+    workspace: Annotated[str | None, Parameter(help="Only tasks of this workspace.")] = None,
+    limit: Annotated[int | None, Parameter(help="At most this many tasks.")] = None,
+) -> int:
+    """List tasks in creation order."""
+    with _client() as client:
+        tasks = client.list_tasks(status=status, workspace=workspace, limit=limit)
+    emit({"tasks": plain(tasks)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="events")
+def task_events(
+    task_id: str,
+    /,
+    *,
+    follow: Annotated[
+        bool, Parameter(help="Keep printing new events (one JSON object per line).")
+    ] = False,
+    after_seq: Annotated[int, Parameter(help="Only events after this sequence number.")] = 0,
+) -> int:
+    """Show a task's events; with --follow, keep streaming them until interrupted.
+
+    Parameters
+    ----------
+    task_id
+        The task whose events to show.
+    """
+    with _client() as client:
+        client.show_task(task_id)  # a clear TASK_NOT_FOUND instead of an empty stream
+        if not follow:
+            events = client.events(task_id=task_id, after_seq=after_seq)
+            emit({"events": plain(events)}, GLOBALS.output)
+            return 0
+        with client.follow_events(task_id=task_id, after_seq=after_seq) as stream:
+            for event in stream:
+                emit_event(plain(event), GLOBALS.output)
+    return 0
+
+
+# ----------------------------------------------------------------------- session-scoped runs
+@task_app.command(name="next")
+def task_next(
+    *,
+    wait: Annotated[bool, Parameter(help="Wait for a claimable run to arrive.")] = False,
+    timeout: Annotated[
+        float | None, Parameter(help="Give up waiting after SECONDS (implies --wait).")
+    ] = None,
+    lease_seconds: Annotated[
+        float | None, Parameter(help="Lease length; 0 or omitted means 300, capped at 24 h.")
+    ] = None,
+    workspace: Annotated[str | None, Parameter(help="Only runs of this workspace.")] = None,
+) -> int:
+    """Claim the best queued run this session may take.
+
+    Exits 4 with NO_CLAIMABLE_RUN when there is none (after the timeout when waiting).
+    """
+    waiting = wait or timeout is not None
+    with _client() as client, _spinner(waiting):
+        claim = client.claim_next(
+            wait=waiting, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+        )
+    emit(
+        {"task": plain(claim.task), "run": plain(claim.run), "lease": plain(claim.lease)},
+        GLOBALS.output,
+    )
+    return 0
+
+
+@contextlib.contextmanager
+def _spinner(waiting: bool) -> Iterator[None]:
+    if not waiting or not _is_terminal(sys.stderr):
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status("waiting for a claimable run…"):
+        yield
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+@task_app.command(name="heartbeat")
+def task_heartbeat(
+    run_id: str,
+    /,
+    *,
+    lease_seconds: Annotated[
+        float | None, Parameter(help="New lease length from now; 0 or omitted means 300.")
+    ] = None,
+) -> int:
+    """Renew the session's lease on a run: lease_until = now + lease seconds.
+
+    Parameters
+    ----------
+    run_id
+        The run the session holds.
+    """
+    with _client() as client:
+        beat = client.heartbeat(run_id, lease_seconds=lease_seconds)
+    emit({"run": plain(beat.run), "lease": plain(beat.lease)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="complete")
+def task_complete(
+    run_id: str,
+    /,
+    *,
+    result: Annotated[str | None, Parameter(help="A JSON result to keep with the run.")] = None,
+) -> int:
+    """Finish the session's run successfully.
+
+    Parameters
+    ----------
+    run_id
+        The run the session holds.
+    """
+    value = _json_arg(result, "--result")
+    with _client() as client:
+        run = client.complete(run_id, result=value)
+    emit({"run": plain(run)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="fail")
+def task_fail(
+    run_id: str,
+    /,
+    *,
+    error: Annotated[str, Parameter(help="What went wrong.")],
+    metadata: Annotated[str | None, Parameter(help="A JSON object with details.")] = None,
+) -> int:
+    """End the session's run as failed (the task may be started again while attempts remain).
+
+    Parameters
+    ----------
+    run_id
+        The run the session holds.
+    """
+    meta = _json_arg(metadata, "--metadata", object_only=True)
+    with _client() as client:
+        run = client.fail(run_id, error=error, metadata=meta)
+    emit({"run": plain(run)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="release")
+def task_release(
+    run_id: str,
+    /,
+    *,
+    reason: Annotated[str | None, Parameter(help="Why the session lets go.")] = None,
+) -> int:
+    """Give the run back to the queue (same attempt) without finishing it.
+
+    Parameters
+    ----------
+    run_id
+        The run the session holds.
+    """
+    with _client() as client:
+        run = client.release(run_id, reason=reason)
+    emit({"run": plain(run)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="block")
+def task_block(
+    run_id: str,
+    /,
+    *,
+    reason: Annotated[str, Parameter(help="What a human must look at.")],
+) -> int:
+    """Park the run as needs_attention for a human, ending the lease.
+
+    Parameters
+    ----------
+    run_id
+        The run the session holds.
+    """
+    with _client() as client:
+        run = client.block(run_id, reason=reason)
+    emit({"run": plain(run)}, GLOBALS.output)
+    return 0

@@ -1,0 +1,35 @@
+"""A runlease server whose wall clock a test can move forward (tests only).
+
+    python tests/skewed_server.py SOCKET SKEW_FILE
+
+The clock is real time plus the number of seconds written in SKEW_FILE (0 when absent).
+Jumping it forward makes a lease's deadline pass for every command at once while the lease
+clock, which sleeps on trio's monotonic clock, has not fired yet: exactly the moment a
+stale holder gets AUTONOMY_LEASE_EXPIRED rather than AUTONOMY_NO_ACTIVE_LEASE.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from runlease.runtime.server import configure_logging, run_server
+
+
+def main() -> None:
+    socket_path, skew_file = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def clock() -> float:
+        try:
+            skew = float(skew_file.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            skew = 0.0
+        return time.time() + skew
+
+    configure_logging()
+    run_server(socket_path, clock=clock)
+
+
+if __name__ == "__main__":
+    main()
