@@ -101,6 +101,36 @@ class IndexVersusModel(RuleBasedStateMachine):
         run_id = sorted(self.gone)[pick % len(self.gone)]
         self._add(run_id, self.gone[run_id])
 
+    @rule(
+        batch=st.lists(
+            st.tuples(
+                st.sampled_from(RANKS),
+                st.sampled_from(TIMES),
+                st.sampled_from(WORKSPACES),
+                st.frozensets(st.sampled_from(CAPS), max_size=2),
+            ),
+            max_size=6,
+        ),
+        readd=st.booleans(),
+    )
+    def add_many(
+        self,
+        batch: list[tuple[int, float, str | None, frozenset[str]]],
+        readd: bool,
+    ) -> None:
+        """Bulk indexing (boot) must agree with adding the runs one by one."""
+        items: list[tuple[str, int, float, str | None, frozenset[str]]] = []
+        if readd:
+            items += [
+                (run_id, e.rank, e.queued_at, e.workspace_id, e.caps)
+                for run_id, e in self.gone.items()
+            ]
+        items += [(self._new_id(), *fields) for fields in batch]
+        self.index.add_many(iter(items))
+        for run_id, rank, queued_at, workspace_id, caps in items:
+            self.model[run_id] = Entry(rank, queued_at, workspace_id, caps)
+            self.gone.pop(run_id, None)
+
     @rule(pick=st.integers(0, 1000))
     def add_duplicate_is_refused(self, pick: int) -> None:
         if not self.model:
@@ -194,3 +224,12 @@ def test_workspace_claim_does_not_see_global_runs() -> None:
     assert index.take(workspace_id=None, offered=frozenset()) == "run_global"
     assert index.take(workspace_id="a", offered=frozenset()) == "run_ws"
     assert index.take(workspace_id=None, offered=frozenset()) is None
+
+
+def test_add_many_refuses_a_run_already_indexed() -> None:
+    index = ClaimIndex()
+    _add(index, "run_a")
+    with pytest.raises(ValueError, match="already indexed"):
+        index.add_many([("run_a", 20, 0.0, None, frozenset())])
+    index.add_many([])
+    assert list(index.run_ids()) == ["run_a"]
