@@ -1,1 +1,1 @@
-"""Benchmarks: each prints ratios against peers measured in the same run."""
+"""Benchmarks, run as modules from the repository root (``python -m bench.contention``)."""
