@@ -460,3 +460,17 @@ async def test_shutdown_ends_waits_and_streams_then_removes_the_socket(
         await trio.to_thread.run_sync(lambda: Client(path).connect())
     assert info.value.code == SERVER_UNAVAILABLE
     assert str(path) in info.value.message
+
+
+def test_sync_client_gives_up_on_a_server_that_never_answers(tmp_path: Path) -> None:
+    path = tmp_path / "silent.sock"
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind(os.fspath(path))
+    silent.listen()  # accepts connections in the kernel, never answers
+    try:
+        with pytest.raises(Unavailable) as info:
+            Client(path, reply_timeout=0.2).connect()
+    finally:
+        silent.close()
+    assert info.value.code == SERVER_UNAVAILABLE
+    assert "no reply within 0.2 seconds" in info.value.message

@@ -102,7 +102,9 @@ class Client:
     """A synchronous connection to a runlease server. Not safe to share between threads.
 
     ``session_token`` is used by the session-scoped calls (claim_next, heartbeat, complete,
-    fail, release, block, whoami) unless a call passes its own ``token``.
+    fail, release, block, whoami) unless a call passes its own ``token``. ``reply_timeout``
+    bounds how long a call waits for its reply (None: forever); a waiting claim gets its own
+    timeout on top, and a followed event stream waits as long as it is read.
     """
 
     def __init__(
@@ -111,10 +113,12 @@ class Client:
         *,
         session_token: str | None = None,
         connect_timeout: float = 5.0,
+        reply_timeout: float | None = None,
     ) -> None:
         self.path = resolve_socket(path)
         self.session_token = session_token
         self.connect_timeout = connect_timeout
+        self.reply_timeout = reply_timeout
         self.welcome: p.Welcome | None = None
         self._sock: socket.socket | None = None
         self._buffer = p.FrameBuffer()
@@ -183,7 +187,8 @@ class Client:
         self.close()
         return error
 
-    def _receive(self) -> p.AnyReply:
+    def _receive(self, timeout: float | None = None) -> p.AnyReply:
+        """The next reply; ``timeout`` bounds each wait for bytes (None: wait forever)."""
         while True:
             try:
                 body = self._buffer.next_frame()
@@ -198,23 +203,30 @@ class Client:
                 return reply
             sock = self._socket()
             try:
+                sock.settimeout(timeout)
                 data = sock.recv(RECEIVE_BYTES)
+            except TimeoutError:
+                raise self._break(
+                    unreachable(self.path, f"no reply within {timeout} seconds")
+                ) from None
             except OSError as exc:
                 raise self._break(unreachable(self.path, exc)) from None
             if not data:
                 raise self._break(closed_by_server(self.path))
             self._buffer.feed(data)
 
-    def _receive_for(self, rid: int) -> p.AnyReply:
+    def _receive_for(self, rid: int, timeout: float | None = None) -> p.AnyReply:
         while True:
-            reply = self._receive()
+            reply = self._receive(timeout)
             if reply.id == rid:
                 return reply
             # A late reply to something abandoned earlier (a cancelled stream): skip it.
 
-    def _call(self, request: p.Request, expected: type[R]) -> R:
+    def _call(self, request: p.Request, expected: type[R], *, wait: float | None = 0.0) -> R:
+        """Send, then wait for the reply: ``reply_timeout`` plus ``wait`` (None: forever)."""
         self._send(request)
-        return check_reply(self._receive_for(request.id), expected)
+        timeout = None if wait is None or self.reply_timeout is None else self.reply_timeout + wait
+        return check_reply(self._receive_for(request.id, timeout), expected)
 
     def _token(self, token: str | None) -> str | None:
         return token if token is not None else self.session_token
@@ -386,7 +398,9 @@ class Client:
             lease_seconds=lease_seconds,
             workspace=workspace,
         )
-        return self._call(request, p.ClaimReply).claim
+        # A waiting claim may legitimately take as long as its own timeout.
+        extra = 0.0 if not wait else timeout
+        return self._call(request, p.ClaimReply, wait=extra).claim
 
     def heartbeat(
         self, run_id: str, *, lease_seconds: float | None = None, token: str | None = None
@@ -465,7 +479,7 @@ class _EventStream:
         client._send(p.Cancel(id=cancel_id, target=self._rid))
         pending = {cancel_id, self._rid}
         while pending:
-            reply = client._receive()
+            reply = client._receive(client.reply_timeout)
             if reply.id == cancel_id:
                 pending.discard(cancel_id)
             elif reply.id == self._rid and not isinstance(reply, p.EventItem):

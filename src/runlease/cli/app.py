@@ -56,6 +56,11 @@ app.command(session_app)
 app.command(task_app)
 
 
+# How long a command waits for the server's answer before calling it unavailable (a waiting
+# `task next` adds its own --timeout; without one it waits as long as it takes).
+REPLY_TIMEOUT = 60.0
+
+
 @dataclass
 class Globals:
     socket: Path | None = None
@@ -63,7 +68,9 @@ class Globals:
     session_token: str | None = None
 
     def client(self) -> Client:
-        return Client(self.socket, session_token=self.session_token).connect()
+        return Client(
+            self.socket, session_token=self.session_token, reply_timeout=REPLY_TIMEOUT
+        ).connect()
 
 
 GLOBALS = Globals()
