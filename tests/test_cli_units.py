@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,15 @@ def test_output_flag_is_found_even_when_parsing_fails() -> None:
     assert _output_from_argv(["-ojson"]) == "json"
     assert _output_from_argv(["--output", "xml"]) is None
     assert _output_from_argv([]) is None
+
+
+def test_python_dash_m_runlease_is_the_same_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "runlease", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()

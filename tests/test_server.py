@@ -474,3 +474,25 @@ def test_sync_client_gives_up_on_a_server_that_never_answers(tmp_path: Path) -> 
         silent.close()
     assert info.value.code == SERVER_UNAVAILABLE
     assert "no reply within 0.2 seconds" in info.value.message
+
+
+async def test_many_pipelined_requests_on_one_connection_all_get_answers(
+    served: Served,
+) -> None:
+    # More requests than a connection may have in flight: the reader waits for free slots
+    # instead of refusing or dropping any.
+    raw = await Raw.open(served.path)
+    count = 3 * 64
+    await raw.send(b"".join(p.encode_frame(p.GetStatus(id=i)) for i in range(2, 2 + count)))
+    replies = await raw.replies(count)
+    assert sorted(r.id for r in replies) == list(range(2, 2 + count))
+    assert all(isinstance(r, p.StatusReply) for r in replies)
+    await raw.close()
+
+
+def test_the_trio_client_is_reachable_from_runlease_client() -> None:
+    import runlease.client
+    from runlease.runtime import client as trio_client
+
+    assert runlease.client.open_client is trio_client.open_client
+    assert runlease.client.AsyncClient is trio_client.AsyncClient
