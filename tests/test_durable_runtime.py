@@ -526,7 +526,8 @@ async def test_a_failed_commit_fails_its_callers_and_turns_writes_off(
         assert "read-only" in error.message
         await expect_code(STORAGE_FAILED, agent.heartbeat(claim.run.id))
         await expect_code(STORAGE_FAILED, rt.open_session(agent="late"))
-        # ...and reads keep working.
+        # ...and reads keep working, showing exactly what was acknowledged.
+        assert state_of(rt) == acknowledged
         assert rt.get_task(kept.id).title == "kept"
         assert rt.get_session(agent.id).state == "live"
         assert [t.id for t in rt.list_tasks(limit=2)] == [kept.id, other.id]
