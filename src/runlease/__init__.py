@@ -7,11 +7,31 @@ Embed it in a trio program::
         session = await rt.open_session(agent="indexer")
         claim = await session.claim_next()
         await session.complete(claim.run.id, result={"files": 120})
+
+The runtime (and trio with it) is imported on first use, so the CLI and the synchronous
+client start quickly.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from runlease import errors
 from runlease.core.model import Claim, Event, Heartbeat, LeaseView, Run, Session, Task
-from runlease.runtime import Runtime, RuntimeStatus, SessionHandle, open_runtime
+
+if TYPE_CHECKING:
+    from runlease.runtime import Runtime, RuntimeStatus, SessionHandle, open_runtime
+
+_RUNTIME_NAMES = frozenset({"Runtime", "RuntimeStatus", "SessionHandle", "open_runtime"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNTIME_NAMES:
+        from runlease import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'runlease' has no attribute {name!r}")
+
 
 __all__ = [
     "Claim",
