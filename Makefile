@@ -27,5 +27,17 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# Benchmarks: the optional `bench` extra (matplotlib, greenstalk, rich), beanstalkd when it
+# can be installed, then the claim-contention run (results in bench/results/).
+bench: $(STAMP)
+	$(BIN)/python -c "import matplotlib, greenstalk, rich" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.install_peers
+	$(BIN)/python -m bench.contention
+
+bench-quick: $(STAMP)
+	$(BIN)/python -c "import matplotlib, greenstalk, rich" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.install_peers
+	$(BIN)/python -m bench.contention --quick
+
 clean:
 	rm -rf $(VENV)

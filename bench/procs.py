@@ -1,0 +1,122 @@
+"""Contenders spread over client processes, released together by one barrier.
+
+The coordinator spawns the processes; each sets up its share of contenders (connections,
+sessions), waits on a shared barrier, then runs them and sends back one
+:class:`~bench.common.ContenderLog` per contender. A process that fails before the barrier
+aborts it, so the coordinator never waits for a start that cannot come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import threading
+import traceback
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
+from typing import Any
+
+from bench.common import BenchError, ContenderLog, monotonic, split_evenly
+
+FORKSERVER_PRELOAD = ("bench.runlease_systems", "bench.beanstalk", "bench.timing")
+SETUP_TIMEOUT = 300.0
+# A drain that takes longer than this is a hang, not a measurement.
+RUN_TIMEOUT = 3600.0
+
+# (process index, contenders in it, system args, barrier, pipe) -> sends one message:
+# ("ok", start, [ContenderLog.to_wire(), ...]) or ("error", traceback text).
+ClientMain = Callable[[int, int, Any, Barrier, Connection], None]
+
+
+def spawn_context() -> multiprocessing.context.ForkServerContext:
+    """Children forked from a fresh, single-threaded fork server that has already imported
+    the benchmark modules: they start clean (none of the parent's threads, trio state or
+    heap) yet in milliseconds instead of a full interpreter start each."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    return ctx
+
+
+def report_failure(barrier: Barrier | None, conn: Connection) -> None:
+    """From a child's ``except`` block: free the coordinator, send the traceback."""
+    if barrier is not None:
+        barrier.abort()
+    with contextlib.suppress(OSError, ValueError):
+        conn.send(("error", traceback.format_exc()))
+
+
+def run_client_processes(
+    target: ClientMain, contenders: int, processes: int, args: Any
+) -> tuple[float, list[ContenderLog]]:
+    """Run ``contenders`` over up to ``processes`` children; (barrier instant, logs)."""
+    ctx = spawn_context()
+    sizes = split_evenly(contenders, processes)
+    barrier = ctx.Barrier(len(sizes) + 1)
+    children: list[multiprocessing.process.BaseProcess] = []
+    pipes: list[Connection] = []
+    try:
+        for index, size in enumerate(sizes):
+            receive, send = ctx.Pipe(duplex=False)
+            child = ctx.Process(target=target, args=(index, size, args, barrier, send), daemon=True)
+            child.start()
+            send.close()
+            children.append(child)
+            pipes.append(receive)
+        try:
+            barrier.wait(timeout=SETUP_TIMEOUT)
+        except threading.BrokenBarrierError:
+            errors = _child_errors(pipes) or "a client process never reached the barrier"
+            raise BenchError(errors) from None
+        released = monotonic()
+        starts = [released]
+        logs: list[ContenderLog] = []
+        for pipe in pipes:
+            if not pipe.poll(RUN_TIMEOUT):
+                raise BenchError(f"a client process sent nothing within {RUN_TIMEOUT:.0f} s")
+            message = _receive(pipe)
+            if message[0] != "ok":
+                raise BenchError(f"a client process failed:\n{message[1]}")
+            starts.append(message[1])
+            logs.extend(ContenderLog.from_wire(item) for item in message[2])
+        for finished in children:
+            finished.join(30)
+        return min(starts), logs
+    finally:
+        stop_processes(children)
+        for pipe in pipes:
+            pipe.close()
+
+
+def _receive(pipe: Connection) -> tuple[Any, ...]:
+    try:
+        message = pipe.recv()
+    except EOFError:
+        raise BenchError("a client process exited without a result") from None
+    if not isinstance(message, tuple):
+        raise BenchError(f"a client process sent {message!r}")
+    return message
+
+
+def _child_errors(pipes: list[Connection]) -> str:
+    errors: list[str] = []
+    for pipe in pipes:
+        try:
+            if pipe.poll(5):
+                message = pipe.recv()
+                if isinstance(message, tuple) and message[0] == "error":
+                    errors.append(str(message[1]))
+        except (EOFError, OSError):
+            continue
+    return "\n".join(errors)
+
+
+def stop_processes(children: list[multiprocessing.process.BaseProcess]) -> None:
+    for child in children:
+        if child.is_alive():
+            child.terminate()
+    for child in children:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+            child.join(5)

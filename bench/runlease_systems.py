@@ -1,0 +1,443 @@
+"""runlease under contention: embedded (trio tasks in this process) and over its Unix socket
+(a server process, contenders on connections spread over client processes), plus the echo
+floor: the same framing and trio client against a server that keeps no state at all.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Sequence
+from contextlib import AsyncExitStack
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any, Final, Literal, Protocol
+
+import trio
+
+from bench.common import (
+    BenchError,
+    ContenderLog,
+    Durability,
+    RawRun,
+    System,
+    Workload,
+    monotonic,
+    short_socket_dir,
+)
+from bench.procs import report_failure, run_client_processes, spawn_context, stop_processes
+from runlease import protocol as p
+from runlease.core.model import Claim, LeaseView, Priority, Run, Session, Task
+from runlease.errors import BAD_REQUEST, NO_CLAIMABLE_RUN, NotFound, RunleaseError
+from runlease.runtime.client import open_client
+from runlease.runtime.runtime import Runtime, open_runtime
+from runlease.runtime.server import SocketServer, bind_unix_socket, serve_socket
+
+Mode = Literal["memory", "relaxed", "durable"]
+PRELOAD_WRITERS: Final = 64
+CLIENT_PROCESSES: Final = 2
+SERVER_START_TIMEOUT: Final = 600.0
+RECEIVE_BYTES: Final = 64 * 1024
+
+
+class Claimer(Protocol):
+    """What a contender needs: the embedded session handle and the trio client both fit."""
+
+    def claim_next(self, *, lease_seconds: float | None = None) -> Awaitable[Claim]: ...
+
+    def complete(self, run_id: str) -> Awaitable[Run]: ...
+
+
+# ---------------------------------------------------------------------- shared pieces
+def runtime_options(mode: Mode, workdir: Path | None) -> dict[str, Any]:
+    if mode == "memory":
+        return {}
+    if workdir is None:
+        raise BenchError(f"a {mode} runtime needs a data directory")
+    return {"data_dir": workdir / "data", "durability": mode}
+
+
+async def preload(rt: Runtime, priorities: Sequence[str]) -> list[str]:
+    """Create one started task per priority; their run ids, in creation order.
+
+    Many writers at once, so a durable runtime batches the creates into few commits
+    (preloading is not measured).
+    """
+    run_ids: list[str] = [""] * len(priorities)
+
+    async def writer(first: int) -> None:
+        for i in range(first, len(priorities), PRELOAD_WRITERS):
+            priority: Priority = priorities[i]  # type: ignore[assignment]
+            task = await rt.create_task(f"bench run {i}", priority=priority, start=True)
+            assert task.current_run_id is not None
+            run_ids[i] = task.current_run_id
+
+    async with trio.open_nursery() as nursery:
+        for first in range(min(PRELOAD_WRITERS, len(priorities))):
+            nursery.start_soon(writer, first)
+    return run_ids
+
+
+def verify_runtime(rt: Runtime, expected: Sequence[str]) -> list[str]:
+    """The runtime's own view after the drain: every run completed, nothing queued or leased."""
+    problems: list[str] = []
+    not_done = [rid for rid in expected if rt.get_run(rid).status != "completed"]
+    if not_done:
+        problems.append(f"runtime: {len(not_done)} runs are not completed (e.g. {not_done[0]})")
+    status = rt.status()
+    if status.queued_runs or status.leased_runs:
+        problems.append(
+            f"runtime: {status.queued_runs} runs still queued, {status.leased_runs} leased"
+        )
+    return problems
+
+
+async def contend(claimer: Claimer, go: trio.Event, log: ContenderLog, lease: float) -> None:
+    """Claim next, complete it, until a claim finds the queue empty."""
+    await go.wait()
+    clock = time.perf_counter
+    while True:
+        began = clock()
+        try:
+            claim = await claimer.claim_next(lease_seconds=lease)
+        except NotFound as exc:
+            if exc.code != NO_CLAIMABLE_RUN:
+                log.errors.append(f"claim refused: {exc.code}: {exc.message}")
+            break
+        except RunleaseError as exc:
+            log.errors.append(f"claim refused: {exc.code}: {exc.message}")
+            break
+        log.latencies.append(clock() - began)
+        run_id = claim.run.id
+        try:
+            await claimer.complete(run_id)
+        except RunleaseError as exc:
+            log.errors.append(f"complete {run_id} refused: {exc.code}: {exc.message}")
+            continue
+        log.completed.append(run_id)
+    log.end = monotonic()
+
+
+# ---------------------------------------------------------------------------- embedded
+class EmbeddedRunlease(System):
+    """Contenders are trio tasks in this process, each with its own session."""
+
+    family = "runlease-embedded"
+    is_runlease = True
+
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+        self.key = f"embedded-{mode}"
+        self.label = f"runlease embedded, {mode}"
+        self.durability: Durability = mode
+
+    def run(
+        self,
+        workload: Workload,
+        contenders: int,
+        workdir: Path,
+        profiler: cProfile.Profile | None = None,
+    ) -> RawRun:
+        return trio.run(self._run, workload, contenders, workdir, profiler)
+
+    async def _run(
+        self,
+        workload: Workload,
+        contenders: int,
+        workdir: Path,
+        profiler: cProfile.Profile | None,
+    ) -> RawRun:
+        async with open_runtime(**runtime_options(self.mode, workdir)) as rt:
+            expected = await preload(rt, workload.priorities())
+            handles = [await rt.open_session(agent=f"bench-{i}") for i in range(contenders)]
+            logs = [ContenderLog() for _ in handles]
+            go = trio.Event()
+            async with trio.open_nursery() as nursery:
+                for handle, log in zip(handles, logs, strict=True):
+                    nursery.start_soon(contend, handle, go, log, workload.lease_seconds)
+                await trio.sleep(0.01)  # let every contender reach the barrier
+                if profiler is not None:
+                    profiler.enable()
+                start = monotonic()
+                go.set()
+            if profiler is not None:
+                profiler.disable()
+            problems = verify_runtime(rt, expected)
+        return RawRun(expected=expected, start=start, contenders=logs, system_problems=problems)
+
+
+# ------------------------------------------------------------------------------ socket
+class SocketSystem(System):
+    """A server process holding the queue; contenders over its Unix socket in 2 processes."""
+
+    server_kind: str = "runlease"
+    mode: Mode = "memory"
+
+    def run(self, workload: Workload, contenders: int, workdir: Path) -> RawRun:
+        with ServerProcess(self.server_kind, self.mode, workdir, workload) as server:
+            start, logs = run_client_processes(
+                socket_client_main,
+                contenders,
+                CLIENT_PROCESSES,
+                (str(server.socket_path), workload.lease_seconds),
+            )
+            problems = server.verify()
+        return RawRun(
+            expected=server.expected,
+            start=start,
+            contenders=logs,
+            system_problems=problems,
+            notes={"client_processes": min(CLIENT_PROCESSES, contenders)},
+        )
+
+
+class SocketRunlease(SocketSystem):
+    family = "runlease-socket"
+    is_runlease = True
+
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+        self.key = f"socket-{mode}"
+        self.label = f"runlease socket, {mode}"
+        self.durability: Durability = mode
+
+
+class EchoFloor(SocketSystem):
+    """Framing, msgpack and the trio client against a server that keeps no state."""
+
+    family = "echo"
+    key = "echo"
+    label = "echo floor (no queue)"
+    durability: Durability = "floor"
+    server_kind = "echo"
+
+
+class ServerProcess:
+    """A runlease (or echo) server in a child process, preloaded and listening."""
+
+    def __init__(self, kind: str, mode: Mode, workdir: Path, workload: Workload) -> None:
+        self.kind = kind
+        self.mode = mode
+        self.workdir = workdir
+        self.workload = workload
+        self._socket_dir = short_socket_dir()
+        self.socket_path = self._socket_dir / "rl.sock"
+        self.expected: list[str] = []
+        ctx = spawn_context()
+        self._pipe, child_end = ctx.Pipe()
+        self._child_end = child_end
+        self._process = ctx.Process(
+            target=server_main,
+            args=(kind, mode, str(workdir), str(self.socket_path), workload, child_end),
+            daemon=True,
+        )
+
+    def __enter__(self) -> ServerProcess:
+        self._process.start()
+        self._child_end.close()
+        message = self._receive(SERVER_START_TIMEOUT)
+        if message[0] != "ready":
+            raise BenchError(f"the {self.kind} server did not start: {message!r}")
+        self.expected = list(message[1])
+        return self
+
+    def _receive(self, timeout: float) -> tuple[Any, ...]:
+        if not self._pipe.poll(timeout):
+            raise BenchError(f"the {self.kind} server sent nothing within {timeout:.0f} s")
+        try:
+            message = self._pipe.recv()
+        except EOFError:
+            raise BenchError(f"the {self.kind} server exited unexpectedly") from None
+        if message[0] == "error":
+            raise BenchError(f"the {self.kind} server failed:\n{message[1]}")
+        assert isinstance(message, tuple)
+        return message
+
+    def verify(self) -> list[str]:
+        self._pipe.send("verify")
+        message = self._receive(120)
+        return list(message[1])
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._process.is_alive():
+                self._pipe.send("stop")
+                self._process.join(60)
+        except (OSError, BrokenPipeError):
+            pass
+        finally:
+            stop_processes([self._process])
+            self._pipe.close()
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+
+def server_main(
+    kind: str, mode: Mode, workdir: str, socket_path: str, workload: Workload, conn: Connection
+) -> None:
+    """Child process: preload, serve, answer "verify", stop on "stop" (or a closed pipe)."""
+    try:
+        if kind == "echo":
+            trio.run(_serve_echo, Path(socket_path), workload, conn)
+            Path(socket_path).unlink(missing_ok=True)
+        else:
+            trio.run(_serve_runlease, mode, Path(workdir), Path(socket_path), workload, conn)
+    except BaseException:
+        report_failure(None, conn)
+
+
+async def _commands(conn: Connection) -> Any:
+    try:
+        return await trio.to_thread.run_sync(conn.recv, abandon_on_cancel=True)
+    except EOFError:
+        return "stop"
+
+
+async def _serve_runlease(
+    mode: Mode, workdir: Path, socket_path: Path, workload: Workload, conn: Connection
+) -> None:
+    async with open_runtime(**runtime_options(mode, workdir)) as rt:
+        expected = await preload(rt, workload.priorities())
+        async with trio.open_nursery() as nursery:
+            server: SocketServer = await nursery.start(serve_socket, rt, socket_path)
+            conn.send(("ready", expected))
+            while (command := await _commands(conn)) != "stop":
+                if command == "verify":
+                    conn.send(("verified", verify_runtime(rt, expected)))
+            server.shutdown()
+            await server.wait_stopped()
+
+
+class EchoState:
+    """Hands out ``runs`` made-up claims, then NO_CLAIMABLE_RUN; counts completions."""
+
+    def __init__(self, runs: int, lease_seconds: float) -> None:
+        self.runs = runs
+        self.lease_seconds = lease_seconds
+        self.handed = 0
+        self.completed = 0
+        now = time.time()
+        self.task = Task(id="tsk_echo", title="echo", created_at=now, updated_at=now)
+        self.session = Session(id="ses_echo", agent="echo", opened_at=now)
+        self.token_hash = "sha256:" + "0" * 64
+
+    def reply(self, request: p.AnyRequest) -> p.Reply:
+        rid = request.id
+        match request:
+            case p.Hello():
+                return p.Welcome(id=rid, version=p.PROTOCOL_VERSION, server="echo", pid=os.getpid())
+            case p.OpenSession():
+                return p.SessionOpened(id=rid, session=self.session, token="rl_session_echo")
+            case p.ClaimNext():
+                if self.handed >= self.runs:
+                    return p.ErrorReply(id=rid, code=NO_CLAIMABLE_RUN, message="nothing queued")
+                return p.ClaimReply(id=rid, claim=self._claim())
+            case p.CompleteRun():
+                self.completed += 1
+                now = time.time()
+                run = Run(
+                    id=request.run_id,
+                    task_id=self.task.id,
+                    status="completed",
+                    queued_at=now,
+                    ended_at=now,
+                )
+                return p.RunReply(id=rid, run=run)
+        return p.ErrorReply(id=rid, code=BAD_REQUEST, message="the echo server does not do that")
+
+    def _claim(self) -> Claim:
+        index = self.handed
+        self.handed += 1
+        now = time.time()
+        until = now + self.lease_seconds
+        run = Run(
+            id=f"echo-{index}",
+            task_id=self.task.id,
+            status="claimed",
+            session_id=self.session.id,
+            claimed_by=self.session.agent,
+            claim_token_hash=self.token_hash,
+            lease_until=until,
+            queued_at=now,
+            claimed_at=now,
+        )
+        lease = LeaseView(
+            run_id=run.id,
+            session_id=self.session.id,
+            lease_until=until,
+            claim_token_hash=self.token_hash,
+            lease_seconds=self.lease_seconds,
+        )
+        return Claim(task=self.task, run=run, lease=lease)
+
+
+async def _echo_connection(state: EchoState, stream: trio.SocketStream) -> None:
+    buffer = p.FrameBuffer()
+    async with stream:
+        while True:
+            try:
+                data = await stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            buffer.feed(data)
+            for body in buffer.frames():
+                reply = state.reply(p.decode_request(body))
+                try:
+                    await stream.send_all(p.encode_frame(reply))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+
+async def _serve_echo(socket_path: Path, workload: Workload, conn: Connection) -> None:
+    state = EchoState(workload.runs, workload.lease_seconds)
+    raw = bind_unix_socket(socket_path)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, lambda s: _echo_connection(state, s), [listener])
+        conn.send(("ready", [f"echo-{i}" for i in range(workload.runs)]))
+        while (command := await _commands(conn)) != "stop":
+            if command == "verify":
+                problems = []
+                if state.completed != workload.runs:
+                    problems.append(f"echo: {state.completed} completes for {workload.runs} runs")
+                conn.send(("verified", problems))
+        nursery.cancel_scope.cancel()
+
+
+def socket_client_main(
+    index: int, count: int, args: tuple[str, float], barrier: Barrier, conn: Connection
+) -> None:
+    """Child process: ``count`` connections, one session each, contending after the barrier."""
+    socket_path, lease = args
+    try:
+        start, logs = trio.run(_socket_clients, index, count, socket_path, lease, barrier)
+        conn.send(("ok", start, [log.to_wire() for log in logs]))
+    except BaseException:
+        report_failure(barrier, conn)
+    finally:
+        conn.close()
+
+
+async def _socket_clients(
+    index: int, count: int, socket_path: str, lease: float, barrier: Barrier
+) -> tuple[float, list[ContenderLog]]:
+    async with AsyncExitStack() as stack:
+        clients = []
+        for i in range(count):
+            client = await stack.enter_async_context(open_client(socket_path))
+            _session, token = await client.open_session(agent=f"bench-{index}-{i}")
+            client.session_token = token
+            clients.append(client)
+        logs = [ContenderLog() for _ in clients]
+        go = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for client, log in zip(clients, logs, strict=True):
+                nursery.start_soon(contend, client, go, log, lease)
+            await trio.to_thread.run_sync(barrier.wait)
+            start = monotonic()
+            go.set()
+        return start, logs

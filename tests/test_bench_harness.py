@@ -1,0 +1,252 @@
+"""The contention benchmark's harness runs end to end on a tiny workload, and its
+exactly-once check catches a queue that hands a run out twice. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import contention, sqlite_queue, timing  # noqa: E402
+from bench.beanstalk import Beanstalkd  # noqa: E402
+from bench.common import (  # noqa: E402
+    ContenderLog,
+    Durability,
+    RawRun,
+    System,
+    Workload,
+    check_correctness,
+    jain_index,
+    monotonic,
+    percentile,
+    split_evenly,
+    summarize,
+)
+from bench.runlease_systems import EchoFloor, EmbeddedRunlease, SocketRunlease  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+TINY = 200
+LEVELS = [1, 4]
+
+
+def _config(runs: int = TINY) -> contention.Config:
+    return contention.Config(
+        runs=runs,
+        contenders=list(LEVELS),
+        depths=[],
+        window=0,
+        expiry_leases=0,
+        expiry_spread_s=0.0,
+        wakeup_trials=0,
+        parts=["contention"],
+    )
+
+
+def _run(systems: list[System], tmp_path: Path, runs: int = TINY) -> tuple[int, dict[str, Any]]:
+    out = tmp_path / "results"
+    code = contention.run_all(
+        Console(file=open(tmp_path / "console.txt", "w"), width=200),  # noqa: SIM115
+        _config(runs),
+        systems,
+        out,
+        tmp_path,
+        chart=True,
+        quick=True,
+    )
+    [path] = out.glob("contention-*.json")
+    document = json.loads(path.read_text())
+    return code, document
+
+
+def test_embedded_and_peers_drain_exactly_once(tmp_path: Path) -> None:
+    systems: list[System] = [
+        EmbeddedRunlease("memory"),
+        EmbeddedRunlease("durable"),
+        sqlite_queue.SqliteQueue("FULL"),
+        sqlite_queue.SqliteQueue("NORMAL"),
+    ]
+    bean = [Beanstalkd(mode) for mode in ("f0", "binlog", "nobinlog")]
+    installed = bean[0].unavailable() is None
+    if installed:
+        systems.extend(bean)
+    code, document = _run(systems, tmp_path)
+    assert code == 0, (tmp_path / "console.txt").read_text()
+    rows = document["contention"]
+    assert len(rows) == len(systems) * len(LEVELS)
+    for row in rows:
+        assert row["skipped"] is None, row
+        assert row["problems"] == [], row
+        assert row["cycles"] == TINY
+        assert row["cycles_per_s"] > 0
+        assert 0 < row["jain"] <= 1.0
+        assert row["per_contender_min"] <= row["per_contender_max"]
+    # Ratios pair runlease with peers of the same durability at the same contender count.
+    for ratio in document["ratios"]:
+        mine = next(r for r in rows if r["system"] == ratio["runlease"])
+        assert mine["durability"] == ratio["durability"]
+    if installed:
+        assert any(r["peer"] == "beanstalkd-f0" for r in document["ratios"])
+    assert document["machine"]["nproc"] >= 1
+    charts = list((tmp_path / "results").glob("contention-*.png"))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert charts == []
+    else:
+        assert len(charts) == 1
+
+
+def test_socket_rows_and_echo_floor_drain_exactly_once(tmp_path: Path) -> None:
+    systems: list[System] = [SocketRunlease("relaxed"), EchoFloor()]
+    code, document = _run(systems, tmp_path)
+    assert code == 0, (tmp_path / "console.txt").read_text()
+    rows = document["contention"]
+    assert [r["system"] for r in rows] == ["socket-relaxed"] * 2 + ["echo"] * 2
+    assert all(r["problems"] == [] and r["cycles"] == TINY for r in rows)
+    assert {r["durability"] for r in document["ratios"]} == {"floor"}
+
+
+def test_beanstalkd_missing_is_a_clear_skip_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bench.beanstalk.shutil.which", lambda name: None)
+    code, document = _run([Beanstalkd("f0")], tmp_path)
+    assert code == 0
+    assert {r["skipped"] for r in document["contention"]} == {"skipped: beanstalkd not installed"}
+
+
+# ------------------------------------------------------------------ a broken queue
+class LeakyQueue(System):
+    """A thread-safe queue with a bug: its first claim peeks instead of popping, so the
+    head run is handed out twice (or, with ``lose``, one run is silently dropped)."""
+
+    family = "fake"
+    durability: Durability = "memory"
+
+    def __init__(self, *, lose: bool = False) -> None:
+        self.lose = lose
+        self.key = "leaky-lose" if lose else "leaky-twice"
+        self.label = self.key
+
+    def run(self, workload: Workload, contenders: int, workdir: Path) -> RawRun:
+        expected = [f"r{i}" for i in range(workload.runs)]
+        queue = deque(expected)
+        lock = threading.Lock()
+        first = [True]
+        barrier = threading.Barrier(contenders + 1)
+        logs = [ContenderLog() for _ in range(contenders)]
+
+        def claim() -> str | None:
+            with lock:
+                if not queue:
+                    return None
+                if first[0]:
+                    first[0] = False
+                    if self.lose:
+                        queue.popleft()
+                    else:
+                        return queue[0]
+                return queue.popleft()
+
+        def contend(log: ContenderLog) -> None:
+            barrier.wait()
+            while (run := claim()) is not None:
+                log.latencies.append(0.0)
+                log.completed.append(run)
+            log.end = monotonic()
+
+        threads = [threading.Thread(target=contend, args=(log,)) for log in logs]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        start = monotonic()
+        for thread in threads:
+            thread.join()
+        return RawRun(expected=expected, start=start, contenders=logs)
+
+
+def test_check_catches_a_run_handed_out_twice(tmp_path: Path) -> None:
+    system = LeakyQueue()
+    row = summarize(system, Workload(50), 3, system.run(Workload(50), 3, tmp_path))
+    assert not row.ok
+    assert any("more than once" in problem for problem in row.problems), row.problems
+
+
+def test_check_catches_a_lost_run(tmp_path: Path) -> None:
+    system = LeakyQueue(lose=True)
+    row = summarize(system, Workload(50), 2, system.run(Workload(50), 2, tmp_path))
+    assert any("never completed" in problem for problem in row.problems), row.problems
+
+
+def test_a_violation_fails_the_benchmark_with_a_nonzero_exit(tmp_path: Path) -> None:
+    code, document = _run([LeakyQueue(), sqlite_queue.SqliteQueue("NORMAL")], tmp_path)
+    assert code == contention.EXIT_VIOLATION
+    leaky = [r for r in document["contention"] if r["system"] == "leaky-twice"]
+    assert leaky
+    assert all(r["problems"] for r in leaky)
+    assert "CORRECTNESS VIOLATION" in (tmp_path / "console.txt").read_text()
+
+
+def test_check_flags_refusals_and_system_problems() -> None:
+    raw = RawRun(
+        expected=["a", "b"],
+        start=0.0,
+        contenders=[ContenderLog(completed=["a", "b", "c"], errors=["complete x refused"])],
+        system_problems=["runtime: 1 runs still queued, 0 leased"],
+    )
+    problems = check_correctness(raw)
+    assert any("never preloaded" in p for p in problems)
+    assert any("refused" in p for p in problems)
+    assert "runtime: 1 runs still queued, 0 leased" in problems
+
+
+# ------------------------------------------------------------------------ pieces
+def test_metrics() -> None:
+    assert jain_index([5, 5, 5, 5]) == pytest.approx(1.0)
+    assert jain_index([20, 0, 0, 0]) == pytest.approx(0.25)
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 99) == 4.0
+    assert split_evenly(5, 2) == [3, 2]
+    assert split_evenly(1, 2) == [1]
+
+
+def test_sqlite_claim_uses_the_index_without_sorting(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    sqlite_queue.create_queue(path, "NORMAL", Workload(20).priorities())
+    plan = " | ".join(sqlite_queue.claim_plan(path))
+    assert "runs_claim_order" in plan
+    assert "TEMP B-TREE" not in plan
+
+
+def test_system_selection_by_group_and_key() -> None:
+    systems = contention.all_systems()
+    chosen = contention.select_systems(["embedded", "sqlite-full"], systems)
+    assert [s.key for s in chosen] == [
+        "embedded-memory",
+        "embedded-relaxed",
+        "embedded-durable",
+        "sqlite-full",
+    ]
+    with pytest.raises(SystemExit):
+        contention.select_systems(["nope"], systems)
+
+
+def test_timing_probes_run_small(tmp_path: Path) -> None:
+    depth = timing.in_child(timing.depth_probe, 300, 50, 5)
+    assert depth.depth == 300
+    assert depth.rss_bytes_per_run > 0
+    expiry = timing.in_child(timing.expiry_probe, 300, 0.5)
+    assert expiry.seen == expiry.measured == 270
+    assert expiry.requeued == expiry.measured
+    wake = timing.wakeup_embedded("memory", 5, tmp_path)
+    assert wake.trials == 5
+    assert wake.latency["p50_ms"] > 0
