@@ -89,7 +89,8 @@ class BootResult(msgspec.Struct):
     tasks: int
     snapshot_seq: int
     replayed: int
-    boot_seconds: float
+    boot_seconds: float  # the median of the boots
+    each_boot_seconds: list[float]
     tasks_per_second: float
     rss_bytes_per_task: float
     heap_bytes_per_task: float
@@ -319,6 +320,7 @@ def measure_boot(tasks: int, repeats: int, directory: Path) -> BootResult:
         snapshot_seq=samples[0].snapshot_seq,
         replayed=samples[0].replayed,
         boot_seconds=seconds,
+        each_boot_seconds=[s.seconds for s in samples],
         tasks_per_second=tasks / seconds,
         rss_bytes_per_task=statistics.median(s.rss_delta for s in samples) / tasks,
         heap_bytes_per_task=statistics.median(s.heap_delta for s in samples) / tasks,
@@ -355,47 +357,50 @@ def print_report(report: Report) -> None:
     if m.fsync_during_writes_us:
         during = ", ".join(f"{us:.0f}" for us in m.fsync_during_writes_us)
         print(f"fsync median before each round of writes: {during} µs")
-    rounds = len(report.writes[0].rounds) if report.writes else 0
-    print(
-        "\nacknowledged writes (create_task start=True = one journal record each; "
-        f"median of {rounds} round{'s' if rounds != 1 else ''})"
-    )
-    header = (
-        f"{'writers':>7}  {'mode':<8} {'records/s':>10} {'min-max':>15} "
-        f"{'commits/rec':>11} {'fsyncs/rec':>10}"
-    )
-    print(header)
-    print("-" * len(header))
-    for w in report.writes:
-        commits = "-" if w.commits_per_record is None else f"{w.commits_per_record:.4f}"
-        fsyncs = "-" if w.fsyncs_per_record is None else f"{w.fsyncs_per_record:.4f}"
-        spread = f"{min(w.rounds):,.0f}-{max(w.rounds):,.0f}"
+    if report.writes:
+        rounds = len(report.writes[0].rounds)
         print(
-            f"{w.writers:>7}  {w.mode:<8} {w.records_per_second:>10,.0f} {spread:>15} "
-            f"{commits:>11} {fsyncs:>10}"
+            "\nacknowledged writes (create_task start=True = one journal record each; "
+            f"median of {rounds} round{'s' if rounds != 1 else ''})"
         )
-    print("(fsyncs/rec counts synced commits; LMDB flushes twice per synced commit: data, meta)")
-    rate = {(w.mode, w.writers): w.records_per_second for w in report.writes}
-    print("\nratios")
-    print(
-        f"{'writers':>7}  {'durable/relaxed':>15} {'durable/memory':>14} "
-        f"{'durable vs 1 writer':>19}"
-    )
-    for n in WRITER_COUNTS:
-        if ("durable", n) not in rate:
-            continue
-        speedup = _ratio(rate[("durable", n)], rate[("durable", 1)])
+        header = (
+            f"{'writers':>7}  {'mode':<8} {'records/s':>10} {'min-max':>15} "
+            f"{'commits/rec':>11} {'fsyncs/rec':>10}"
+        )
+        print(header)
+        print("-" * len(header))
+        for w in report.writes:
+            commits = "-" if w.commits_per_record is None else f"{w.commits_per_record:.4f}"
+            fsyncs = "-" if w.fsyncs_per_record is None else f"{w.fsyncs_per_record:.4f}"
+            spread = f"{min(w.rounds):,.0f}-{max(w.rounds):,.0f}"
+            print(
+                f"{w.writers:>7}  {w.mode:<8} {w.records_per_second:>10,.0f} {spread:>15} "
+                f"{commits:>11} {fsyncs:>10}"
+            )
         print(
-            f"{n:>7}  {report.durable_over_relaxed.get(str(n), float('nan')):>15.2f} "
-            f"{report.durable_over_memory.get(str(n), float('nan')):>14.2f} {speedup:>18.1f}x"
+            "(fsyncs/rec counts synced commits; LMDB flushes twice per synced commit: data, meta)"
         )
+        rate = {(w.mode, w.writers): w.records_per_second for w in report.writes}
+        print("\nratios")
+        print(
+            f"{'writers':>7}  {'durable/relaxed':>15} {'durable/memory':>14} "
+            f"{'durable vs 1 writer':>19}"
+        )
+        for n in WRITER_COUNTS:
+            if ("durable", n) not in rate:
+                continue
+            speedup = _ratio(rate[("durable", n)], rate[("durable", 1)])
+            print(
+                f"{n:>7}  {report.durable_over_relaxed.get(str(n), float('nan')):>15.2f} "
+                f"{report.durable_over_memory.get(str(n), float('nan')):>14.2f} {speedup:>18.1f}x"
+            )
     if report.boots:
         print(
             f"\nboot recovery (snapshot at {SNAPSHOT_AT:.0%} of the records + journal tail; "
             "fresh process, warm page cache)"
         )
         header = (
-            f"{'tasks':>9} {'replayed':>9} {'boot s':>7} {'tasks/s':>10} "
+            f"{'tasks':>9} {'replayed':>9} {'boot s':>7} {'min-max s':>11} {'tasks/s':>10} "
             f"{'RSS B/task':>10} {'heap B/task':>11} {'peak MiB':>9} {'disk MiB':>9}"
         )
         print(header)
@@ -403,6 +408,7 @@ def print_report(report: Report) -> None:
         for b in report.boots:
             print(
                 f"{b.tasks:>9,} {b.replayed:>9,} {b.boot_seconds:>7.2f} "
+                f"{min(b.each_boot_seconds):>5.2f}-{max(b.each_boot_seconds):<5.2f} "
                 f"{b.tasks_per_second:>10,.0f} "
                 f"{b.rss_bytes_per_task:>10,.0f} {b.heap_bytes_per_task:>11,.0f} "
                 f"{b.peak_rss_mib:>9,.0f} {b.data_dir_mib:>9,.0f}"
@@ -437,7 +443,9 @@ async def write_benchmarks(
     return [combine(results) for results in runs.values()]
 
 
-def run(quick: bool, directory: Path, *, skip_boot: bool = False) -> Report:
+def run(
+    quick: bool, directory: Path, *, skip_writes: bool = False, skip_boot: bool = False
+) -> Report:
     print("measuring the disk...", file=sys.stderr)
     fsync_median, fsync_p90 = fsync_latency(directory)
     machine = MachineInfo(
@@ -448,17 +456,19 @@ def run(quick: bool, directory: Path, *, skip_boot: bool = False) -> Report:
         fsync_p90_us=fsync_p90,
         store_append_us=store_append_latency(directory),
     )
-    print("measuring writes...", file=sys.stderr)
-    fsync_samples: list[float] = []
-    writes = trio.run(
-        write_benchmarks, 0.75 if quick else 2.0, 1 if quick else 3, directory, fsync_samples
-    )
-    machine.fsync_during_writes_us = fsync_samples
+    writes: list[WriteResult] = []
+    if not skip_writes:
+        print("measuring writes...", file=sys.stderr)
+        fsync_samples: list[float] = []
+        writes = trio.run(
+            write_benchmarks, 0.75 if quick else 2.0, 1 if quick else 3, directory, fsync_samples
+        )
+        machine.fsync_during_writes_us = fsync_samples
     boots = []
     if not skip_boot:
         for tasks in BOOT_SIZES_QUICK if quick else BOOT_SIZES_FULL:
             print(f"measuring boot with {tasks:,} tasks...", file=sys.stderr)
-            boots.append(measure_boot(tasks, 2 if quick or tasks >= 1_000_000 else 3, directory))
+            boots.append(measure_boot(tasks, 2 if quick else 3, directory))
     return Report(
         quick=quick,
         machine=machine,
@@ -472,6 +482,7 @@ def run(quick: bool, directory: Path, *, skip_boot: bool = False) -> Report:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.durability", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs, 100k-task boot only")
+    parser.add_argument("--no-writes", action="store_true", help="skip the write measurements")
     parser.add_argument("--no-boot", action="store_true", help="skip the boot measurements")
     parser.add_argument("--dir", type=Path, help="where to put data dirs (default: a temp dir)")
     parser.add_argument("--boot-child", type=Path, help=argparse.SUPPRESS)
@@ -482,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     directory = Path(tempfile.mkdtemp(prefix="runlease-bench-", dir=args.dir))
     try:
-        report = run(args.quick, directory, skip_boot=args.no_boot)
+        report = run(args.quick, directory, skip_writes=args.no_writes, skip_boot=args.no_boot)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     print_report(report)
