@@ -26,6 +26,7 @@ from runlease.core.commands import (
     ExpireLease,
     ExpireSession,
     FailRun,
+    FinishAndClaim,
     HeartbeatRun,
     OpenSession,
     ReleaseRun,
@@ -93,6 +94,11 @@ ALL_COMMANDS: list[AnyCommand] = [
     ReleaseRun(now=NOW, session_id="ses_1", run_id="run_1", reason="r"),
     BlockRun(now=NOW, session_id="ses_1", run_id="run_1", reason="b"),
     ExpireLease(now=NOW + 0.125, run_id="run_1"),
+    FinishAndClaim(
+        now=NOW,
+        finish=FailRun(now=0.0, session_id="ses_1", run_id="run_1", error="e"),
+        claim=ClaimNext(now=0.0, session_id="ses_1", claim_token="rl_claim_d", workspace_id="w"),
+    ),
 ]
 
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runlease import protocol as p
-from runlease.core.model import Claim, LeaseView, Run, Task
+from runlease.core.model import Claim, Finished, LeaseView, NoClaim, Run, Task
 from runlease.errors import (
     BAD_FRAME,
     BAD_REQUEST,
@@ -55,6 +55,18 @@ EXAMPLES: list[p.Request] = [
     p.FailRun(id=19, token="rl_session_x", run_id="run_1", error="boom", metadata={"a": 1}),
     p.ReleaseRun(id=20, token="rl_session_x", run_id="run_1", reason="handoff"),
     p.BlockRun(id=21, token="rl_session_x", run_id="run_1", reason="needs a human"),
+]
+# Finishes that claim the next run in the same request (op names unchanged).
+FINISH_AND_NEXT: list[p.Request] = [
+    p.CompleteRun(id=22, token="rl_session_x", run_id="run_1", next=p.NextClaim()),
+    p.FailRun(
+        id=23,
+        token="rl_session_x",
+        run_id="run_1",
+        error="boom",
+        next=p.NextClaim(wait=True, timeout=1.5, lease_seconds=60, workspace="w"),
+    ),
+    p.ReleaseRun(id=24, token="rl_session_x", run_id="run_1", next=p.NextClaim(wait=True)),
 ]
 
 
@@ -103,12 +115,13 @@ def test_the_wire_names_are_stable() -> None:
         "session_released",
         "claim",
         "heartbeat",
+        "finished",
     }
     assert expected_replies == {t.__struct_config__.tag for t in reply_types}
     assert {type(r) for r in EXAMPLES} == set(p.REQUEST_TYPES)
 
 
-@pytest.mark.parametrize("request_", EXAMPLES, ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize("request_", EXAMPLES + FINISH_AND_NEXT, ids=lambda r: type(r).__name__)
 def test_every_request_round_trips(request_: p.Request) -> None:
     frame = p.encode_frame(request_)
     (size,) = struct.unpack(">I", frame[:4])
@@ -133,6 +146,32 @@ def test_replies_round_trip_with_float_times() -> None:
     assert raw["reply"] == "claim"
     assert isinstance(raw["claim"]["lease"]["lease_until"], float)
     assert isinstance(raw["claim"]["task"]["created_at"], float)
+
+
+def test_finished_reply_round_trips_with_and_without_a_claim() -> None:
+    task = Task(id="tsk_2", title="t", created_at=1700000000.0, updated_at=1700000000.0)
+    done = Run(id="run_1", task_id="tsk_1", status="completed", queued_at=1700000000.0)
+    run = Run(id="run_2", task_id="tsk_2", queued_at=1700000000.0, lease_until=1700000300.5)
+    lease = LeaseView(
+        run_id="run_2",
+        session_id="ses_1",
+        lease_until=1700000300.5,
+        claim_token_hash="sha256:" + "0" * 64,
+        lease_seconds=300.0,
+    )
+    claimed = p.FinishedReply(
+        id=8, finished=Finished(run=done, claim=Claim(task=task, run=run, lease=lease))
+    )
+    nothing = p.FinishedReply(
+        id=9,
+        finished=Finished(run=done, no_claim=NoClaim(code="NO_CLAIMABLE_RUN", message="none")),
+    )
+    for reply in (claimed, nothing):
+        assert p.decode_reply(p.encode_message(reply)) == reply
+    raw = msgspec.msgpack.decode(p.encode_message(nothing))
+    assert raw["reply"] == "finished"
+    assert "claim" not in raw["finished"]
+    assert raw["finished"]["no_claim"]["code"] == "NO_CLAIMABLE_RUN"
 
 
 def test_bad_reply_bytes_are_an_invalid_input_error() -> None:

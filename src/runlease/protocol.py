@@ -30,6 +30,14 @@ Sessions
     tokens never appear in any message: leases are found from the session and the run id,
     and replies show only ``claim_token_hash``.
 
+Finish, then claim
+    ``complete``, ``fail`` and ``release`` may carry ``next`` (a :class:`NextClaim`): once the
+    finish succeeds the server claims the session's next run under the rules of
+    ``claim_next`` (``wait``, ``timeout``, ``lease_seconds``, ``workspace``) and answers one
+    :class:`FinishedReply` holding the finished run and either the claim or ``no_claim``
+    (normally ``NO_CLAIMABLE_RUN``). A refused finish is an ordinary error reply and claims
+    nothing. One request, one reply: an agent's "finish, claim again" costs one round trip.
+
 Times are float seconds since the Unix epoch on the wire.
 """
 
@@ -43,6 +51,7 @@ import msgspec
 from runlease.core.model import (
     Claim,
     Event,
+    Finished,
     Heartbeat,
     Priority,
     Run,
@@ -176,6 +185,15 @@ class ClaimNext(SessionRequest, tag="claim_next"):
     workspace: str | None = None
 
 
+class NextClaim(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The claim that follows a finish (``next`` of complete, fail and release)."""
+
+    wait: bool = False
+    timeout: float | None = None
+    lease_seconds: float | None = None
+    workspace: str | None = None
+
+
 class HeartbeatRun(SessionRequest, tag="heartbeat"):
     run_id: str
     lease_seconds: float | None = None
@@ -184,17 +202,20 @@ class HeartbeatRun(SessionRequest, tag="heartbeat"):
 class CompleteRun(SessionRequest, tag="complete"):
     run_id: str
     result: Any = None
+    next: NextClaim | None = None
 
 
 class FailRun(SessionRequest, tag="fail"):
     run_id: str
     error: str
     metadata: dict[str, Any] | None = None
+    next: NextClaim | None = None
 
 
 class ReleaseRun(SessionRequest, tag="release"):
     run_id: str
     reason: str | None = None
+    next: NextClaim | None = None
 
 
 class BlockRun(SessionRequest, tag="block"):
@@ -362,6 +383,12 @@ class HeartbeatReply(Reply, tag="heartbeat"):
     heartbeat: Heartbeat
 
 
+class FinishedReply(Reply, tag="finished"):
+    """The answer to a finish carrying ``next``: the finished run and the claim part."""
+
+    finished: Finished
+
+
 AnyReply = (
     Welcome
     | ErrorReply
@@ -380,6 +407,7 @@ AnyReply = (
     | SessionReleasedReply
     | ClaimReply
     | HeartbeatReply
+    | FinishedReply
 )
 
 AnyMessage = Request | Reply

@@ -107,6 +107,20 @@ class BlockRun(Command, tag="block"):
     reason: str
 
 
+class FinishAndClaim(Command, tag="finish_and_claim"):
+    """Finish the session's run, then claim its next one: one step, one journal record.
+
+    The machine first checks the claim part's own inputs, then applies the finish exactly
+    as on its own; a refused finish raises and changes nothing. Once the finish is applied
+    the claim is tried under the rules of :class:`ClaimNext`, at this command's ``now`` (the
+    parts' own ``now`` is ignored). Finding nothing to claim is not a refusal: the reply
+    says so and the finish stands. Both parts must name the same session.
+    """
+
+    finish: CompleteRun | FailRun | ReleaseRun
+    claim: ClaimNext
+
+
 class ExpireLease(Command, tag="expire_lease"):
     """The lease clock saw a run's lease deadline pass (or boot found it passed)."""
 
@@ -128,6 +142,7 @@ AnyCommand = (
     | ReleaseRun
     | BlockRun
     | ExpireLease
+    | FinishAndClaim
 )
 
 # Commands that act on one run on behalf of the session holding its lease.

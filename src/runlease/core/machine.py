@@ -29,6 +29,7 @@ from runlease.core.commands import (
     ExpireLease,
     ExpireSession,
     FailRun,
+    FinishAndClaim,
     HeartbeatRun,
     OpenSession,
     ReleaseRun,
@@ -56,8 +57,10 @@ from runlease.core.model import (
     SESSION_RELEASE_REASONS,
     Claim,
     Event,
+    Finished,
     Heartbeat,
     LeaseView,
+    NoClaim,
     Run,
     Session,
     SessionReleased,
@@ -163,6 +166,7 @@ class Machine:
             ReleaseRun: self._release,
             BlockRun: self._block,
             ExpireLease: self._expire_lease,
+            FinishAndClaim: self._finish_and_claim,
         }
 
     # ------------------------------------------------------------------ entry point
@@ -734,6 +738,51 @@ class Machine:
             data={"reason": reason},
         )
         return Outcome(reply=snapshot_run(run), events=[event])
+
+    def _finish_and_claim(self, cmd: FinishAndClaim) -> Outcome:
+        claim = cmd.claim
+        finish = cmd.finish
+        if not isinstance(finish, CompleteRun | FailRun | ReleaseRun):
+            raise InvalidInput("only complete, fail and release can be followed by a claim")
+        if claim.session_id != finish.session_id:
+            raise InvalidInput("the finish and the claim must be made by the same session")
+        # The claim part's own inputs are checked before the finish changes anything, so a
+        # bad claim part refuses the whole step instead of leaving half of it applied.
+        validate.lease_seconds(claim.lease_seconds)
+        if claim.workspace_id is not None:
+            validate.name(claim.workspace_id, "workspace_id")
+        if not claim.claim_token.startswith(CLAIM_TOKEN_PREFIX):
+            raise InvalidInput("claim token has the wrong form (a runtime bug)")
+        # Both parts happen at this command's time, whatever the parts carry.
+        if finish.now != cmd.now:
+            finish = msgspec.structs.replace(finish, now=cmd.now)
+        if claim.now != cmd.now:
+            claim = msgspec.structs.replace(claim, now=cmd.now)
+        done = self.apply(finish)  # a refusal raises here, having changed nothing
+        events = list(done.events)
+        try:
+            claimed = self._claim_next(claim)
+        except RunleaseError as exc:
+            # The session is live and holds no lease now, so this is NO_CLAIMABLE_RUN; the
+            # finish stands either way and the reply says why nothing was claimed.
+            return Outcome(
+                reply=Finished(
+                    run=done.reply, no_claim=NoClaim(code=exc.code, message=exc.message)
+                ),
+                events=events,
+                deadlines=done.deadlines,
+                queued=done.queued,
+            )
+        # Only a claim that first expires a stale lease of its own reports an error in its
+        # outcome, and the finish has just ended this session's lease.
+        assert claimed.error is None
+        events.extend(claimed.events)
+        return Outcome(
+            reply=Finished(run=done.reply, claim=claimed.reply),
+            events=events,
+            deadlines=[*done.deadlines, *claimed.deadlines],
+            queued=done.queued or claimed.queued,
+        )
 
     def _expire_lease(self, cmd: ExpireLease) -> Outcome:
         run = self.get_run(cmd.run_id)

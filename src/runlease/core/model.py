@@ -161,3 +161,22 @@ class SessionReleased(msgspec.Struct, kw_only=True, tag="session_released"):
     reason: str
     released_run_ids: list[str] = []
     stopped_session_ids: list[str] = []
+
+
+class NoClaim(msgspec.Struct, kw_only=True, tag="no_claim"):
+    """Why the claim part of a finish-and-claim took nothing (normally NO_CLAIMABLE_RUN)."""
+
+    code: str
+    message: str
+
+
+class Finished(msgspec.Struct, kw_only=True, tag="finished", omit_defaults=True):
+    """The reply to a finish-and-claim: the finished run, then the claim or why there is none.
+
+    Exactly one of ``claim`` and ``no_claim`` is set. ``run`` shows the finished run as the
+    finish left it, before the claim part ran.
+    """
+
+    run: Run
+    claim: Claim | None = None
+    no_claim: NoClaim | None = None

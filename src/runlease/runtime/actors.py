@@ -30,6 +30,7 @@ from runlease.core.commands import (
     ClaimNext,
     ExpireLease,
     ExpireSession,
+    FinishAndClaim,
 )
 from runlease.core.machine import LEASE_DEADLINE, SESSION_DEADLINE, Machine, Outcome
 from runlease.core.model import LEASED_RUN_STATUSES
@@ -118,6 +119,14 @@ class ActorSystem:
     # --------------------------------------------------------------- execution
     def _execute(self, request: Request) -> Outcome | None:
         """Apply one command now; route its outcome to the committer. None on refusal."""
+        outcome = self._apply(request)
+        if outcome is not None:
+            request.assigned = True
+            self._after_apply(request, request.command, outcome)
+        return outcome
+
+    def _apply(self, request: Request) -> Outcome | None:
+        """Apply a request's command to the machine; on refusal resolve it and return None."""
         command = request.command
         refusal = self.committer.refusal
         if refusal is not None:
@@ -125,7 +134,7 @@ class ActorSystem:
             return None
         command.now = self.clock.now()
         try:
-            outcome = self.machine.apply(command)
+            return self.machine.apply(command)
         except RunleaseError as exc:
             request.resolve(None, exc)
             return None
@@ -133,9 +142,31 @@ class ActorSystem:
             log.exception("internal error applying %s", type(command).__name__)
             request.resolve(None, InternalError(f"internal error in {type(command).__name__}"))
             return None
+
+    def _finish_and_claim(self, request: Request) -> None:
+        """A finish followed by a claim, applied as one command by the scheduler.
+
+        Routed here rather than to the task actor because the claim part needs the claim
+        index, and one command keeps both parts in one journal record: a single commit and
+        a single reply. If the claim part found nothing and the caller waits, the finish is
+        journaled under a request of its own and this request parks as a plain claim.
+        """
+        command = request.command
+        assert isinstance(command, FinishAndClaim)
+        outcome = self._apply(request)
+        if outcome is None:
+            return
+        if request.wait and not request.abandoned and outcome.reply.claim is None:
+            part = Request(command)
+            part.assigned = True
+            request.finish_part = part
+            request.command = command.claim
+            self._after_apply(part, command, outcome)
+            # The claim part already saw whatever the finish queued: wait for new work.
+            self.waiters.park(request)
+            return
         request.assigned = True
         self._after_apply(request, command, outcome)
-        return outcome
 
     def _after_apply(self, request: Request, command: AnyCommand, outcome: Outcome) -> None:
         for deadline in outcome.deadlines:
@@ -175,6 +206,9 @@ class ActorSystem:
         if isinstance(message.command, ClaimNext) and message.wait:
             if not self._try_claim_for(message):
                 self.waiters.park(message)
+            return
+        if isinstance(message.command, FinishAndClaim):
+            self._finish_and_claim(message)
             return
         self._execute(message)
 

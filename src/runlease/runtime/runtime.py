@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -19,6 +20,7 @@ from runlease.core.commands import (
     CompleteRun,
     CreateTask,
     FailRun,
+    FinishAndClaim,
     HeartbeatRun,
     OpenSession,
     ReleaseRun,
@@ -37,7 +39,9 @@ from runlease.core.machine import Machine, Outcome, snapshot_run, snapshot_task
 from runlease.core.model import (
     Claim,
     Event,
+    Finished,
     Heartbeat,
+    NoClaim,
     Priority,
     Run,
     Scope,
@@ -49,10 +53,12 @@ from runlease.core.model import (
 from runlease.errors import (
     AUTONOMY_SESSION_REQUIRED,
     NO_CLAIMABLE_RUN,
+    REQUEST_CANCELLED,
     RUNTIME_CLOSED,
     InvalidInput,
     LeaseRefused,
     NotFound,
+    RunleaseError,
     Unavailable,
 )
 from runlease.persistence.store import DEFAULT_MAP_SIZE, Store
@@ -429,6 +435,158 @@ class Runtime:
         )
         return run
 
+    # ------------------------------------------------------- finish, then claim
+    async def complete_and_next(
+        self,
+        session_id: str | None,
+        run_id: str,
+        *,
+        result: Any = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        stop_waiting: trio.CancelScope | None = None,
+    ) -> Finished:
+        """Complete the session's run, then claim its next one, in one step.
+
+        The claim part follows the rules of :meth:`claim_next` (filters, ``wait``,
+        ``timeout``). A refused finish raises its error and claims nothing. Once the finish
+        is applied the result always reports it: ``claim`` holds the new claim, or
+        ``no_claim`` says why there is none (NO_CLAIMABLE_RUN, also when the wait timed
+        out). In durable mode the finish is journaled before the claim and the call returns
+        once both are. ``stop_waiting`` is a scope the caller may cancel to end the wait
+        early; the finish is then still reported, with ``no_claim`` REQUEST_CANCELLED.
+        """
+        finish = CompleteRun(now=0.0, session_id=session_id, run_id=run_id, result=result)
+        return await self._finish_and_claim(
+            finish, wait, timeout, lease_seconds, workspace, stop_waiting
+        )
+
+    async def fail_and_next(
+        self,
+        session_id: str | None,
+        run_id: str,
+        *,
+        error: str,
+        metadata: dict[str, Any] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        stop_waiting: trio.CancelScope | None = None,
+    ) -> Finished:
+        """Fail the session's run, then claim its next one (see :meth:`complete_and_next`)."""
+        finish = FailRun(
+            now=0.0, session_id=session_id, run_id=run_id, error=error, metadata=metadata
+        )
+        return await self._finish_and_claim(
+            finish, wait, timeout, lease_seconds, workspace, stop_waiting
+        )
+
+    async def release_and_next(
+        self,
+        session_id: str | None,
+        run_id: str,
+        *,
+        reason: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        stop_waiting: trio.CancelScope | None = None,
+    ) -> Finished:
+        """Release the session's run, then claim its next one (see :meth:`complete_and_next`).
+
+        The claim follows the ordinary rules, so the released run itself is a candidate:
+        it keeps its place at the front of its priority band.
+        """
+        finish = ReleaseRun(now=0.0, session_id=session_id, run_id=run_id, reason=reason)
+        return await self._finish_and_claim(
+            finish, wait, timeout, lease_seconds, workspace, stop_waiting
+        )
+
+    async def _finish_and_claim(
+        self,
+        finish: CompleteRun | FailRun | ReleaseRun,
+        wait: bool,
+        timeout: float | None,
+        lease_seconds: float | None,
+        workspace: str | None,
+        stop_waiting: trio.CancelScope | None,
+    ) -> Finished:
+        self._check_open()
+        _check_timeout(timeout)
+        command = FinishAndClaim(
+            now=0.0,
+            finish=finish,
+            claim=ClaimNext(
+                now=0.0,
+                session_id=finish.session_id,
+                claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
+                lease_seconds=lease_seconds,
+                workspace_id=workspace,
+            ),
+        )
+        request = Request(command, wait=wait)
+        self._inflight.add(request)
+        try:
+            await self._system.send(request)
+            gave_up: RunleaseError | None = None
+            if not wait:
+                await request.done.wait()
+            else:
+                with stop_waiting or contextlib.nullcontext():
+                    with trio.move_on_after(math.inf if timeout is None else timeout):
+                        await request.done.wait()
+                if not request.done.is_set():
+                    gave_up = (
+                        NotFound(
+                            f"no claimable run arrived within {timeout} seconds",
+                            code=NO_CLAIMABLE_RUN,
+                        )
+                        if stop_waiting is None or not stop_waiting.cancel_called
+                        else Unavailable("the wait was cancelled", code=REQUEST_CANCELLED)
+                    )
+            if not request.done.is_set():
+                part = request.finish_part
+                if part is not None and not request.assigned:
+                    # Parked and nothing claimed yet: leave the queue of waiters (it skips
+                    # abandoned requests) and report the finish alone.
+                    request.abandoned = True
+                    request.resolve(None, gave_up)
+                else:
+                    # Either not applied yet (an abandoned request is applied without
+                    # parking) or a claim was made as the wait ended: its reply must come.
+                    request.abandoned = not request.assigned
+                with trio.CancelScope(shield=True):
+                    await request.done.wait()
+            return await self._finished(request)
+        finally:
+            if not request.done.is_set() and not request.assigned:
+                request.abandoned = True  # the caller is gone: do not wait on its behalf
+            self._inflight.discard(request)
+
+    async def _finished(self, request: Request) -> Finished:
+        part = request.finish_part
+        if part is None:
+            # Applied as one command: its reply holds both parts, or the finish's refusal.
+            finished: Finished = request.result()
+            return finished
+        # The finish was journaled on its own; its reply is durable once it resolves.
+        self._inflight.add(part)
+        try:
+            with trio.CancelScope(shield=True):
+                await part.done.wait()
+        finally:
+            self._inflight.discard(part)
+        alone: Finished = part.result()
+        if request.error is None:
+            claim: Claim = request.reply
+            return Finished(run=alone.run, claim=claim)
+        error = request.error
+        return Finished(run=alone.run, no_claim=NoClaim(code=error.code, message=error.message))
+
     # ------------------------------------------------------------------- events
     def events(self, *, after_seq: int = 0, task_id: str | None = None) -> list[Event]:
         """Recent acknowledged events (a bounded buffer), oldest first."""
@@ -474,6 +632,9 @@ class Runtime:
         for request in list(self._inflight):
             if not request.done.is_set():
                 request.resolve(None, error)
+            part = request.finish_part
+            if part is not None and not part.done.is_set():
+                part.resolve(None, error)
         self._feed.close()
 
 
@@ -519,6 +680,81 @@ class SessionHandle:
 
     async def stop(self, *, reason: str | None = None) -> SessionReleased:
         return await self._runtime.stop_session(self.id, reason=reason)
+
+    async def complete_and_next(
+        self,
+        run_id: str,
+        *,
+        result: Any = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+    ) -> Finished:
+        """Complete ``run_id`` and claim the next run in one step (see Runtime)."""
+        return await self._runtime.complete_and_next(
+            self.id,
+            run_id,
+            result=result,
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+        )
+
+    async def fail_and_next(
+        self,
+        run_id: str,
+        *,
+        error: str,
+        metadata: dict[str, Any] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+    ) -> Finished:
+        """Fail ``run_id`` and claim the next run in one step (see Runtime)."""
+        return await self._runtime.fail_and_next(
+            self.id,
+            run_id,
+            error=error,
+            metadata=metadata,
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+        )
+
+    async def release_and_next(
+        self,
+        run_id: str,
+        *,
+        reason: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+    ) -> Finished:
+        """Release ``run_id`` and claim the next run in one step (see Runtime)."""
+        return await self._runtime.release_and_next(
+            self.id,
+            run_id,
+            reason=reason,
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+        )
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or math.isnan(timeout)
+        or timeout < 0
+    ):
+        raise InvalidInput(f"timeout must be zero or positive seconds, got {timeout!r}")
 
 
 def _string_list(values: Iterable[str], field: str) -> list[str]:

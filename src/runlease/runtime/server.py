@@ -38,12 +38,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, Final, TypeGuard, TypeVar
 
 import trio
 
 from runlease import protocol as p
-from runlease.core.model import Event, Session, Task
+from runlease.core.model import Event, NoClaim, Session, Task
 from runlease.errors import (
     BAD_REQUEST,
     HANDSHAKE_REQUIRED,
@@ -481,8 +481,10 @@ class SocketServer:
         if conn.draining:
             conn.slots.release()
             return
-        long = isinstance(request, p.FollowEvents) or (
-            isinstance(request, p.ClaimNext) and request.wait
+        long = (
+            isinstance(request, p.FollowEvents)
+            or (isinstance(request, p.ClaimNext) and request.wait)
+            or (_claims_next(request) and request.next is not None and request.next.wait)
         )
         flight = _InFlight(long=long)
         conn.inflight[request.id] = flight
@@ -505,7 +507,9 @@ class SocketServer:
     async def _handle(self, conn: _Connection, request: p.AnyRequest, flight: _InFlight) -> None:
         try:
             reply: p.Reply | None = None
-            with flight.scope:
+            # A finish that claims next is never cut short: its scope only ends the wait of
+            # the claim part (the runtime enters it), so the finish is always reported.
+            with contextlib.nullcontext() if _claims_next(request) else flight.scope:
                 try:
                     reply = await self._execute(conn, request)
                 except RunleaseError as exc:
@@ -621,6 +625,8 @@ class SocketServer:
                     session_id, request.run_id, lease_seconds=request.lease_seconds
                 )
                 return p.HeartbeatReply(id=rid, heartbeat=beat)
+            case p.CompleteRun() | p.FailRun() | p.ReleaseRun() if request.next is not None:
+                return await self._finish_and_claim(conn, request, request.next)
             case p.CompleteRun():
                 session_id = rt.session_id_for_token(request.token)
                 run = await rt.complete(session_id, request.run_id, result=request.result)
@@ -642,6 +648,45 @@ class SocketServer:
             case p.Hello() | p.Cancel():  # pragma: no cover - answered by _dispatch
                 raise InvalidInput(f"{type(request).__name__} is handled by the reader")
         raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
+
+    async def _finish_and_claim(
+        self,
+        conn: _Connection,
+        request: p.CompleteRun | p.FailRun | p.ReleaseRun,
+        after: p.NextClaim,
+    ) -> p.Reply:
+        rt = self.runtime
+        session_id = rt.session_id_for_token(request.token)
+        flight = conn.inflight[request.id]
+        claim_options: dict[str, Any] = {
+            "wait": after.wait,
+            "timeout": after.timeout,
+            "lease_seconds": after.lease_seconds,
+            "workspace": after.workspace,
+            "stop_waiting": flight.scope,
+        }
+        match request:
+            case p.CompleteRun():
+                finished = await rt.complete_and_next(
+                    session_id, request.run_id, result=request.result, **claim_options
+                )
+            case p.FailRun():
+                finished = await rt.fail_and_next(
+                    session_id,
+                    request.run_id,
+                    error=request.error,
+                    metadata=request.metadata,
+                    **claim_options,
+                )
+            case p.ReleaseRun():
+                finished = await rt.release_and_next(
+                    session_id, request.run_id, reason=request.reason, **claim_options
+                )
+        if finished.no_claim is not None and flight.why == "shutdown":
+            finished.no_claim = NoClaim(
+                code=SHUTTING_DOWN, message="the server is shutting down; nothing was claimed"
+            )
+        return p.FinishedReply(id=request.id, finished=finished)
 
     async def _follow(self, conn: _Connection, request: p.FollowEvents) -> p.Reply:
         if request.after_seq < 0:
@@ -673,6 +718,13 @@ class SocketServer:
             active_task_actors=rt.active_task_actors,
             last_event_seq=rt.last_event_seq,
         )
+
+
+def _claims_next(request: p.AnyRequest) -> TypeGuard[p.CompleteRun | p.FailRun | p.ReleaseRun]:
+    """A complete, fail or release that asks to claim the next run in the same request."""
+    return isinstance(request, p.CompleteRun | p.FailRun | p.ReleaseRun) and (
+        request.next is not None
+    )
 
 
 # ------------------------------------------------------------------------------ paging
