@@ -11,6 +11,9 @@ Two clients with the same methods:
           claim = client.claim_next(wait=True, timeout=30)
           client.complete(claim.run.id, result={"ok": True})
 
+  An agent loop can finish a run and claim the next in one round trip with
+  ``complete_and_next`` (also ``fail_and_next`` and ``release_and_next``).
+
 - :func:`open_client` (in :mod:`runlease.runtime.client`, importable from here too) is the
   trio client: ``async with open_client(path) as client``. It pipelines: concurrent calls
   from several trio tasks share one connection.
@@ -34,6 +37,7 @@ from runlease import protocol as p
 from runlease.core.model import (
     Claim,
     Event,
+    Finished,
     Heartbeat,
     Priority,
     Run,
@@ -447,6 +451,90 @@ class Client:
             id=self._take_id(), token=self._token(token), run_id=run_id, reason=reason
         )
         return self._call(request, p.RunReply).run
+
+    # ------------------------------------------------------- finish, then claim
+    def complete_and_next(
+        self,
+        run_id: str,
+        *,
+        result: Any = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        token: str | None = None,
+    ) -> Finished:
+        """Complete the run and claim the session's next one in one round trip.
+
+        A refused finish raises its error and claims nothing. Otherwise the result holds
+        the finished run and either ``claim`` or ``no_claim`` (why nothing was claimed,
+        normally NO_CLAIMABLE_RUN): finding nothing is not an error.
+        """
+        next_claim = p.NextClaim(
+            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+        )
+        request = p.CompleteRun(
+            id=self._take_id(),
+            token=self._token(token),
+            run_id=run_id,
+            result=result,
+            next=next_claim,
+        )
+        return self._finish(request, next_claim)
+
+    def fail_and_next(
+        self,
+        run_id: str,
+        *,
+        error: str,
+        metadata: dict[str, Any] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        token: str | None = None,
+    ) -> Finished:
+        """Fail the run and claim the session's next one (see :meth:`complete_and_next`)."""
+        next_claim = p.NextClaim(
+            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+        )
+        request = p.FailRun(
+            id=self._take_id(),
+            token=self._token(token),
+            run_id=run_id,
+            error=error,
+            metadata=metadata,
+            next=next_claim,
+        )
+        return self._finish(request, next_claim)
+
+    def release_and_next(
+        self,
+        run_id: str,
+        *,
+        reason: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        token: str | None = None,
+    ) -> Finished:
+        """Release the run and claim the session's next one (see :meth:`complete_and_next`)."""
+        next_claim = p.NextClaim(
+            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+        )
+        request = p.ReleaseRun(
+            id=self._take_id(),
+            token=self._token(token),
+            run_id=run_id,
+            reason=reason,
+            next=next_claim,
+        )
+        return self._finish(request, next_claim)
+
+    def _finish(self, request: p.Request, next_claim: p.NextClaim) -> Finished:
+        extra = 0.0 if not next_claim.wait else next_claim.timeout
+        return self._call(request, p.FinishedReply, wait=extra).finished
 
 
 class _EventStream:

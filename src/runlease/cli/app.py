@@ -3,6 +3,15 @@
 Every command returns an exit code: 0 when it worked, else the code of the error's class
 (see :mod:`runlease.errors`): 2 usage, 3 invalid input, 4 not found or nothing to claim,
 5 lease or session refusal, 6 server unavailable, 1 anything unexpected.
+
+``task complete|fail|release RUN_ID --next`` finishes the run and claims the session's next
+one in a single request. Its exit code is the finish's: 0 once the finish is recorded, even
+when nothing could be claimed, because the finish cannot be taken back and a script must
+not retry it. The JSON then says what the claim part did: ``{"run": <finished run>, "next":
+<same shape as task next> | null, "no_claim": {"code", "message"} | null}``, where
+``no_claim.code`` is NO_CLAIMABLE_RUN when the queue had nothing for the session (also after
+``--timeout``). A refused finish exits with its own code (5 for AUTONOMY_*) and claims
+nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from cyclopts import App, CycloptsError, Parameter
 
 from runlease.cli.output import Output, default_output, emit, emit_error, emit_event, plain
 from runlease.client import Client
-from runlease.core.model import Priority, TaskStatus
+from runlease.core.model import Finished, Priority, TaskStatus
 from runlease.errors import USAGE, InvalidInput, RunleaseError, UsageError
 from runlease.paths import ENV_SESSION_TOKEN, ENV_SOCKET, default_data_dir, default_socket_path
 
@@ -432,6 +441,85 @@ def task_next(
     return 0
 
 
+# Options shared by complete, fail and release: claim the next run in the same request.
+NextFlag = Annotated[
+    bool,
+    Parameter(
+        name="--next",
+        negative=(),
+        help="Then claim the session's next run in the same request (exit 0 once the "
+        "finish is recorded, even if nothing is claimable: see next / no_claim).",
+        group="Claim next",
+    ),
+]
+NextWait = Annotated[
+    bool,
+    Parameter(help="With --next: wait for a claimable run to arrive.", group="Claim next"),
+]
+NextTimeout = Annotated[
+    float | None,
+    Parameter(
+        help="With --next: give up waiting after SECONDS (implies --wait).", group="Claim next"
+    ),
+]
+NextLease = Annotated[
+    float | None,
+    Parameter(help="With --next: lease length of the new claim.", group="Claim next"),
+]
+NextWorkspace = Annotated[
+    str | None, Parameter(help="With --next: only runs of this workspace.", group="Claim next")
+]
+
+
+@dataclass
+class _NextOptions:
+    wanted: bool
+    wait: bool
+    timeout: float | None
+    lease_seconds: float | None
+    workspace: str | None
+
+    @classmethod
+    def of(
+        cls,
+        wanted: bool,
+        wait: bool,
+        timeout: float | None,
+        lease_seconds: float | None,
+        workspace: str | None,
+    ) -> _NextOptions:
+        if not wanted and (wait or timeout is not None or lease_seconds is not None or workspace):
+            raise UsageError(
+                "--wait, --timeout, --lease-seconds and --workspace apply to the claim of "
+                "--next; add --next"
+            )
+        return cls(wanted, wait or timeout is not None, timeout, lease_seconds, workspace)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "wait": self.wait,
+            "timeout": self.timeout,
+            "lease_seconds": self.lease_seconds,
+            "workspace": self.workspace,
+        }
+
+
+def _emit_finished(finished: Finished) -> int:
+    claim = finished.claim
+    emit(
+        {
+            "run": plain(finished.run),
+            "next": None
+            if claim is None
+            else {"task": plain(claim.task), "run": plain(claim.run), "lease": plain(claim.lease)},
+            "no_claim": None if finished.no_claim is None else plain(finished.no_claim),
+        },
+        GLOBALS.output,
+    )
+    # The finish is recorded whatever the claim part found: never invite a retry.
+    return 0
+
+
 @contextlib.contextmanager
 def _spinner(waiting: bool) -> Iterator[None]:
     if not waiting or not _is_terminal(sys.stderr):
@@ -478,8 +566,17 @@ def task_complete(
     /,
     *,
     result: Annotated[str | None, Parameter(help="A JSON result to keep with the run.")] = None,
+    next_: NextFlag = False,
+    wait: NextWait = False,
+    timeout: NextTimeout = None,
+    lease_seconds: NextLease = None,
+    workspace: NextWorkspace = None,
 ) -> int:
     """Finish the session's run successfully.
+
+    With --next, also claim the session's next run in the same request. Exit 0 once the run
+    is completed, whether or not a run was claimed: "next" holds the claim (as task next
+    prints it), or null with "no_claim" saying why (NO_CLAIMABLE_RUN).
 
     Parameters
     ----------
@@ -487,7 +584,12 @@ def task_complete(
         The run the session holds.
     """
     value = _json_arg(result, "--result")
+    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace)
     with _client() as client:
+        if after.wanted:
+            with _spinner(after.wait):
+                finished = client.complete_and_next(run_id, result=value, **after.kwargs())
+            return _emit_finished(finished)
         run = client.complete(run_id, result=value)
     emit({"run": plain(run)}, GLOBALS.output)
     return 0
@@ -500,8 +602,16 @@ def task_fail(
     *,
     error: Annotated[str, Parameter(help="What went wrong.")],
     metadata: Annotated[str | None, Parameter(help="A JSON object with details.")] = None,
+    next_: NextFlag = False,
+    wait: NextWait = False,
+    timeout: NextTimeout = None,
+    lease_seconds: NextLease = None,
+    workspace: NextWorkspace = None,
 ) -> int:
     """End the session's run as failed (the task may be started again while attempts remain).
+
+    With --next, also claim the session's next run in the same request; exit 0 once the run
+    is failed, whether or not a run was claimed (see task complete --next).
 
     Parameters
     ----------
@@ -509,7 +619,14 @@ def task_fail(
         The run the session holds.
     """
     meta = _json_arg(metadata, "--metadata", object_only=True)
+    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace)
     with _client() as client:
+        if after.wanted:
+            with _spinner(after.wait):
+                finished = client.fail_and_next(
+                    run_id, error=error, metadata=meta, **after.kwargs()
+                )
+            return _emit_finished(finished)
         run = client.fail(run_id, error=error, metadata=meta)
     emit({"run": plain(run)}, GLOBALS.output)
     return 0
@@ -521,15 +638,29 @@ def task_release(
     /,
     *,
     reason: Annotated[str | None, Parameter(help="Why the session lets go.")] = None,
+    next_: NextFlag = False,
+    wait: NextWait = False,
+    timeout: NextTimeout = None,
+    lease_seconds: NextLease = None,
+    workspace: NextWorkspace = None,
 ) -> int:
     """Give the run back to the queue (same attempt) without finishing it.
+
+    With --next, also claim the session's next run in the same request, under the ordinary
+    claim rules (the released run itself may come straight back); exit 0 once the run is
+    released, whether or not a run was claimed (see task complete --next).
 
     Parameters
     ----------
     run_id
         The run the session holds.
     """
+    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace)
     with _client() as client:
+        if after.wanted:
+            with _spinner(after.wait):
+                finished = client.release_and_next(run_id, reason=reason, **after.kwargs())
+            return _emit_finished(finished)
         run = client.release(run_id, reason=reason)
     emit({"run": plain(run)}, GLOBALS.output)
     return 0

@@ -25,6 +25,7 @@ from runlease.client import check_reply, closed_by_server, hello, resolve_socket
 from runlease.core.model import (
     Claim,
     Event,
+    Finished,
     Heartbeat,
     Priority,
     Run,
@@ -352,6 +353,89 @@ class AsyncClient:
             id=self._take_id(), token=self._token(token), run_id=run_id, reason=reason
         )
         return (await self._call(request, p.RunReply)).run
+
+    # ------------------------------------------------------- finish, then claim
+    async def complete_and_next(
+        self,
+        run_id: str,
+        *,
+        result: Any = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        token: str | None = None,
+    ) -> Finished:
+        """Complete the run and claim the session's next one in one round trip.
+
+        A refused finish raises its error and claims nothing. Otherwise the result holds
+        the finished run and either ``claim`` or ``no_claim`` (why nothing was claimed,
+        normally NO_CLAIMABLE_RUN): finding nothing is not an error.
+        """
+        next_claim = p.NextClaim(
+            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+        )
+        request = p.CompleteRun(
+            id=self._take_id(),
+            token=self._token(token),
+            run_id=run_id,
+            result=result,
+            next=next_claim,
+        )
+        return await self._finish(request)
+
+    async def fail_and_next(
+        self,
+        run_id: str,
+        *,
+        error: str,
+        metadata: dict[str, Any] | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        token: str | None = None,
+    ) -> Finished:
+        """Fail the run and claim the session's next one (see :meth:`complete_and_next`)."""
+        next_claim = p.NextClaim(
+            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+        )
+        request = p.FailRun(
+            id=self._take_id(),
+            token=self._token(token),
+            run_id=run_id,
+            error=error,
+            metadata=metadata,
+            next=next_claim,
+        )
+        return await self._finish(request)
+
+    async def release_and_next(
+        self,
+        run_id: str,
+        *,
+        reason: str | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        lease_seconds: float | None = None,
+        workspace: str | None = None,
+        token: str | None = None,
+    ) -> Finished:
+        """Release the run and claim the session's next one (see :meth:`complete_and_next`)."""
+        next_claim = p.NextClaim(
+            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+        )
+        request = p.ReleaseRun(
+            id=self._take_id(),
+            token=self._token(token),
+            run_id=run_id,
+            reason=reason,
+            next=next_claim,
+        )
+        return await self._finish(request)
+
+    async def _finish(self, request: p.Request) -> Finished:
+        return (await self._call(request, p.FinishedReply)).finished
 
 
 class EventStream:

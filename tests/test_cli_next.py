@@ -1,0 +1,247 @@
+"""End to end: ``task complete|fail|release RUN_ID --next`` against a real server.
+
+One request finishes the run and claims the session's next one. The exit code is the
+finish's: 0 once the finish is recorded, with ``next`` holding the claim (shaped like
+``task next``) or ``null`` and ``no_claim`` saying why; a refused finish exits with its own
+code and claims nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli_helpers import Cli, Server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    base = tmp_path_factory.mktemp("cli-next")
+    socket = base / "s.sock"
+    srv = Server.serve(
+        "--data-dir", str(base / "data"), "--socket", str(socket), "--durability", "relaxed"
+    )
+    try:
+        srv.wait_listening()
+        yield srv, socket
+        assert srv.stop() == 0, srv.log.lines
+    finally:
+        srv.kill()
+
+
+@pytest.fixture(scope="module")
+def cli(server: tuple[Server, Path]) -> Cli:
+    return Cli(socket=server[1])
+
+
+@pytest.fixture
+def ws() -> str:
+    return "ws-" + uuid.uuid4().hex[:10]
+
+
+def queued(cli: Cli, ws: str, title: str, *extra: str) -> dict[str, Any]:
+    task: dict[str, Any] = cli.ok("task", "create", title, "--workspace", ws, "--start", *extra)[
+        "task"
+    ]
+    return task
+
+
+def claim(cli: Cli, token: str, ws: str) -> dict[str, Any]:
+    claimed: dict[str, Any] = cli.ok("task", "next", "--workspace", ws, token=token)
+    return claimed
+
+
+def test_complete_next_finishes_and_claims_in_one_command(cli: Cli, ws: str) -> None:
+    session_id, token = cli.session("looper")
+    first = queued(cli, ws, "first", "--priority", "high")
+    second = queued(cli, ws, "second")
+    run = claim(cli, token, ws)["run"]
+    assert run["task_id"] == first["id"]
+
+    out = cli.ok(
+        "task",
+        "complete",
+        run["id"],
+        "--result",
+        '{"ok": true}',
+        "--next",
+        "--workspace",
+        ws,
+        "--lease-seconds",
+        "120",
+        token=token,
+    )
+    assert set(out) == {"run", "next", "no_claim"}
+    assert out["no_claim"] is None
+    assert (out["run"]["id"], out["run"]["status"]) == (run["id"], "completed")
+    assert out["run"]["result"] == {"ok": True}
+    following = out["next"]
+    assert set(following) == {"task", "run", "lease"}  # the shape of `task next`
+    assert following["task"]["id"] == second["id"]
+    assert following["run"]["status"] == "claimed"
+    assert following["lease"]["session_id"] == session_id
+    assert following["lease"]["lease_seconds"] == 120
+
+    # fail --next: the failure is recorded, and with nothing left the claim part says so.
+    out = cli.ok(
+        "task",
+        "fail",
+        following["run"]["id"],
+        "--error",
+        "tests failed",
+        "--next",
+        "--workspace",
+        ws,
+        token=token,
+    )
+    assert out["run"]["status"] == "failed"
+    assert out["next"] is None
+    assert out["no_claim"]["code"] == "NO_CLAIMABLE_RUN"
+    assert cli.ok("task", "show", second["id"])["task"]["status"] == "pending"
+    assert cli.ok("session", "list")["sessions"]  # the server is still fine
+
+
+def test_nothing_to_claim_after_a_finish_exits_0_and_the_finish_is_recorded(
+    cli: Cli, ws: str
+) -> None:
+    _, token = cli.session("last-one")
+    task = queued(cli, ws, "only")
+    run = claim(cli, token, ws)["run"]
+    result = cli.run("task", "complete", run["id"], "--next", "--workspace", ws, token=token)
+    assert result.code == 0, str(result)
+    out = result.json
+    assert out["run"]["status"] == "completed"
+    assert out["next"] is None
+    assert out["no_claim"]["code"] == "NO_CLAIMABLE_RUN"
+    assert out["no_claim"]["message"]
+    shown = cli.ok("task", "show", task["id"])
+    assert shown["task"]["status"] == "completed"
+    assert [r["status"] for r in shown["runs"]] == ["completed"]
+    # The session holds nothing: a plain claim says there is nothing either.
+    cli.fails("task", "next", "--workspace", ws, token=token, code="NO_CLAIMABLE_RUN", exit=4)
+
+
+def test_a_refused_finish_claims_nothing(cli: Cli, ws: str) -> None:
+    _, mine = cli.session("owner")
+    _, other = cli.session("intruder")
+    queued(cli, ws, "held")
+    waiting = queued(cli, ws, "waiting")
+    run = claim(cli, mine, ws)["run"]
+    # A session without a lease: AUTONOMY_NO_ACTIVE_LEASE, and no claim is made for it.
+    cli.fails(
+        "task",
+        "complete",
+        run["id"],
+        "--next",
+        "--workspace",
+        ws,
+        token=other,
+        code="AUTONOMY_NO_ACTIVE_LEASE",
+        exit=5,
+    )
+    assert cli.ok("task", "show", waiting["id"])["task"]["status"] == "ready"
+    # The holder's own finish of a run it does not hold: AUTONOMY_FOREIGN_RUN.
+    theirs = claim(cli, other, ws)["run"]
+    cli.fails(
+        "task",
+        "release",
+        theirs["id"],
+        "--next",
+        token=mine,
+        code="AUTONOMY_FOREIGN_RUN",
+        exit=5,
+    )
+    assert cli.ok("task", "show", theirs["task_id"])["task"]["status"] == "in_progress"
+    assert cli.ok("task", "show", run["task_id"])["task"]["status"] == "in_progress"
+
+
+def test_release_next_may_take_the_same_run_back(cli: Cli, ws: str) -> None:
+    _, token = cli.session("handoff")
+    queued(cli, ws, "sticky")
+    run = claim(cli, token, ws)["run"]
+    out = cli.ok("task", "release", run["id"], "--reason", "retry", "--next", token=token)
+    assert out["run"]["status"] == "queued"
+    assert out["next"]["run"]["id"] == run["id"]
+    assert out["next"]["run"]["status"] == "claimed"
+
+
+def test_next_wait_is_handed_work_that_arrives_later(cli: Cli, ws: str) -> None:
+    _, token = cli.session("patient")
+    queued(cli, ws, "now")
+    run = claim(cli, token, ws)["run"]
+    waiter = cli.popen(
+        "task",
+        "complete",
+        run["id"],
+        "--next",
+        "--wait",
+        "--timeout",
+        "60",
+        "--workspace",
+        ws,
+        token=token,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # Queue the next task only once the finish is recorded, so the claim had to wait.
+        deadline = time.monotonic() + 30
+        while cli.ok("task", "show", run["task_id"])["task"]["status"] != "completed":
+            assert time.monotonic() < deadline, "the finish never happened"
+            time.sleep(0.05)
+        later = queued(cli, ws, "later")
+        out, err = waiter.communicate(timeout=60)
+    finally:
+        waiter.kill()
+    assert waiter.returncode == 0, err
+    document = json.loads(out)
+    assert document["run"]["status"] == "completed"
+    assert document["next"]["task"]["id"] == later["id"]
+    assert document["no_claim"] is None
+
+
+def test_next_wait_times_out_with_the_finish_recorded(cli: Cli, ws: str) -> None:
+    _, token = cli.session("timeout")
+    queued(cli, ws, "the only one")
+    run = claim(cli, token, ws)["run"]
+    began = time.monotonic()
+    out = cli.ok(
+        "task", "complete", run["id"], "--next", "--timeout", "0.5", "--workspace", ws, token=token
+    )
+    assert time.monotonic() - began >= 0.5
+    assert out["run"]["status"] == "completed"
+    assert out["next"] is None
+    assert out["no_claim"]["code"] == "NO_CLAIMABLE_RUN"
+
+
+def test_claim_options_without_next_are_a_usage_error(cli: Cli, ws: str) -> None:
+    _, token = cli.session("confused")
+    queued(cli, ws, "x")
+    run = claim(cli, token, ws)["run"]
+    cli.fails("task", "complete", run["id"], "--wait", token=token, code="USAGE", exit=2)
+    cli.fails("task", "release", run["id"], "--workspace", ws, token=token, code="USAGE", exit=2)
+    assert cli.ok("task", "complete", run["id"], token=token)["run"]["status"] == "completed"
+
+
+def test_table_output_shows_the_finish_and_the_claim_part(cli: Cli, ws: str) -> None:
+    _, token = cli.session("human")
+    queued(cli, ws, "a")
+    run = claim(cli, token, ws)["run"]
+    result = cli.run(
+        "-o", "table", "task", "complete", run["id"], "--next", "--workspace", ws, token=token
+    )
+    assert result.code == 0, str(result)
+    assert "completed" in result.stdout
+    assert "NO_CLAIMABLE_RUN" in result.stdout
+
+
+def test_claim_tokens_never_appear_in_any_output(cli: Cli) -> None:
+    assert cli.outputs
+    assert not any("rl_claim_" in out for out in cli.outputs)
