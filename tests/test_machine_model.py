@@ -29,6 +29,7 @@ from runlease.core.commands import (
     ExpireLease,
     ExpireSession,
     FailRun,
+    FinishAndClaim,
     HeartbeatRun,
     OpenSession,
     ReleaseRun,
@@ -38,7 +39,7 @@ from runlease.core.commands import (
 )
 from runlease.core.ids import new_secret_token
 from runlease.core.machine import Machine, Outcome
-from runlease.core.model import Claim, Heartbeat, Run, Session, SessionReleased, Task
+from runlease.core.model import Claim, Finished, Heartbeat, Run, Session, SessionReleased, Task
 from runlease.errors import (
     AUTONOMY_FOREIGN_RUN,
     AUTONOMY_LEASE_ALREADY_HELD,
@@ -277,6 +278,8 @@ task_picks = st.tuples(st.sampled_from(["any", "any", "any", "unknown"]), st.int
 lease_lengths = st.sampled_from(
     [None, None, None, 0, -1, 0.5, 1, 30, 300, 300, 3600, 86_400, 86_400.5, 1e9]
 )
+# Medium most often: claim order within one priority (queued_at, then id) matters as much.
+priorities = st.sampled_from(["low", "medium", "medium", "medium", "high", "urgent"])
 task_caps = st.sampled_from(
     [frozenset(), frozenset(), frozenset({"py"}), frozenset({"gpu"}), frozenset({"py", "net"})]
 )
@@ -430,23 +433,27 @@ class MachineVersusModel(RuleBasedStateMachine):
     # ------------------------------------------------------------------- setup rules
     @initialize(
         caps=session_caps,
-        priorities=st.lists(st.sampled_from(list(RANK)), min_size=3, max_size=3),
+        seed_priorities=st.lists(priorities, min_size=3, max_size=3),
         tcaps=task_caps,
         max_attempts=st.integers(1, 3),
     )
     def seed(
-        self, caps: frozenset[str], priorities: list[str], tcaps: frozenset[str], max_attempts: int
+        self,
+        caps: frozenset[str],
+        seed_priorities: list[str],
+        tcaps: frozenset[str],
+        max_attempts: int,
     ) -> None:
         """Start every example with two sessions and three queued runs, so runs go deep."""
         self.open_session(caps, None, None, True)
         self.open_session(frozenset(CAP_POOL), None, None, True)
-        for i, priority in enumerate(priorities):
+        for i, priority in enumerate(seed_priorities):
             caps_i = tcaps if i == 0 else frozenset()
             self.create_task(priority, None if i else "ws_a", caps_i, max_attempts, True, "none")
 
     # ---------------------------------------------------------------- tasks and runs
     @rule(
-        priority=st.sampled_from(list(RANK)),
+        priority=priorities,
         workspace_id=st.sampled_from([None, "ws_a", "ws_b"]),
         caps=task_caps,
         max_attempts=st.integers(1, 4),
@@ -907,6 +914,104 @@ class MachineVersusModel(RuleBasedStateMachine):
         assert (reply.id, reply.status, reply.reason) == (run_id, "needs_attention", reason)
         assert reply.claim_token_hash is None
         assert [ev.kind for ev in outcome.events] == ["run_blocked"]
+
+    @rule(
+        pick=actor_picks,
+        run_pick=run_picks,
+        kind=st.sampled_from(["complete", "fail", "release"]),
+        workspace_id=st.sampled_from([None] * 6 + ["ws_a", "ws_b", "bad ws"]),
+        lease_seconds=st.sampled_from([None, None, 30, 300, -1, 86_400.5]),
+    )
+    def finish_and_claim(
+        self,
+        pick: Pick,
+        run_pick: Pick,
+        kind: str,
+        workspace_id: str | None,
+        lease_seconds: float | None,
+    ) -> None:
+        """Finish, then claim, as one command.
+
+        A bad claim part or a refused finish must raise and change nothing (so nothing is
+        claimed); otherwise the finish happens exactly as on its own and then the claim
+        follows the claim rules, with NO_CLAIMABLE_RUN reported in the reply, not raised.
+        """
+        model = self.model
+        session_id = self._session_id(pick)
+        run_id = self._run_id(run_pick, session_id)
+        finish: CompleteRun | FailRun | ReleaseRun
+        if kind == "complete":
+            finish = CompleteRun(now=0.0, session_id=session_id, run_id=run_id, result={"n": 1})
+        elif kind == "fail":
+            finish = FailRun(now=0.0, session_id=session_id, run_id=run_id, error="broke")
+        else:
+            finish = ReleaseRun(now=0.0, session_id=session_id, run_id=run_id, reason="handoff")
+        token = self._new_token()
+        command = FinishAndClaim(
+            now=model.now,
+            finish=finish,
+            claim=ClaimNext(
+                now=0.0,
+                session_id=session_id,
+                claim_token=token,
+                lease_seconds=lease_seconds,
+                workspace_id=workspace_id,
+            ),
+        )
+        if (lease_seconds is not None and lease_seconds < 0) or workspace_id == "bad ws":
+            self._refused(command, INVALID_INPUT)
+            return
+        refusal = model.lease_refusal(session_id, run_id)
+        if refusal is not None:
+            self._refused(command, refusal)
+            return
+        assert session_id is not None
+        session = model.sessions[session_id]
+        winner = None  # worked out after the finish, which may queue the run itself
+        run = model.runs[run_id]
+        if kind == "release":
+            model.requeue(run, "handoff")
+            finish_kind = "lease_released"
+        else:
+            model.end_lease(run)
+            run.status = "completed" if kind == "complete" else "failed"
+            run.error = "broke" if kind == "fail" else None
+            finish_kind = "run_completed" if kind == "complete" else "run_failed"
+        winner = model.winner(session, workspace_id)
+        outcome = self._apply(command, f"{kind} then {'claim' if winner else 'nothing'}")
+        reply = outcome.reply
+        assert isinstance(reply, Finished)
+        assert outcome.error is None
+        assert (reply.run.id, reply.run.status) == (
+            run_id,
+            run.status if winner != run_id else "queued",
+        )
+        assert reply.run.claim_token_hash is None
+        assert outcome.queued == (kind == "release")
+        if winner is None:
+            assert reply.claim is None
+            assert reply.no_claim is not None
+            assert reply.no_claim.code == NO_CLAIMABLE_RUN
+            assert [ev.kind for ev in outcome.events] == [finish_kind]
+            assert outcome.deadlines == []
+            assert session.lease_run is None
+            return
+        seconds, clamped = expected_seconds(lease_seconds)
+        claimed = model.runs[winner]
+        model.claim(session, claimed, seconds)
+        assert reply.no_claim is None
+        assert isinstance(reply.claim, Claim)
+        assert reply.claim.run.id == winner, f"claimed {reply.claim.run.id}, expected {winner}"
+        assert reply.claim.run.status == "claimed"
+        assert reply.claim.task.status == "in_progress"
+        lease = reply.claim.lease
+        assert (lease.run_id, lease.session_id) == (winner, session_id)
+        assert lease.lease_until == claimed.lease_until == model.now + seconds
+        assert (lease.lease_seconds, lease.lease_seconds_clamped) == (seconds, clamped)
+        assert lease.claim_token_hash == sha256_of(token)
+        assert [ev.kind for ev in outcome.events] == [finish_kind, "run_claimed"]
+        assert outcome.deadlines == [(claimed.lease_until, "lease", winner)]
+        assert session.lease_run == winner
 
     # ------------------------------------------------------------------ time, clocks
     @rule(step=time_steps)
