@@ -21,7 +21,6 @@ from pathlib import Path
 
 from hypothesis import settings
 from hypothesis.stateful import rule
-from test_machine_model import MachineVersusModel, fingerprint
 
 from runlease.core.commands import AnyCommand
 from runlease.core.machine import Outcome
@@ -29,6 +28,7 @@ from runlease.core.snapshot import encode_snapshot
 from runlease.persistence.records import encode_record
 from runlease.persistence.store import Store
 from runlease.runtime.journal import BootReport, load_machine
+from test_machine_model import MachineVersusModel, fingerprint
 
 
 class DurableMachineVersusModel(MachineVersusModel):
