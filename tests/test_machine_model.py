@@ -296,6 +296,11 @@ time_steps = st.sampled_from(
     [0, 0.25, 1, 10, 29.75, 30, 30.25, 299, 300, 301, 3600, 86_400, 90_000]
 )
 
+# The claim part of a finish-and-claim: mostly valid, so the finish usually goes through.
+finish_kinds = st.sampled_from(["complete", "fail", "release"])
+next_workspaces = st.sampled_from([None] * 8 + ["ws_a", "ws_b", "bad ws"])
+next_leases = st.sampled_from([None] * 4 + [30, 300, 86_400.5, -1])
+
 create_flaws = st.sampled_from(
     ["none"] * 14
     + ["dup_task", "token_title", "token_metadata", "empty_title", "attempts_0", "attempts_11"]
@@ -918,14 +923,43 @@ class MachineVersusModel(RuleBasedStateMachine):
     @rule(
         pick=actor_picks,
         run_pick=run_picks,
-        kind=st.sampled_from(["complete", "fail", "release"]),
-        workspace_id=st.sampled_from([None] * 6 + ["ws_a", "ws_b", "bad ws"]),
-        lease_seconds=st.sampled_from([None, None, 30, 300, -1, 86_400.5]),
+        kind=finish_kinds,
+        workspace_id=next_workspaces,
+        lease_seconds=next_leases,
     )
     def finish_and_claim(
         self,
         pick: Pick,
         run_pick: Pick,
+        kind: str,
+        workspace_id: str | None,
+        lease_seconds: float | None,
+    ) -> None:
+        session_id = self._session_id(pick)
+        self._finish_and_claim(
+            session_id, self._run_id(run_pick, session_id), kind, workspace_id, lease_seconds
+        )
+
+    @rule(
+        i=st.integers(0, 63),
+        kind=finish_kinds,
+        workspace_id=next_workspaces,
+        lease_seconds=next_leases,
+    )
+    def finish_and_claim_by_a_holder(
+        self, i: int, kind: str, workspace_id: str | None, lease_seconds: float | None
+    ) -> None:
+        """The agent loop itself: the holder finishes its own run and asks for the next."""
+        holders = sorted(s.id for s in self.model.sessions.values() if s.lease_run)
+        if holders:
+            session = self.model.sessions[holders[i % len(holders)]]
+            assert session.lease_run is not None
+            self._finish_and_claim(session.id, session.lease_run, kind, workspace_id, lease_seconds)
+
+    def _finish_and_claim(
+        self,
+        session_id: str | None,
+        run_id: str,
         kind: str,
         workspace_id: str | None,
         lease_seconds: float | None,
@@ -937,8 +971,6 @@ class MachineVersusModel(RuleBasedStateMachine):
         follows the claim rules, with NO_CLAIMABLE_RUN reported in the reply, not raised.
         """
         model = self.model
-        session_id = self._session_id(pick)
-        run_id = self._run_id(run_pick, session_id)
         finish: CompleteRun | FailRun | ReleaseRun
         if kind == "complete":
             finish = CompleteRun(now=0.0, session_id=session_id, run_id=run_id, result={"n": 1})
@@ -967,7 +999,6 @@ class MachineVersusModel(RuleBasedStateMachine):
             return
         assert session_id is not None
         session = model.sessions[session_id]
-        winner = None  # worked out after the finish, which may queue the run itself
         run = model.runs[run_id]
         if kind == "release":
             model.requeue(run, "handoff")
@@ -977,15 +1008,13 @@ class MachineVersusModel(RuleBasedStateMachine):
             run.status = "completed" if kind == "complete" else "failed"
             run.error = "broke" if kind == "fail" else None
             finish_kind = "run_completed" if kind == "complete" else "run_failed"
+        # Worked out after the finish: a released run is a candidate for its own session.
         winner = model.winner(session, workspace_id)
         outcome = self._apply(command, f"{kind} then {'claim' if winner else 'nothing'}")
         reply = outcome.reply
         assert isinstance(reply, Finished)
         assert outcome.error is None
-        assert (reply.run.id, reply.run.status) == (
-            run_id,
-            run.status if winner != run_id else "queued",
-        )
+        assert (reply.run.id, reply.run.status) == (run_id, run.status)
         assert reply.run.claim_token_hash is None
         assert outcome.queued == (kind == "release")
         if winner is None:
