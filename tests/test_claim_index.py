@@ -40,10 +40,11 @@ def expected_winner(
 def heap_stats(index: ClaimIndex) -> list[tuple[int, int, int]]:
     """(items, live entries, recorded dead count) for every heap the index keeps."""
     stats = []
-    for by_caps in index._buckets.values():
-        for heap in by_caps.values():
-            live = sum(1 for item in heap.items if item[_LIVE])
-            stats.append((len(heap.items), live, heap.dead))
+    for by_owner in index._buckets.values():
+        for by_caps in by_owner.values():
+            for heap in by_caps.values():
+                live = sum(1 for item in heap.items if item[_LIVE])
+                stats.append((len(heap.items), live, heap.dead))
     return stats
 
 

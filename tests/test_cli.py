@@ -37,6 +37,23 @@ TASK_FIELDS = {
     "created_at",
     "updated_at",
     "closed_at",
+    # Task graph and operator fields (issue 6).
+    "parent_task_id",
+    "blocked_by",
+    "preferred_capabilities",
+    "owner",
+    "draft",
+    "approval_policy",
+    "approval_state",
+    "required_artifacts",
+    "canceled",
+    "cancel_reason",
+    "paused",
+    "paused_by",
+    "paused_at",
+    "paused_reason",
+    "checkpoints",
+    "force_ops",
 }
 RUN_FIELDS = {
     "id",
@@ -57,6 +74,9 @@ RUN_FIELDS = {
     "failure_metadata",
     "previous_run_id",
     "reason",
+    "failure_kind",
+    "idempotency_key",
+    "checkpoint_at",
 }
 LEASE_FIELDS = {
     "run_id",

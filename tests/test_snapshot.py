@@ -167,14 +167,15 @@ class CommandStream:
 
 
 # --------------------------------------------------------------------------- helpers
-def index_order(machine: Machine) -> dict[tuple[str, frozenset[str]], list[tuple[object, ...]]]:
+def index_order(machine: Machine) -> dict[tuple[object, ...], list[tuple[object, ...]]]:
     """Every non-empty bucket of the claim index with its live entries in claim order."""
-    out: dict[tuple[str, frozenset[str]], list[tuple[object, ...]]] = {}
-    for ws_key, by_caps in machine.index._buckets.items():
-        for caps, heap in by_caps.items():
-            live = sorted(tuple(entry[:3]) for entry in heap.items if entry[3])
-            if live:
-                out[(ws_key, caps)] = live
+    out: dict[tuple[object, ...], list[tuple[object, ...]]] = {}
+    for ws_key, by_owner in machine.index._buckets.items():
+        for owner_key, by_caps in by_owner.items():
+            for caps, heap in by_caps.items():
+                live = sorted(tuple(entry[:3]) for entry in heap.items if entry[3])
+                if live:
+                    out[(ws_key, owner_key, caps)] = live
     return out
 
 

@@ -12,13 +12,19 @@ from typing import Any
 
 import msgspec
 
-from runlease.core.model import Priority, Scope
+from runlease.core.model import Actor, ApprovalPolicy, Origin, Ownership, Priority, Scope
 
 
 class Command(msgspec.Struct, kw_only=True, tag_field="op", omit_defaults=True):
-    """Base of every command; ``now`` is the time the shell read when it issued it."""
+    """Base of every command; ``now`` is the time the shell read when it issued it.
+
+    ``actor`` and ``origin`` say who asked and through which surface; every event the
+    command emits carries them (the core derives a default from the session, if any).
+    """
 
     now: float
+    actor: Actor | None = None
+    origin: Origin | None = None
 
 
 class CreateTask(Command, tag="create_task"):
@@ -33,11 +39,131 @@ class CreateTask(Command, tag="create_task"):
     required_capabilities: list[str] = []
     # Enqueue the first run in the same step (``--start``).
     start_run_id: str | None = None
+    parent_task_id: str | None = None
+    preferred_capabilities: list[str] = []
+    owner: Ownership | None = None
+    draft: bool = False
+    approval_policy: ApprovalPolicy = "none"
+    required_artifacts: list[str] = []
 
 
 class StartTask(Command, tag="start_task"):
     task_id: str
     run_id: str
+    # Same key on the same task -> the run it first created, and nothing new is queued.
+    idempotency_key: str | None = None
+
+
+class PublishTask(Command, tag="publish_task"):
+    """Turn a draft into a real task; with ``run_id`` also enqueue its first run."""
+
+    task_id: str
+    run_id: str | None = None
+
+
+class ApproveTask(Command, tag="approve_task"):
+    """Approve a manual-approval task and enqueue its run."""
+
+    task_id: str
+    run_id: str
+
+
+class RejectTask(Command, tag="reject_task"):
+    task_id: str
+    reason: str | None = None
+
+
+class UpdateTask(Command, tag="update_task"):
+    """Change mutable fields; ``changes`` maps field name to new value."""
+
+    task_id: str
+    changes: dict[str, Any]
+
+
+class DeleteTask(Command, tag="delete_task"):
+    task_id: str
+
+
+class AddDependency(Command, tag="add_dependency"):
+    """``task_id`` cannot run until ``blocked_by`` completes (edge kind ``blocks``)."""
+
+    task_id: str
+    blocked_by: str
+
+
+class RemoveDependency(Command, tag="remove_dependency"):
+    task_id: str
+    blocked_by: str
+
+
+class PauseTask(Command, tag="pause_task"):
+    task_id: str
+    reason: str
+
+
+class ResumeTask(Command, tag="resume_task"):
+    task_id: str
+
+
+class CancelTask(Command, tag="cancel_task"):
+    task_id: str
+    reason: str | None = None
+
+
+class CancelRun(Command, tag="cancel_run"):
+    run_id: str
+    reason: str | None = None
+
+
+class RetryRun(Command, tag="retry_run"):
+    run_id: str
+    new_run_id: str
+
+
+class ForceReleaseRun(Command, tag="force_release"):
+    run_id: str
+    reason: str
+
+
+class ForceFailRun(Command, tag="force_fail"):
+    run_id: str
+    reason: str
+
+
+class BulkForceRuns(Command, tag="bulk_force"):
+    action: str  # "release" or "fail"
+    run_ids: list[str]
+    reason: str
+
+
+class PauseScheduler(Command, tag="pause_scheduler"):
+    reason: str | None = None
+
+
+class ResumeScheduler(Command, tag="resume_scheduler"):
+    reason: str | None = None
+
+
+class CheckpointTask(Command, tag="checkpoint"):
+    task_id: str
+    note: str
+    author: str | None = None
+
+
+class StealRun(Command, tag="steal"):
+    """Give a task's current run to ``session_id``.
+
+    ``force=False`` (``--if-expired``): only if the lease is expired at ``now`` (or the run
+    was requeued by an expiry and nobody has claimed it since). ``force=True``: take a live
+    lease too (operators).
+    """
+
+    task_id: str
+    session_id: str | None
+    claim_token: str
+    force: bool = False
+    lease_seconds: float | None = None
+    reason: str | None = None
 
 
 class OpenSession(Command, tag="open_session"):
@@ -74,6 +200,10 @@ class ClaimNext(Command, tag="claim_next"):
     claim_token: str
     lease_seconds: float | None = None
     workspace_id: str | None = None
+    # "global": only tasks without a workspace; None: any (or workspace_id's).
+    scope: Scope | None = None
+    # Lowest priority rank accepted (PRIORITY_RANK values: low 10 ... urgent 40).
+    priority_min: int | None = None
 
 
 class HeartbeatRun(Command, tag="heartbeat"):
@@ -86,6 +216,10 @@ class CompleteRun(Command, tag="complete"):
     session_id: str | None
     run_id: str
     result: Any = None
+    # Filled by the runtime from the filesystem (the core does no IO): the contract paths it
+    # checked and those it did not find. None means nothing was checked.
+    checked_artifacts: list[str] | None = None
+    missing_artifacts: list[str] = []
 
 
 class FailRun(Command, tag="fail"):
@@ -143,6 +277,25 @@ AnyCommand = (
     | BlockRun
     | ExpireLease
     | FinishAndClaim
+    | PublishTask
+    | ApproveTask
+    | RejectTask
+    | UpdateTask
+    | DeleteTask
+    | AddDependency
+    | RemoveDependency
+    | PauseTask
+    | ResumeTask
+    | CancelTask
+    | CancelRun
+    | RetryRun
+    | ForceReleaseRun
+    | ForceFailRun
+    | BulkForceRuns
+    | PauseScheduler
+    | ResumeScheduler
+    | CheckpointTask
+    | StealRun
 )
 
 # Commands that act on one run on behalf of the session holding its lease.

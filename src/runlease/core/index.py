@@ -9,20 +9,33 @@ Every queued run sits in two heaps: its workspace's bucket, and the bucket of th
 capability set across all workspaces (for claims that do not name a workspace). Both heaps
 share one entry object; taking or removing a run marks the entry dead, and dead entries are
 dropped lazily when they reach a heap's top or when they outnumber the live ones.
+
+Two refinements keep that shape. Buckets are keyed by (required, preferred) capability sets,
+and since every run in a bucket shares its preferred set, a claimer's preference score (how
+many preferred capabilities it offers) is a constant per bucket: comparing bucket tops by
+(priority, score, queued_at, id) picks exactly the best run, preferred capabilities ordering
+after priority, with no scan. And an owner level sits above the capability buckets: runs of
+an assigned task live under an owner key ("s:<session>" or "p:<agent pool>"), and a claim
+only looks under the unowned key and its own two keys.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Iterator
+from typing import Any
 
-# An entry is a list so heapq compares it in C: [neg_rank, queued_at, run_id, live, ws, caps].
-# run_id is unique, so comparison never reaches the trailing bookkeeping fields.
+# An entry is a list so heapq compares it in C:
+# [neg_rank, queued_at, run_id, live, ws, owner, group]. run_id is unique, so comparison
+# never reaches the trailing bookkeeping fields. group = (required caps, preferred caps).
 _Entry = list[object]
+_Group = tuple[frozenset[str], frozenset[str]]
 _LIVE = 3
 _WS = 4
-_CAPS = 5
+_OWNER = 5
+_GROUP = 6
 _RUN_ID = 2
+_NO_PREFERENCE: frozenset[str] = frozenset()
 
 _ANY_WORKSPACE = "\x00any"  # a key no real workspace id can take (ids are printable)
 
@@ -40,8 +53,8 @@ class _Heap:
 
 class ClaimIndex:
     def __init__(self) -> None:
-        # workspace key -> capability set -> heap
-        self._buckets: dict[str, dict[frozenset[str], _Heap]] = {}
+        # workspace key -> owner key -> (required, preferred) -> heap
+        self._buckets: dict[str, dict[str, dict[_Group, _Heap]]] = {}
         self._entries: dict[str, _Entry] = {}
 
     def __len__(self) -> int:
@@ -61,30 +74,40 @@ class ClaimIndex:
         queued_at: float,
         workspace_id: str | None,
         capabilities: frozenset[str],
+        preferred: frozenset[str] = _NO_PREFERENCE,
+        owner: str | None = None,
     ) -> None:
+        """Index a queued run. ``owner`` is an owner key ("s:<session>", "p:<pool>")."""
         if run_id in self._entries:
             raise ValueError(f"run {run_id} is already indexed")
         ws_key = workspace_id if workspace_id is not None else ""
-        entry: _Entry = [-rank, queued_at, run_id, True, ws_key, capabilities]
+        owner_key = owner or ""
+        group = (capabilities, preferred)
+        entry: _Entry = [-rank, queued_at, run_id, True, ws_key, owner_key, group]
         self._entries[run_id] = entry
         for key in (ws_key, _ANY_WORKSPACE):
-            heapq.heappush(self._heap(key, capabilities).items, entry)
+            heapq.heappush(self._heap(key, owner_key, group).items, entry)
 
-    def add_many(self, items: Iterable[tuple[str, int, float, str | None, frozenset[str]]]) -> None:
+    def add_many(self, items: Iterable[tuple[Any, ...]]) -> None:
         """Index many runs at once (boot): append everything, then heapify each heap once.
 
-        Each item is (run_id, rank, queued_at, workspace_id, capabilities).
+        Each item is (run_id, rank, queued_at, workspace_id, capabilities), optionally
+        followed by (preferred, owner key).
         """
         touched: set[int] = set()
         heaps: list[_Heap] = []
-        for run_id, rank, queued_at, workspace_id, capabilities in items:
+        for item in items:
+            run_id, rank, queued_at, workspace_id, capabilities = item[:5]
+            preferred = item[5] if len(item) > 5 else _NO_PREFERENCE
+            owner_key = (item[6] if len(item) > 6 else None) or ""
             if run_id in self._entries:
                 raise ValueError(f"run {run_id} is already indexed")
             ws_key = workspace_id if workspace_id is not None else ""
-            entry: _Entry = [-rank, queued_at, run_id, True, ws_key, capabilities]
+            group = (capabilities, preferred)
+            entry: _Entry = [-rank, queued_at, run_id, True, ws_key, owner_key, group]
             self._entries[run_id] = entry
             for key in (ws_key, _ANY_WORKSPACE):
-                heap = self._heap(key, capabilities)
+                heap = self._heap(key, owner_key, group)
                 heap.items.append(entry)
                 if id(heap) not in touched:
                     touched.add(id(heap))
@@ -100,13 +123,31 @@ class ClaimIndex:
         self._kill(entry, popped_from=None)
         return True
 
-    def peek(self, *, workspace_id: str | None, offered: frozenset[str]) -> str | None:
-        best = self._best(workspace_id, offered)
+    def peek(
+        self,
+        *,
+        workspace_id: str | None,
+        offered: frozenset[str],
+        owners: tuple[str, ...] = (),
+        min_rank: int | None = None,
+    ) -> str | None:
+        best = self._best(workspace_id, offered, owners, min_rank)
         return None if best is None else str(best[0][_RUN_ID])
 
-    def take(self, *, workspace_id: str | None, offered: frozenset[str]) -> str | None:
-        """Remove and return the best run this claimer may take, or None."""
-        best = self._best(workspace_id, offered)
+    def take(
+        self,
+        *,
+        workspace_id: str | None,
+        offered: frozenset[str],
+        owners: tuple[str, ...] = (),
+        min_rank: int | None = None,
+    ) -> str | None:
+        """Remove and return the best run this claimer may take, or None.
+
+        ``workspace_id=""`` means global tasks only. ``owners`` are the owner keys the
+        claimer answers to besides unowned work; ``min_rank`` skips lower priorities.
+        """
+        best = self._best(workspace_id, offered, owners, min_rank)
         if best is None:
             return None
         heap = best[1]
@@ -117,47 +158,73 @@ class ClaimIndex:
         return run_id
 
     # ------------------------------------------------------------------ internals
-    def _heap(self, ws_key: str, caps: frozenset[str]) -> _Heap:
-        by_caps = self._buckets.get(ws_key)
-        if by_caps is None:
-            by_caps = self._buckets[ws_key] = {}
-        heap = by_caps.get(caps)
+    def _heap(self, ws_key: str, owner_key: str, group: _Group) -> _Heap:
+        by_owner = self._buckets.get(ws_key)
+        if by_owner is None:
+            by_owner = self._buckets[ws_key] = {}
+        by_group = by_owner.get(owner_key)
+        if by_group is None:
+            by_group = by_owner[owner_key] = {}
+        heap = by_group.get(group)
         if heap is None:
-            heap = by_caps[caps] = _Heap()
+            heap = by_group[group] = _Heap()
         return heap
 
     def _best(
-        self, workspace_id: str | None, offered: frozenset[str]
+        self,
+        workspace_id: str | None,
+        offered: frozenset[str],
+        owners: tuple[str, ...] = (),
+        min_rank: int | None = None,
     ) -> tuple[_Entry, _Heap] | None:
         ws_key = _ANY_WORKSPACE if workspace_id is None else workspace_id
-        by_caps = self._buckets.get(ws_key)
-        if not by_caps:
+        by_owner = self._buckets.get(ws_key)
+        if not by_owner:
             return None
         best: tuple[_Entry, _Heap] | None = None
-        for caps, heap in by_caps.items():
-            if caps and not caps <= offered:
+        best_key: tuple[Any, ...] | None = None
+        for owner_key in ("", *owners):
+            by_group = by_owner.get(owner_key)
+            if not by_group:
                 continue
-            items = heap.items
-            while items and not items[0][_LIVE]:
-                heapq.heappop(items)
-                heap.dead -= 1
-            if items and (best is None or items[0] < best[0]):
-                best = (items[0], heap)
+            for (required, preferred), heap in by_group.items():
+                if required and not required <= offered:
+                    continue
+                items = heap.items
+                while items and not items[0][_LIVE]:
+                    heapq.heappop(items)
+                    heap.dead -= 1
+                if not items:
+                    continue
+                top = items[0]
+                neg_rank = top[0]
+                assert isinstance(neg_rank, int)
+                if min_rank is not None and -neg_rank < min_rank:
+                    continue
+                score = len(preferred & offered) if preferred else 0
+                key = (neg_rank, -score, top[1], top[2])
+                if best_key is None or key < best_key:
+                    best, best_key = (top, heap), key
         return best
 
     def _kill(self, entry: _Entry, popped_from: _Heap | None) -> None:
         entry[_LIVE] = False
-        caps = entry[_CAPS]
-        assert isinstance(caps, frozenset)
+        owner_key = entry[_OWNER]
+        group = entry[_GROUP]
+        assert isinstance(owner_key, str)
+        assert isinstance(group, tuple)
         for key in (str(entry[_WS]), _ANY_WORKSPACE):
-            by_caps = self._buckets[key]
-            heap = by_caps[caps]
+            by_owner = self._buckets[key]
+            by_group = by_owner[owner_key]
+            heap = by_group[group]
             if heap is not popped_from:
                 heap.dead += 1
             if heap.live_count() == 0:
-                del by_caps[caps]
-                if not by_caps:
-                    del self._buckets[key]
+                del by_group[group]
+                if not by_group:
+                    del by_owner[owner_key]
+                    if not by_owner:
+                        del self._buckets[key]
             elif heap.dead > len(heap.items) // 2:
                 # Compact so heaps of mostly-dead entries cannot grow without bound.
                 heap.items = [e for e in heap.items if e[_LIVE]]

@@ -24,6 +24,18 @@ MAX_DESCRIPTION_CHARS: Final = 16 * 1024
 MAX_NAME_CHARS: Final = 200
 MAX_CAPABILITIES: Final = 32
 MAX_REASON_CHARS: Final = 2048
+# Task graph and operator limits (the reference's MaxHierarchyDepth and friends).
+MAX_HIERARCHY_DEPTH: Final = 8
+MAX_DIRECT_CHILDREN: Final = 64
+MAX_DEPENDENCIES: Final = 32
+MAX_RETRY_CHAIN: Final = 10
+MAX_BULK_RUN_IDS: Final = 50
+FORCE_RATE_LIMIT: Final = 10
+FORCE_RATE_WINDOW_SECONDS: Final = 60.0
+MAX_REQUIRED_ARTIFACTS: Final = 32
+MAX_CHECKPOINTS_KEPT: Final = 50
+MAX_NOTE_CHARS: Final = 4096
+FAILURE_KIND_OPERATOR_FORCED: Final = "operator_forced"
 
 # ------------------------------------------------------------------------- statuses
 Priority = Literal["low", "medium", "high", "urgent"]
@@ -39,6 +51,7 @@ LEASED_RUN_STATUSES: Final = frozenset({"claimed", "running"})
 SETTLED_RUN_STATUSES: Final = frozenset({"completed", "failed", "canceled", "needs_attention"})
 
 TaskStatus = Literal[
+    "draft",
     "pending",
     "ready",
     "in_progress",
@@ -50,6 +63,27 @@ TaskStatus = Literal[
 ]
 
 SessionState = Literal["live", "stopped"]
+
+ApprovalPolicy = Literal["none", "manual"]
+ApprovalState = Literal["not_required", "pending", "approved", "rejected"]
+# Who a task is assigned to: one session, or a pool of sessions sharing an agent name.
+OwnerKind = Literal["agent_session", "pool"]
+# Mutable through UpdateTask; every other field is fixed at creation or owned by the core.
+MUTABLE_TASK_FIELDS: Final = frozenset(
+    {
+        "title",
+        "description",
+        "priority",
+        "max_attempts",
+        "metadata",
+        "required_capabilities",
+        "preferred_capabilities",
+        "owner",
+    }
+)
+IMMUTABLE_TASK_FIELDS: Final = frozenset(
+    {"id", "scope", "workspace_id", "parent_task_id", "required_artifacts", "approval_policy"}
+)
 
 # Why a lease ended without the holder finishing the run.
 ReleaseReason = str
@@ -65,6 +99,35 @@ SESSION_RELEASE_REASONS: Final = frozenset(
 
 
 # -------------------------------------------------------------------------- records
+class Actor(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Who did something: kind is agent_session, human, daemon, automation, ..."""
+
+    kind: str
+    ref: str
+
+
+class Origin(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """Through which surface it arrived: embedded, uds, cli, daemon, ..."""
+
+    kind: str
+    ref: str = ""
+
+
+class Ownership(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """A task's assignee. ``agent_session``: only that session may claim it; ``pool``: only
+    sessions whose agent name equals ``ref``."""
+
+    kind: OwnerKind
+    ref: str
+
+
+class Checkpoint(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
+    at: float
+    note: str
+    author: str | None = None
+    run_id: str | None = None
+
+
 class Task(msgspec.Struct, kw_only=True, tag="task", gc=False, omit_defaults=True):
     id: str
     title: str
@@ -80,6 +143,26 @@ class Task(msgspec.Struct, kw_only=True, tag="task", gc=False, omit_defaults=Tru
     created_at: float
     updated_at: float
     closed_at: float | None = None
+    # --- task graph and lifecycle (all defaulted: older records decode unchanged)
+    parent_task_id: str | None = None
+    # Dependency edges of kind "blocks": this task waits until each of these completes.
+    blocked_by: tuple[str, ...] = ()
+    preferred_capabilities: tuple[str, ...] = ()
+    owner: Ownership | None = None
+    draft: bool = False
+    approval_policy: ApprovalPolicy = "none"
+    approval_state: ApprovalState = "not_required"
+    # Completion contract: paths relative to the workspace root that must exist to complete.
+    required_artifacts: tuple[str, ...] = ()
+    canceled: bool = False
+    cancel_reason: str | None = None
+    paused: bool = False
+    paused_by: str | None = None
+    paused_at: float | None = None
+    paused_reason: str | None = None
+    checkpoints: list[Checkpoint] = []
+    # Force-operation times inside the rate window, by actor key ("kind:ref").
+    force_ops: dict[str, list[float]] = {}
 
 
 class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True):
@@ -102,6 +185,9 @@ class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True)
     previous_run_id: str | None = None
     # Why the last lease on this run ended early (release, expiry, session) or why it parked.
     reason: str | None = None
+    failure_kind: str | None = None
+    idempotency_key: str | None = None
+    checkpoint_at: float | None = None
 
 
 class Session(msgspec.Struct, kw_only=True, tag="session", gc=False, omit_defaults=True):
@@ -129,6 +215,18 @@ class Event(msgspec.Struct, kw_only=True, tag="event", omit_defaults=True):
     run_id: str | None = None
     session_id: str | None = None
     data: dict[str, Any] = {}
+    actor: Actor | None = None
+    origin: Origin | None = None
+
+
+class SchedulerState(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
+    """The scheduler-wide pause switch (claims stop; lease expiry keeps running)."""
+
+    paused: bool = False
+    paused_by: str | None = None
+    paused_at: float | None = None
+    reason: str | None = None
+    updated_at: float | None = None
 
 
 # ---------------------------------------------------------------------------- views
@@ -161,6 +259,25 @@ class SessionReleased(msgspec.Struct, kw_only=True, tag="session_released"):
     reason: str
     released_run_ids: list[str] = []
     stopped_session_ids: list[str] = []
+
+
+class BulkItem(msgspec.Struct, kw_only=True, tag="bulk_item", omit_defaults=True):
+    """One run's outcome in a bulk force operation."""
+
+    run_id: str
+    ok: bool
+    run: Run | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class BulkResult(msgspec.Struct, kw_only=True, tag="bulk_result"):
+    items: list[BulkItem] = []
+
+
+class RetryResult(msgspec.Struct, kw_only=True, tag="retry_result"):
+    previous_run: Run
+    run: Run
 
 
 class NoClaim(msgspec.Struct, kw_only=True, tag="no_claim"):

@@ -23,7 +23,7 @@ from typing import Final
 import msgspec
 
 from runlease.core.machine import Machine
-from runlease.core.model import Run, Session, Task
+from runlease.core.model import Run, SchedulerState, Session, Task
 from runlease.errors import InternalError
 
 SNAPSHOT_FORMAT: Final = 1
@@ -46,6 +46,8 @@ class SnapshotV1(msgspec.Struct, kw_only=True, tag_field="format", tag=1, gc=Fal
     sessions: list[Session]
     # Raw claim tokens of live leases, by run id, in the order the leases were taken.
     tokens: dict[str, str]
+    # The scheduler pause switch; absent in images written before it existed.
+    scheduler: SchedulerState | None = None
 
 
 class _FormatOnly(msgspec.Struct):
@@ -67,6 +69,7 @@ def encode_snapshot(machine: Machine) -> bytes:
         runs=list(machine.runs.values()),
         sessions=list(machine.sessions.values()),
         tokens=machine.live_tokens(),
+        scheduler=machine.scheduler,
     )
     return _encoder.encode(image)
 
@@ -105,6 +108,7 @@ def decode_snapshot(data: bytes) -> Machine:
                 sessions=image.sessions,
                 tokens=image.tokens,
                 last_seq=image.last_seq,
+                scheduler=image.scheduler,
             )
     except (KeyError, ValueError) as exc:
         # A run naming a missing task, a run queued twice: the image contradicts itself.
