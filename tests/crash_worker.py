@@ -14,6 +14,13 @@ step, so whatever reached the pipe before a SIGKILL is still read by the parent:
 
 Each actor (a session loop or a producer) has at most one operation in flight, so after a
 kill each actor leaves at most one unresolved ``intent``.
+
+Half of the completions, failures and releases also claim the session's next run in the
+same call (``complete_and_next`` and friends). Such a call is logged as two operations: the
+finish under the session loop's actor, and its claim part as a ``claim`` of the actor
+``<actor>.next``; when the claim part takes nothing it gets a ``nack`` (NO_CLAIMABLE_RUN)
+while the finish is acknowledged. Some of them ask for a workspace that never has work, so
+finishes acknowledged with nothing claimed happen under every kill pattern.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ QUEUE_TARGET = 24
 # None is the default lease (300 s); the parent moves the clock so some of these run out
 # while the worker is down and are expired on boot.
 LEASE_CHOICES: tuple[float | None, ...] = (None, 30.0, 30.0, 3600.0)
+# A workspace no task is ever created in: a claim part filtered to it finds nothing.
+NOWHERE = "nowhere"
 PRIORITIES: tuple[Priority, ...] = ("low", "medium", "high", "urgent")
 
 
@@ -75,6 +84,8 @@ class Ack(msgspec.Struct, tag="ack", omit_defaults=True):
     task: Task | None = None
     agent: str | None = None
     released: list[str] = []
+    # For a finish that also claimed: "claimed" or "nothing" (what its claim part got).
+    with_next: str | None = None
 
 
 class Nack(msgspec.Struct, tag="nack"):
@@ -237,6 +248,9 @@ class Worker:
                     held = None
                     handle = await self.open_session(actor)
                     continue
+                if rng.random() < 0.5:
+                    held = await self.finish_and_claim(handle, actor, intent, held, rng)
+                    continue
                 if op == "complete":
                     run = await handle.complete(held, result=intent.result)
                 elif op == "fail":
@@ -248,6 +262,47 @@ class Worker:
             except RunleaseError as exc:
                 self.refused(actor, op, exc)
             held = None
+
+    async def finish_and_claim(
+        self, handle: SessionHandle, actor: str, intent: Intent, held: str, rng: random.Random
+    ) -> str | None:
+        """Finish ``held`` and claim the next run in one call; returns the run now held."""
+        next_actor = f"{actor}.next"
+        emit(Intent(actor=next_actor, op="claim", session=handle.id))
+        options: dict[str, Any] = {
+            "wait": not self.drain,
+            "timeout": 0.05,
+            "lease_seconds": rng.choice(LEASE_CHOICES),
+            "workspace": NOWHERE if not self.drain and rng.random() < 0.25 else None,
+        }
+        try:
+            if intent.op == "complete":
+                finished = await handle.complete_and_next(held, result=intent.result, **options)
+            elif intent.op == "fail":
+                assert intent.error is not None
+                finished = await handle.fail_and_next(held, error=intent.error, **options)
+            else:
+                finished = await handle.release_and_next(held, reason=intent.reason, **options)
+        except RunleaseError as exc:
+            self.refused(actor, intent.op, exc)
+            emit(Nack(actor=next_actor, op="claim", code=exc.code))
+            return None
+        claim = finished.claim
+        emit(
+            Ack(
+                actor=actor,
+                op=intent.op,
+                session=handle.id,
+                run=finished.run,
+                with_next="nothing" if claim is None else "claimed",
+            )
+        )
+        if claim is None:
+            assert finished.no_claim is not None
+            emit(Nack(actor=next_actor, op="claim", code=finished.no_claim.code))
+            return None
+        emit(Ack(actor=next_actor, op="claim", session=handle.id, run=claim.run, task=claim.task))
+        return claim.run.id
 
     async def producer(self, actor: str) -> None:
         rng = random.Random(self.rng.random())
