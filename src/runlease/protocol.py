@@ -312,7 +312,6 @@ class ServerStatus(msgspec.Struct, kw_only=True):
     leased_runs: int
     live_sessions: int
     waiting_claimers: int
-    active_task_actors: int
     last_event_seq: int
 
 

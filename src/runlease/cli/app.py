@@ -233,7 +233,6 @@ def status() -> int:
                 "leased_runs": info.leased_runs,
                 "live_sessions": info.live_sessions,
                 "waiting_claimers": info.waiting_claimers,
-                "active_task_actors": info.active_task_actors,
                 "last_event_seq": info.last_event_seq,
             },
         },

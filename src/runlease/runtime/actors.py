@@ -5,10 +5,12 @@ handles which message, in what order, and when replies are released.
 
 - The scheduler owns the claimable index, sessions and the queue of waiting claimers. It
   handles claims and session commands, draining its mailbox in batches.
-- A task actor serialises the run-scoped commands of one task (heartbeat, complete, fail,
-  release, block, lease expiry). Task actors are virtual: one is spawned when a message for
-  its task arrives and exits as soon as its mailbox is empty, so a million idle tasks cost
-  no trio task and no mailbox, only their records in the machine.
+- A task actor owns the run-scoped commands of one task (heartbeat, complete, fail,
+  release, block, lease expiry). Task actors are virtual, as in Orleans: an idle task is
+  only its record in the machine, and a message for it runs as one turn, to completion, on
+  the trio task that delivered it. Turns never await, so two turns of one task can never
+  interleave and no per-task trio task or mailbox is needed (measured: spawning one per
+  message cost ~40% of embedded claim+complete throughput).
 - The lease clock sleeps until the earliest lease or session-TTL deadline and sends the
   expiry to the owning actor at that moment (no periodic sweep).
 """
@@ -42,7 +44,6 @@ from runlease.runtime.requests import Request
 log = logging.getLogger("runlease")
 
 SCHEDULER_MAILBOX_SIZE = 4096
-TASK_MAILBOX_SIZE = 64
 
 
 class WorkAvailable(msgspec.Struct, tag="work_available"):
@@ -66,14 +67,9 @@ class ActorSystem:
         self._scheduler_send, self._scheduler_receive = trio.open_memory_channel[SchedulerMessage](
             SCHEDULER_MAILBOX_SIZE
         )
-        self._task_mailboxes: dict[str, trio.MemorySendChannel[Request]] = {}
         self._clock_wake = trio.Event()
         self._work_pending = False
         self._nursery: trio.Nursery | None = None
-
-    @property
-    def active_task_actors(self) -> int:
-        return len(self._task_mailboxes)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -86,25 +82,18 @@ class ActorSystem:
     async def send(self, request: Request) -> None:
         """Deliver a request to the actor that owns its command."""
         command = request.command
-        if isinstance(command, _TASK_OWNED):
-            run = self.machine.runs.get(command.run_id)
-            if run is not None:
-                await self._send_to_task(run.task_id, request)
-                return
+        if isinstance(command, _TASK_OWNED) and command.run_id in self.machine.runs:
+            self._task_turn(request)
+            return
         await self._scheduler_send.send(request)
 
-    async def _send_to_task(self, task_id: str, request: Request) -> None:
-        mailbox = self._task_mailboxes.get(task_id)
-        if mailbox is None:
-            assert self._nursery is not None, "actor system is not running"
-            mailbox, receive = trio.open_memory_channel[Request](TASK_MAILBOX_SIZE)
-            self._task_mailboxes[task_id] = mailbox
-            self._nursery.start_soon(self._run_task_actor, task_id, receive)
-        try:
-            mailbox.send_nowait(request)
-        except trio.WouldBlock:
-            # Full means busy, and a busy actor does not exit, so waiting here is safe.
-            await mailbox.send(request)
+    def _task_turn(self, request: Request) -> None:
+        """One turn of the task actor that owns the request's run."""
+        self._execute(request)
+        if self._work_pending:
+            # The turn put a run back in the queue: let the scheduler offer it to waiters.
+            with contextlib.suppress(trio.WouldBlock):
+                self._scheduler_send.send_nowait(WorkAvailable())
 
     def arm_deadlines_of_live_state(self) -> None:
         """After boot: watch every lease and session TTL the recovered state holds."""
@@ -178,10 +167,10 @@ class ActorSystem:
             # Nothing changed, so there is nothing to make durable.
             request.resolve(outcome.reply, outcome.error)
         if outcome.queued:
+            # The scheduler offers new work to waiters after its current batch; a turn
+            # elsewhere wakes it with WorkAvailable (if its mailbox is full it is busy and
+            # checks this flag anyway).
             self._work_pending = True
-            # If the mailbox is full the scheduler is busy and checks _work_pending anyway.
-            with contextlib.suppress(trio.WouldBlock):
-                self._scheduler_send.send_nowait(WorkAvailable())
 
     # --------------------------------------------------------------- scheduler
     async def _run_scheduler(self) -> None:
@@ -240,23 +229,6 @@ class ActorSystem:
         self._work_pending = False
         index = self.machine.index
         self.waiters.serve(self._try_claim_for, lambda: len(index) > 0)
-
-    # ------------------------------------------------------------- task actors
-    async def _run_task_actor(
-        self, task_id: str, receive: trio.MemoryReceiveChannel[Request]
-    ) -> None:
-        handled = 0
-        while True:
-            try:
-                request = receive.receive_nowait()
-            except trio.WouldBlock:
-                # Deactivate: the task goes back to being a plain record in the machine.
-                del self._task_mailboxes[task_id]
-                return
-            self._execute(request)
-            handled += 1
-            if handled % 32 == 0:
-                await trio.lowlevel.checkpoint()  # a busy task must not starve the others
 
     # -------------------------------------------------------------- lease clock
     async def _run_lease_clock(self) -> None:

@@ -89,7 +89,6 @@ class RuntimeStatus(msgspec.Struct, kw_only=True, tag="status"):
     leased_runs: int
     live_sessions: int
     waiting_claimers: int
-    active_task_actors: int
     last_event_seq: int
     durability: str
     recovered: bool = True
@@ -606,7 +605,6 @@ class Runtime:
             leased_runs=sum(1 for _ in machine.leased_runs()),
             live_sessions=sum(1 for s in machine.sessions.values() if s.state == "live"),
             waiting_claimers=len(self._system.waiters),
-            active_task_actors=self._system.active_task_actors,
             last_event_seq=machine.last_seq,
             durability=self.durability,
         )

@@ -715,7 +715,6 @@ class SocketServer:
             leased_runs=rt.leased_runs,
             live_sessions=rt.live_sessions,
             waiting_claimers=rt.waiting_claimers,
-            active_task_actors=rt.active_task_actors,
             last_event_seq=rt.last_event_seq,
         )
 
