@@ -46,6 +46,7 @@ from bench.common import (
     skipped_row,
     summarize,
 )
+from bench.runlease_one_trip import one_trip_systems
 from bench.runlease_systems import EchoFloor, EmbeddedRunlease, Mode, SocketRunlease
 from bench.sqlite_queue import SqliteQueue
 
@@ -96,6 +97,7 @@ def all_systems() -> list[System]:
         SocketRunlease("memory"),
         SocketRunlease("relaxed"),
         SocketRunlease("durable"),
+        *one_trip_systems(),
         EchoFloor(),
         SqliteQueue("FULL"),
         SqliteQueue("NORMAL"),
