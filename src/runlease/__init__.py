@@ -17,7 +17,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from runlease import errors
-from runlease.core.model import Claim, Event, Heartbeat, LeaseView, Run, Session, Task
+from runlease.core.model import (
+    Actor,
+    Claim,
+    Event,
+    Heartbeat,
+    LeaseView,
+    Origin,
+    Ownership,
+    Run,
+    Session,
+    Task,
+)
 
 if TYPE_CHECKING:
     from runlease.runtime import Runtime, RuntimeStatus, SessionHandle, open_runtime
@@ -34,10 +45,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Actor",
     "Claim",
     "Event",
     "Heartbeat",
     "LeaseView",
+    "Origin",
+    "Ownership",
     "Run",
     "Runtime",
     "RuntimeStatus",

@@ -2,16 +2,25 @@
 
 Only acknowledged (durable) events are published. The feed keeps the newest ``capacity``
 events; a follower that falls further behind than that misses the oldest ones.
+
+Per-task timelines are kept beside it: the newest ``TIMELINE_PER_TASK`` events of each of
+the ``TIMELINE_TASKS`` most recently active tasks, so a task's history outlives the global
+ring on a busy runtime. Retention: both live in memory and start empty at boot, so they hold
+what happened since this process started. The durable history of a task is its records:
+every run (with attempts, errors, reasons) and its last checkpoints survive restarts.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable
 
 import trio
 
 from runlease.core.model import Event
+
+TIMELINE_PER_TASK = 256
+TIMELINE_TASKS = 10_000
 
 
 class EventFeed:
@@ -19,11 +28,38 @@ class EventFeed:
         self._recent: deque[Event] = deque(maxlen=capacity)
         self._changed = trio.Event()
         self._closed = False
+        self._timelines: OrderedDict[str, deque[Event]] = OrderedDict()
 
     def publish(self, events: Iterable[Event]) -> None:
+        events = list(events)
         self._recent.extend(events)
+        timelines = self._timelines
+        for event in events:
+            if event.task_id is None:
+                continue
+            line = timelines.get(event.task_id)
+            if line is None:
+                line = timelines[event.task_id] = deque(maxlen=TIMELINE_PER_TASK)
+                if len(timelines) > TIMELINE_TASKS:
+                    timelines.popitem(last=False)
+            else:
+                timelines.move_to_end(event.task_id)
+            line.append(event)
         self._changed.set()
         self._changed = trio.Event()
+
+    def timeline(
+        self, task_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        """The retained events of one task after ``after_seq``, oldest first."""
+        line = self._timelines.get(task_id, ())
+        out = [e for e in line if e.seq > after_seq]
+        return out if limit is None else out[:limit]
+
+    async def wait_changed(self) -> None:
+        """Return at the next publish (or close)."""
+        if not self._closed:
+            await self._changed.wait()
 
     def recent(self, *, after_seq: int = 0, task_id: str | None = None) -> list[Event]:
         return [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -13,20 +13,40 @@ from typing import Any, Literal
 import msgspec
 import trio
 
+from runlease.core import inspect as inspection
 from runlease.core.commands import (
+    AddDependency,
     AnyCommand,
+    ApproveTask,
     BlockRun,
+    BulkForceRuns,
+    CancelRun,
+    CancelTask,
+    CheckpointTask,
     ClaimNext,
     CompleteRun,
     CreateTask,
+    DeleteTask,
     FailRun,
     FinishAndClaim,
+    ForceFailRun,
+    ForceReleaseRun,
     HeartbeatRun,
     OpenSession,
+    PauseScheduler,
+    PauseTask,
+    PublishTask,
+    RejectTask,
     ReleaseRun,
     ReleaseSessionLeases,
+    RemoveDependency,
+    ResumeScheduler,
+    ResumeTask,
+    RetryRun,
     StartTask,
+    StealRun,
     StopSession,
+    UpdateTask,
 )
 from runlease.core.ids import (
     CLAIM_TOKEN_PREFIX,
@@ -37,12 +57,18 @@ from runlease.core.ids import (
 )
 from runlease.core.machine import Machine, Outcome, snapshot_run, snapshot_task
 from runlease.core.model import (
+    Actor,
+    ApprovalPolicy,
+    BulkResult,
     Claim,
     Event,
     Finished,
     Heartbeat,
     NoClaim,
+    Origin,
+    Ownership,
     Priority,
+    RetryResult,
     Run,
     Scope,
     Session,
@@ -55,6 +81,7 @@ from runlease.errors import (
     NO_CLAIMABLE_RUN,
     REQUEST_CANCELLED,
     RUNTIME_CLOSED,
+    WORKSPACE_ROOT_UNKNOWN,
     InvalidInput,
     LeaseRefused,
     NotFound,
@@ -80,6 +107,16 @@ from runlease.runtime.journal import (
 from runlease.runtime.requests import Request
 
 DEFAULT_EVENT_CAPACITY = 10_000
+DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_STUCK_THRESHOLD = 600.0
+# Where completion-contract paths are resolved: workspace id ("" global) -> directory, or a
+# function of the workspace id (None global) -> directory or None.
+WorkspaceRoots = (
+    Mapping[str, str | os.PathLike[str]] | Callable[[str | None], str | os.PathLike[str] | None]
+)
+# Stamped on writes made through the embedded API and on operator writes without an actor.
+EMBEDDED = Origin(kind="embedded")
+OPERATOR = Actor(kind="human", ref="operator")
 Durability = Literal["durable", "relaxed"]
 
 
@@ -108,7 +145,9 @@ class Runtime:
         *,
         event_capacity: int = DEFAULT_EVENT_CAPACITY,
         durability: str = "memory",
+        workspace_roots: WorkspaceRoots | None = None,
     ) -> None:
+        self._workspace_roots = workspace_roots
         self._machine = machine
         self._clock = clock
         self._ids = IdGenerator()
@@ -141,6 +180,8 @@ class Runtime:
 
     async def _call(self, command: AnyCommand) -> Any:
         self._check_open()
+        if command.origin is None:
+            command.origin = EMBEDDED
         request = Request(command)
         self._inflight.add(request)
         try:
@@ -163,8 +204,27 @@ class Runtime:
         metadata: dict[str, Any] | None = None,
         capabilities: Iterable[str] = (),
         start: bool = False,
+        parent: str | None = None,
+        preferred_capabilities: Iterable[str] = (),
+        owner: Ownership | None = None,
+        draft: bool = False,
+        approval_policy: ApprovalPolicy = "none",
+        required_artifacts: Iterable[str] = (),
+        actor: Actor | None = None,
+        origin: Origin | None = None,
     ) -> Task:
-        """Create a task; with ``start=True`` also enqueue its first run."""
+        """Create a task; with ``start=True`` also enqueue its first run.
+
+        ``parent`` makes it a child task (depth <= 8, <= 64 children per parent, else
+        GRAPH_LIMIT_EXCEEDED). ``draft`` creates it unrunnable until :meth:`publish`;
+        ``approval_policy="manual"`` makes :meth:`approve` the only way to enqueue it.
+        ``owner`` assigns it to one session (kind agent_session) or to a pool of sessions
+        by agent name (kind pool): only they may claim it. ``preferred_capabilities``
+        order claimers after priority: among runs of equal priority a session gets the one
+        whose preferred capabilities it offers most. ``required_artifacts`` is the
+        completion contract: paths relative to the workspace root (``workspace_roots``
+        of :func:`open_runtime`) that must exist before a run may complete.
+        """
         command = CreateTask(
             now=0.0,
             task_id=self._new_id("tsk"),
@@ -177,13 +237,41 @@ class Runtime:
             metadata=metadata,
             required_capabilities=_string_list(capabilities, "capabilities"),
             start_run_id=self._new_id("run") if start else None,
+            parent_task_id=parent,
+            preferred_capabilities=_string_list(preferred_capabilities, "preferred_capabilities"),
+            owner=owner,
+            draft=draft,
+            approval_policy=approval_policy,
+            required_artifacts=_string_list(required_artifacts, "required_artifacts"),
+            actor=actor,
+            origin=origin,
         )
         task: Task = await self._call(command)
         return task
 
-    async def start(self, task_id: str) -> Run:
-        """Enqueue a new run of a task (its next attempt)."""
-        run: Run = await self._call(StartTask(now=0.0, task_id=task_id, run_id=self._new_id("run")))
+    async def start(
+        self,
+        task_id: str,
+        *,
+        idempotency_key: str | None = None,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Run:
+        """Enqueue a new run of a task (its next attempt).
+
+        With ``idempotency_key``, a repeat with the same key on the same task returns the
+        run the first call made and enqueues nothing.
+        """
+        run: Run = await self._call(
+            StartTask(
+                now=0.0,
+                task_id=task_id,
+                run_id=self._new_id("run"),
+                idempotency_key=idempotency_key,
+                actor=actor,
+                origin=origin,
+            )
+        )
         return run
 
     def get_task(self, task_id: str) -> Task:
@@ -346,8 +434,16 @@ class Runtime:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: str | int | None = None,
     ) -> Claim:
         """Claim the best queued run this session may take.
+
+        Filters: ``workspace`` (only that workspace's tasks), ``scope="global"`` (only
+        tasks without a workspace), ``priority_min`` (a priority name or rank; lower ones
+        are skipped). Tasks assigned to another session or pool, drafts, paused or
+        dependency-blocked tasks are never handed out, and nothing is while the scheduler
+        is paused.
 
         With ``wait=True`` the claimer parks until an enqueue makes work available (FIFO
         among waiters) or ``timeout`` seconds pass, then raises NO_CLAIMABLE_RUN.
@@ -366,6 +462,9 @@ class Runtime:
             claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
             lease_seconds=lease_seconds,
             workspace_id=workspace,
+            scope=scope,
+            priority_min=inspection.priority_rank(priority_min),
+            origin=EMBEDDED,
         )
         request = Request(command, wait=wait)
         self._inflight.add(request)
@@ -402,9 +501,12 @@ class Runtime:
         return result
 
     async def complete(self, session_id: str | None, run_id: str, *, result: Any = None) -> Run:
-        run: Run = await self._call(
+        """Complete a leased run. If the task has a completion contract, its artifacts are
+        checked on disk first; missing ones refuse with COMPLETION_CONTRACT_UNMET."""
+        command = await self._with_artifacts(
             CompleteRun(now=0.0, session_id=session_id, run_id=run_id, result=result)
         )
+        run: Run = await self._call(command)
         return run
 
     async def fail(
@@ -457,7 +559,9 @@ class Runtime:
         once both are. ``stop_waiting`` is a scope the caller may cancel to end the wait
         early; the finish is then still reported, with ``no_claim`` REQUEST_CANCELLED.
         """
-        finish = CompleteRun(now=0.0, session_id=session_id, run_id=run_id, result=result)
+        finish = await self._with_artifacts(
+            CompleteRun(now=0.0, session_id=session_id, run_id=run_id, result=result)
+        )
         return await self._finish_and_claim(
             finish, wait, timeout, lease_seconds, workspace, stop_waiting
         )
@@ -586,6 +690,492 @@ class Runtime:
         error = request.error
         return Finished(run=alone.run, no_claim=NoClaim(code=error.code, message=error.message))
 
+    # ------------------------------------------------- task lifecycle (issue 6)
+    # Every write below accepts ``actor`` (who: Actor(kind, ref)) and ``origin`` (through
+    # which surface: Origin(kind, ref)); both are stamped on the events it emits. The
+    # embedded API defaults origin to Origin(kind="embedded"); operator operations default
+    # the actor to Actor(kind="human", ref="operator").
+
+    async def publish(
+        self,
+        task_id: str,
+        *,
+        start: bool = True,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Task:
+        """Publish a draft. With ``start`` (and no manual approval) enqueue its first run."""
+        task = self._machine.get_task(task_id)
+        run_id = self._new_id("run") if start and task.approval_policy == "none" else None
+        result: Task = await self._call(
+            PublishTask(now=0.0, task_id=task_id, run_id=run_id, actor=actor, origin=origin)
+        )
+        return result
+
+    async def approve(
+        self, task_id: str, *, actor: Actor | None = None, origin: Origin | None = None
+    ) -> Run:
+        """Approve a task with manual approval; enqueues its run and returns it."""
+        run: Run = await self._call(
+            ApproveTask(
+                now=0.0,
+                task_id=task_id,
+                run_id=self._new_id("run"),
+                actor=actor or OPERATOR,
+                origin=origin,
+            )
+        )
+        return run
+
+    async def reject(
+        self,
+        task_id: str,
+        *,
+        reason: str | None = None,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Task:
+        """Reject a task awaiting approval: it (and its open descendants) are canceled."""
+        task: Task = await self._call(
+            RejectTask(
+                now=0.0, task_id=task_id, reason=reason, actor=actor or OPERATOR, origin=origin
+            )
+        )
+        return task
+
+    async def update_task(
+        self,
+        task_id: str,
+        changes: Mapping[str, Any],
+        *,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Task:
+        """Change mutable fields (MUTABLE_TASK_FIELDS: title, description, priority,
+        max_attempts, metadata, required_capabilities, preferred_capabilities, owner).
+
+        An immutable field (scope, workspace_id, parent_task_id, required_artifacts,
+        approval_policy, id) raises IMMUTABLE_FIELD; ``owner`` takes {"kind", "ref"} or None.
+        """
+        task: Task = await self._call(
+            UpdateTask(now=0.0, task_id=task_id, changes=dict(changes), actor=actor, origin=origin)
+        )
+        return task
+
+    async def delete_task(
+        self, task_id: str, *, actor: Actor | None = None, origin: Origin | None = None
+    ) -> Task:
+        """Delete a task and its finished runs. Refused with TASK_HAS_CHILDREN while it has
+        child tasks and TASK_HAS_ACTIVE_RUNS while a run is queued, leased or parked. Its
+        dependents lose the edge (and may become claimable). Returns the deleted record."""
+        task: Task = await self._call(
+            DeleteTask(now=0.0, task_id=task_id, actor=actor, origin=origin)
+        )
+        return task
+
+    async def add_dependency(
+        self,
+        task_id: str,
+        blocked_by: str,
+        *,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Task:
+        """``task_id`` waits for ``blocked_by`` to complete (edge kind ``blocks``).
+
+        At most MAX_DEPENDENCIES (32) per task (GRAPH_LIMIT_EXCEEDED); a self edge or one
+        that closes a cycle raises DEPENDENCY_CYCLE. Until every blocker completes the
+        task is ``blocked`` and its queued run is never claimed.
+        """
+        task: Task = await self._call(
+            AddDependency(
+                now=0.0, task_id=task_id, blocked_by=blocked_by, actor=actor, origin=origin
+            )
+        )
+        return task
+
+    async def remove_dependency(
+        self,
+        task_id: str,
+        blocked_by: str,
+        *,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Task:
+        task: Task = await self._call(
+            RemoveDependency(
+                now=0.0, task_id=task_id, blocked_by=blocked_by, actor=actor, origin=origin
+            )
+        )
+        return task
+
+    async def pause_task(
+        self,
+        task_id: str,
+        *,
+        reason: str,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Task:
+        """Pause a task and, through it, all its descendants: their queued runs are not
+        claimed until resumed. Runs already leased carry on."""
+        task: Task = await self._call(
+            PauseTask(
+                now=0.0, task_id=task_id, reason=reason, actor=actor or OPERATOR, origin=origin
+            )
+        )
+        return task
+
+    async def resume_task(
+        self, task_id: str, *, actor: Actor | None = None, origin: Origin | None = None
+    ) -> Task:
+        task: Task = await self._call(
+            ResumeTask(now=0.0, task_id=task_id, actor=actor or OPERATOR, origin=origin)
+        )
+        return task
+
+    def pause_state(self, task_id: str) -> inspection.PauseState:
+        """Direct and effective (inherited from an ancestor) pause of a task."""
+        return inspection.pause_state(self._machine, self._machine.get_task(task_id))
+
+    async def cancel_task(
+        self,
+        task_id: str,
+        *,
+        reason: str | None = None,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Task:
+        """Cancel a task and every descendant that is not closed yet; their queued or
+        leased runs are canceled (a lease ends and its session is free to claim again)."""
+        task: Task = await self._call(
+            CancelTask(
+                now=0.0, task_id=task_id, reason=reason, actor=actor or OPERATOR, origin=origin
+            )
+        )
+        return task
+
+    # ------------------------------------------------------------ run controls
+    async def cancel_run(
+        self,
+        run_id: str,
+        *,
+        reason: str | None = None,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Run:
+        run: Run = await self._call(
+            CancelRun(now=0.0, run_id=run_id, reason=reason, actor=actor or OPERATOR, origin=origin)
+        )
+        return run
+
+    async def retry_run(
+        self, run_id: str, *, actor: Actor | None = None, origin: Origin | None = None
+    ) -> RetryResult:
+        """Queue a new run after a failed one (previous_run_id links them).
+
+        RETRY_CHAIN_TOO_DEEP past MAX_RETRY_CHAIN (10) runs; ATTEMPTS_EXHAUSTED past the
+        task's max_attempts."""
+        result: RetryResult = await self._call(
+            RetryRun(
+                now=0.0,
+                run_id=run_id,
+                new_run_id=self._new_id("run"),
+                actor=actor or OPERATOR,
+                origin=origin,
+            )
+        )
+        return result
+
+    async def force_release(
+        self,
+        run_id: str,
+        *,
+        reason: str,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Run:
+        """Operator: take a claimed run back to the queue. A reason is required
+        (FORCE_REASON_REQUIRED); FORCE_RATE_LIMIT (10) per actor and task per minute."""
+        run: Run = await self._call(
+            ForceReleaseRun(
+                now=0.0, run_id=run_id, reason=reason, actor=actor or OPERATOR, origin=origin
+            )
+        )
+        return run
+
+    async def force_fail(
+        self,
+        run_id: str,
+        *,
+        reason: str,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Run:
+        """Operator: fail a run (failure_kind operator_forced). Same reason and rate rules
+        as :meth:`force_release`."""
+        run: Run = await self._call(
+            ForceFailRun(
+                now=0.0, run_id=run_id, reason=reason, actor=actor or OPERATOR, origin=origin
+            )
+        )
+        return run
+
+    async def bulk_force_release(
+        self,
+        run_ids: Iterable[str],
+        *,
+        reason: str,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> BulkResult:
+        """Force-release up to MAX_BULK_RUN_IDS (50) runs; one item per run says how it went."""
+        return await self._bulk("release", run_ids, reason, actor, origin)
+
+    async def bulk_force_fail(
+        self,
+        run_ids: Iterable[str],
+        *,
+        reason: str,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> BulkResult:
+        return await self._bulk("fail", run_ids, reason, actor, origin)
+
+    async def _bulk(
+        self,
+        action: str,
+        run_ids: Iterable[str],
+        reason: str,
+        actor: Actor | None,
+        origin: Origin | None,
+    ) -> BulkResult:
+        result: BulkResult = await self._call(
+            BulkForceRuns(
+                now=0.0,
+                action=action,
+                run_ids=_string_list(run_ids, "run_ids"),
+                reason=reason,
+                actor=actor or OPERATOR,
+                origin=origin,
+            )
+        )
+        return result
+
+    # --------------------------------------------------------------- scheduler
+    async def pause_scheduler(
+        self,
+        *,
+        reason: str | None = None,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> inspection.SchedulerStatus:
+        """Stop all claims (they find NO_CLAIMABLE_RUN; waiters keep waiting). Lease expiry,
+        heartbeats and finishes carry on."""
+        await self._call(
+            PauseScheduler(now=0.0, reason=reason, actor=actor or OPERATOR, origin=origin)
+        )
+        return self.scheduler_status()
+
+    async def resume_scheduler(
+        self,
+        *,
+        reason: str | None = None,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> inspection.SchedulerStatus:
+        await self._call(
+            ResumeScheduler(now=0.0, reason=reason, actor=actor or OPERATOR, origin=origin)
+        )
+        return self.scheduler_status()
+
+    async def drain_scheduler(
+        self,
+        *,
+        timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        reason: str | None = None,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> inspection.DrainResult:
+        """Pause the scheduler (if it is not already) and wait until no lease is active or
+        ``timeout`` seconds pass; report how many leases remain. The scheduler stays paused:
+        resume it with :meth:`resume_scheduler`."""
+        _check_timeout(timeout)
+        started = self._clock.now()
+        if not self._machine.scheduler.paused:
+            await self._call(
+                PauseScheduler(
+                    now=0.0,
+                    reason=reason or "drain",
+                    actor=actor or OPERATOR,
+                    origin=origin,
+                )
+            )
+        with trio.move_on_after(timeout):
+            while self._machine.live_tokens():
+                self._check_open()
+                await self._feed.wait_changed()
+        remaining = len(self._machine.live_tokens())
+        return inspection.DrainResult(
+            status=self.scheduler_status(),
+            completed=remaining == 0,
+            timed_out=remaining > 0,
+            remaining_claims=remaining,
+            started_at=started,
+            completed_at=self._clock.now(),
+        )
+
+    def scheduler_status(self) -> inspection.SchedulerStatus:
+        return inspection.scheduler_status(self._machine, self._clock.now())
+
+    def backlog(
+        self,
+        *,
+        workspace: str | None = None,
+        include_paused: bool = True,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> inspection.Backlog:
+        """Queued runs with their task (claimable and held back), paged by run id."""
+        return inspection.backlog(
+            self._machine,
+            workspace_id=workspace,
+            include_paused=include_paused,
+            after=after,
+            limit=limit,
+        )
+
+    # --------------------------------------------------------------- HZL verbs
+    async def checkpoint(
+        self,
+        task_id: str,
+        note: str,
+        *,
+        author: str | None = None,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Task:
+        """Record a progress note in the task's history (the last MAX_CHECKPOINTS_KEPT are
+        kept in the task record). It also counts as progress of a leased run for
+        :meth:`stuck`; it does not extend the lease (that is a heartbeat)."""
+        task: Task = await self._call(
+            CheckpointTask(
+                now=0.0, task_id=task_id, note=note, author=author, actor=actor, origin=origin
+            )
+        )
+        return task
+
+    def stuck(self, *, threshold: float = DEFAULT_STUCK_THRESHOLD) -> list[inspection.StuckRun]:
+        """Leased runs whose lease has run out (not yet expired by the clock), then those
+        with no heartbeat or checkpoint for more than ``threshold`` seconds."""
+        return inspection.stuck(self._machine, self._clock.now(), threshold=threshold)
+
+    async def steal(
+        self,
+        task_id: str,
+        session_id: str | None,
+        *,
+        force: bool = False,
+        lease_seconds: float | None = None,
+        reason: str | None = None,
+        actor: Actor | None = None,
+        origin: Origin | None = None,
+    ) -> Claim:
+        """Give the task's current run to ``session_id`` under a new lease.
+
+        Without ``force`` (``steal --if-expired``) it succeeds only if, at the moment the
+        command applies, the lease has run out (or the clock already requeued the run
+        after an expiry and nobody claimed it since); otherwise LEASE_NOT_EXPIRED. The
+        check and the hand-over are one step, so of many concurrent steals one wins.
+        ``force`` takes a live lease too (operators).
+        """
+        claim: Claim = await self._call(
+            StealRun(
+                now=0.0,
+                task_id=task_id,
+                session_id=session_id,
+                claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
+                force=force,
+                lease_seconds=lease_seconds,
+                reason=reason,
+                actor=actor,
+                origin=origin,
+            )
+        )
+        return claim
+
+    def show(self, task_id: str) -> inspection.TaskDetail:
+        """A task with every run, its checkpoints, graph edges and retained events."""
+        return inspection.task_detail(
+            self._machine, self._machine.get_task(task_id), self._feed.timeline(task_id)
+        )
+
+    # ---------------------------------------------------------- audit, inspect
+    def timeline(
+        self, task_id: str, *, after_seq: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        """A task's retained events after ``after_seq``, oldest first.
+
+        Retention: in memory, the newest 256 events of each of the 10,000 most recently
+        active tasks since this process started (see runtime/events.py). Every event has
+        a global ``seq``, ``actor`` and ``origin``; for a live stream use
+        :meth:`follow_events` with ``task_id`` and ``after_seq``.
+        """
+        self._machine.get_task(task_id)
+        return self._feed.timeline(task_id, after_seq=after_seq, limit=limit)
+
+    def inspect_task(self, task_id: str) -> inspection.InspectView:
+        """Current run, bound session, recent runs and events, scheduler and pause state,
+        and the deterministic ``next_action`` (see core/inspect.py:next_action)."""
+        task = self._machine.get_task(task_id)
+        return inspection.inspect(
+            self._machine, task, self._clock.now(), self._feed.timeline(task_id)
+        )
+
+    def inspect_run(self, run_id: str) -> inspection.InspectView:
+        run = self._machine.get_run(run_id)
+        task = self._machine.tasks[run.task_id]
+        return inspection.inspect(
+            self._machine,
+            task,
+            self._clock.now(),
+            [e for e in self._feed.timeline(task.id) if e.run_id in (None, run_id)],
+            target_run=run,
+        )
+
+    # ------------------------------------------------------ completion contracts
+    async def _with_artifacts(self, command: CompleteRun) -> CompleteRun:
+        """Check the task's completion contract on disk and record the result in the
+        command (the core refuses to complete without it). No contract: unchanged."""
+        run = self._machine.runs.get(command.run_id)
+        if run is None:
+            return command
+        task = self._machine.tasks[run.task_id]
+        if not task.required_artifacts:
+            return command
+        root = self._workspace_root(task.workspace_id)
+        paths = list(task.required_artifacts)
+        missing = await trio.to_thread.run_sync(_missing_artifacts, root, paths)
+        command.checked_artifacts = paths
+        command.missing_artifacts = missing
+        return command
+
+    def _workspace_root(self, workspace_id: str | None) -> Path:
+        roots = self._workspace_roots
+        root: str | os.PathLike[str] | None = None
+        if callable(roots):
+            root = roots(workspace_id)
+        elif roots is not None:
+            root = roots.get(workspace_id or "")
+        if root is None:
+            where = f"workspace {workspace_id}" if workspace_id else "global tasks"
+            raise InvalidInput(
+                f"no workspace root is configured for {where}; pass workspace_roots to "
+                "open_runtime to check completion contracts",
+                code=WORKSPACE_ROOT_UNKNOWN,
+            )
+        return Path(root)
+
     # ------------------------------------------------------------------- events
     def events(self, *, after_seq: int = 0, task_id: str | None = None) -> list[Event]:
         """Recent acknowledged events (a bounded buffer), oldest first."""
@@ -656,9 +1246,17 @@ class SessionHandle:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: str | int | None = None,
     ) -> Claim:
         return await self._runtime.claim_next(
-            self.id, wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+            self.id,
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
 
     async def heartbeat(self, run_id: str, *, lease_seconds: float | None = None) -> Heartbeat:
@@ -678,6 +1276,16 @@ class SessionHandle:
 
     async def stop(self, *, reason: str | None = None) -> SessionReleased:
         return await self._runtime.stop_session(self.id, reason=reason)
+
+    async def steal(
+        self, task_id: str, *, force: bool = False, lease_seconds: float | None = None
+    ) -> Claim:
+        return await self._runtime.steal(task_id, self.id, force=force, lease_seconds=lease_seconds)
+
+    async def checkpoint(self, task_id: str, note: str, *, author: str | None = None) -> Task:
+        return await self._runtime.checkpoint(
+            task_id, note, author=author, actor=Actor(kind="agent_session", ref=self.id)
+        )
 
     async def complete_and_next(
         self,
@@ -755,6 +1363,17 @@ def _check_timeout(timeout: float | None) -> None:
         raise InvalidInput(f"timeout must be zero or positive seconds, got {timeout!r}")
 
 
+def _missing_artifacts(root: Path, paths: list[str]) -> list[str]:
+    """The contract paths that do not exist under ``root`` (or resolve outside it)."""
+    base = root.resolve()
+    missing: list[str] = []
+    for path in paths:
+        target = (base / path).resolve()
+        if not target.is_relative_to(base) or not target.exists():
+            missing.append(path)
+    return missing
+
+
 def _string_list(values: Iterable[str], field: str) -> list[str]:
     if isinstance(values, str):
         raise InvalidInput(f"{field} must be a list of strings, not one string")
@@ -771,6 +1390,7 @@ async def open_runtime(
     snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
     snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
     map_size: int | None = None,
+    workspace_roots: WorkspaceRoots | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -783,11 +1403,20 @@ async def open_runtime(
 
     ``clock`` returns wall time in epoch seconds; by default wall time is read once and then
     advanced with trio's clock, so ``MockClock`` drives lease expiry in tests.
+
+    ``workspace_roots`` locates the directory that completion-contract paths are relative
+    to: a mapping from workspace id ("" for global tasks) to a directory, or a function of
+    the workspace id (None for global tasks) returning one (or None if unknown).
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
     if data_dir is None:
-        runtime = Runtime(Machine(), RuntimeClock(clock), event_capacity=event_capacity)
+        runtime = Runtime(
+            Machine(),
+            RuntimeClock(clock),
+            event_capacity=event_capacity,
+            workspace_roots=workspace_roots,
+        )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime._serve)
@@ -810,7 +1439,11 @@ async def open_runtime(
         report = BootReport()
         machine = await trio.to_thread.run_sync(load_machine, store, report)
         runtime = Runtime(
-            machine, RuntimeClock(clock), event_capacity=event_capacity, durability=durability
+            machine,
+            RuntimeClock(clock),
+            event_capacity=event_capacity,
+            durability=durability,
+            workspace_roots=workspace_roots,
         )
         runtime.boot_report = report
         committer = JournalCommitter(store, machine, runtime._acknowledge)
