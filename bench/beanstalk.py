@@ -17,6 +17,7 @@ runlease socket rows.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import shutil
 import signal
 import socket
@@ -42,6 +43,7 @@ from bench.common import (
 from bench.procs import report_failure, run_client_processes
 
 BinlogMode = Literal["f0", "binlog", "nobinlog"]
+PR_SET_PDEATHSIG: Final = 1
 CLIENT_PROCESSES: Final = 2
 PRELOAD_BATCH: Final = 1000
 START_TIMEOUT: Final = 30.0
@@ -73,6 +75,15 @@ def beanstalk_priority(priority: str) -> int:
     return (PRIORITY_RANK["urgent"] - PRIORITY_RANK[priority]) // 10
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it if the harness dies, so none is left behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 class BeanstalkdServer:
     """One ``beanstalkd`` process listening on a Unix socket."""
 
@@ -87,6 +98,7 @@ class BeanstalkdServer:
             [binary, "-l", f"unix:{socket_path}", *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         self._wait_listening()
 
@@ -296,6 +308,7 @@ def beanstalk_client_main(
         ]
         for thread in threads:
             thread.start()
+        conn.send(("ready",))
         barrier.wait()
         start = monotonic()
         go.set()

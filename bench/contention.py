@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -263,6 +264,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def build_config(args: argparse.Namespace) -> Config:
     base = QUICK if args.quick else FULL
     config = Config(**{k: v for k, v in asdict(base).items()})
@@ -280,6 +285,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # A plain `kill` still runs the cleanup (servers stopped, data dirs removed).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Piped into a file or a CI log, rich would assume 80 columns and fold the tables.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     systems = select_systems(args.systems, all_systems())
@@ -318,6 +325,7 @@ def run_all(
     quick: bool = False,
 ) -> int:
     workroot = Path(tempfile.mkdtemp(prefix="runlease-bench-", dir=tmp))
+    failed_parts: list[str] = []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     began = time.time()
     try:
@@ -339,15 +347,25 @@ def run_all(
             document["contention"] = [row.to_json() for row in rows]
             document["ratios"] = report.ratios(rows)
         runlease_selected = any(s.is_runlease for s in systems)
-        if "scale" in config.parts and runlease_selected:
-            console.rule("claim cost vs queue depth")
-            document["scale"] = run_scale(console, config)
-        if "expiry" in config.parts and runlease_selected:
-            console.rule("lease expiry precision")
-            document["expiry"] = run_expiry(console, config)
-        if "wakeup" in config.parts and runlease_selected:
-            console.rule("wake-up latency")
-            document["wakeup"] = run_wakeup(console, systems, config, workroot)
+        probes: list[tuple[str, str, Callable[[], Any]]] = [
+            ("scale", "claim cost vs queue depth", lambda: run_scale(console, config)),
+            ("expiry", "lease expiry precision", lambda: run_expiry(console, config)),
+            (
+                "wakeup",
+                "wake-up latency",
+                lambda: run_wakeup(console, systems, config, workroot),
+            ),
+        ]
+        for part, title, probe in probes:
+            if part not in config.parts or not runlease_selected:
+                continue
+            console.rule(title)
+            try:
+                document[part] = probe()
+            except BenchError as exc:
+                console.print(f"[bold red]{part} failed:[/] {exc}")
+                failed_parts.append(part)
+                document.setdefault("errors", {})[part] = str(exc)
         machine["loadavg_end"] = list(os.getloadavg())
         document["duration_s"] = round(time.time() - began, 1)
         print_summary(console, document, rows, config)
@@ -374,10 +392,10 @@ def run_all(
             + "[/]"
         )
         return EXIT_VIOLATION
-    if errors:
+    if errors or failed_parts:
         console.print(
             "[bold red]FAILED: could not measure "
-            + ", ".join(f"{r.system}@{r.contenders}" for r in errors)
+            + ", ".join([f"{r.system}@{r.contenders}" for r in errors] + failed_parts)
             + "[/]"
         )
         return EXIT_ERROR

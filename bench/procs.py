@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import threading
 import traceback
 from collections.abc import Callable
@@ -25,7 +26,8 @@ SETUP_TIMEOUT = 300.0
 RUN_TIMEOUT = 3600.0
 
 # (process index, contenders in it, system args, barrier, pipe) -> sends one message:
-# ("ok", start, [ContenderLog.to_wire(), ...]) or ("error", traceback text).
+# ("ready",) once set up, right before waiting on the barrier, then
+# ("ok", start, [ContenderLog.to_wire(), ...]); or ("error", traceback text) at any point.
 ClientMain = Callable[[int, int, Any, Barrier, Connection], None]
 
 
@@ -63,6 +65,12 @@ def run_client_processes(
             send.close()
             children.append(child)
             pipes.append(receive)
+        # Each child reports "ready" (or its error, or dies) before anyone is released, so a
+        # child that fails while setting up never leaves the others waiting at the barrier.
+        for proc, pipe in zip(children, pipes, strict=True):
+            message = await_message(proc, pipe, SETUP_TIMEOUT, "setting up")
+            if message[0] != "ready":
+                raise BenchError(f"a client process said {message[0]!r} instead of ready")
         try:
             barrier.wait(timeout=SETUP_TIMEOUT)
         except threading.BrokenBarrierError:
@@ -71,12 +79,10 @@ def run_client_processes(
         released = monotonic()
         starts = [released]
         logs: list[ContenderLog] = []
-        for pipe in pipes:
-            if not pipe.poll(RUN_TIMEOUT):
-                raise BenchError(f"a client process sent nothing within {RUN_TIMEOUT:.0f} s")
-            message = _receive(pipe)
+        for proc, pipe in zip(children, pipes, strict=True):
+            message = await_message(proc, pipe, RUN_TIMEOUT, "contending")
             if message[0] != "ok":
-                raise BenchError(f"a client process failed:\n{message[1]}")
+                raise BenchError(f"a client process sent {message[0]!r} instead of its result")
             starts.append(message[1])
             logs.extend(ContenderLog.from_wire(item) for item in message[2])
         for finished in children:
@@ -88,13 +94,27 @@ def run_client_processes(
             pipe.close()
 
 
-def _receive(pipe: Connection) -> tuple[Any, ...]:
+def await_message(
+    child: multiprocessing.process.BaseProcess, pipe: Connection, timeout: float, doing: str
+) -> tuple[Any, ...]:
+    """The child's next message; BenchError if it sends an error, dies or stays silent."""
+    ready = multiprocessing.connection.wait([pipe, child.sentinel], timeout)
+    if not ready:
+        raise BenchError(f"a child process sent nothing for {timeout:.0f} s while {doing}")
+    if pipe not in ready and not pipe.poll(0):
+        child.join(1)
+        raise BenchError(f"a child process died while {doing} (exit code {child.exitcode})")
     try:
         message = pipe.recv()
     except EOFError:
-        raise BenchError("a client process exited without a result") from None
-    if not isinstance(message, tuple):
-        raise BenchError(f"a client process sent {message!r}")
+        child.join(1)
+        raise BenchError(
+            f"a child process exited while {doing} (exit code {child.exitcode})"
+        ) from None
+    if not isinstance(message, tuple) or not message:
+        raise BenchError(f"a child process sent {message!r}")
+    if message[0] == "error":
+        raise BenchError(f"a child process failed while {doing}:\n{message[1]}")
     return message
 
 

@@ -28,7 +28,13 @@ from bench.common import (
     monotonic,
     short_socket_dir,
 )
-from bench.procs import report_failure, run_client_processes, spawn_context, stop_processes
+from bench.procs import (
+    await_message,
+    report_failure,
+    run_client_processes,
+    spawn_context,
+    stop_processes,
+)
 from runlease import protocol as p
 from runlease.core.model import Claim, LeaseView, Priority, Run, Session, Task
 from runlease.errors import BAD_REQUEST, NO_CLAIMABLE_RUN, NotFound, RunleaseError
@@ -254,16 +260,7 @@ class ServerProcess:
         return self
 
     def _receive(self, timeout: float) -> tuple[Any, ...]:
-        if not self._pipe.poll(timeout):
-            raise BenchError(f"the {self.kind} server sent nothing within {timeout:.0f} s")
-        try:
-            message = self._pipe.recv()
-        except EOFError:
-            raise BenchError(f"the {self.kind} server exited unexpectedly") from None
-        if message[0] == "error":
-            raise BenchError(f"the {self.kind} server failed:\n{message[1]}")
-        assert isinstance(message, tuple)
-        return message
+        return await_message(self._process, self._pipe, timeout, f"serving ({self.kind})")
 
     def verify(self) -> list[str]:
         self._pipe.send("verify")
@@ -423,7 +420,9 @@ def socket_client_main(
     """Child process: ``count`` connections, one session each, contending after the barrier."""
     socket_path, lease, loop = args
     try:
-        start, logs = trio.run(_socket_clients, index, count, socket_path, lease, loop, barrier)
+        start, logs = trio.run(
+            _socket_clients, index, count, socket_path, lease, loop, barrier, conn
+        )
         conn.send(("ok", start, [log.to_wire() for log in logs]))
     except BaseException:
         report_failure(barrier, conn)
@@ -432,7 +431,13 @@ def socket_client_main(
 
 
 async def _socket_clients(
-    index: int, count: int, socket_path: str, lease: float, loop: str, barrier: Barrier
+    index: int,
+    count: int,
+    socket_path: str,
+    lease: float,
+    loop: str,
+    barrier: Barrier,
+    conn: Connection,
 ) -> tuple[float, list[ContenderLog]]:
     async with AsyncExitStack() as stack:
         clients = []
@@ -446,6 +451,7 @@ async def _socket_clients(
         async with trio.open_nursery() as nursery:
             for client, log in zip(clients, logs, strict=True):
                 nursery.start_soon(LOOPS[loop], client, go, log, lease)
+            conn.send(("ready",))
             await trio.to_thread.run_sync(barrier.wait)
             start = monotonic()
             go.set()

@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar
 import trio
 
 from bench.common import Workload, percentile, rss_bytes
-from bench.procs import spawn_context, stop_processes
+from bench.procs import await_message, spawn_context, stop_processes
 from bench.runlease_systems import Mode, ServerProcess, preload, runtime_options
 from runlease.core.model import Claim
 from runlease.runtime.client import open_client
@@ -51,14 +51,10 @@ def in_child(function: Callable[..., T], *args: Any, timeout: float = 3600.0) ->
     child.start()
     send.close()
     try:
-        if not receive.poll(timeout):
-            raise RuntimeError(f"{function.__name__} took more than {timeout:.0f} s")
-        status, value = receive.recv()
+        _status, value = await_message(child, receive, timeout, f"running {function.__name__}")
     finally:
         stop_processes([child])
         receive.close()
-    if status != "ok":
-        raise RuntimeError(f"{function.__name__} failed in its process:\n{value}")
     result: T = value
     return result
 

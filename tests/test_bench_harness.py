@@ -4,8 +4,10 @@ exactly-once check catches a queue that hands a run out twice. No timing is asse
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ if str(ROOT) not in sys.path:
 from bench import contention, sqlite_queue, timing  # noqa: E402
 from bench.beanstalk import Beanstalkd  # noqa: E402
 from bench.common import (  # noqa: E402
+    BenchError,
     ContenderLog,
     Durability,
     RawRun,
@@ -31,6 +34,7 @@ from bench.common import (  # noqa: E402
     split_evenly,
     summarize,
 )
+from bench.procs import report_failure, run_client_processes  # noqa: E402
 from bench.runlease_systems import EchoFloor, EmbeddedRunlease, SocketRunlease  # noqa: E402
 from rich.console import Console  # noqa: E402
 
@@ -207,6 +211,33 @@ def test_check_flags_refusals_and_system_problems() -> None:
     assert any("never preloaded" in p for p in problems)
     assert any("refused" in p for p in problems)
     assert "runtime: 1 runs still queued, 0 leased" in problems
+
+
+# -------------------------------------------------------------- failing children
+def _connect_nowhere() -> None:
+    raise RuntimeError("cannot connect in setup")
+
+
+def client_that_raises(index: int, count: int, args: Any, barrier: Any, conn: Any) -> None:
+    try:
+        _connect_nowhere()
+    except RuntimeError:
+        report_failure(barrier, conn)
+
+
+def client_that_dies(index: int, count: int, args: Any, barrier: Any, conn: Any) -> None:
+    os._exit(3)
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [(client_that_raises, "cannot connect in setup"), (client_that_dies, "exit code 3")],
+)
+def test_a_client_failing_in_setup_is_reported_at_once(target: Any, said: str) -> None:
+    began = time.monotonic()
+    with pytest.raises(BenchError, match=said):
+        run_client_processes(target, 4, 2, None)
+    assert time.monotonic() - began < 60  # not the barrier's setup timeout
 
 
 # ------------------------------------------------------------------------ pieces
