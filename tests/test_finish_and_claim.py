@@ -19,6 +19,14 @@ import trio.testing
 from runlease import open_runtime
 from runlease import protocol as p
 from runlease.client import Client
+from runlease.core.commands import (
+    ClaimNext,
+    CompleteRun,
+    CreateTask,
+    FinishAndClaim,
+    OpenSession,
+)
+from runlease.core.machine import Machine
 from runlease.core.model import Finished, Priority
 from runlease.errors import (
     AUTONOMY_FOREIGN_RUN,
@@ -181,6 +189,31 @@ async def test_stop_waiting_ends_the_wait_but_reports_the_finish() -> None:
         assert finished.run.status == "completed"
         assert finished.no_claim is not None
         assert finished.no_claim.code == REQUEST_CANCELLED
+
+
+def test_any_bad_claim_part_refuses_before_the_finish() -> None:
+    machine = Machine()
+    now = 1_700_000_000.0
+    machine.apply(OpenSession(now=now, session_id="ses_1", agent="a"))
+    machine.apply(CreateTask(now=now, task_id="tsk_1", title="t", start_run_id="run_1"))
+    machine.apply(ClaimNext(now=now, session_id="ses_1", claim_token="rl_claim_first"))
+    before = fingerprint(machine)
+    finish = CompleteRun(now=0.0, session_id="ses_1", run_id="run_1")
+    bad_parts = [
+        ClaimNext(now=0.0, session_id="ses_1", claim_token="rl_claim_x", lease_seconds=-1),
+        ClaimNext(now=0.0, session_id="ses_1", claim_token="rl_claim_x", workspace_id="bad ws"),
+        ClaimNext(
+            now=0.0, session_id="ses_1", claim_token="rl_claim_x", scope="global", workspace_id="w"
+        ),
+        ClaimNext(now=0.0, session_id="ses_1", claim_token="rl_claim_x", priority_min=True),
+        ClaimNext(now=0.0, session_id="ses_1", claim_token="not a token"),
+        ClaimNext(now=0.0, session_id="ses_2", claim_token="rl_claim_x"),
+    ]
+    for claim in bad_parts:
+        with pytest.raises(RunleaseError) as info:
+            machine.apply(FinishAndClaim(now=now + 1, finish=finish, claim=claim))
+        assert info.value.code == INVALID_INPUT, claim
+        assert fingerprint(machine) == before, claim
 
 
 # ------------------------------------------------------------------------------- durable

@@ -969,6 +969,11 @@ class Machine:
         validate.lease_seconds(claim.lease_seconds)
         if claim.workspace_id is not None:
             validate.name(claim.workspace_id, "workspace_id")
+        _claim_workspace_key(claim.scope, claim.workspace_id)
+        if claim.priority_min is not None and (
+            isinstance(claim.priority_min, bool) or not isinstance(claim.priority_min, int)
+        ):
+            raise InvalidInput("priority_min must be a priority rank (10, 20, 30 or 40)")
         if not claim.claim_token.startswith(CLAIM_TOKEN_PREFIX):
             raise InvalidInput("claim token has the wrong form (a runtime bug)")
         # Both parts happen at this command's time, whatever the parts carry.
