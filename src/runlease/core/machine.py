@@ -445,8 +445,12 @@ class Machine:
         parent = None
         if cmd.parent_task_id is not None:
             parent = self.get_task(cmd.parent_task_id)
-            if parent.canceled:
-                raise InvalidInput(f"parent task {parent.id} is canceled", code=INVALID_TRANSITION)
+            canceled = self._canceled_ancestor(parent)
+            if canceled is not None:
+                raise InvalidInput(
+                    f"task {canceled} above the parent is canceled; no new children below it",
+                    code=INVALID_TRANSITION,
+                )
             if self._depth(parent) >= MAX_HIERARCHY_DEPTH:
                 raise InvalidInput(
                     f"parent task {parent.id} is at depth {MAX_HIERARCHY_DEPTH}, the deepest "
@@ -1133,6 +1137,16 @@ class Machine:
             out.append(child)
             stack.extend(reversed(self.subtasks.get(child, ())))
         return out
+
+    def _canceled_ancestor(self, task: Task) -> str | None:
+        """The id of the first canceled task among ``task`` and its ancestors."""
+        current: Task | None = task
+        while current is not None:
+            if current.canceled:
+                return current.id
+            parent = current.parent_task_id
+            current = self.tasks.get(parent) if parent is not None else None
+        return None
 
     def _depth(self, task: Task) -> int:
         depth = 1

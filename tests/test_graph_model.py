@@ -1,0 +1,432 @@
+"""Stateful test of the task graph: Machine against a small independent model.
+
+The model knows the hierarchy, the dependency edges, pause flags, the scheduler switch and
+each task's run phase, and from those alone decides which tasks are claimable, which
+commands must be refused (and with which code), and what a cancel must reach. After every
+step the machine's claim index must hold exactly the runs the model calls claimable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from runlease.core.commands import (
+    AddDependency,
+    CancelTask,
+    ClaimNext,
+    CompleteRun,
+    CreateTask,
+    FailRun,
+    ForceFailRun,
+    ForceReleaseRun,
+    OpenSession,
+    PauseScheduler,
+    PauseTask,
+    ResumeScheduler,
+    ResumeTask,
+    RetryRun,
+    StartTask,
+)
+from runlease.core.ids import CLAIM_TOKEN_PREFIX, new_secret_token
+from runlease.core.machine import Machine
+from runlease.core.model import (
+    FORCE_RATE_LIMIT,
+    MAX_DEPENDENCIES,
+    MAX_HIERARCHY_DEPTH,
+    MAX_RETRY_CHAIN,
+    Actor,
+)
+from runlease.errors import (
+    ATTEMPTS_EXHAUSTED,
+    DEPENDENCY_CYCLE,
+    FORCE_RATE_LIMITED,
+    GRAPH_LIMIT_EXCEEDED,
+    INVALID_TRANSITION,
+    NO_CLAIMABLE_RUN,
+    RETRY_CHAIN_TOO_DEEP,
+    RunleaseError,
+)
+
+SESSIONS = ("s0", "s1", "s2")
+OPERATOR = Actor(kind="human", ref="op")
+
+
+@dataclass
+class ModelTask:
+    parent: str | None
+    max_attempts: int
+    deps: list[str] = field(default_factory=list)
+    paused: bool = False
+    canceled: bool = False
+    # none, queued, leased, completed, failed, canceled
+    phase: str = "none"
+    attempt: int = 0
+    runs: int = 0
+    holder: str | None = None
+    force_times: list[float] = field(default_factory=list)
+
+
+class GraphModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.machine = Machine()
+        self.now = 1000.0
+        self.tasks: dict[str, ModelTask] = {}
+        self.order: list[str] = []
+        self.scheduler_paused = False
+        self.lease_of: dict[str, str | None] = dict.fromkeys(SESSIONS)
+        self.counter = 0
+        for sid in SESSIONS:
+            self.machine.apply(OpenSession(now=self.now, session_id=sid, agent="a"))
+
+    # ------------------------------------------------------------------ helpers
+    def tick(self) -> float:
+        self.now += 1.0
+        return self.now
+
+    def new_id(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def apply(self, command: object) -> RunleaseError | None:
+        try:
+            self.machine.apply(command)  # type: ignore[arg-type]
+        except RunleaseError as exc:
+            return exc
+        return None
+
+    def pick(self, data: st.DataObject) -> str | None:
+        if not self.order:
+            return None
+        return data.draw(st.sampled_from(self.order))
+
+    def depth(self, task_id: str) -> int:
+        depth = 1
+        parent = self.tasks[task_id].parent
+        while parent is not None:
+            depth += 1
+            parent = self.tasks[parent].parent
+        return depth
+
+    def ancestors(self, task_id: str) -> list[str]:
+        out: list[str] = []
+        parent = self.tasks[task_id].parent
+        while parent is not None:
+            out.append(parent)
+            parent = self.tasks[parent].parent
+        return out
+
+    def children(self, task_id: str) -> list[str]:
+        return [t for t in self.order if self.tasks[t].parent == task_id]
+
+    def below(self, task_id: str) -> list[str]:
+        out: list[str] = []
+        stack = self.children(task_id)
+        while stack:
+            child = stack.pop()
+            out.append(child)
+            stack.extend(self.children(child))
+        return out
+
+    def closed(self, task_id: str) -> bool:
+        t = self.tasks[task_id]
+        if t.canceled or t.phase in ("completed", "canceled"):
+            return True
+        return t.phase == "failed" and t.attempt >= t.max_attempts
+
+    def effectively_paused(self, task_id: str) -> bool:
+        current: str | None = task_id
+        while current is not None:
+            if self.tasks[current].paused:
+                return True
+            current = self.tasks[current].parent
+        return False
+
+    def gated(self, task_id: str) -> bool:
+        deps_open = any(self.tasks[d].phase != "completed" for d in self.tasks[task_id].deps)
+        return self.effectively_paused(task_id) or deps_open
+
+    def claimable(self) -> set[str]:
+        return {t for t in self.order if self.tasks[t].phase == "queued" and not self.gated(t)}
+
+    def reaches(self, start: str, target: str) -> bool:
+        seen, stack = {start}, [start]
+        while stack:
+            for nxt in self.tasks[stack.pop()].deps:
+                if nxt == target:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+        return False
+
+    def run_id(self, task_id: str) -> str:
+        run_id = self.machine.tasks[task_id].current_run_id
+        assert run_id is not None
+        return run_id
+
+    # -------------------------------------------------------------------- rules
+    @rule(
+        data=st.data(),
+        with_parent=st.booleans(),
+        start=st.booleans(),
+        max_attempts=st.sampled_from([1, 3, 10]),
+    )
+    def create(
+        self, data: st.DataObject, with_parent: bool, start: bool, max_attempts: int
+    ) -> None:
+        parent = self.pick(data) if with_parent else None
+        task_id = self.new_id("t")
+        expected = None
+        if parent is not None:
+            if any(self.tasks[t].canceled for t in (parent, *self.ancestors(parent))):
+                expected = INVALID_TRANSITION
+            elif self.depth(parent) >= MAX_HIERARCHY_DEPTH:
+                expected = GRAPH_LIMIT_EXCEEDED
+        error = self.apply(
+            CreateTask(
+                now=self.tick(),
+                task_id=task_id,
+                title="t",
+                parent_task_id=parent,
+                max_attempts=max_attempts,
+                start_run_id=self.new_id("r") if start else None,
+            )
+        )
+        assert (error and error.code) == expected, error
+        if error is None:
+            self.tasks[task_id] = ModelTask(parent=parent, max_attempts=max_attempts)
+            self.order.append(task_id)
+            if start:
+                self.tasks[task_id].phase = "queued"
+                self.tasks[task_id].attempt = 1
+                self.tasks[task_id].runs = 1
+
+    @rule(data=st.data())
+    def add_dependency(self, data: st.DataObject) -> None:
+        a, b = self.pick(data), self.pick(data)
+        if a is None or b is None:
+            return
+        ta = self.tasks[a]
+        if a == b:
+            expected: str | None = DEPENDENCY_CYCLE
+        elif b in ta.deps or self.closed(a):
+            expected = INVALID_TRANSITION
+        elif len(ta.deps) >= MAX_DEPENDENCIES:
+            expected = GRAPH_LIMIT_EXCEEDED
+        elif self.reaches(b, a):
+            expected = DEPENDENCY_CYCLE
+        else:
+            expected = None
+        error = self.apply(AddDependency(now=self.tick(), task_id=a, blocked_by=b))
+        assert (error and error.code) == expected, error
+        if error is None:
+            ta.deps.append(b)
+
+    @rule(data=st.data())
+    def pause(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        ok = not self.tasks[t].paused and not self.closed(t)
+        error = self.apply(PauseTask(now=self.tick(), task_id=t, reason="hold"))
+        assert (error is None) == ok, error
+        if ok:
+            self.tasks[t].paused = True
+
+    @rule(data=st.data())
+    def resume(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        ok = self.tasks[t].paused
+        error = self.apply(ResumeTask(now=self.tick(), task_id=t))
+        assert (error is None) == ok, error
+        self.tasks[t].paused = False
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        ok = not self.closed(t)
+        error = self.apply(CancelTask(now=self.tick(), task_id=t, reason="stop"))
+        assert (error is None) == ok, error
+        if not ok:
+            return
+        for task_id in (t, *self.below(t)):
+            if task_id != t and self.closed(task_id):
+                continue
+            mt = self.tasks[task_id]
+            if mt.phase in ("queued", "leased"):
+                mt.phase = "canceled"
+            if mt.holder is not None:
+                self.lease_of[mt.holder] = None
+                mt.holder = None
+            mt.canceled = True
+
+    @rule(data=st.data())
+    def start(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        mt = self.tasks[t]
+        ok = (
+            not mt.canceled
+            and mt.phase in ("none", "failed")
+            and (mt.phase == "none" or mt.attempt < mt.max_attempts)
+        )
+        error = self.apply(StartTask(now=self.tick(), task_id=t, run_id=self.new_id("r")))
+        assert (error is None) == ok, error
+        if ok:
+            mt.phase, mt.attempt, mt.runs = "queued", mt.attempt + 1, mt.runs + 1
+
+    @rule(session=st.sampled_from(SESSIONS))
+    def claim(self, session: str) -> None:
+        if self.lease_of[session] is not None:
+            return
+        claimable = set() if self.scheduler_paused else self.claimable()
+        before = set(self.machine.index.run_ids())
+        command = ClaimNext(
+            now=self.tick(),
+            session_id=session,
+            claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
+            lease_seconds=100_000,
+        )
+        if not claimable:
+            with pytest.raises(RunleaseError) as info:
+                self.machine.apply(command)
+            assert info.value.code == NO_CLAIMABLE_RUN
+            return
+        outcome = self.machine.apply(command)
+        task_id = outcome.reply.task.id
+        assert task_id in claimable, f"claimed {task_id}, not claimable (blocked/paused)"
+        assert outcome.reply.run.id in before
+        self.tasks[task_id].phase = "leased"
+        self.tasks[task_id].holder = session
+        self.lease_of[session] = task_id
+
+    @rule(session=st.sampled_from(SESSIONS), succeed=st.booleans())
+    def finish(self, session: str, succeed: bool) -> None:
+        task_id = self.lease_of[session]
+        if task_id is None:
+            return
+        run_id = self.run_id(task_id)
+        if succeed:
+            error = self.apply(CompleteRun(now=self.tick(), session_id=session, run_id=run_id))
+        else:
+            error = self.apply(
+                FailRun(now=self.tick(), session_id=session, run_id=run_id, error="x")
+            )
+        assert error is None, error
+        mt = self.tasks[task_id]
+        mt.phase = "completed" if succeed else "failed"
+        mt.holder = None
+        self.lease_of[session] = None
+
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        if t is None or self.tasks[t].phase != "failed":
+            return
+        mt = self.tasks[t]
+        if mt.runs + 1 > MAX_RETRY_CHAIN:
+            expected: str | None = RETRY_CHAIN_TOO_DEEP
+        elif mt.attempt + 1 > mt.max_attempts:
+            expected = ATTEMPTS_EXHAUSTED
+        elif mt.canceled:
+            expected = INVALID_TRANSITION
+        else:
+            expected = None
+        error = self.apply(
+            RetryRun(now=self.tick(), run_id=self.run_id(t), new_run_id=self.new_id("r"))
+        )
+        assert (error and error.code) == expected, error
+        if error is None:
+            mt.phase, mt.attempt, mt.runs = "queued", mt.attempt + 1, mt.runs + 1
+
+    @rule(data=st.data(), release=st.booleans())
+    def force(self, data: st.DataObject, release: bool) -> None:
+        t = self.pick(data)
+        if t is None or self.tasks[t].runs == 0:
+            return
+        mt = self.tasks[t]
+        now = self.tick()
+        recent = [x for x in mt.force_times if x > now - 60]
+        if len(recent) >= FORCE_RATE_LIMIT:
+            expected: str | None = FORCE_RATE_LIMITED
+        elif release:
+            expected = None if mt.phase == "leased" else INVALID_TRANSITION
+        else:
+            expected = None if mt.phase in ("queued", "leased") else INVALID_TRANSITION
+        kind = ForceReleaseRun if release else ForceFailRun
+        error = self.apply(kind(now=now, run_id=self.run_id(t), reason="ops", actor=OPERATOR))
+        assert (error and error.code) == expected, error
+        if error is not None:
+            return
+        mt.force_times = [*recent, now]
+        if mt.holder is not None:
+            self.lease_of[mt.holder] = None
+            mt.holder = None
+        mt.phase = "queued" if release else "failed"
+
+    @rule(on=st.booleans())
+    def scheduler(self, on: bool) -> None:
+        if on:
+            error = self.apply(PauseScheduler(now=self.tick()))
+            assert (error is None) == (not self.scheduler_paused)
+            self.scheduler_paused = True
+        else:
+            error = self.apply(ResumeScheduler(now=self.tick()))
+            assert (error is None) == self.scheduler_paused
+            self.scheduler_paused = False
+
+    # --------------------------------------------------------------- invariants
+    @invariant()
+    def machine_invariants(self) -> None:
+        self.machine.check_invariants()
+
+    @invariant()
+    def index_holds_exactly_the_claimable_runs(self) -> None:
+        want = {self.run_id(t) for t in self.claimable()}
+        assert set(self.machine.index.run_ids()) == want
+
+    @invariant()
+    def cancel_reached_every_descendant(self) -> None:
+        for task_id, mt in self.tasks.items():
+            if mt.canceled:
+                for below in self.below(task_id):
+                    assert self.machine.tasks[below].status in ("completed", "failed", "canceled")
+
+    @invariant()
+    def statuses_agree(self) -> None:
+        for task_id, mt in self.tasks.items():
+            status = self.machine.tasks[task_id].status
+            if mt.canceled:
+                assert status == "canceled"
+            elif mt.phase == "leased":
+                assert status == "in_progress"
+            elif mt.phase == "completed":
+                assert status == "completed"
+            elif mt.phase in ("queued", "none") or (
+                mt.phase == "failed" and mt.attempt < mt.max_attempts
+            ):
+                deps_open = any(self.tasks[d].phase != "completed" for d in mt.deps)
+                if deps_open:
+                    assert status == "blocked"
+
+    @invariant()
+    def retry_chains_are_bounded(self) -> None:
+        for mt in self.tasks.values():
+            assert mt.runs <= MAX_RETRY_CHAIN
+
+
+TestGraphModel = GraphModel.TestCase
+TestGraphModel.settings = settings(
+    max_examples=max(settings().max_examples, 600), stateful_step_count=60, deadline=None
+)
