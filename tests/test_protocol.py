@@ -12,7 +12,31 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runlease import protocol as p
-from runlease.core.model import Claim, Finished, LeaseView, NoClaim, Run, Task
+from runlease.core.inspect import (
+    Backlog,
+    BacklogRun,
+    DrainResult,
+    InspectView,
+    PauseState,
+    SchedulerStatus,
+    StuckRun,
+)
+from runlease.core.model import (
+    Actor,
+    BulkItem,
+    BulkResult,
+    Checkpoint,
+    Claim,
+    Event,
+    Finished,
+    LeaseView,
+    NoClaim,
+    Origin,
+    Ownership,
+    RetryResult,
+    Run,
+    Task,
+)
 from runlease.errors import (
     BAD_FRAME,
     BAD_REQUEST,
@@ -68,6 +92,51 @@ FINISH_AND_NEXT: list[p.Request] = [
     ),
     p.ReleaseRun(id=24, token="rl_session_x", run_id="run_1", next=p.NextClaim(wait=True)),
 ]
+# Task graph, operator controls and HZL verbs (issue 6), and the new fields of older ops.
+GRAPH_EXAMPLES: list[p.Request] = [
+    p.CreateTask(
+        id=30,
+        title="child",
+        parent="tsk_0",
+        preferred_capabilities=["fast"],
+        owner=Ownership(kind="pool", ref="builders"),
+        draft=True,
+        approval_policy="manual",
+        required_artifacts=["out/report.md"],
+    ),
+    p.StartTask(id=31, task_id="tsk_1", idempotency_key="k-1"),
+    p.ClaimNext(id=32, token="rl_session_x", scope="global", priority_min="high"),
+    p.ClaimNext(id=33, token="rl_session_x", workspace="w", scope="workspace", priority_min=30),
+    p.PublishTask(id=34, task_id="tsk_1", start=False),
+    p.ApproveTask(id=35, task_id="tsk_1"),
+    p.RejectTask(id=36, task_id="tsk_1", reason="not now"),
+    p.UpdateTask(id=37, task_id="tsk_1", changes={"title": "new", "metadata": {"a": [1]}}),
+    p.DeleteTask(id=38, task_id="tsk_1"),
+    p.AddDependency(id=39, task_id="tsk_2", blocked_by="tsk_1"),
+    p.RemoveDependency(id=40, task_id="tsk_2", blocked_by="tsk_1"),
+    p.PauseTask(id=41, task_id="tsk_1", reason="hold"),
+    p.ResumeTask(id=42, task_id="tsk_1"),
+    p.CancelTask(id=43, task_id="tsk_1", reason="obsolete"),
+    p.CancelRun(id=44, run_id="run_1", reason="stop"),
+    p.RetryRun(id=45, run_id="run_1"),
+    p.ForceReleaseRun(id=46, run_id="run_1", reason="stuck agent"),
+    p.ForceFailRun(id=47, run_id="run_1", reason="broken"),
+    p.BulkForceRuns(id=48, action="release", run_ids=["run_1", "run_2"], reason="maintenance"),
+    p.BulkForceRuns(id=49, action="fail", run_ids=["run_3"], reason="maintenance"),
+    p.PauseScheduler(id=50, reason="deploy"),
+    p.ResumeScheduler(id=51),
+    p.DrainScheduler(id=52, timeout=2.5, reason="deploy"),
+    p.GetSchedulerStatus(id=53),
+    p.GetBacklog(id=54, workspace="w", include_paused=False, after="run_1", limit=10),
+    p.CheckpointTask(id=55, token="rl_session_x", task_id="tsk_1", note="half way", author="me"),
+    p.CheckpointTask(id=56, task_id="tsk_1", note="operator note"),
+    p.ListStuck(id=57, threshold=120.0),
+    p.StealRun(id=58, token="rl_session_x", task_id="tsk_1", force=True, lease_seconds=60),
+    p.StealRun(id=59, token="rl_session_x", task_id="tsk_1", reason="took over"),
+    p.GetTimeline(id=60, task_id="tsk_1", after_seq=4, limit=20),
+    p.InspectTask(id=61, task_id="tsk_1"),
+    p.InspectRun(id=62, run_id="run_1"),
+]
 
 
 def test_the_wire_names_are_stable() -> None:
@@ -94,6 +163,33 @@ def test_the_wire_names_are_stable() -> None:
         "fail",
         "release",
         "block",
+        # issue 6
+        "publish_task",
+        "approve_task",
+        "reject_task",
+        "update_task",
+        "delete_task",
+        "add_dependency",
+        "remove_dependency",
+        "pause_task",
+        "resume_task",
+        "cancel_task",
+        "cancel_run",
+        "retry_run",
+        "force_release",
+        "force_fail",
+        "bulk_force",
+        "pause_scheduler",
+        "resume_scheduler",
+        "drain_scheduler",
+        "scheduler_status",
+        "backlog",
+        "checkpoint",
+        "stuck",
+        "steal",
+        "timeline",
+        "inspect_task",
+        "inspect_run",
     }
     assert expected_ops == p.OPS
     reply_types: tuple[type[p.Reply], ...] = p.AnyReply.__args__
@@ -116,12 +212,22 @@ def test_the_wire_names_are_stable() -> None:
         "claim",
         "heartbeat",
         "finished",
+        # issue 6
+        "retry",
+        "bulk",
+        "scheduler",
+        "drain",
+        "backlog",
+        "stuck",
+        "inspect",
     }
     assert expected_replies == {t.__struct_config__.tag for t in reply_types}
-    assert {type(r) for r in EXAMPLES} == set(p.REQUEST_TYPES)
+    assert {type(r) for r in EXAMPLES + GRAPH_EXAMPLES} == set(p.REQUEST_TYPES)
 
 
-@pytest.mark.parametrize("request_", EXAMPLES + FINISH_AND_NEXT, ids=lambda r: type(r).__name__)
+@pytest.mark.parametrize(
+    "request_", EXAMPLES + FINISH_AND_NEXT + GRAPH_EXAMPLES, ids=lambda r: type(r).__name__
+)
 def test_every_request_round_trips(request_: p.Request) -> None:
     frame = p.encode_frame(request_)
     (size,) = struct.unpack(">I", frame[:4])
@@ -172,6 +278,132 @@ def test_finished_reply_round_trips_with_and_without_a_claim() -> None:
     assert raw["reply"] == "finished"
     assert "claim" not in raw["finished"]
     assert raw["finished"]["no_claim"]["code"] == "NO_CLAIMABLE_RUN"
+
+
+def _graph_replies() -> list[p.Reply]:
+    task = Task(
+        id="tsk_1",
+        title="t",
+        created_at=1700000000.25,
+        updated_at=1700000001.5,
+        paused=True,
+        paused_at=1700000001.5,
+        checkpoints=[Checkpoint(at=1700000001.0, note="n", author="a", run_id="run_1")],
+        owner=Ownership(kind="agent_session", ref="ses_1"),
+        blocked_by=("tsk_0",),
+    )
+    # Normalise the collection types to what the model decodes (list or tuple).
+    task = msgspec.msgpack.decode(msgspec.msgpack.encode(task), type=Task)
+    failed = Run(id="run_1", task_id="tsk_1", status="failed", queued_at=1700000000.0)
+    run = Run(id="run_2", task_id="tsk_1", queued_at=1700000002.0, previous_run_id="run_1")
+    scheduler = SchedulerStatus(
+        paused=True,
+        paused_by="human:operator",
+        paused_at=1700000003.0,
+        paused_reason="deploy",
+        active_claim_count=0,
+        queued_run_count=1,
+        claimable_run_count=0,
+        paused_task_count=1,
+        as_of=1700000004.0,
+    )
+    pause = PauseState(task_id="tsk_1", paused=True, effective_paused=True)
+    event = Event(
+        seq=3,
+        kind="task.paused",
+        at=1700000001.5,
+        task_id="tsk_1",
+        actor=Actor(kind="human", ref="operator"),
+        origin=Origin(kind="cli", ref="pid:1"),
+    )
+    return [
+        p.RetryReply(id=1, result=RetryResult(previous_run=failed, run=run)),
+        p.BulkReply(
+            id=2,
+            result=BulkResult(
+                items=[
+                    BulkItem(run_id="run_2", ok=True, run=run),
+                    BulkItem(run_id="run_9", ok=False, code="RUN_NOT_FOUND", message="none"),
+                ]
+            ),
+        ),
+        p.SchedulerReply(id=3, scheduler=scheduler),
+        p.DrainReply(
+            id=4,
+            drain=DrainResult(
+                status=scheduler,
+                completed=True,
+                timed_out=False,
+                remaining_claims=0,
+                started_at=1700000003.0,
+                completed_at=1700000003.5,
+            ),
+        ),
+        p.BacklogReply(
+            id=5,
+            backlog=Backlog(
+                runs=[BacklogRun(task=task, run=run, effective_paused=True, gate="paused")],
+                total=3,
+                next_after="run_2",
+            ),
+        ),
+        p.StuckReply(
+            id=6,
+            runs=[
+                StuckRun(
+                    task_id="tsk_1",
+                    run_id="run_2",
+                    session_id="ses_1",
+                    kind="lease_expired",
+                    since=1700000005.0,
+                    seconds=12.5,
+                    lease_until=1700000005.0,
+                )
+            ],
+            threshold=600.0,
+        ),
+        p.InspectReply(
+            id=7,
+            view=InspectView(
+                target="task",
+                task=task,
+                scheduler=scheduler,
+                pause=pause,
+                recent_events=[event],
+                next_action="terminal",
+                as_of=1700000006.0,
+            ),
+        ),
+        p.TaskDetail(
+            id=8,
+            task=task,
+            runs=[failed, run],
+            checkpoints=list(task.checkpoints),
+            events=[event],
+            children=["tsk_3"],
+            blocked_by=["tsk_0"],
+            open_dependencies=["tsk_0"],
+            dependents=["tsk_4"],
+            pause=pause,
+        ),
+    ]
+
+
+@pytest.mark.parametrize("reply", _graph_replies(), ids=lambda r: type(r).__name__)
+def test_issue_6_replies_round_trip(reply: p.Reply) -> None:
+    body = p.encode_message(reply)
+    decoded = p.decode_reply(body)
+    assert decoded == reply
+    assert p.encode_message(decoded) == body
+
+
+def test_an_older_task_detail_without_the_history_fields_still_decodes() -> None:
+    task = Task(id="tsk_1", title="t", created_at=1.0, updated_at=1.0)
+    old = {"reply": "task_detail", "id": 3, "task": msgspec.to_builtins(task), "runs": []}
+    reply = p.decode_reply(msgspec.msgpack.encode(old))
+    assert isinstance(reply, p.TaskDetail)
+    assert reply.events == []
+    assert reply.pause is None
 
 
 def test_bad_reply_bytes_are_an_invalid_input_error() -> None:

@@ -27,19 +27,24 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from runlease import protocol as p
+from runlease.core.inspect import Backlog, DrainResult, InspectView, SchedulerStatus, StuckRun
 from runlease.core.model import (
+    ApprovalPolicy,
+    BulkResult,
     Claim,
     Event,
     Finished,
     Heartbeat,
+    Ownership,
     Priority,
+    RetryResult,
     Run,
     Scope,
     Session,
@@ -61,6 +66,8 @@ if TYPE_CHECKING:
 
 CLIENT_NAME: Final = "runlease-python"
 RECEIVE_BYTES: Final = 64 * 1024
+# How long drain_scheduler waits on the server when no timeout is given (its default).
+DEFAULT_DRAIN_WAIT: Final = 30.0
 
 R = TypeVar("R", bound=p.Reply)
 
@@ -97,8 +104,8 @@ def check_reply(reply: p.AnyReply, expected: type[R]) -> R:
     )
 
 
-def hello(rid: int) -> p.Hello:
-    return p.Hello(id=rid, versions=list(p.SUPPORTED_VERSIONS), client=CLIENT_NAME)
+def hello(rid: int, client: str = CLIENT_NAME) -> p.Hello:
+    return p.Hello(id=rid, versions=list(p.SUPPORTED_VERSIONS), client=client)
 
 
 # ------------------------------------------------------------------------ sync client
@@ -118,8 +125,10 @@ class Client:
         session_token: str | None = None,
         connect_timeout: float = 5.0,
         reply_timeout: float | None = None,
+        client_name: str = CLIENT_NAME,
     ) -> None:
         self.path = resolve_socket(path)
+        self.client_name = client_name
         self.session_token = session_token
         self.connect_timeout = connect_timeout
         self.reply_timeout = reply_timeout
@@ -143,7 +152,7 @@ class Client:
             raise unreachable(self.path, exc) from None
         self._sock = sock
         try:
-            self.welcome = self._call(hello(self._take_id()), p.Welcome)
+            self.welcome = self._call(hello(self._take_id(), self.client_name), p.Welcome)
         except BaseException:
             self.close()
             raise
@@ -252,6 +261,12 @@ class Client:
         metadata: dict[str, Any] | None = None,
         capabilities: Iterable[str] = (),
         start: bool = False,
+        parent: str | None = None,
+        preferred_capabilities: Iterable[str] = (),
+        owner: Ownership | None = None,
+        draft: bool = False,
+        approval_policy: ApprovalPolicy = "none",
+        required_artifacts: Iterable[str] = (),
     ) -> Task:
         request = p.CreateTask(
             id=self._take_id(),
@@ -264,11 +279,19 @@ class Client:
             metadata=metadata,
             capabilities=_strings(capabilities),
             start=start,
+            parent=parent,
+            preferred_capabilities=_strings(preferred_capabilities),
+            owner=owner,
+            draft=draft,
+            approval_policy=approval_policy,
+            required_artifacts=_strings(required_artifacts),
         )
         return self._call(request, p.TaskReply).task
 
-    def start_task(self, task_id: str) -> Run:
-        return self._call(p.StartTask(id=self._take_id(), task_id=task_id), p.RunReply).run
+    def start_task(self, task_id: str, *, idempotency_key: str | None = None) -> Run:
+        """Enqueue the task's next run; a repeated ``idempotency_key`` returns the same run."""
+        request = p.StartTask(id=self._take_id(), task_id=task_id, idempotency_key=idempotency_key)
+        return self._call(request, p.RunReply).run
 
     def show_task(self, task_id: str) -> p.TaskDetail:
         """The task and all its runs, oldest first."""
@@ -392,6 +415,8 @@ class Client:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Scope | None = None,
+        priority_min: str | int | None = None,
         token: str | None = None,
     ) -> Claim:
         request = p.ClaimNext(
@@ -401,6 +426,8 @@ class Client:
             timeout=timeout,
             lease_seconds=lease_seconds,
             workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
         # A waiting claim may legitimately take as long as its own timeout.
         extra = 0.0 if not wait else timeout
@@ -451,6 +478,174 @@ class Client:
             id=self._take_id(), token=self._token(token), run_id=run_id, reason=reason
         )
         return self._call(request, p.RunReply).run
+
+    # ------------------------------------------- task graph and operator controls
+    def publish_task(self, task_id: str, *, start: bool = True) -> Task:
+        """Publish a draft; with ``start`` (and no manual approval) enqueue its run."""
+        request = p.PublishTask(id=self._take_id(), task_id=task_id, start=start)
+        return self._call(request, p.TaskReply).task
+
+    def approve_task(self, task_id: str) -> Run:
+        """Approve a task awaiting manual approval; returns the run it enqueued."""
+        request = p.ApproveTask(id=self._take_id(), task_id=task_id)
+        return self._call(request, p.RunReply).run
+
+    def reject_task(self, task_id: str, *, reason: str | None = None) -> Task:
+        request = p.RejectTask(id=self._take_id(), task_id=task_id, reason=reason)
+        return self._call(request, p.TaskReply).task
+
+    def update_task(self, task_id: str, changes: Mapping[str, Any]) -> Task:
+        """Change mutable fields; an immutable one raises IMMUTABLE_FIELD."""
+        request = p.UpdateTask(id=self._take_id(), task_id=task_id, changes=dict(changes))
+        return self._call(request, p.TaskReply).task
+
+    def delete_task(self, task_id: str) -> Task:
+        request = p.DeleteTask(id=self._take_id(), task_id=task_id)
+        return self._call(request, p.TaskReply).task
+
+    def add_dependency(self, task_id: str, blocked_by: str) -> Task:
+        """``task_id`` waits until ``blocked_by`` completes."""
+        request = p.AddDependency(id=self._take_id(), task_id=task_id, blocked_by=blocked_by)
+        return self._call(request, p.TaskReply).task
+
+    def remove_dependency(self, task_id: str, blocked_by: str) -> Task:
+        request = p.RemoveDependency(id=self._take_id(), task_id=task_id, blocked_by=blocked_by)
+        return self._call(request, p.TaskReply).task
+
+    def pause_task(self, task_id: str, *, reason: str) -> Task:
+        request = p.PauseTask(id=self._take_id(), task_id=task_id, reason=reason)
+        return self._call(request, p.TaskReply).task
+
+    def resume_task(self, task_id: str) -> Task:
+        request = p.ResumeTask(id=self._take_id(), task_id=task_id)
+        return self._call(request, p.TaskReply).task
+
+    def cancel_task(self, task_id: str, *, reason: str | None = None) -> Task:
+        request = p.CancelTask(id=self._take_id(), task_id=task_id, reason=reason)
+        return self._call(request, p.TaskReply).task
+
+    def cancel_run(self, run_id: str, *, reason: str | None = None) -> Run:
+        request = p.CancelRun(id=self._take_id(), run_id=run_id, reason=reason)
+        return self._call(request, p.RunReply).run
+
+    def retry_run(self, run_id: str) -> RetryResult:
+        request = p.RetryRun(id=self._take_id(), run_id=run_id)
+        return self._call(request, p.RetryReply).result
+
+    def force_release(self, run_id: str, *, reason: str) -> Run:
+        request = p.ForceReleaseRun(id=self._take_id(), run_id=run_id, reason=reason)
+        return self._call(request, p.RunReply).run
+
+    def force_fail(self, run_id: str, *, reason: str) -> Run:
+        request = p.ForceFailRun(id=self._take_id(), run_id=run_id, reason=reason)
+        return self._call(request, p.RunReply).run
+
+    def bulk_force_release(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
+        request = p.BulkForceRuns(
+            id=self._take_id(), action="release", run_ids=_strings(run_ids), reason=reason
+        )
+        return self._call(request, p.BulkReply).result
+
+    def bulk_force_fail(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
+        request = p.BulkForceRuns(
+            id=self._take_id(), action="fail", run_ids=_strings(run_ids), reason=reason
+        )
+        return self._call(request, p.BulkReply).result
+
+    def pause_scheduler(self, *, reason: str | None = None) -> SchedulerStatus:
+        request = p.PauseScheduler(id=self._take_id(), reason=reason)
+        return self._call(request, p.SchedulerReply).scheduler
+
+    def resume_scheduler(self, *, reason: str | None = None) -> SchedulerStatus:
+        request = p.ResumeScheduler(id=self._take_id(), reason=reason)
+        return self._call(request, p.SchedulerReply).scheduler
+
+    def drain_scheduler(
+        self, *, timeout: float | None = None, reason: str | None = None
+    ) -> DrainResult:
+        """Pause the scheduler and wait until no lease is active or ``timeout`` seconds pass."""
+        request = p.DrainScheduler(id=self._take_id(), timeout=timeout, reason=reason)
+        wait = DEFAULT_DRAIN_WAIT if timeout is None else timeout
+        return self._call(request, p.DrainReply, wait=wait).drain
+
+    def scheduler_status(self) -> SchedulerStatus:
+        return self._call(p.GetSchedulerStatus(id=self._take_id()), p.SchedulerReply).scheduler
+
+    def backlog(
+        self,
+        *,
+        workspace: str | None = None,
+        include_paused: bool = True,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> Backlog:
+        """One page of queued runs with their task; page on with ``next_after``."""
+        request = p.GetBacklog(
+            id=self._take_id(),
+            workspace=workspace,
+            include_paused=include_paused,
+            after=after,
+            limit=limit,
+        )
+        return self._call(request, p.BacklogReply).backlog
+
+    def checkpoint(
+        self, task_id: str, note: str, *, author: str | None = None, token: str | None = None
+    ) -> Task:
+        """Add a progress note to the task's history (as the session when a token is at hand)."""
+        request = p.CheckpointTask(
+            id=self._take_id(),
+            token=self._token(token),
+            task_id=task_id,
+            note=note,
+            author=author,
+        )
+        return self._call(request, p.TaskReply).task
+
+    def stuck(self, *, threshold: float | None = None) -> list[StuckRun]:
+        """Expired leases, then leased runs idle (no heartbeat or checkpoint) past ``threshold``."""
+        reply = self._call(p.ListStuck(id=self._take_id(), threshold=threshold), p.StuckReply)
+        return reply.runs
+
+    def steal(
+        self,
+        task_id: str,
+        *,
+        force: bool = False,
+        lease_seconds: float | None = None,
+        reason: str | None = None,
+        token: str | None = None,
+    ) -> Claim:
+        """Take the task's current run for this session: only if its lease ran out, or ``force``."""
+        request = p.StealRun(
+            id=self._take_id(),
+            token=self._token(token),
+            task_id=task_id,
+            force=force,
+            lease_seconds=lease_seconds,
+            reason=reason,
+        )
+        return self._call(request, p.ClaimReply).claim
+
+    def timeline(self, task_id: str, *, after_seq: int = 0) -> list[Event]:
+        """The task's retained events after ``after_seq``, oldest first."""
+        out: list[Event] = []
+        cursor: int | None = after_seq
+        while cursor is not None:
+            page = self._call(
+                p.GetTimeline(id=self._take_id(), task_id=task_id, after_seq=cursor), p.EventList
+            )
+            out.extend(page.events)
+            cursor = page.next_after_seq
+        return out
+
+    def inspect_task(self, task_id: str) -> InspectView:
+        request = p.InspectTask(id=self._take_id(), task_id=task_id)
+        return self._call(request, p.InspectReply).view
+
+    def inspect_run(self, run_id: str) -> InspectView:
+        request = p.InspectRun(id=self._take_id(), run_id=run_id)
+        return self._call(request, p.InspectReply).view
 
     # ------------------------------------------------------- finish, then claim
     def complete_and_next(

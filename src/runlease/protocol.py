@@ -44,16 +44,23 @@ Times are float seconds since the Unix epoch on the wire.
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from runlease.core.inspect import Backlog, DrainResult, InspectView, PauseState, SchedulerStatus
+from runlease.core.inspect import StuckRun as StuckRunView
 from runlease.core.model import (
+    ApprovalPolicy,
+    BulkResult,
+    Checkpoint,
     Claim,
     Event,
     Finished,
     Heartbeat,
+    Ownership,
     Priority,
+    RetryResult,
     Run,
     Scope,
     Session,
@@ -119,10 +126,18 @@ class CreateTask(Request, tag="create_task"):
     metadata: dict[str, Any] | None = None
     capabilities: list[str] = []
     start: bool = False
+    # Task graph and lifecycle (issue 6).
+    parent: str | None = None
+    preferred_capabilities: list[str] = []
+    owner: Ownership | None = None
+    draft: bool = False
+    approval_policy: ApprovalPolicy = "none"
+    required_artifacts: list[str] = []
 
 
 class StartTask(Request, tag="start_task"):
     task_id: str
+    idempotency_key: str | None = None
 
 
 class ShowTask(Request, tag="show_task"):
@@ -183,6 +198,9 @@ class ClaimNext(SessionRequest, tag="claim_next"):
     timeout: float | None = None
     lease_seconds: float | None = None
     workspace: str | None = None
+    scope: Scope | None = None
+    # A priority name or rank: runs of lower priority are skipped.
+    priority_min: str | int | None = None
 
 
 class NextClaim(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -223,6 +241,136 @@ class BlockRun(SessionRequest, tag="block"):
     reason: str
 
 
+# --------------------------------------------- task graph and operator controls (issue 6)
+# Operator requests act as the operator (actor human:operator). The session-scoped ones
+# (checkpoint, steal) carry a token; checkpoint also works without one, as the operator.
+class PublishTask(Request, tag="publish_task"):
+    task_id: str
+    start: bool = True
+
+
+class ApproveTask(Request, tag="approve_task"):
+    task_id: str
+
+
+class RejectTask(Request, tag="reject_task"):
+    task_id: str
+    reason: str | None = None
+
+
+class UpdateTask(Request, tag="update_task"):
+    task_id: str
+    changes: dict[str, Any]
+
+
+class DeleteTask(Request, tag="delete_task"):
+    task_id: str
+
+
+class AddDependency(Request, tag="add_dependency"):
+    task_id: str
+    blocked_by: str
+
+
+class RemoveDependency(Request, tag="remove_dependency"):
+    task_id: str
+    blocked_by: str
+
+
+class PauseTask(Request, tag="pause_task"):
+    task_id: str
+    reason: str
+
+
+class ResumeTask(Request, tag="resume_task"):
+    task_id: str
+
+
+class CancelTask(Request, tag="cancel_task"):
+    task_id: str
+    reason: str | None = None
+
+
+class CancelRun(Request, tag="cancel_run"):
+    run_id: str
+    reason: str | None = None
+
+
+class RetryRun(Request, tag="retry_run"):
+    run_id: str
+
+
+class ForceReleaseRun(Request, tag="force_release"):
+    run_id: str
+    reason: str
+
+
+class ForceFailRun(Request, tag="force_fail"):
+    run_id: str
+    reason: str
+
+
+class BulkForceRuns(Request, tag="bulk_force"):
+    action: Literal["release", "fail"]
+    run_ids: list[str]
+    reason: str
+
+
+class PauseScheduler(Request, tag="pause_scheduler"):
+    reason: str | None = None
+
+
+class ResumeScheduler(Request, tag="resume_scheduler"):
+    reason: str | None = None
+
+
+class DrainScheduler(Request, tag="drain_scheduler"):
+    timeout: float | None = None
+    reason: str | None = None
+
+
+class GetSchedulerStatus(Request, tag="scheduler_status"):
+    pass
+
+
+class GetBacklog(Request, tag="backlog"):
+    workspace: str | None = None
+    include_paused: bool = True
+    after: str | None = None
+    limit: int | None = None
+
+
+class CheckpointTask(SessionRequest, tag="checkpoint"):
+    task_id: str
+    note: str
+    author: str | None = None
+
+
+class ListStuck(Request, tag="stuck"):
+    threshold: float | None = None
+
+
+class StealRun(SessionRequest, tag="steal"):
+    task_id: str
+    force: bool = False
+    lease_seconds: float | None = None
+    reason: str | None = None
+
+
+class GetTimeline(Request, tag="timeline"):
+    task_id: str
+    after_seq: int = 0
+    limit: int | None = None
+
+
+class InspectTask(Request, tag="inspect_task"):
+    task_id: str
+
+
+class InspectRun(Request, tag="inspect_run"):
+    run_id: str
+
+
 AnyRequest = (
     Hello
     | Cancel
@@ -245,6 +393,32 @@ AnyRequest = (
     | FailRun
     | ReleaseRun
     | BlockRun
+    | PublishTask
+    | ApproveTask
+    | RejectTask
+    | UpdateTask
+    | DeleteTask
+    | AddDependency
+    | RemoveDependency
+    | PauseTask
+    | ResumeTask
+    | CancelTask
+    | CancelRun
+    | RetryRun
+    | ForceReleaseRun
+    | ForceFailRun
+    | BulkForceRuns
+    | PauseScheduler
+    | ResumeScheduler
+    | DrainScheduler
+    | GetSchedulerStatus
+    | GetBacklog
+    | CheckpointTask
+    | ListStuck
+    | StealRun
+    | GetTimeline
+    | InspectTask
+    | InspectRun
 )
 
 REQUEST_TYPES: Final[tuple[type[Request], ...]] = (
@@ -269,6 +443,32 @@ REQUEST_TYPES: Final[tuple[type[Request], ...]] = (
     FailRun,
     ReleaseRun,
     BlockRun,
+    PublishTask,
+    ApproveTask,
+    RejectTask,
+    UpdateTask,
+    DeleteTask,
+    AddDependency,
+    RemoveDependency,
+    PauseTask,
+    ResumeTask,
+    CancelTask,
+    CancelRun,
+    RetryRun,
+    ForceReleaseRun,
+    ForceFailRun,
+    BulkForceRuns,
+    PauseScheduler,
+    ResumeScheduler,
+    DrainScheduler,
+    GetSchedulerStatus,
+    GetBacklog,
+    CheckpointTask,
+    ListStuck,
+    StealRun,
+    GetTimeline,
+    InspectTask,
+    InspectRun,
 )
 OPS: Final[frozenset[str]] = frozenset(
     str(t.__struct_config__.tag) for t in REQUEST_TYPES if t.__struct_config__.tag
@@ -324,8 +524,18 @@ class TaskReply(Reply, tag="task"):
 
 
 class TaskDetail(Reply, tag="task_detail"):
+    """A task with its whole history (``show``): every run oldest first, its checkpoints,
+    retained events, graph edges and pause state. Fields after ``runs`` came with issue 6."""
+
     task: Task
     runs: list[Run]
+    checkpoints: list[Checkpoint] = []
+    events: list[Event] = []
+    children: list[str] = []
+    blocked_by: list[str] = []
+    open_dependencies: list[str] = []
+    dependents: list[str] = []
+    pause: PauseState | None = None
 
 
 class RunReply(Reply, tag="run"):
@@ -388,6 +598,39 @@ class FinishedReply(Reply, tag="finished"):
     finished: Finished
 
 
+class RetryReply(Reply, tag="retry"):
+    """The failed run and the new queued run that follows it."""
+
+    result: RetryResult
+
+
+class BulkReply(Reply, tag="bulk"):
+    """One outcome per run of a bulk force operation, in the order asked."""
+
+    result: BulkResult
+
+
+class SchedulerReply(Reply, tag="scheduler"):
+    scheduler: SchedulerStatus
+
+
+class DrainReply(Reply, tag="drain"):
+    drain: DrainResult
+
+
+class BacklogReply(Reply, tag="backlog"):
+    backlog: Backlog
+
+
+class StuckReply(Reply, tag="stuck"):
+    runs: list[StuckRunView]
+    threshold: float
+
+
+class InspectReply(Reply, tag="inspect"):
+    view: InspectView
+
+
 AnyReply = (
     Welcome
     | ErrorReply
@@ -407,6 +650,13 @@ AnyReply = (
     | ClaimReply
     | HeartbeatReply
     | FinishedReply
+    | RetryReply
+    | BulkReply
+    | SchedulerReply
+    | DrainReply
+    | BacklogReply
+    | StuckReply
+    | InspectReply
 )
 
 AnyMessage = Request | Reply

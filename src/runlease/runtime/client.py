@@ -13,7 +13,7 @@ on the server (``timeout=``) over cancelling it.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -22,12 +22,17 @@ import trio
 
 from runlease import protocol as p
 from runlease.client import check_reply, closed_by_server, hello, resolve_socket, unreachable
+from runlease.core.inspect import Backlog, DrainResult, InspectView, SchedulerStatus, StuckRun
 from runlease.core.model import (
+    ApprovalPolicy,
+    BulkResult,
     Claim,
     Event,
     Finished,
     Heartbeat,
+    Ownership,
     Priority,
+    RetryResult,
     Run,
     Scope,
     Session,
@@ -157,6 +162,12 @@ class AsyncClient:
         metadata: dict[str, Any] | None = None,
         capabilities: Iterable[str] = (),
         start: bool = False,
+        parent: str | None = None,
+        preferred_capabilities: Iterable[str] = (),
+        owner: Ownership | None = None,
+        draft: bool = False,
+        approval_policy: ApprovalPolicy = "none",
+        required_artifacts: Iterable[str] = (),
     ) -> Task:
         request = p.CreateTask(
             id=self._take_id(),
@@ -169,11 +180,19 @@ class AsyncClient:
             metadata=metadata,
             capabilities=_strings(capabilities),
             start=start,
+            parent=parent,
+            preferred_capabilities=_strings(preferred_capabilities),
+            owner=owner,
+            draft=draft,
+            approval_policy=approval_policy,
+            required_artifacts=_strings(required_artifacts),
         )
         return (await self._call(request, p.TaskReply)).task
 
-    async def start_task(self, task_id: str) -> Run:
-        return (await self._call(p.StartTask(id=self._take_id(), task_id=task_id), p.RunReply)).run
+    async def start_task(self, task_id: str, *, idempotency_key: str | None = None) -> Run:
+        """Enqueue the task's next run; a repeated ``idempotency_key`` returns the same run."""
+        request = p.StartTask(id=self._take_id(), task_id=task_id, idempotency_key=idempotency_key)
+        return (await self._call(request, p.RunReply)).run
 
     async def show_task(self, task_id: str) -> p.TaskDetail:
         return await self._call(p.ShowTask(id=self._take_id(), task_id=task_id), p.TaskDetail)
@@ -294,6 +313,8 @@ class AsyncClient:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Scope | None = None,
+        priority_min: str | int | None = None,
         token: str | None = None,
     ) -> Claim:
         request = p.ClaimNext(
@@ -303,6 +324,8 @@ class AsyncClient:
             timeout=timeout,
             lease_seconds=lease_seconds,
             workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
         return (await self._call(request, p.ClaimReply)).claim
 
@@ -353,6 +376,175 @@ class AsyncClient:
             id=self._take_id(), token=self._token(token), run_id=run_id, reason=reason
         )
         return (await self._call(request, p.RunReply)).run
+
+    # ------------------------------------------- task graph and operator controls
+    async def publish_task(self, task_id: str, *, start: bool = True) -> Task:
+        """Publish a draft; with ``start`` (and no manual approval) enqueue its run."""
+        request = p.PublishTask(id=self._take_id(), task_id=task_id, start=start)
+        return (await self._call(request, p.TaskReply)).task
+
+    async def approve_task(self, task_id: str) -> Run:
+        """Approve a task awaiting manual approval; returns the run it enqueued."""
+        request = p.ApproveTask(id=self._take_id(), task_id=task_id)
+        return (await self._call(request, p.RunReply)).run
+
+    async def reject_task(self, task_id: str, *, reason: str | None = None) -> Task:
+        request = p.RejectTask(id=self._take_id(), task_id=task_id, reason=reason)
+        return (await self._call(request, p.TaskReply)).task
+
+    async def update_task(self, task_id: str, changes: Mapping[str, Any]) -> Task:
+        """Change mutable fields; an immutable one raises IMMUTABLE_FIELD."""
+        request = p.UpdateTask(id=self._take_id(), task_id=task_id, changes=dict(changes))
+        return (await self._call(request, p.TaskReply)).task
+
+    async def delete_task(self, task_id: str) -> Task:
+        request = p.DeleteTask(id=self._take_id(), task_id=task_id)
+        return (await self._call(request, p.TaskReply)).task
+
+    async def add_dependency(self, task_id: str, blocked_by: str) -> Task:
+        """``task_id`` waits until ``blocked_by`` completes."""
+        request = p.AddDependency(id=self._take_id(), task_id=task_id, blocked_by=blocked_by)
+        return (await self._call(request, p.TaskReply)).task
+
+    async def remove_dependency(self, task_id: str, blocked_by: str) -> Task:
+        request = p.RemoveDependency(id=self._take_id(), task_id=task_id, blocked_by=blocked_by)
+        return (await self._call(request, p.TaskReply)).task
+
+    async def pause_task(self, task_id: str, *, reason: str) -> Task:
+        request = p.PauseTask(id=self._take_id(), task_id=task_id, reason=reason)
+        return (await self._call(request, p.TaskReply)).task
+
+    async def resume_task(self, task_id: str) -> Task:
+        request = p.ResumeTask(id=self._take_id(), task_id=task_id)
+        return (await self._call(request, p.TaskReply)).task
+
+    async def cancel_task(self, task_id: str, *, reason: str | None = None) -> Task:
+        request = p.CancelTask(id=self._take_id(), task_id=task_id, reason=reason)
+        return (await self._call(request, p.TaskReply)).task
+
+    async def cancel_run(self, run_id: str, *, reason: str | None = None) -> Run:
+        request = p.CancelRun(id=self._take_id(), run_id=run_id, reason=reason)
+        return (await self._call(request, p.RunReply)).run
+
+    async def retry_run(self, run_id: str) -> RetryResult:
+        request = p.RetryRun(id=self._take_id(), run_id=run_id)
+        return (await self._call(request, p.RetryReply)).result
+
+    async def force_release(self, run_id: str, *, reason: str) -> Run:
+        request = p.ForceReleaseRun(id=self._take_id(), run_id=run_id, reason=reason)
+        return (await self._call(request, p.RunReply)).run
+
+    async def force_fail(self, run_id: str, *, reason: str) -> Run:
+        request = p.ForceFailRun(id=self._take_id(), run_id=run_id, reason=reason)
+        return (await self._call(request, p.RunReply)).run
+
+    async def bulk_force_release(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
+        request = p.BulkForceRuns(
+            id=self._take_id(), action="release", run_ids=_strings(run_ids), reason=reason
+        )
+        return (await self._call(request, p.BulkReply)).result
+
+    async def bulk_force_fail(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
+        request = p.BulkForceRuns(
+            id=self._take_id(), action="fail", run_ids=_strings(run_ids), reason=reason
+        )
+        return (await self._call(request, p.BulkReply)).result
+
+    async def pause_scheduler(self, *, reason: str | None = None) -> SchedulerStatus:
+        request = p.PauseScheduler(id=self._take_id(), reason=reason)
+        return (await self._call(request, p.SchedulerReply)).scheduler
+
+    async def resume_scheduler(self, *, reason: str | None = None) -> SchedulerStatus:
+        request = p.ResumeScheduler(id=self._take_id(), reason=reason)
+        return (await self._call(request, p.SchedulerReply)).scheduler
+
+    async def drain_scheduler(
+        self, *, timeout: float | None = None, reason: str | None = None
+    ) -> DrainResult:
+        """Pause the scheduler and wait until no lease is active or ``timeout`` seconds pass."""
+        request = p.DrainScheduler(id=self._take_id(), timeout=timeout, reason=reason)
+        return (await self._call(request, p.DrainReply)).drain
+
+    async def scheduler_status(self) -> SchedulerStatus:
+        return (
+            await self._call(p.GetSchedulerStatus(id=self._take_id()), p.SchedulerReply)
+        ).scheduler
+
+    async def backlog(
+        self,
+        *,
+        workspace: str | None = None,
+        include_paused: bool = True,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> Backlog:
+        """One page of queued runs with their task; page on with ``next_after``."""
+        request = p.GetBacklog(
+            id=self._take_id(),
+            workspace=workspace,
+            include_paused=include_paused,
+            after=after,
+            limit=limit,
+        )
+        return (await self._call(request, p.BacklogReply)).backlog
+
+    async def checkpoint(
+        self, task_id: str, note: str, *, author: str | None = None, token: str | None = None
+    ) -> Task:
+        """Add a progress note to the task's history (as the session when a token is at hand)."""
+        request = p.CheckpointTask(
+            id=self._take_id(),
+            token=self._token(token),
+            task_id=task_id,
+            note=note,
+            author=author,
+        )
+        return (await self._call(request, p.TaskReply)).task
+
+    async def stuck(self, *, threshold: float | None = None) -> list[StuckRun]:
+        """Expired leases, then leased runs idle (no heartbeat or checkpoint) past ``threshold``."""
+        reply = await self._call(p.ListStuck(id=self._take_id(), threshold=threshold), p.StuckReply)
+        return reply.runs
+
+    async def steal(
+        self,
+        task_id: str,
+        *,
+        force: bool = False,
+        lease_seconds: float | None = None,
+        reason: str | None = None,
+        token: str | None = None,
+    ) -> Claim:
+        """Take the task's current run for this session: only if its lease ran out, or ``force``."""
+        request = p.StealRun(
+            id=self._take_id(),
+            token=self._token(token),
+            task_id=task_id,
+            force=force,
+            lease_seconds=lease_seconds,
+            reason=reason,
+        )
+        return (await self._call(request, p.ClaimReply)).claim
+
+    async def timeline(self, task_id: str, *, after_seq: int = 0) -> list[Event]:
+        """The task's retained events after ``after_seq``, oldest first."""
+        out: list[Event] = []
+        cursor: int | None = after_seq
+        while cursor is not None:
+            page = await self._call(
+                p.GetTimeline(id=self._take_id(), task_id=task_id, after_seq=cursor), p.EventList
+            )
+            out.extend(page.events)
+            cursor = page.next_after_seq
+        return out
+
+    async def inspect_task(self, task_id: str) -> InspectView:
+        request = p.InspectTask(id=self._take_id(), task_id=task_id)
+        return (await self._call(request, p.InspectReply)).view
+
+    async def inspect_run(self, run_id: str) -> InspectView:
+        request = p.InspectRun(id=self._take_id(), run_id=run_id)
+        return (await self._call(request, p.InspectReply)).view
 
     # ------------------------------------------------------- finish, then claim
     async def complete_and_next(

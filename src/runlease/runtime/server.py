@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket as stdsocket
@@ -38,12 +39,13 @@ import traceback
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final, TypeGuard, TypeVar
+from typing import IO, Any, Final, TypedDict, TypeGuard, TypeVar
 
 import trio
 
 from runlease import protocol as p
-from runlease.core.model import Event, NoClaim, Session, Task
+from runlease.core.inspect import MAX_PAGE as BACKLOG_MAX_PAGE
+from runlease.core.model import Actor, Event, NoClaim, Origin, Session, Task
 from runlease.errors import (
     BAD_REQUEST,
     HANDSHAKE_REQUIRED,
@@ -59,11 +61,15 @@ from runlease.errors import (
     RunleaseError,
     Unavailable,
 )
-from runlease.runtime.runtime import Durability, Runtime, open_runtime
+from runlease.runtime.runtime import DEFAULT_STUCK_THRESHOLD, Durability, Runtime, open_runtime
 
 log = logging.getLogger("runlease.server")
 
 SERVER_NAME: Final = "runlease"
+# The client name the `runlease` CLI sends in hello; its writes get origin kind "cli".
+CLI_CLIENT_NAME: Final = "runlease-cli"
+# Operator requests over the socket act as this actor (session-scoped ones as the session).
+SOCKET_OPERATOR: Final = Actor(kind="human", ref="operator")
 DEFAULT_MAX_INFLIGHT: Final = 64
 DEFAULT_SHUTDOWN_GRACE: Final = 10.0
 DEFAULT_PAGE: Final = 500
@@ -202,10 +208,17 @@ class _Connection:
         self.slots = trio.Semaphore(max_inflight)
         self.inflight: dict[int, _InFlight] = {}
         self.handshaken = False
+        self.client_name = ""  # what the client called itself in hello
         self.draining = False
         self.linger = False  # closing after an error reply: half-close and drain first
         self.scope = trio.CancelScope()  # the whole connection
         self.read_scope = trio.CancelScope()
+
+    def origin(self) -> Origin:
+        """How this connection's writes are stamped: ``cli`` for the runlease command,
+        ``socket`` for any other client; ``ref`` names the peer process when known."""
+        kind = "cli" if self.client_name == CLI_CLIENT_NAME else "socket"
+        return Origin(kind=kind, ref="" if self.peer is None else f"pid:{self.peer[0]}")
 
     def fields(self, **more: Any) -> dict[str, Any]:
         out: dict[str, Any] = {"conn": self.number}
@@ -484,6 +497,7 @@ class SocketServer:
         long = (
             isinstance(request, p.FollowEvents)
             or (isinstance(request, p.ClaimNext) and request.wait)
+            or isinstance(request, p.DrainScheduler)
             or (_claims_next(request) and request.next is not None and request.next.wait)
         )
         flight = _InFlight(long=long)
@@ -502,6 +516,7 @@ class SocketServer:
                 ),
             )
         conn.handshaken = True
+        conn.client_name = hello.client
         return p.Welcome(id=hello.id, version=version, server=SERVER_NAME, pid=os.getpid())
 
     async def _handle(self, conn: _Connection, request: p.AnyRequest, flight: _InFlight) -> None:
@@ -564,13 +579,38 @@ class SocketServer:
                     metadata=request.metadata,
                     capabilities=request.capabilities,
                     start=request.start,
+                    parent=request.parent,
+                    preferred_capabilities=request.preferred_capabilities,
+                    owner=request.owner,
+                    draft=request.draft,
+                    approval_policy=request.approval_policy,
+                    required_artifacts=request.required_artifacts,
+                    actor=SOCKET_OPERATOR,
+                    origin=conn.origin(),
                 )
                 return p.TaskReply(id=rid, task=task)
             case p.StartTask():
-                return p.RunReply(id=rid, run=await rt.start(request.task_id))
+                run = await rt.start(
+                    request.task_id,
+                    idempotency_key=request.idempotency_key,
+                    actor=SOCKET_OPERATOR,
+                    origin=conn.origin(),
+                )
+                return p.RunReply(id=rid, run=run)
             case p.ShowTask():
-                task = rt.get_task(request.task_id)
-                return p.TaskDetail(id=rid, task=task, runs=rt.runs_of(request.task_id))
+                detail = rt.show(request.task_id)
+                return p.TaskDetail(
+                    id=rid,
+                    task=detail.task,
+                    runs=detail.runs,
+                    checkpoints=detail.checkpoints,
+                    events=detail.events,
+                    children=detail.children,
+                    blocked_by=detail.blocked_by,
+                    open_dependencies=detail.open_dependencies,
+                    dependents=detail.dependents,
+                    pause=detail.pause,
+                )
             case p.GetRun():
                 return p.RunReply(id=rid, run=rt.get_run(request.run_id))
             case p.ListTasks():
@@ -617,6 +657,8 @@ class SocketServer:
                     timeout=request.timeout,
                     lease_seconds=request.lease_seconds,
                     workspace=request.workspace,
+                    scope=request.scope,
+                    priority_min=request.priority_min,
                 )
                 return p.ClaimReply(id=rid, claim=claim)
             case p.HeartbeatRun():
@@ -645,8 +687,125 @@ class SocketServer:
                 session_id = rt.session_id_for_token(request.token)
                 run = await rt.block(session_id, request.run_id, reason=request.reason)
                 return p.RunReply(id=rid, run=run)
+            case _ if isinstance(request, _OPERATOR_REQUESTS):
+                return await self._operate(conn, request)
             case p.Hello() | p.Cancel():  # pragma: no cover - answered by _dispatch
                 raise InvalidInput(f"{type(request).__name__} is handled by the reader")
+        raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
+
+    async def _operate(self, conn: _Connection, request: p.AnyRequest) -> p.Reply:
+        """The task-graph, operator and HZL requests (issue 6)."""
+        rt = self.runtime
+        rid = request.id
+        who = _Who(actor=SOCKET_OPERATOR, origin=conn.origin())
+        match request:
+            case p.PublishTask():
+                task = await rt.publish(request.task_id, start=request.start, **who)
+                return p.TaskReply(id=rid, task=task)
+            case p.ApproveTask():
+                return p.RunReply(id=rid, run=await rt.approve(request.task_id, **who))
+            case p.RejectTask():
+                task = await rt.reject(request.task_id, reason=request.reason, **who)
+                return p.TaskReply(id=rid, task=task)
+            case p.UpdateTask():
+                task = await rt.update_task(request.task_id, request.changes, **who)
+                return p.TaskReply(id=rid, task=task)
+            case p.DeleteTask():
+                return p.TaskReply(id=rid, task=await rt.delete_task(request.task_id, **who))
+            case p.AddDependency():
+                task = await rt.add_dependency(request.task_id, request.blocked_by, **who)
+                return p.TaskReply(id=rid, task=task)
+            case p.RemoveDependency():
+                task = await rt.remove_dependency(request.task_id, request.blocked_by, **who)
+                return p.TaskReply(id=rid, task=task)
+            case p.PauseTask():
+                task = await rt.pause_task(request.task_id, reason=request.reason, **who)
+                return p.TaskReply(id=rid, task=task)
+            case p.ResumeTask():
+                return p.TaskReply(id=rid, task=await rt.resume_task(request.task_id, **who))
+            case p.CancelTask():
+                task = await rt.cancel_task(request.task_id, reason=request.reason, **who)
+                return p.TaskReply(id=rid, task=task)
+            case p.CancelRun():
+                run = await rt.cancel_run(request.run_id, reason=request.reason, **who)
+                return p.RunReply(id=rid, run=run)
+            case p.RetryRun():
+                return p.RetryReply(id=rid, result=await rt.retry_run(request.run_id, **who))
+            case p.ForceReleaseRun():
+                run = await rt.force_release(request.run_id, reason=request.reason, **who)
+                return p.RunReply(id=rid, run=run)
+            case p.ForceFailRun():
+                run = await rt.force_fail(request.run_id, reason=request.reason, **who)
+                return p.RunReply(id=rid, run=run)
+            case p.BulkForceRuns():
+                bulk = rt.bulk_force_release if request.action == "release" else rt.bulk_force_fail
+                result = await bulk(request.run_ids, reason=request.reason, **who)
+                return p.BulkReply(id=rid, result=result)
+            case p.PauseScheduler():
+                status = await rt.pause_scheduler(reason=request.reason, **who)
+                return p.SchedulerReply(id=rid, scheduler=status)
+            case p.ResumeScheduler():
+                status = await rt.resume_scheduler(reason=request.reason, **who)
+                return p.SchedulerReply(id=rid, scheduler=status)
+            case p.DrainScheduler():
+                options: dict[str, Any] = {"reason": request.reason, **who}
+                if request.timeout is not None:
+                    options["timeout"] = request.timeout
+                return p.DrainReply(id=rid, drain=await rt.drain_scheduler(**options))
+            case p.GetSchedulerStatus():
+                return p.SchedulerReply(id=rid, scheduler=rt.scheduler_status())
+            case p.GetBacklog():
+                limit = _page_limit(request.limit)
+                backlog = rt.backlog(
+                    workspace=request.workspace,
+                    include_paused=request.include_paused,
+                    after=request.after,
+                    limit=min(limit, BACKLOG_MAX_PAGE),
+                )
+                return p.BacklogReply(id=rid, backlog=backlog)
+            case p.CheckpointTask():
+                actor = SOCKET_OPERATOR
+                if request.token is not None:
+                    actor = Actor(kind="agent_session", ref=rt.session_id_for_token(request.token))
+                task = await rt.checkpoint(
+                    request.task_id,
+                    request.note,
+                    author=request.author,
+                    actor=actor,
+                    origin=conn.origin(),
+                )
+                return p.TaskReply(id=rid, task=task)
+            case p.ListStuck():
+                threshold = request.threshold
+                if threshold is None:
+                    threshold = DEFAULT_STUCK_THRESHOLD
+                elif not math.isfinite(threshold) or threshold < 0:
+                    raise InvalidInput(
+                        f"threshold must be zero or positive seconds, got {threshold}"
+                    )
+                return p.StuckReply(id=rid, runs=rt.stuck(threshold=threshold), threshold=threshold)
+            case p.StealRun():
+                session_id = rt.session_id_for_token(request.token)
+                claim = await rt.steal(
+                    request.task_id,
+                    session_id,
+                    force=request.force,
+                    lease_seconds=request.lease_seconds,
+                    reason=request.reason,
+                    actor=Actor(kind="agent_session", ref=session_id),
+                    origin=conn.origin(),
+                )
+                return p.ClaimReply(id=rid, claim=claim)
+            case p.GetTimeline():
+                if request.after_seq < 0:
+                    raise InvalidInput("after_seq must be zero or positive")
+                limit = _page_limit(request.limit)
+                events = rt.timeline(request.task_id, after_seq=request.after_seq, limit=limit + 1)
+                return _page(events, limit, lambda items, more: _event_page(rid, items, more))
+            case p.InspectTask():
+                return p.InspectReply(id=rid, view=rt.inspect_task(request.task_id))
+            case p.InspectRun():
+                return p.InspectReply(id=rid, view=rt.inspect_run(request.run_id))
         raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
 
     async def _finish_and_claim(
@@ -717,6 +876,43 @@ class SocketServer:
             waiting_claimers=rt.waiting_claimers,
             last_event_seq=rt.last_event_seq,
         )
+
+
+class _Who(TypedDict):
+    """Who a write over the socket is stamped with."""
+
+    actor: Actor
+    origin: Origin
+
+
+_OPERATOR_REQUESTS: Final = (
+    p.PublishTask,
+    p.ApproveTask,
+    p.RejectTask,
+    p.UpdateTask,
+    p.DeleteTask,
+    p.AddDependency,
+    p.RemoveDependency,
+    p.PauseTask,
+    p.ResumeTask,
+    p.CancelTask,
+    p.CancelRun,
+    p.RetryRun,
+    p.ForceReleaseRun,
+    p.ForceFailRun,
+    p.BulkForceRuns,
+    p.PauseScheduler,
+    p.ResumeScheduler,
+    p.DrainScheduler,
+    p.GetSchedulerStatus,
+    p.GetBacklog,
+    p.CheckpointTask,
+    p.ListStuck,
+    p.StealRun,
+    p.GetTimeline,
+    p.InspectTask,
+    p.InspectRun,
+)
 
 
 def _claims_next(request: p.AnyRequest) -> TypeGuard[p.CompleteRun | p.FailRun | p.ReleaseRun]:
