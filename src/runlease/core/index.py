@@ -56,6 +56,10 @@ class ClaimIndex:
         # workspace key -> owner key -> (required, preferred) -> heap
         self._buckets: dict[str, dict[str, dict[_Group, _Heap]]] = {}
         self._entries: dict[str, _Entry] = {}
+        # Shared (required, preferred) pairs, so entries do not each carry a new tuple.
+        self._groups: dict[
+            tuple[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]
+        ] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -82,7 +86,7 @@ class ClaimIndex:
             raise ValueError(f"run {run_id} is already indexed")
         ws_key = workspace_id if workspace_id is not None else ""
         owner_key = owner or ""
-        group = (capabilities, preferred)
+        group = self._groups.setdefault((capabilities, preferred), (capabilities, preferred))
         entry: _Entry = [-rank, queued_at, run_id, True, ws_key, owner_key, group]
         self._entries[run_id] = entry
         for key in (ws_key, _ANY_WORKSPACE):
@@ -103,7 +107,7 @@ class ClaimIndex:
             if run_id in self._entries:
                 raise ValueError(f"run {run_id} is already indexed")
             ws_key = workspace_id if workspace_id is not None else ""
-            group = (capabilities, preferred)
+            group = self._groups.setdefault((capabilities, preferred), (capabilities, preferred))
             entry: _Entry = [-rank, queued_at, run_id, True, ws_key, owner_key, group]
             self._entries[run_id] = entry
             for key in (ws_key, _ANY_WORKSPACE):

@@ -216,6 +216,9 @@ class Machine:
         self.session_by_token_hash: dict[str, str] = {}
         self.index = ClaimIndex()
         self.last_seq = 0
+        # One shared frozenset per distinct capability tuple: a new one per queued run
+        # would cost ~200 bytes each at a million tasks.
+        self._capability_sets: dict[tuple[str, ...], frozenset[str]] = {}
         # Raw claim tokens of live leases, by run id. They never leave this object: runs and
         # replies carry only the hash, and callers are resolved by (session, run_id).
         self._tokens: dict[str, str] = {}
@@ -276,6 +279,12 @@ class Machine:
         self._actor = command.actor or _default_actor(command)
         self._origin = command.origin
         return handler(command)
+
+    def capability_set(self, capabilities: tuple[str, ...]) -> frozenset[str]:
+        found = self._capability_sets.get(capabilities)
+        if found is None:
+            found = self._capability_sets[capabilities] = frozenset(capabilities)
+        return found
 
     def adopt(self, other: Machine) -> None:
         """Take over another machine's whole state (used to roll back to the journal)."""
@@ -366,7 +375,6 @@ class Machine:
         for run in machine.runs.values():
             if run.idempotency_key is not None:
                 machine.idempotency[(run.task_id, run.idempotency_key)] = run.id
-        caps_of: dict[tuple[str, ...], frozenset[str]] = {}
 
         def queued() -> Iterator[tuple[Any, ...]]:
             for run in machine.runs.values():
@@ -375,18 +383,13 @@ class Machine:
                     if machine._gate(task) is not None:
                         machine.held.add(run.id)
                         continue
-                    caps = caps_of.get(task.required_capabilities)
-                    if caps is None:
-                        caps = caps_of[task.required_capabilities] = frozenset(
-                            task.required_capabilities
-                        )
                     yield (
                         run.id,
                         PRIORITY_RANK[task.priority],
                         run.queued_at,
                         task.workspace_id,
-                        caps,
-                        frozenset(task.preferred_capabilities),
+                        machine.capability_set(task.required_capabilities),
+                        machine.capability_set(task.preferred_capabilities),
                         machine._owner_key(task),
                     )
 
@@ -564,8 +567,8 @@ class Machine:
             rank=PRIORITY_RANK[task.priority],
             queued_at=run.queued_at,
             workspace_id=task.workspace_id,
-            capabilities=frozenset(task.required_capabilities),
-            preferred=frozenset(task.preferred_capabilities),
+            capabilities=self.capability_set(task.required_capabilities),
+            preferred=self.capability_set(task.preferred_capabilities),
             owner=self._owner_key(task),
         )
 
@@ -747,7 +750,7 @@ class Machine:
             if self.scheduler.paused
             else self.index.take(
                 workspace_id=where_key,
-                offered=frozenset(session.capabilities),
+                offered=self.capability_set(session.capabilities),
                 owners=(f"s:{session.id}", f"p:{session.agent}"),
                 min_rank=cmd.priority_min,
             )
@@ -1626,7 +1629,7 @@ class Machine:
         actor = self._actor
         key = "unknown" if actor is None else f"{actor.kind}:{actor.ref}"
         window_start = now - FORCE_RATE_WINDOW_SECONDS
-        stamps = [t for t in task.force_ops.get(key, ()) if t > window_start]
+        stamps = [t for t in (task.force_ops or {}).get(key, ()) if t > window_start]
         if len(stamps) >= FORCE_RATE_LIMIT:
             raise InvalidInput(
                 f"{key} already forced {FORCE_RATE_LIMIT} operations on task {task.id} in the "
@@ -1637,7 +1640,8 @@ class Machine:
 
     def _force_record(self, task: Task, key: str, stamps: list[float], now: float) -> None:
         window_start = now - FORCE_RATE_WINDOW_SECONDS
-        kept = {k: v for k, v in task.force_ops.items() if k != key and v and v[-1] > window_start}
+        previous = task.force_ops or {}
+        kept = {k: v for k, v in previous.items() if k != key and v and v[-1] > window_start}
         kept[key] = [*stamps, now]
         task.force_ops = kept
 
@@ -1762,10 +1766,10 @@ class Machine:
         if run is not None and run.status in LEASED_RUN_STATUSES:
             run.checkpoint_at = cmd.now
             run_id = run.id
-        task.checkpoints = [
+        task.checkpoints = (
             *task.checkpoints[-(MAX_CHECKPOINTS_KEPT - 1) :],
             Checkpoint(at=cmd.now, note=note, author=author, run_id=run_id),
-        ]
+        )
         event = self._event(
             "checkpoint",
             cmd.now,

@@ -160,9 +160,9 @@ class Task(msgspec.Struct, kw_only=True, tag="task", gc=False, omit_defaults=Tru
     paused_by: str | None = None
     paused_at: float | None = None
     paused_reason: str | None = None
-    checkpoints: list[Checkpoint] = []
+    checkpoints: tuple[Checkpoint, ...] = ()
     # Force-operation times inside the rate window, by actor key ("kind:ref").
-    force_ops: dict[str, list[float]] = {}
+    force_ops: dict[str, list[float]] | None = None
 
 
 class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True):

@@ -4,8 +4,10 @@ Only acknowledged (durable) events are published. The feed keeps the newest ``ca
 events; a follower that falls further behind than that misses the oldest ones.
 
 Per-task timelines are kept beside it: the newest ``TIMELINE_PER_TASK`` events of each of
-the ``TIMELINE_TASKS`` most recently active tasks, so a task's history outlives the global
-ring on a busy runtime. Retention: both live in memory and start empty at boot, so they hold
+the most recently active tasks, at most ``TIMELINE_TASKS`` tasks and ``TIMELINE_EVENTS``
+events in all (the least recently active task's timeline goes first), so a task's history
+outlives the global ring on a busy runtime while memory stays bounded.
+Retention: both live in memory and start empty at boot, so they hold
 what happened since this process started. The durable history of a task is its records:
 every run (with attempts, errors, reasons) and its last checkpoints survive restarts.
 """
@@ -21,6 +23,7 @@ from runlease.core.model import Event
 
 TIMELINE_PER_TASK = 256
 TIMELINE_TASKS = 10_000
+TIMELINE_EVENTS = 100_000
 
 
 class EventFeed:
@@ -29,6 +32,7 @@ class EventFeed:
         self._changed = trio.Event()
         self._closed = False
         self._timelines: OrderedDict[str, deque[Event]] = OrderedDict()
+        self._timeline_events = 0
 
     def publish(self, events: Iterable[Event]) -> None:
         events = list(events)
@@ -40,11 +44,14 @@ class EventFeed:
             line = timelines.get(event.task_id)
             if line is None:
                 line = timelines[event.task_id] = deque(maxlen=TIMELINE_PER_TASK)
-                if len(timelines) > TIMELINE_TASKS:
-                    timelines.popitem(last=False)
             else:
                 timelines.move_to_end(event.task_id)
+            if len(line) < TIMELINE_PER_TASK:
+                self._timeline_events += 1
             line.append(event)
+            while len(timelines) > TIMELINE_TASKS or self._timeline_events > TIMELINE_EVENTS:
+                _, dropped = timelines.popitem(last=False)
+                self._timeline_events -= len(dropped)
         self._changed.set()
         self._changed = trio.Event()
 
