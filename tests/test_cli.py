@@ -53,7 +53,6 @@ TASK_FIELDS = {
     "paused_at",
     "paused_reason",
     "checkpoints",
-    "force_ops",
 }
 RUN_FIELDS = {
     "id",
@@ -215,7 +214,18 @@ def test_task_create_start_show_and_list(cli: Cli, ws: str) -> None:
     assert started["run"]["attempt"] == 1
 
     shown = cli.ok("task", "show", task["id"])
-    assert set(shown) == {"task", "runs"}
+    # The full history of issue 6 sits beside the task and its runs.
+    assert set(shown) == {
+        "task",
+        "runs",
+        "checkpoints",
+        "events",
+        "children",
+        "blocked_by",
+        "open_dependencies",
+        "dependents",
+        "pause",
+    }
     assert shown["task"]["status"] == "ready"
     assert [r["id"] for r in shown["runs"]] == [started["run"]["id"]]
     cli.fails("task", "start", task["id"], code="INVALID_TRANSITION", exit=3)

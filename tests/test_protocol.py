@@ -25,7 +25,6 @@ from runlease.core.model import (
     Actor,
     BulkItem,
     BulkResult,
-    Checkpoint,
     Claim,
     Event,
     Finished,
@@ -281,19 +280,21 @@ def test_finished_reply_round_trips_with_and_without_a_claim() -> None:
 
 
 def _graph_replies() -> list[p.Reply]:
-    task = Task(
-        id="tsk_1",
-        title="t",
-        created_at=1700000000.25,
-        updated_at=1700000001.5,
-        paused=True,
-        paused_at=1700000001.5,
-        checkpoints=[Checkpoint(at=1700000001.0, note="n", author="a", run_id="run_1")],
-        owner=Ownership(kind="agent_session", ref="ses_1"),
-        blocked_by=("tsk_0",),
+    # Built by conversion so collections get whatever types the model declares.
+    task = msgspec.convert(
+        {
+            "id": "tsk_1",
+            "title": "t",
+            "created_at": 1700000000.25,
+            "updated_at": 1700000001.5,
+            "paused": True,
+            "paused_at": 1700000001.5,
+            "checkpoints": [{"at": 1700000001.0, "note": "n", "author": "a", "run_id": "run_1"}],
+            "owner": {"kind": "agent_session", "ref": "ses_1"},
+            "blocked_by": ["tsk_0"],
+        },
+        Task,
     )
-    # Normalise the collection types to what the model decodes (list or tuple).
-    task = msgspec.msgpack.decode(msgspec.msgpack.encode(task), type=Task)
     failed = Run(id="run_1", task_id="tsk_1", status="failed", queued_at=1700000000.0)
     run = Run(id="run_2", task_id="tsk_1", queued_at=1700000002.0, previous_run_id="run_1")
     scheduler = SchedulerStatus(

@@ -26,9 +26,11 @@ Handshake
 
 Sessions
     Requests that act for a session (claim, heartbeat, complete, fail, release, block,
-    whoami) carry the session's bearer token (``rl_session_...``) in ``token``. Raw claim
-    tokens never appear in any message: leases are found from the session and the run id,
-    and replies show only ``claim_token_hash``.
+    whoami, steal, and checkpoint when a session writes it) carry the session's bearer
+    token (``rl_session_...``) in ``token``. Raw claim tokens never appear in any message:
+    leases are found from the session and the run id, and replies show only
+    ``claim_token_hash``. Other writes act as the operator (actor ``human:operator``); every
+    write is stamped with origin ``cli`` (the runlease command) or ``socket``.
 
 Finish, then claim
     ``complete``, ``fail`` and ``release`` may carry ``next`` (a :class:`NextClaim`): once the
@@ -84,6 +86,8 @@ HEADER: Final = struct.Struct(">I")
 HEADER_BYTES: Final = HEADER.size
 # Id 0 marks a reply about the connection rather than about one request.
 CONNECTION_ID: Final = 0
+# The client name the `runlease` CLI sends in hello: the server stamps its writes origin "cli".
+CLI_CLIENT_NAME: Final = "runlease-cli"
 
 RequestId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 

@@ -28,9 +28,10 @@ from cyclopts import App, CycloptsError, Parameter
 
 from runlease.cli.output import Output, default_output, emit, emit_error, emit_event, plain
 from runlease.client import Client
-from runlease.core.model import Finished, Priority, TaskStatus
+from runlease.core.model import Finished, Ownership, Priority, TaskStatus
 from runlease.errors import USAGE, InvalidInput, RunleaseError, UsageError
 from runlease.paths import ENV_SESSION_TOKEN, ENV_SOCKET, default_data_dir, default_socket_path
+from runlease.protocol import CLI_CLIENT_NAME
 
 
 def _version() -> str:
@@ -61,8 +62,18 @@ task_app = App(
         f"--session-token or {ENV_SESSION_TOKEN}."
     ),
 )
+run_app = App(
+    name="run",
+    help="Operator controls on runs: cancel, retry, force release or fail, inspect.",
+)
+scheduler_app = App(
+    name="scheduler",
+    help="Pause, resume or drain the scheduler; see its status and the backlog of queued runs.",
+)
 app.command(session_app)
 app.command(task_app)
+app.command(run_app)
+app.command(scheduler_app)
 
 
 # How long a command waits for the server's answer before calling it unavailable (a waiting
@@ -78,7 +89,10 @@ class Globals:
 
     def client(self) -> Client:
         return Client(
-            self.socket, session_token=self.session_token, reply_timeout=REPLY_TIMEOUT
+            self.socket,
+            session_token=self.session_token,
+            reply_timeout=REPLY_TIMEOUT,
+            client_name=CLI_CLIENT_NAME,
         ).connect()
 
 
@@ -314,6 +328,30 @@ def task_create(
     ] = None,
     metadata: Annotated[str | None, Parameter(help="A JSON object kept with the task.")] = None,
     start: Annotated[bool, Parameter(help="Also enqueue its first run.")] = False,
+    parent: Annotated[str | None, Parameter(help="Make it a child of this TASK_ID.")] = None,
+    preferred_capability: Annotated[
+        list[str] | None,
+        Parameter(help="A capability to prefer among equal priorities (repeatable)."),
+    ] = None,
+    owner_session: Annotated[
+        str | None, Parameter(help="Only this SESSION_ID may claim it.")
+    ] = None,
+    owner_agent: Annotated[
+        str | None, Parameter(help="Only sessions of this agent name (a pool) may claim it.")
+    ] = None,
+    draft: Annotated[
+        bool, Parameter(negative=(), help="Create it as a draft (publish it later).")
+    ] = False,
+    approval: Annotated[
+        Literal["none", "manual"],
+        Parameter(help="manual: its run is enqueued only once approved."),
+    ] = "none",
+    artifact: Annotated[
+        list[str] | None,
+        Parameter(
+            help="A PATH (relative to the workspace root) required to complete (repeatable)."
+        ),
+    ] = None,
 ) -> int:
     """Create a task.
 
@@ -323,6 +361,7 @@ def task_create(
         What the task is.
     """
     meta = _json_arg(metadata, "--metadata", object_only=True)
+    owner = _owner(owner_session, owner_agent)
     with _client() as client:
         task = client.create_task(
             title,
@@ -333,13 +372,36 @@ def task_create(
             capabilities=capability or (),
             metadata=meta,
             start=start,
+            parent=parent,
+            preferred_capabilities=preferred_capability or (),
+            owner=owner,
+            draft=draft,
+            approval_policy=approval,
+            required_artifacts=artifact or (),
         )
     emit({"task": plain(task)}, GLOBALS.output)
     return 0
 
 
+def _owner(session: str | None, agent: str | None) -> Ownership | None:
+    if session is not None and agent is not None:
+        raise UsageError("give --owner-session or --owner-agent, not both")
+    if session is not None:
+        return Ownership(kind="agent_session", ref=session)
+    if agent is not None:
+        return Ownership(kind="pool", ref=agent)
+    return None
+
+
 @task_app.command(name="start")
-def task_start(task_id: str, /) -> int:
+def task_start(
+    task_id: str,
+    /,
+    *,
+    idempotency_key: Annotated[
+        str | None, Parameter(help="Repeat with the same KEY and get the same run back.")
+    ] = None,
+) -> int:
     """Enqueue a run of a task (its next attempt).
 
     Parameters
@@ -348,14 +410,14 @@ def task_start(task_id: str, /) -> int:
         The task to start.
     """
     with _client() as client:
-        run = client.start_task(task_id)
+        run = client.start_task(task_id, idempotency_key=idempotency_key)
     emit({"run": plain(run)}, GLOBALS.output)
     return 0
 
 
 @task_app.command(name="show")
 def task_show(task_id: str, /) -> int:
-    """Show a task and all its runs.
+    """Show a task with its full history: runs, checkpoints, events, graph edges, pause.
 
     Parameters
     ----------
@@ -364,7 +426,9 @@ def task_show(task_id: str, /) -> int:
     """
     with _client() as client:
         detail = client.show_task(task_id)
-    emit({"task": plain(detail.task), "runs": plain(detail.runs)}, GLOBALS.output)
+    document = plain(detail)
+    document.pop("id", None)
+    emit(document, GLOBALS.output)
     return 0
 
 
@@ -423,6 +487,13 @@ def task_next(
         float | None, Parameter(help="Lease length; 0 or omitted means 300, capped at 24 h.")
     ] = None,
     workspace: Annotated[str | None, Parameter(help="Only runs of this workspace.")] = None,
+    scope: Annotated[
+        Literal["global", "workspace"] | None,
+        Parameter(help="global: only tasks without a workspace; workspace: only those with one."),
+    ] = None,
+    priority_min: Annotated[
+        Priority | None, Parameter(help="Skip runs of a lower priority than this.")
+    ] = None,
 ) -> int:
     """Claim the best queued run this session may take.
 
@@ -431,7 +502,12 @@ def task_next(
     waiting = wait or timeout is not None
     with _client() as client, _spinner(waiting):
         claim = client.claim_next(
-            wait=waiting, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+            wait=waiting,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
     emit(
         {"task": plain(claim.task), "run": plain(claim.run), "lease": plain(claim.lease)},
@@ -682,4 +758,514 @@ def task_block(
     with _client() as client:
         run = client.block(run_id, reason=reason)
     emit({"run": plain(run)}, GLOBALS.output)
+    return 0
+
+
+# ------------------------------------------------------- task lifecycle and graph (issue 6)
+def _emit_task(task: Any) -> int:
+    emit({"task": plain(task)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="publish")
+def task_publish(
+    task_id: str,
+    /,
+    *,
+    start: Annotated[
+        bool, Parameter(help="Also enqueue its first run (unless it needs manual approval).")
+    ] = True,
+) -> int:
+    """Publish a draft task so it can run.
+
+    Parameters
+    ----------
+    task_id
+        The draft to publish.
+    """
+    with _client() as client:
+        return _emit_task(client.publish_task(task_id, start=start))
+
+
+@task_app.command(name="approve")
+def task_approve(task_id: str, /) -> int:
+    """Approve a task that waits for manual approval: its run is enqueued.
+
+    Parameters
+    ----------
+    task_id
+        The task to approve.
+    """
+    with _client() as client:
+        run = client.approve_task(task_id)
+    emit({"run": plain(run)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="reject")
+def task_reject(
+    task_id: str,
+    /,
+    *,
+    reason: Annotated[str | None, Parameter(help="Why it is rejected.")] = None,
+) -> int:
+    """Reject a task that waits for approval: it and its open descendants are canceled.
+
+    Parameters
+    ----------
+    task_id
+        The task to reject.
+    """
+    with _client() as client:
+        return _emit_task(client.reject_task(task_id, reason=reason))
+
+
+@task_app.command(name="update")
+def task_update(
+    task_id: str,
+    /,
+    *,
+    title: Annotated[str | None, Parameter(help="A new title.")] = None,
+    description: Annotated[str | None, Parameter(help="A new description.")] = None,
+    priority: Annotated[Priority | None, Parameter(help="A new priority.")] = None,
+    max_attempts: Annotated[int | None, Parameter(help="Runs allowed, 1 to 10.")] = None,
+    metadata: Annotated[
+        str | None, Parameter(help="A JSON object replacing the task's metadata.")
+    ] = None,
+    capability: Annotated[
+        list[str] | None, Parameter(help="Replace the required capabilities (repeatable).")
+    ] = None,
+    preferred_capability: Annotated[
+        list[str] | None, Parameter(help="Replace the preferred capabilities (repeatable).")
+    ] = None,
+    owner_session: Annotated[str | None, Parameter(help="Assign it to this SESSION_ID.")] = None,
+    owner_agent: Annotated[str | None, Parameter(help="Assign it to this agent's pool.")] = None,
+    no_owner: Annotated[bool, Parameter(negative=(), help="Remove its assignee.")] = False,
+    changes: Annotated[
+        str | None,
+        Parameter(help='Raw changes as a JSON object, e.g. \'{"title": "x"}\' (merged first).'),
+    ] = None,
+) -> int:
+    """Change a task's mutable fields. Immutable ones (scope, workspace_id, parent_task_id,
+    required_artifacts, approval_policy) are refused with IMMUTABLE_FIELD.
+
+    Parameters
+    ----------
+    task_id
+        The task to change.
+    """
+    wanted: dict[str, Any] = dict(_json_arg(changes, "--changes", object_only=True) or {})
+    flags = {
+        "title": title,
+        "description": description,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "metadata": _json_arg(metadata, "--metadata", object_only=True),
+        "required_capabilities": capability,
+        "preferred_capabilities": preferred_capability,
+    }
+    wanted.update({key: value for key, value in flags.items() if value is not None})
+    owner = _owner(owner_session, owner_agent)
+    if no_owner and owner is not None:
+        raise UsageError("--no-owner cannot be combined with --owner-session or --owner-agent")
+    if owner is not None:
+        wanted["owner"] = {"kind": owner.kind, "ref": owner.ref}
+    elif no_owner:
+        wanted["owner"] = None
+    if not wanted:
+        raise UsageError("nothing to change: give at least one field option or --changes")
+    with _client() as client:
+        return _emit_task(client.update_task(task_id, wanted))
+
+
+@task_app.command(name="delete")
+def task_delete(task_id: str, /) -> int:
+    """Delete a task and its finished runs (refused while it has children or open runs).
+
+    Parameters
+    ----------
+    task_id
+        The task to delete.
+    """
+    with _client() as client:
+        return _emit_task(client.delete_task(task_id))
+
+
+@task_app.command(name="depend")
+def task_depend(
+    task_id: str,
+    /,
+    *,
+    on: Annotated[str, Parameter(help="The BLOCKER task that must complete first.")],
+) -> int:
+    """Make a task wait for another to complete (it is blocked until then).
+
+    Parameters
+    ----------
+    task_id
+        The task that waits.
+    """
+    with _client() as client:
+        return _emit_task(client.add_dependency(task_id, on))
+
+
+@task_app.command(name="undepend")
+def task_undepend(
+    task_id: str,
+    /,
+    *,
+    on: Annotated[str, Parameter(help="The BLOCKER task to stop waiting for.")],
+) -> int:
+    """Remove a dependency edge.
+
+    Parameters
+    ----------
+    task_id
+        The task that waits.
+    """
+    with _client() as client:
+        return _emit_task(client.remove_dependency(task_id, on))
+
+
+@task_app.command(name="pause")
+def task_pause(
+    task_id: str,
+    /,
+    *,
+    reason: Annotated[str, Parameter(help="Why it is paused.")],
+) -> int:
+    """Pause a task and its descendants: their queued runs are not claimed until resumed.
+
+    Parameters
+    ----------
+    task_id
+        The task to pause.
+    """
+    with _client() as client:
+        return _emit_task(client.pause_task(task_id, reason=reason))
+
+
+@task_app.command(name="resume")
+def task_resume(task_id: str, /) -> int:
+    """Resume a paused task.
+
+    Parameters
+    ----------
+    task_id
+        The task to resume.
+    """
+    with _client() as client:
+        return _emit_task(client.resume_task(task_id))
+
+
+@task_app.command(name="cancel")
+def task_cancel(
+    task_id: str,
+    /,
+    *,
+    reason: Annotated[str | None, Parameter(help="Why it is canceled.")] = None,
+) -> int:
+    """Cancel a task, its open runs and every open descendant.
+
+    Parameters
+    ----------
+    task_id
+        The task to cancel.
+    """
+    with _client() as client:
+        return _emit_task(client.cancel_task(task_id, reason=reason))
+
+
+@task_app.command(name="checkpoint")
+def task_checkpoint(
+    task_id: str,
+    note: str,
+    /,
+    *,
+    author: Annotated[str | None, Parameter(help="Who writes the note.")] = None,
+) -> int:
+    """Add a progress note to a task's history (not a heartbeat: the lease is unchanged).
+
+    Parameters
+    ----------
+    task_id
+        The task.
+    note
+        The progress note.
+    """
+    with _client() as client:
+        return _emit_task(client.checkpoint(task_id, note, author=author))
+
+
+@task_app.command(name="stuck")
+def task_stuck(
+    *,
+    threshold: Annotated[
+        float | None,
+        Parameter(help="Seconds without heartbeat or checkpoint that count as stuck (600)."),
+    ] = None,
+) -> int:
+    """List runs whose lease ran out, then leased runs idle past the threshold."""
+    with _client() as client:
+        runs = client.stuck(threshold=threshold)
+    emit({"stuck": plain(runs)}, GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="steal")
+def task_steal(
+    task_id: str,
+    /,
+    *,
+    if_expired: Annotated[
+        bool, Parameter(negative=(), help="Only if its lease has run out (atomic).")
+    ] = False,
+    force: Annotated[bool, Parameter(negative=(), help="Take even a live lease.")] = False,
+    lease_seconds: Annotated[float | None, Parameter(help="Length of the new lease.")] = None,
+    reason: Annotated[str | None, Parameter(help="Why it is taken over.")] = None,
+) -> int:
+    """Take a task's current run for this session under a new lease (session-scoped).
+
+    Exactly one of --if-expired and --force. With --if-expired it fails with
+    LEASE_NOT_EXPIRED (exit 5) unless the lease has run out at that very moment.
+
+    Parameters
+    ----------
+    task_id
+        The task whose run to take.
+    """
+    if if_expired == force:
+        raise UsageError("give exactly one of --if-expired and --force")
+    with _client() as client:
+        claim = client.steal(task_id, force=force, lease_seconds=lease_seconds, reason=reason)
+    emit(
+        {"task": plain(claim.task), "run": plain(claim.run), "lease": plain(claim.lease)},
+        GLOBALS.output,
+    )
+    return 0
+
+
+@task_app.command(name="timeline")
+def task_timeline(
+    task_id: str,
+    /,
+    *,
+    after_seq: Annotated[int, Parameter(help="Only events after this sequence number.")] = 0,
+) -> int:
+    """A task's audit events (actor, origin, kind, data), oldest first.
+
+    Parameters
+    ----------
+    task_id
+        The task.
+    """
+    with _client() as client:
+        events = client.timeline(task_id, after_seq=after_seq)
+    emit({"events": plain(events)}, GLOBALS.output)
+    return 0
+
+
+def _emit_inspect(view: Any) -> int:
+    emit(plain(view), GLOBALS.output)
+    return 0
+
+
+@task_app.command(name="inspect")
+def task_inspect(task_id: str, /) -> int:
+    """What a task is doing and what should happen next (next_action).
+
+    Parameters
+    ----------
+    task_id
+        The task.
+    """
+    with _client() as client:
+        return _emit_inspect(client.inspect_task(task_id))
+
+
+# ---------------------------------------------------------------------- runs (issue 6)
+@run_app.command(name="inspect")
+def run_inspect(run_id: str, /) -> int:
+    """A run in the context of its task, with the next_action.
+
+    Parameters
+    ----------
+    run_id
+        The run.
+    """
+    with _client() as client:
+        return _emit_inspect(client.inspect_run(run_id))
+
+
+@run_app.command(name="cancel")
+def run_cancel(
+    run_id: str,
+    /,
+    *,
+    reason: Annotated[str | None, Parameter(help="Why it is canceled.")] = None,
+) -> int:
+    """Cancel a queued or leased run (a lease ends; its session may claim again).
+
+    Parameters
+    ----------
+    run_id
+        The run.
+    """
+    with _client() as client:
+        run = client.cancel_run(run_id, reason=reason)
+    emit({"run": plain(run)}, GLOBALS.output)
+    return 0
+
+
+@run_app.command(name="retry")
+def run_retry(run_id: str, /) -> int:
+    """Queue a new run after a failed one (previous_run_id links them).
+
+    Parameters
+    ----------
+    run_id
+        The failed run.
+    """
+    with _client() as client:
+        result = client.retry_run(run_id)
+    emit({"previous_run": plain(result.previous_run), "run": plain(result.run)}, GLOBALS.output)
+    return 0
+
+
+ForceReason = Annotated[str, Parameter(help="Why (required; kept in the audit trail).")]
+
+
+@run_app.command(name="force-release")
+def run_force_release(run_id: str, /, *, reason: ForceReason) -> int:
+    """Operator: take a claimed run back to the queue. At most 10 per minute per task.
+
+    Parameters
+    ----------
+    run_id
+        The run.
+    """
+    with _client() as client:
+        run = client.force_release(run_id, reason=reason)
+    emit({"run": plain(run)}, GLOBALS.output)
+    return 0
+
+
+@run_app.command(name="force-fail")
+def run_force_fail(run_id: str, /, *, reason: ForceReason) -> int:
+    """Operator: fail a run (failure_kind operator_forced). At most 10 per minute per task.
+
+    Parameters
+    ----------
+    run_id
+        The run.
+    """
+    with _client() as client:
+        run = client.force_fail(run_id, reason=reason)
+    emit({"run": plain(run)}, GLOBALS.output)
+    return 0
+
+
+def _emit_bulk(result: Any) -> int:
+    items = plain(result.items)
+    ok = sum(1 for item in result.items if item.ok)
+    emit({"items": items, "ok": ok, "failed": len(items) - ok}, GLOBALS.output)
+    # Each run has its own outcome; the command itself worked.
+    return 0
+
+
+@run_app.command(name="bulk-force-release")
+def run_bulk_force_release(*run_ids: str, reason: ForceReason) -> int:
+    """Force-release up to 50 runs; one outcome per run (exit 0 even if some failed).
+
+    Parameters
+    ----------
+    run_ids
+        The runs.
+    """
+    if not run_ids:
+        raise UsageError("name at least one RUN_ID")
+    with _client() as client:
+        return _emit_bulk(client.bulk_force_release(run_ids, reason=reason))
+
+
+@run_app.command(name="bulk-force-fail")
+def run_bulk_force_fail(*run_ids: str, reason: ForceReason) -> int:
+    """Force-fail up to 50 runs; one outcome per run (exit 0 even if some failed).
+
+    Parameters
+    ----------
+    run_ids
+        The runs.
+    """
+    if not run_ids:
+        raise UsageError("name at least one RUN_ID")
+    with _client() as client:
+        return _emit_bulk(client.bulk_force_fail(run_ids, reason=reason))
+
+
+# ------------------------------------------------------------------ scheduler (issue 6)
+def _emit_scheduler(status: Any) -> int:
+    emit({"scheduler": plain(status)}, GLOBALS.output)
+    return 0
+
+
+@scheduler_app.command(name="pause")
+def scheduler_pause(
+    *, reason: Annotated[str | None, Parameter(help="Why claims stop.")] = None
+) -> int:
+    """Stop handing out runs (lease expiry, heartbeats and finishes carry on)."""
+    with _client() as client:
+        return _emit_scheduler(client.pause_scheduler(reason=reason))
+
+
+@scheduler_app.command(name="resume")
+def scheduler_resume(
+    *, reason: Annotated[str | None, Parameter(help="Why claims start again.")] = None
+) -> int:
+    """Hand out runs again."""
+    with _client() as client:
+        return _emit_scheduler(client.resume_scheduler(reason=reason))
+
+
+@scheduler_app.command(name="drain")
+def scheduler_drain(
+    *,
+    timeout: Annotated[
+        float | None, Parameter(help="Stop waiting after SECONDS (default 30).")
+    ] = None,
+    reason: Annotated[str | None, Parameter(help="Why.")] = None,
+) -> int:
+    """Pause the scheduler and wait until no lease is active; report what remains.
+
+    The scheduler stays paused afterwards (scheduler resume). Exit 0 either way: see
+    completed, timed_out and remaining_claims.
+    """
+    with _client() as client:
+        drain = client.drain_scheduler(timeout=timeout, reason=reason)
+    document = plain(drain)
+    emit({"scheduler": document.pop("status"), **document}, GLOBALS.output)
+    return 0
+
+
+@scheduler_app.command(name="status")
+def scheduler_status() -> int:
+    """Paused or not, active leases, queued and claimable runs, paused tasks."""
+    with _client() as client:
+        return _emit_scheduler(client.scheduler_status())
+
+
+@scheduler_app.command(name="backlog")
+def scheduler_backlog(
+    *,
+    limit: Annotated[int | None, Parameter(help="At most this many runs (default 100).")] = None,
+    after: Annotated[str | None, Parameter(help="Start after this RUN_ID (next_after).")] = None,
+    workspace: Annotated[str | None, Parameter(help="Only runs of this workspace.")] = None,
+) -> int:
+    """Queued runs with their task and what holds each back (gate), one page at a time."""
+    with _client() as client:
+        backlog = client.backlog(workspace=workspace, after=after, limit=limit)
+    emit(
+        {"backlog": plain(backlog.runs), "total": backlog.total, "next_after": backlog.next_after},
+        GLOBALS.output,
+    )
     return 0

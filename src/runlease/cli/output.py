@@ -36,8 +36,16 @@ TIME_FIELDS: Final = frozenset(
         "stopped_at",
         "ttl_deadline",
         "started_at",
+        # Task graph, operator and inspect records (issue 6).
+        "paused_at",
+        "checkpoint_at",
+        "completed_at",
+        "since",
+        "as_of",
     }
 )
+# Internal bookkeeping of the core, never shown (the force-operation rate window).
+HIDDEN_FIELDS: Final = frozenset({"force_ops"})
 # Caller-owned JSON: passed through exactly as stored, never reinterpreted.
 OPAQUE_FIELDS: Final = frozenset({"metadata", "result", "failure_metadata"})
 
@@ -50,7 +58,11 @@ def rfc3339(seconds: float) -> str:
 def plain(value: Any) -> Any:
     """A record (or anything holding records) as JSON-ready builtins."""
     if isinstance(value, msgspec.Struct):
-        return {name: _field(name, getattr(value, name)) for name in value.__struct_fields__}
+        return {
+            name: _field(name, getattr(value, name))
+            for name in value.__struct_fields__
+            if name not in HIDDEN_FIELDS
+        }
     if isinstance(value, Mapping):
         return {str(key): _field(str(key), item) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -66,8 +66,6 @@ from runlease.runtime.runtime import DEFAULT_STUCK_THRESHOLD, Durability, Runtim
 log = logging.getLogger("runlease.server")
 
 SERVER_NAME: Final = "runlease"
-# The client name the `runlease` CLI sends in hello; its writes get origin kind "cli".
-CLI_CLIENT_NAME: Final = "runlease-cli"
 # Operator requests over the socket act as this actor (session-scoped ones as the session).
 SOCKET_OPERATOR: Final = Actor(kind="human", ref="operator")
 DEFAULT_MAX_INFLIGHT: Final = 64
@@ -217,7 +215,7 @@ class _Connection:
     def origin(self) -> Origin:
         """How this connection's writes are stamped: ``cli`` for the runlease command,
         ``socket`` for any other client; ``ref`` names the peer process when known."""
-        kind = "cli" if self.client_name == CLI_CLIENT_NAME else "socket"
+        kind = "cli" if self.client_name == p.CLI_CLIENT_NAME else "socket"
         return Origin(kind=kind, ref="" if self.peer is None else f"pid:{self.peer[0]}")
 
     def fields(self, **more: Any) -> dict[str, Any]:
