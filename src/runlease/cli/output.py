@@ -140,6 +140,10 @@ LIST_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "runs": ("id", "status", "attempt", "session_id", "lease_until", "reason", "error"),
     "sessions": ("id", "agent", "state", "lease_run_id", "parent_id", "opened_at", "ttl_deadline"),
     "events": ("seq", "at", "kind", "task_id", "run_id", "session_id", "data"),
+    "checkpoints": ("at", "author", "run_id", "note"),
+    "stuck": ("task_id", "run_id", "session_id", "kind", "since", "seconds"),
+    "items": ("run_id", "ok", "code", "message"),
+    "backlog": ("gate", "effective_paused", "task", "run"),
 }
 
 
