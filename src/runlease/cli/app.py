@@ -12,6 +12,13 @@ not retry it. The JSON then says what the claim part did: ``{"run": <finished ru
 ``no_claim.code`` is NO_CLAIMABLE_RUN when the queue had nothing for the session (also after
 ``--timeout``). A refused finish exits with its own code (5 for AUTONOMY_*) and claims
 nothing.
+
+Operator commands (``task publish|approve|reject|update|delete|depend|undepend|pause|
+resume|cancel``, the ``run`` and ``scheduler`` groups) act as the operator; ``task steal``
+acts for the session of the token and ``task checkpoint`` does when a token is given. The
+server stamps every write with origin ``cli``. ``run bulk-force-release|bulk-force-fail``
+exit 0 once the request is accepted: ``items`` holds one outcome per run (``ok``, and
+``code``/``message`` for a refused one), with ``ok`` and ``failed`` counts.
 """
 
 from __future__ import annotations
