@@ -215,6 +215,8 @@ def run_wakeup(
     for system in systems:
         if not isinstance(system, EmbeddedRunlease | SocketRunlease):
             continue
+        if system.loop != "claim-complete":
+            continue  # waking a parked claimer does not depend on the contender loop
         workdir = Path(tempfile.mkdtemp(prefix=f"wake-{system.key}-", dir=workroot))
         try:
             console.print(f"  wake-up: {system.key}, {config.wakeup_trials} trials")

@@ -240,20 +240,26 @@ def timing_table(expiry: dict[str, Any] | None, wakeups: Sequence[dict[str, Any]
         table.add_column(name, justify="left" if name in ("probe", "detail") else "right")
     if expiry is not None:
         detail = (
-            f"{expiry['live_leases']:,} live leases; {expiry['seen']:,}/{expiry['measured']:,} "
-            f"expired over {expiry['spread_s']:.0f} s ({expiry['expiries_per_s']:,.0f}/s); "
-            f"{expiry['expired_during_setup']} during setup; {expiry['requeued']:,} requeued"
+            f"{expiry['live_leases']:,} live leases; {expiry['fired']:,}/{expiry['measured']:,} "
+            f"expired, deadlines over {expiry['spread_s']:.0f} s "
+            f"({expiry['expiries_per_s']:,.0f}/s); {expiry['expired_during_setup']} during "
+            f"setup; {expiry['requeued']:,} requeued"
         )
-        for name, stats in (
-            ("expiry fired after deadline", expiry["fired_late"]),
-            ("expiry seen (requeued) after deadline", expiry["seen_late"]),
+        seen_how = (
+            f"{expiry['watched']:,} runs polled every ms"
+            if expiry["observer"] == "poll"
+            else f"{expiry['watched']:,} events followed"
+        )
+        for name, stats, note in (
+            ("expiry applied after deadline", expiry["fired_late"], detail),
+            ("run seen requeued after deadline", expiry["seen_late"], seen_how),
         ):
             table.add_row(
                 name,
                 _fmt(stats["p50_ms"], 2),
                 _fmt(stats["p99_ms"], 2),
                 _fmt(stats["max_ms"], 1),
-                detail,
+                note,
             )
     for wake in wakeups:
         table.add_row(

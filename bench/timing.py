@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import trio
 
@@ -130,6 +130,11 @@ async def _depth_probe(depth: int, window: int, seed: int) -> DepthResult:
 
 
 # ------------------------------------------------------------------------- expiry
+ExpiryObserver = Literal["poll", "follow"]
+POLL_INTERVAL: Final = 0.001
+POLL_SAMPLE: Final = 1000
+
+
 @dataclass
 class ExpiryResult:
     live_leases: int
@@ -139,45 +144,46 @@ class ExpiryResult:
     setup_s: float
     # Leases whose deadline passed before every lease was claimed (excluded from the stats).
     expired_during_setup: int
-    seen: int
-    # event.at - previous_lease_until: when the runtime applied the expiry.
+    # lease_expired events found for the measured leases.
+    fired: int
+    # event.at - previous_lease_until: how late the runtime applied each expiry.
     fired_late: dict[str, float] = field(default_factory=dict)
-    # wall clock when a follower received the lease_expired event - previous_lease_until.
+    # How the requeue was watched, how many leases were watched, and how late it was seen.
+    observer: str = "poll"
+    watched: int = 0
     seen_late: dict[str, float] = field(default_factory=dict)
     requeued: int = 0
 
 
-def expiry_probe(leases: int, spread: float) -> ExpiryResult:
-    return trio.run(_expiry_probe, leases, spread)
+def expiry_probe(leases: int, spread: float, observer: ExpiryObserver = "poll") -> ExpiryResult:
+    return trio.run(_expiry_probe, leases, spread, observer)
 
 
-async def _expiry_probe(leases: int, spread: float) -> ExpiryResult:
+async def _expiry_probe(leases: int, spread: float, observer: ExpiryObserver) -> ExpiryResult:
     """``leases`` sessions each hold one lease; all but a calibration tenth expire, their
-    deadlines spread evenly over ``spread`` seconds that start once every lease is held."""
+    deadlines spread evenly over ``spread`` seconds that start once every lease is held.
+
+    How late each expiry was applied comes from the ``lease_expired`` events, read once
+    everything has expired (reading them costs the runtime nothing while it works). When a
+    run is *seen* requeued is watched live, by one of two observers:
+
+    - ``poll`` (default): every millisecond, the runs of a sample of about 1,000 leases
+      whose deadline has passed are looked up until they show ``queued`` (resolution 1 ms);
+    - ``follow``: a follower of the event stream notes the wall clock of each
+      ``lease_expired`` event it receives. It costs the runtime a scan of its whole event
+      buffer per wake-up, so with many events it slows down what it measures.
+    """
     calibration = max(1, min(1000, leases // 10))
     measured = leases - calibration
     async with open_runtime(event_capacity=leases * 3 + 10_000) as rt:
         began = time.time()
-        run_ids = await preload(rt, ["medium"] * leases)
+        await preload(rt, ["medium"] * leases)
         sessions = await _open_sessions(rt, leases)
         seq0 = rt.status().last_event_seq
-        # (deadline, when the expiry was applied, when a follower saw it), per expiry.
-        records: list[tuple[float, float, float]] = []
-        all_seen = trio.Event()
-
-        async def follow() -> None:
-            async for event in rt.follow_events(after_seq=seq0):
-                if event.kind != "lease_expired":
-                    continue
-                now = time.time()
-                due = float(event.data["previous_lease_until"])
-                records.append((due, event.at, now))
-                if len(records) >= measured:
-                    all_seen.set()
-                    return
-
+        seen: list[float] = []
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(follow)
+            if observer == "follow":
+                nursery.start_soon(_follow_expiries, rt, seq0, seen)
             # Calibration: long leases (they stay live throughout) and the claim rate.
             t0 = time.perf_counter()
             await _claim_all(sessions[:calibration], lambda i: LONG_LEASE)
@@ -189,25 +195,64 @@ async def _expiry_probe(leases: int, spread: float) -> ExpiryResult:
                 # Never 0: that would mean the default lease.
                 return max(first_deadline + i * step - time.time(), 0.001)
 
-            await _claim_all(sessions[calibration:], lease_for)
+            claims = await _claim_all(sessions[calibration:], lease_for)
             setup_end = time.time()
-            with trio.move_on_after(spread + 120.0):
-                await all_seen.wait()
+            due = sorted((c.lease.lease_until, c.run.id) for c in claims)
+            watched = due[:: max(1, len(due) // POLL_SAMPLE)] if observer == "poll" else []
+            if watched:
+                nursery.start_soon(_poll_requeues, rt, watched, seen)
+            expired = await _wait_for_expiries(rt, seq0, measured, due[-1][0] + spread + 120)
             nursery.cancel_scope.cancel()
-        requeued = sum(1 for rid in run_ids if rt.get_run(rid).status == "queued")
-    kept = [(at - due, now - due) for due, at, now in records if due >= setup_end]
+        requeued = sum(1 for c in claims if rt.get_run(c.run.id).status == "queued")
+    deadlines = [float(e.data["previous_lease_until"]) for e in expired]
+    fired = [e.at - d for e, d in zip(expired, deadlines, strict=True) if d >= setup_end]
     return ExpiryResult(
         live_leases=leases,
         measured=measured,
         spread_s=spread,
         expiries_per_s=measured / spread if spread > 0 else math.inf,
         setup_s=setup_end - began,
-        expired_during_setup=len(records) - len(kept),
-        seen=len(records),
-        fired_late=_stats_ms([fired for fired, _ in kept]),
-        seen_late=_stats_ms([seen for _, seen in kept]),
+        expired_during_setup=sum(1 for d in deadlines if d < setup_end),
+        fired=len(expired),
+        fired_late=_stats_ms(fired),
+        observer=observer,
+        watched=len(watched) if observer == "poll" else len(seen),
+        seen_late=_stats_ms(seen),
         requeued=requeued,
     )
+
+
+async def _wait_for_expiries(rt: Any, seq0: int, count: int, give_up_at: float) -> list[Any]:
+    """The lease_expired events after ``seq0`` once there are ``count`` of them."""
+    while True:
+        await trio.sleep(0.2)
+        expired = [e for e in rt.events(after_seq=seq0) if e.kind == "lease_expired"]
+        if len(expired) >= count or time.time() > give_up_at:
+            return expired
+
+
+async def _poll_requeues(rt: Any, watched: list[tuple[float, str]], seen: list[float]) -> None:
+    next_due = 0
+    pending: list[tuple[float, str]] = []
+    while next_due < len(watched) or pending:
+        now = time.time()
+        while next_due < len(watched) and watched[next_due][0] <= now:
+            pending.append(watched[next_due])
+            next_due += 1
+        still: list[tuple[float, str]] = []
+        for deadline, run_id in pending:
+            if rt.get_run(run_id).status == "queued":
+                seen.append(now - deadline)
+            else:
+                still.append((deadline, run_id))
+        pending = still
+        await trio.sleep(POLL_INTERVAL)
+
+
+async def _follow_expiries(rt: Any, seq0: int, seen: list[float]) -> None:
+    async for event in rt.follow_events(after_seq=seq0):
+        if event.kind == "lease_expired":
+            seen.append(time.time() - float(event.data["previous_lease_until"]))
 
 
 async def _open_sessions(rt: Any, count: int) -> list[Any]:
@@ -223,15 +268,17 @@ async def _open_sessions(rt: Any, count: int) -> list[Any]:
     return handles
 
 
-async def _claim_all(handles: Sequence[Any], lease_for: Callable[[int], float]) -> None:
+async def _claim_all(handles: Sequence[Any], lease_for: Callable[[int], float]) -> list[Claim]:
+    claims: list[Claim | None] = [None] * len(handles)
+
     async def claimer(first: int) -> None:
         for i in range(first, len(handles), SETUP_WRITERS):
-            claim: Claim = await handles[i].claim_next(lease_seconds=lease_for(i))
-            assert claim.run.id
+            claims[i] = await handles[i].claim_next(lease_seconds=lease_for(i))
 
     async with trio.open_nursery() as nursery:
         for first in range(min(SETUP_WRITERS, len(handles))):
             nursery.start_soon(claimer, first)
+    return [claim for claim in claims if claim is not None]
 
 
 # ------------------------------------------------------------------------- wake-up

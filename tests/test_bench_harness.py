@@ -276,8 +276,12 @@ def test_timing_probes_run_small(tmp_path: Path) -> None:
     assert depth.depth == 300
     assert depth.rss_bytes_per_run > 0
     expiry = timing.in_child(timing.expiry_probe, 300, 0.5)
-    assert expiry.seen == expiry.measured == 270
+    assert expiry.fired == expiry.measured == 270
     assert expiry.requeued == expiry.measured
+    assert expiry.watched > 0
+    assert expiry.seen_late["p50_ms"] >= 0
+    followed = timing.in_child(timing.expiry_probe, 300, 0.5, "follow")
+    assert followed.watched == followed.measured
     wake = timing.wakeup_embedded("memory", 5, tmp_path)
     assert wake.trials == 5
     assert wake.latency["p50_ms"] > 0
