@@ -147,3 +147,52 @@ def test_clean_env_drops_runlease_variables() -> None:
     env = clean_env({"RUNLEASE_SOCKET": "/x"})
     assert env["RUNLEASE_SOCKET"] == "/x"
     assert "RUNLEASE_HOME" not in env
+
+
+def test_workspace_roots_let_completion_contracts_be_checked(tmp_path: Path) -> None:
+    root = tmp_path / "checkout"
+    root.mkdir()
+    sock = tmp_path / "s.sock"
+    server = Server.serve(
+        "--data-dir", str(tmp_path / "data"), "--socket", str(sock),
+        "--workspace-root", f"ws1={root}",
+    )  # fmt: skip
+    try:
+        server.wait_listening()
+        cli = Cli(sock)
+        token = cli.ok("session", "open", "--agent", "builder")["session_token"]
+        task = cli.ok(
+            "task", "create", "build", "--workspace", "ws1", "--artifact", "dist/app.whl",
+            "--start",
+        )["task"]  # fmt: skip
+        run_id = cli.ok("task", "next", token=token)["run"]["id"]
+
+        message = cli.fails(
+            "task", "complete", run_id, code="COMPLETION_CONTRACT_UNMET", exit=3, token=token
+        )
+        assert "dist/app.whl" in message
+        (root / "dist").mkdir()
+        (root / "dist" / "app.whl").write_bytes(b"wheel")
+        done = cli.ok("task", "complete", run_id, token=token)
+        assert done["run"]["status"] == "completed"
+        assert cli.ok("task", "show", task["id"])["task"]["status"] == "completed"
+
+        # A workspace with no configured root cannot be checked, and says so.
+        cli.ok("task", "create", "elsewhere", "--workspace", "ws2", "--artifact", "x", "--start")
+        other = cli.ok("task", "next", token=token)["run"]["id"]
+        cli.fails("task", "complete", other, code="WORKSPACE_ROOT_UNKNOWN", exit=3, token=token)
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_malformed_workspace_root_is_a_usage_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*RUNLEASE, "serve", "--data-dir", str(tmp_path), "--workspace-root", "no-equals-sign"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 2
+    assert "WORKSPACE=DIR" in done.stdout + done.stderr

@@ -212,6 +212,14 @@ def serve(
         Literal["durable", "relaxed"],
         Parameter(help="durable: sync every commit to disk; relaxed: survive process crashes."),
     ] = "durable",
+    workspace_root: Annotated[
+        list[str] | None,
+        Parameter(
+            help="WORKSPACE=DIR: where completion-contract artifacts of that workspace's tasks "
+            "are checked; =DIR (empty workspace) for global tasks. Repeatable.",
+            negative=(),
+        ),
+    ] = None,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -223,8 +231,14 @@ def serve(
 
     directory = data_dir.expanduser() if data_dir is not None else default_data_dir()
     socket_path = GLOBALS.socket or default_socket_path(directory)
+    roots: dict[str, str] = {}
+    for item in workspace_root or ():
+        workspace, sep, root = item.partition("=")
+        if not sep or not root:
+            raise UsageError(f"--workspace-root takes WORKSPACE=DIR, got {item!r}")
+        roots[workspace] = str(Path(root).expanduser().resolve())
     configure_logging()
-    run_server(socket_path, data_dir=directory, durability=durability)
+    run_server(socket_path, data_dir=directory, durability=durability, workspace_roots=roots)
     return 0
 
 

@@ -36,7 +36,7 @@ import struct
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final, TypedDict, TypeGuard, TypeVar
@@ -1021,15 +1021,25 @@ def run_server(
     durability: Durability = "durable",
     clock: Callable[[], float] | None = None,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
+
+    ``workspace_roots`` maps a workspace id ("" for global tasks) to the directory its
+    completion-contract artifacts are checked under.
 
     Raises the :class:`RunleaseError` that stopped it from starting (a locked data dir, a
     live server on the socket, an unsafe socket directory).
     """
     try:
         trio.run(
-            _serve_until_signalled, Path(socket_path), data_dir, durability, clock, shutdown_grace
+            _serve_until_signalled,
+            Path(socket_path),
+            data_dir,
+            durability,
+            clock,
+            shutdown_grace,
+            workspace_roots,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -1059,6 +1069,7 @@ async def _serve_until_signalled(
     durability: Durability,
     clock: Callable[[], float] | None,
     shutdown_grace: float,
+    workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -1071,7 +1082,9 @@ async def _serve_until_signalled(
                 }
             },
         )
-        async with open_runtime(clock, data_dir=data_dir, durability=durability) as rt:
+        async with open_runtime(
+            clock, data_dir=data_dir, durability=durability, workspace_roots=workspace_roots
+        ) as rt:
             report = getattr(rt, "boot_report", None)
             if report is not None:
                 log.info(
