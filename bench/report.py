@@ -337,12 +337,13 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
         )
     if not series:
         return "chart skipped: no measured rows"
-    fig, ax = plt.subplots(figsize=(10, 6))
-    for label, points in series.items():
+    fig, ax = plt.subplots(figsize=(13, 6.5))
+    colours = plt.get_cmap("tab20").colors
+    for i, (label, points) in enumerate(series.items()):
         points.sort()
         xs = [x for x, _ in points]
         ys = [y for _, y in points]
-        ax.plot(xs, ys, styles[label], marker="o", label=label)
+        ax.plot(xs, ys, styles[label], marker="o", label=label, color=colours[i % len(colours)])
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     levels = sorted({row.contenders for row in rows})
@@ -352,7 +353,7 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     ax.set_ylabel("cycles/s (claim + complete), log scale")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
