@@ -338,12 +338,12 @@ def write_chart(path: Path, rows: Sequence[Row], title: str) -> str | None:
     if not series:
         return "chart skipped: no measured rows"
     fig, ax = plt.subplots(figsize=(13, 6.5))
-    colours = plt.get_cmap("tab20").colors
+    colours = plt.get_cmap("tab20")
     for i, (label, points) in enumerate(series.items()):
         points.sort()
         xs = [x for x, _ in points]
         ys = [y for _, y in points]
-        ax.plot(xs, ys, styles[label], marker="o", label=label, color=colours[i % len(colours)])
+        ax.plot(xs, ys, styles[label], marker="o", label=label, color=colours(i % colours.N))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     levels = sorted({row.contenders for row in rows})
