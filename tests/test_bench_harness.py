@@ -57,15 +57,16 @@ def _config(runs: int = TINY) -> contention.Config:
 
 def _run(systems: list[System], tmp_path: Path, runs: int = TINY) -> tuple[int, dict[str, Any]]:
     out = tmp_path / "results"
-    code = contention.run_all(
-        Console(file=open(tmp_path / "console.txt", "w"), width=200),  # noqa: SIM115
-        _config(runs),
-        systems,
-        out,
-        tmp_path,
-        chart=True,
-        quick=True,
-    )
+    with open(tmp_path / "console.txt", "w") as text:
+        code = contention.run_all(
+            Console(file=text, width=200),
+            _config(runs),
+            systems,
+            out,
+            tmp_path,
+            chart=True,
+            quick=True,
+        )
     [path] = out.glob("contention-*.json")
     document = json.loads(path.read_text())
     return code, document
