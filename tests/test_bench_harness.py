@@ -7,7 +7,6 @@ import json
 import os
 import sys
 import threading
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -235,10 +234,10 @@ def client_that_dies(index: int, count: int, args: Any, barrier: Any, conn: Any)
     [(client_that_raises, "cannot connect in setup"), (client_that_dies, "exit code 3")],
 )
 def test_a_client_failing_in_setup_is_reported_at_once(target: Any, said: str) -> None:
-    began = time.monotonic()
+    # Without the ready handshake this would wait out the barrier's setup timeout and
+    # then report a timeout instead of the child's own reason.
     with pytest.raises(BenchError, match=said):
         run_client_processes(target, 4, 2, None)
-    assert time.monotonic() - began < 60  # not the barrier's setup timeout
 
 
 # ------------------------------------------------------------------------ pieces
