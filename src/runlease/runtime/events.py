@@ -69,11 +69,16 @@ class EventFeed:
             await self._changed.wait()
 
     def recent(self, *, after_seq: int = 0, task_id: str | None = None) -> list[Event]:
-        return [
-            e
-            for e in self._recent
-            if e.seq > after_seq and (task_id is None or e.task_id == task_id)
-        ]
+        # Events sit in sequence order, so walk back from the newest only as far as needed:
+        # a follower that is nearly caught up pays for the new events, not the whole buffer.
+        out: list[Event] = []
+        for event in reversed(self._recent):
+            if event.seq <= after_seq:
+                break
+            if task_id is None or event.task_id == task_id:
+                out.append(event)
+        out.reverse()
+        return out
 
     def close(self) -> None:
         self._closed = True
