@@ -25,6 +25,7 @@ period is cancelled.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -1100,6 +1101,11 @@ async def _serve_until_signalled(
                 )
             if data_dir is not None:
                 _make_private_if_socket_dir(Path(data_dir), socket_path)
+            # The recovered state lives as long as the server: keep the cyclic collector
+            # from rescanning it on every full collection (those pauses showed up as
+            # 100-300 ms tails in expiry lateness at 100k leases).
+            gc.collect()
+            gc.freeze()
             async with trio.open_nursery() as nursery:
                 server: SocketServer = await nursery.start(
                     _serve_with_grace, rt, socket_path, shutdown_grace
