@@ -501,6 +501,13 @@ class SocketServer:
         )
         flight = _InFlight(long=long)
         conn.inflight[request.id] = flight
+        if not long and len(conn.buffer) == 0:
+            # Nothing else is queued on this connection (the usual one-at-a-time client):
+            # answer on the reading task and save a task spawn per request. Shielded so a
+            # drain that stops reading still lets this short request finish.
+            with trio.CancelScope(shield=True):
+                await self._handle(conn, request, flight)
+            return
         handlers.start_soon(self._handle, conn, request, flight)
 
     def _hello(self, conn: _Connection, hello: p.Hello) -> p.Reply:
