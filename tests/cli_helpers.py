@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -230,3 +230,17 @@ def poll_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
             return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def serve_relaxed(base: Path) -> Iterator[tuple[Server, Path]]:
+    """A relaxed ``runlease serve`` on ``base``, for one test module; stopped cleanly after."""
+    socket = base / "s.sock"
+    srv = Server.serve(
+        "--data-dir", str(base / "data"), "--socket", str(socket), "--durability", "relaxed"
+    )
+    try:
+        srv.wait_listening()
+        yield srv, socket
+        assert srv.stop() == 0, srv.log.lines
+    finally:
+        srv.kill()

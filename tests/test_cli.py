@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import RFC3339_UTC, Cli, LineReader, Server, poll_until
+from cli_helpers import RFC3339_UTC, Cli, LineReader, Server, poll_until, serve_relaxed
 
 TASK_FIELDS = {
     "id",
@@ -89,17 +89,7 @@ LEASE_FIELDS = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    base = tmp_path_factory.mktemp("cli")
-    socket = base / "s.sock"
-    srv = Server.serve(
-        "--data-dir", str(base / "data"), "--socket", str(socket), "--durability", "relaxed"
-    )
-    try:
-        srv.wait_listening()
-        yield srv, socket
-        assert srv.stop() == 0, srv.log.lines
-    finally:
-        srv.kill()
+    yield from serve_relaxed(tmp_path_factory.mktemp("cli"))
 
 
 @pytest.fixture(scope="module")

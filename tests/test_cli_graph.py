@@ -17,24 +17,14 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import RFC3339_UTC, Cli, Server
+from cli_helpers import RFC3339_UTC, Cli, Server, serve_relaxed
 from runlease.client import Client
 from runlease.core.model import FORCE_RATE_LIMIT
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    base = tmp_path_factory.mktemp("cli-graph")
-    socket = base / "s.sock"
-    srv = Server.serve(
-        "--data-dir", str(base / "data"), "--socket", str(socket), "--durability", "relaxed"
-    )
-    try:
-        srv.wait_listening()
-        yield srv, socket
-        assert srv.stop() == 0, srv.log.lines
-    finally:
-        srv.kill()
+    yield from serve_relaxed(tmp_path_factory.mktemp("cli-graph"))
 
 
 @pytest.fixture(scope="module")

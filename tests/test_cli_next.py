@@ -18,22 +18,12 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import Cli, Server
+from cli_helpers import Cli, Server, serve_relaxed
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    base = tmp_path_factory.mktemp("cli-next")
-    socket = base / "s.sock"
-    srv = Server.serve(
-        "--data-dir", str(base / "data"), "--socket", str(socket), "--durability", "relaxed"
-    )
-    try:
-        srv.wait_listening()
-        yield srv, socket
-        assert srv.stop() == 0, srv.log.lines
-    finally:
-        srv.kill()
+    yield from serve_relaxed(tmp_path_factory.mktemp("cli-next"))
 
 
 @pytest.fixture(scope="module")
