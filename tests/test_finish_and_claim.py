@@ -365,3 +365,26 @@ async def test_both_clients_finish_and_claim(
     finished = await trio.to_thread.run_sync(sync_side)
     assert finished.run.status == "completed"
     assert not math.isnan(finished.run.ended_at or math.nan)
+
+
+async def test_the_claim_part_honours_scope_and_priority_min() -> None:
+    async with open_runtime() as rt:
+        await rt.create_task("first", priority="urgent", start=True)
+        await rt.create_task("medium, global", start=True)
+        await rt.create_task("high, in a workspace", priority="high", workspace="ws", start=True)
+        agent = await rt.open_session(agent="a")
+        first = await agent.claim_next()
+
+        # Only high or better: the medium task is skipped, the workspace one qualifies,
+        # but scope=global excludes it, so nothing is claimed and the finish still stands.
+        finished = await agent.complete_and_next(first.run.id, priority_min="high", scope="global")
+        assert finished.run.status == "completed"
+        assert finished.claim is None
+        assert finished.no_claim is not None
+        assert finished.no_claim.code == "NO_CLAIMABLE_RUN"
+
+        second = await agent.claim_next(priority_min="high")
+        assert second.task.title == "high, in a workspace"
+        finished = await agent.release_and_next(second.run.id, scope="global")
+        assert finished.claim is not None
+        assert finished.claim.task.title == "medium, global"

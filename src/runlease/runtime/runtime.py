@@ -547,6 +547,8 @@ class Runtime:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: str | int | None = None,
         stop_waiting: trio.CancelScope | None = None,
     ) -> Finished:
         """Complete the session's run, then claim its next one, in one step.
@@ -563,7 +565,14 @@ class Runtime:
             CompleteRun(now=0.0, session_id=session_id, run_id=run_id, result=result)
         )
         return await self._finish_and_claim(
-            finish, wait, timeout, lease_seconds, workspace, stop_waiting
+            finish,
+            wait,
+            timeout,
+            lease_seconds,
+            workspace,
+            stop_waiting,
+            scope=scope,
+            priority_min=priority_min,
         )
 
     async def fail_and_next(
@@ -577,6 +586,8 @@ class Runtime:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: str | int | None = None,
         stop_waiting: trio.CancelScope | None = None,
     ) -> Finished:
         """Fail the session's run, then claim its next one (see :meth:`complete_and_next`)."""
@@ -584,7 +595,14 @@ class Runtime:
             now=0.0, session_id=session_id, run_id=run_id, error=error, metadata=metadata
         )
         return await self._finish_and_claim(
-            finish, wait, timeout, lease_seconds, workspace, stop_waiting
+            finish,
+            wait,
+            timeout,
+            lease_seconds,
+            workspace,
+            stop_waiting,
+            scope=scope,
+            priority_min=priority_min,
         )
 
     async def release_and_next(
@@ -597,6 +615,8 @@ class Runtime:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: str | int | None = None,
         stop_waiting: trio.CancelScope | None = None,
     ) -> Finished:
         """Release the session's run, then claim its next one (see :meth:`complete_and_next`).
@@ -606,7 +626,14 @@ class Runtime:
         """
         finish = ReleaseRun(now=0.0, session_id=session_id, run_id=run_id, reason=reason)
         return await self._finish_and_claim(
-            finish, wait, timeout, lease_seconds, workspace, stop_waiting
+            finish,
+            wait,
+            timeout,
+            lease_seconds,
+            workspace,
+            stop_waiting,
+            scope=scope,
+            priority_min=priority_min,
         )
 
     async def _finish_and_claim(
@@ -617,6 +644,9 @@ class Runtime:
         lease_seconds: float | None,
         workspace: str | None,
         stop_waiting: trio.CancelScope | None,
+        *,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: str | int | None = None,
     ) -> Finished:
         self._check_open()
         _check_timeout(timeout)
@@ -629,6 +659,8 @@ class Runtime:
                 claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
                 lease_seconds=lease_seconds,
                 workspace_id=workspace,
+                scope=scope,
+                priority_min=inspection.priority_rank(priority_min),
             ),
         )
         request = Request(command, wait=wait)
@@ -1296,6 +1328,8 @@ class SessionHandle:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: str | int | None = None,
     ) -> Finished:
         """Complete ``run_id`` and claim the next run in one step (see Runtime)."""
         return await self._runtime.complete_and_next(
@@ -1306,6 +1340,8 @@ class SessionHandle:
             timeout=timeout,
             lease_seconds=lease_seconds,
             workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
 
     async def fail_and_next(
@@ -1318,6 +1354,8 @@ class SessionHandle:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: str | int | None = None,
     ) -> Finished:
         """Fail ``run_id`` and claim the next run in one step (see Runtime)."""
         return await self._runtime.fail_and_next(
@@ -1329,6 +1367,8 @@ class SessionHandle:
             timeout=timeout,
             lease_seconds=lease_seconds,
             workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
 
     async def release_and_next(
@@ -1340,6 +1380,8 @@ class SessionHandle:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: str | int | None = None,
     ) -> Finished:
         """Release ``run_id`` and claim the next run in one step (see Runtime)."""
         return await self._runtime.release_and_next(
@@ -1350,6 +1392,8 @@ class SessionHandle:
             timeout=timeout,
             lease_seconds=lease_seconds,
             workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
 
 
