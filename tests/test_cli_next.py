@@ -235,3 +235,23 @@ def test_table_output_shows_the_finish_and_the_claim_part(cli: Cli, ws: str) -> 
 def test_claim_tokens_never_appear_in_any_output(cli: Cli) -> None:
     assert cli.outputs
     assert not any("rl_claim_" in out for out in cli.outputs)
+
+
+def test_next_takes_the_claim_filters_of_task_next(cli: Cli, ws: str) -> None:
+    _, token = cli.session("picky")
+    first = queued(cli, ws, "urgent one", "--priority", "urgent")
+    low = queued(cli, ws, "low one", "--priority", "low")
+    run = claim(cli, token, ws)["run"]
+    assert run["task_id"] == first["id"]
+
+    out = cli.ok(
+        "task", "complete", run["id"], "--next", "--workspace", ws, "--priority-min", "high",
+        token=token,
+    )  # fmt: skip
+    assert out["run"]["status"] == "completed"
+    assert out["next"] is None
+    assert out["no_claim"]["code"] == "NO_CLAIMABLE_RUN"
+    # The low-priority run is still there for a claimer without the filter.
+    assert claim(cli, token, ws)["task"]["id"] == low["id"]
+
+    cli.fails("task", "release", "run_x", "--priority-min", "high", code="USAGE", exit=2)

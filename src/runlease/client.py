@@ -657,6 +657,8 @@ class Client:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Scope | None = None,
+        priority_min: str | int | None = None,
         token: str | None = None,
     ) -> Finished:
         """Complete the run and claim the session's next one in one round trip.
@@ -666,7 +668,12 @@ class Client:
         normally NO_CLAIMABLE_RUN): finding nothing is not an error.
         """
         next_claim = p.NextClaim(
-            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
         request = p.CompleteRun(
             id=self._take_id(),
@@ -687,11 +694,18 @@ class Client:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Scope | None = None,
+        priority_min: str | int | None = None,
         token: str | None = None,
     ) -> Finished:
         """Fail the run and claim the session's next one (see :meth:`complete_and_next`)."""
         next_claim = p.NextClaim(
-            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
         request = p.FailRun(
             id=self._take_id(),
@@ -712,11 +726,18 @@ class Client:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Scope | None = None,
+        priority_min: str | int | None = None,
         token: str | None = None,
     ) -> Finished:
         """Release the run and claim the session's next one (see :meth:`complete_and_next`)."""
         next_claim = p.NextClaim(
-            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
         request = p.ReleaseRun(
             id=self._take_id(),

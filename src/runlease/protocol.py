@@ -214,6 +214,8 @@ class NextClaim(msgspec.Struct, kw_only=True, omit_defaults=True):
     timeout: float | None = None
     lease_seconds: float | None = None
     workspace: str | None = None
+    scope: Scope | None = None
+    priority_min: str | int | None = None
 
 
 class HeartbeatRun(SessionRequest, tag="heartbeat"):

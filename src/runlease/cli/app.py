@@ -565,6 +565,17 @@ NextLease = Annotated[
 NextWorkspace = Annotated[
     str | None, Parameter(help="With --next: only runs of this workspace.", group="Claim next")
 ]
+NextScope = Annotated[
+    Literal["global", "workspace"] | None,
+    Parameter(
+        help="With --next: global for tasks without a workspace, workspace for those with one.",
+        group="Claim next",
+    ),
+]
+NextPriorityMin = Annotated[
+    Priority | None,
+    Parameter(help="With --next: skip runs of a lower priority.", group="Claim next"),
+]
 
 
 @dataclass
@@ -574,6 +585,8 @@ class _NextOptions:
     timeout: float | None
     lease_seconds: float | None
     workspace: str | None
+    scope: Literal["global", "workspace"] | None = None
+    priority_min: Priority | None = None
 
     @classmethod
     def of(
@@ -583,13 +596,19 @@ class _NextOptions:
         timeout: float | None,
         lease_seconds: float | None,
         workspace: str | None,
+        scope: Literal["global", "workspace"] | None = None,
+        priority_min: Priority | None = None,
     ) -> _NextOptions:
-        if not wanted and (wait or timeout is not None or lease_seconds is not None or workspace):
+        claim_options = (wait, timeout is not None, lease_seconds is not None, workspace, scope)
+        if not wanted and (any(claim_options) or priority_min):
             raise UsageError(
-                "--wait, --timeout, --lease-seconds and --workspace apply to the claim of "
-                "--next; add --next"
+                "--wait, --timeout, --lease-seconds, --workspace, --scope and --priority-min "
+                "apply to the claim of --next; add --next"
             )
-        return cls(wanted, wait or timeout is not None, timeout, lease_seconds, workspace)
+        return cls(
+            wanted, wait or timeout is not None, timeout, lease_seconds, workspace, scope,
+            priority_min,
+        )  # fmt: skip
 
     def kwargs(self) -> dict[str, Any]:
         return {
@@ -597,6 +616,8 @@ class _NextOptions:
             "timeout": self.timeout,
             "lease_seconds": self.lease_seconds,
             "workspace": self.workspace,
+            "scope": self.scope,
+            "priority_min": self.priority_min,
         }
 
 
@@ -667,6 +688,8 @@ def task_complete(
     timeout: NextTimeout = None,
     lease_seconds: NextLease = None,
     workspace: NextWorkspace = None,
+    scope: NextScope = None,
+    priority_min: NextPriorityMin = None,
 ) -> int:
     """Finish the session's run successfully.
 
@@ -680,7 +703,7 @@ def task_complete(
         The run the session holds.
     """
     value = _json_arg(result, "--result")
-    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace)
+    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace, scope, priority_min)
     with _client() as client:
         if after.wanted:
             with _spinner(after.wait):
@@ -703,6 +726,8 @@ def task_fail(
     timeout: NextTimeout = None,
     lease_seconds: NextLease = None,
     workspace: NextWorkspace = None,
+    scope: NextScope = None,
+    priority_min: NextPriorityMin = None,
 ) -> int:
     """End the session's run as failed (the task may be started again while attempts remain).
 
@@ -715,7 +740,7 @@ def task_fail(
         The run the session holds.
     """
     meta = _json_arg(metadata, "--metadata", object_only=True)
-    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace)
+    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace, scope, priority_min)
     with _client() as client:
         if after.wanted:
             with _spinner(after.wait):
@@ -739,6 +764,8 @@ def task_release(
     timeout: NextTimeout = None,
     lease_seconds: NextLease = None,
     workspace: NextWorkspace = None,
+    scope: NextScope = None,
+    priority_min: NextPriorityMin = None,
 ) -> int:
     """Give the run back to the queue (same attempt) without finishing it.
 
@@ -751,7 +778,7 @@ def task_release(
     run_id
         The run the session holds.
     """
-    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace)
+    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace, scope, priority_min)
     with _client() as client:
         if after.wanted:
             with _spinner(after.wait):

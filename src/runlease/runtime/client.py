@@ -556,6 +556,8 @@ class AsyncClient:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Scope | None = None,
+        priority_min: str | int | None = None,
         token: str | None = None,
     ) -> Finished:
         """Complete the run and claim the session's next one in one round trip.
@@ -565,7 +567,12 @@ class AsyncClient:
         normally NO_CLAIMABLE_RUN): finding nothing is not an error.
         """
         next_claim = p.NextClaim(
-            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
         request = p.CompleteRun(
             id=self._take_id(),
@@ -586,11 +593,18 @@ class AsyncClient:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Scope | None = None,
+        priority_min: str | int | None = None,
         token: str | None = None,
     ) -> Finished:
         """Fail the run and claim the session's next one (see :meth:`complete_and_next`)."""
         next_claim = p.NextClaim(
-            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
         request = p.FailRun(
             id=self._take_id(),
@@ -611,11 +625,18 @@ class AsyncClient:
         timeout: float | None = None,
         lease_seconds: float | None = None,
         workspace: str | None = None,
+        scope: Scope | None = None,
+        priority_min: str | int | None = None,
         token: str | None = None,
     ) -> Finished:
         """Release the run and claim the session's next one (see :meth:`complete_and_next`)."""
         next_claim = p.NextClaim(
-            wait=wait, timeout=timeout, lease_seconds=lease_seconds, workspace=workspace
+            wait=wait,
+            timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
         )
         request = p.ReleaseRun(
             id=self._take_id(),

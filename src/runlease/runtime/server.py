@@ -828,6 +828,8 @@ class SocketServer:
             "timeout": after.timeout,
             "lease_seconds": after.lease_seconds,
             "workspace": after.workspace,
+            "scope": after.scope,
+            "priority_min": after.priority_min,
             "stop_waiting": flight.scope,
         }
         match request:
