@@ -37,7 +37,7 @@ TASK_FIELDS = {
     "created_at",
     "updated_at",
     "closed_at",
-    # Task graph and operator fields (issue 6).
+    # Task graph and operator fields.
     "parent_task_id",
     "blocked_by",
     "preferred_capabilities",
@@ -204,7 +204,7 @@ def test_task_create_start_show_and_list(cli: Cli, ws: str) -> None:
     assert started["run"]["attempt"] == 1
 
     shown = cli.ok("task", "show", task["id"])
-    # The full history of issue 6 sits beside the task and its runs.
+    # The full history sits beside the task and its runs.
     assert set(shown) == {
         "task",
         "runs",

@@ -1,4 +1,4 @@
-"""End to end: the task graph, operator controls and HZL verbs (issue 6) through the CLI.
+"""End to end: the task graph, operator controls and HZL verbs through the CLI.
 
 One real ``runlease serve`` serves the module. Each test scopes its tasks to a workspace of
 its own; the scheduler test pauses the whole server, so it resumes it before it ends. Setup

@@ -91,7 +91,7 @@ FINISH_AND_NEXT: list[p.Request] = [
     ),
     p.ReleaseRun(id=24, token="rl_session_x", run_id="run_1", next=p.NextClaim(wait=True)),
 ]
-# Task graph, operator controls and HZL verbs (issue 6), and the new fields of older ops.
+# Task graph, operator controls and HZL verbs, and the new fields of older ops.
 GRAPH_EXAMPLES: list[p.Request] = [
     p.CreateTask(
         id=30,
@@ -162,7 +162,7 @@ def test_the_wire_names_are_stable() -> None:
         "fail",
         "release",
         "block",
-        # issue 6
+        # task graph and operator controls
         "publish_task",
         "approve_task",
         "reject_task",
@@ -211,7 +211,7 @@ def test_the_wire_names_are_stable() -> None:
         "claim",
         "heartbeat",
         "finished",
-        # issue 6
+        # task graph and operator controls
         "retry",
         "bulk",
         "scheduler",

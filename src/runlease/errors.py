@@ -49,7 +49,7 @@ SESSION_NOT_FOUND: Final = "SESSION_NOT_FOUND"
 NO_CLAIMABLE_RUN: Final = "NO_CLAIMABLE_RUN"
 DEPENDENCY_NOT_FOUND: Final = "DEPENDENCY_NOT_FOUND"
 
-# Task graph, lifecycle and operator controls (issue 6).
+# Task graph, lifecycle and operator controls.
 IMMUTABLE_FIELD: Final = "IMMUTABLE_FIELD"
 GRAPH_LIMIT_EXCEEDED: Final = "GRAPH_LIMIT_EXCEEDED"
 DEPENDENCY_CYCLE: Final = "DEPENDENCY_CYCLE"
@@ -65,12 +65,24 @@ BULK_TOO_LARGE: Final = "BULK_TOO_LARGE"
 COMPLETION_CONTRACT_UNMET: Final = "COMPLETION_CONTRACT_UNMET"
 WORKSPACE_ROOT_UNKNOWN: Final = "WORKSPACE_ROOT_UNKNOWN"
 LEASE_NOT_EXPIRED: Final = "LEASE_NOT_EXPIRED"
+# A session (an agent) asked for a force operation the host reserves for operators.
+FORBIDDEN_OPERATOR_ACTION: Final = "FORBIDDEN_OPERATOR_ACTION"
 
 # Runtime availability and bugs.
 RUNTIME_CLOSED: Final = "RUNTIME_CLOSED"
 RECOVERING: Final = "RECOVERING"
 SERVER_UNAVAILABLE: Final = "SERVER_UNAVAILABLE"
 STORAGE_FAILED: Final = "STORAGE_FAILED"
+# Boot found data it cannot verify (a checksum mismatch, a truncated file, a broken page).
+STORAGE_CORRUPT: Final = "STORAGE_CORRUPT"
+# The data directory says it has held data, but its store is missing or empty.
+STORE_MISSING: Final = "STORE_MISSING"
+# A transient shortage (file descriptors, memory): the request was refused, retry later.
+RESOURCE_EXHAUSTED: Final = "RESOURCE_EXHAUSTED"
+# The server is at its connection or buffer limit and refused this connection.
+SERVER_BUSY: Final = "SERVER_BUSY"
+# The server closed a connection that sent no hello in time, or sat idle too long.
+CONNECTION_TIMEOUT: Final = "CONNECTION_TIMEOUT"
 DATA_DIR_LOCKED: Final = "DATA_DIR_LOCKED"
 SOCKET_IN_USE: Final = "SOCKET_IN_USE"
 PEER_REFUSED: Final = "PEER_REFUSED"
@@ -172,10 +184,16 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
     COMPLETION_CONTRACT_UNMET: InvalidInput,
     WORKSPACE_ROOT_UNKNOWN: InvalidInput,
     LEASE_NOT_EXPIRED: LeaseRefused,
+    FORBIDDEN_OPERATOR_ACTION: LeaseRefused,
     RUNTIME_CLOSED: Unavailable,
     RECOVERING: Unavailable,
     SERVER_UNAVAILABLE: Unavailable,
     STORAGE_FAILED: Unavailable,
+    STORAGE_CORRUPT: Unavailable,
+    STORE_MISSING: Unavailable,
+    RESOURCE_EXHAUSTED: Unavailable,
+    SERVER_BUSY: Unavailable,
+    CONNECTION_TIMEOUT: Unavailable,
     DATA_DIR_LOCKED: Unavailable,
     SOCKET_IN_USE: Unavailable,
     PEER_REFUSED: Unavailable,

@@ -130,7 +130,7 @@ class CreateTask(Request, tag="create_task"):
     metadata: dict[str, Any] | None = None
     capabilities: list[str] = []
     start: bool = False
-    # Task graph and lifecycle (issue 6).
+    # Task graph and lifecycle.
     parent: str | None = None
     preferred_capabilities: list[str] = []
     owner: Ownership | None = None
@@ -247,7 +247,7 @@ class BlockRun(SessionRequest, tag="block"):
     reason: str
 
 
-# --------------------------------------------- task graph and operator controls (issue 6)
+# --------------------------------------------- task graph and operator controls
 # Operator requests act as the operator (actor human:operator). The session-scoped ones
 # (checkpoint, steal) carry a token; checkpoint also works without one, as the operator.
 class PublishTask(Request, tag="publish_task"):
@@ -531,7 +531,8 @@ class TaskReply(Reply, tag="task"):
 
 class TaskDetail(Reply, tag="task_detail"):
     """A task with its whole history (``show``): every run oldest first, its checkpoints,
-    retained events, graph edges and pause state. Fields after ``runs`` came with issue 6."""
+    retained events, graph edges and pause state. Fields after ``runs`` came later and have
+    defaults."""
 
     task: Task
     runs: list[Run]

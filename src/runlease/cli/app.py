@@ -809,7 +809,7 @@ def task_block(
     return 0
 
 
-# ------------------------------------------------------- task lifecycle and graph (issue 6)
+# ------------------------------------------------------- task lifecycle and graph
 def _emit_task(task: Any) -> int:
     emit({"task": plain(task)}, GLOBALS.output)
     return 0
@@ -1131,7 +1131,7 @@ def task_inspect(task_id: str, /) -> int:
         return _emit_inspect(client.inspect_task(task_id))
 
 
-# ---------------------------------------------------------------------- runs (issue 6)
+# ---------------------------------------------------------------------- runs
 @run_app.command(name="inspect")
 def run_inspect(run_id: str, /) -> int:
     """A run in the context of its task, with the next_action.
@@ -1251,7 +1251,7 @@ def run_bulk_force_fail(*run_ids: str, reason: ForceReason) -> int:
         return _emit_bulk(client.bulk_force_fail(run_ids, reason=reason))
 
 
-# ------------------------------------------------------------------ scheduler (issue 6)
+# ------------------------------------------------------------------ scheduler
 def _emit_scheduler(status: Any) -> int:
     emit({"scheduler": plain(status)}, GLOBALS.output)
     return 0

@@ -36,7 +36,7 @@ TIME_FIELDS: Final = frozenset(
         "stopped_at",
         "ttl_deadline",
         "started_at",
-        # Task graph, operator and inspect records (issue 6).
+        # Task graph, operator and inspect records.
         "paused_at",
         "checkpoint_at",
         "completed_at",

@@ -1101,7 +1101,7 @@ class Machine:
             origin=self._origin,
         )
 
-    # ================================================================ task graph (issue 6)
+    # ================================================================ task graph
     # Gating: a queued run sits in the claim index only while its task is claimable; a
     # draft, (effectively) paused or dependency-blocked task's queued run waits in ``held``
     # instead. Every change that can open or close a gate re-checks the tasks it touches

@@ -722,7 +722,7 @@ class Runtime:
         error = request.error
         return Finished(run=alone.run, no_claim=NoClaim(code=error.code, message=error.message))
 
-    # ------------------------------------------------- task lifecycle (issue 6)
+    # ------------------------------------------------- task lifecycle
     # Every write below accepts ``actor`` (who: Actor(kind, ref)) and ``origin`` (through
     # which surface: Origin(kind, ref)); both are stamped on the events it emits. The
     # embedded API defaults origin to Origin(kind="embedded"); operator operations default

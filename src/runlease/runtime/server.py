@@ -700,7 +700,7 @@ class SocketServer:
         raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
 
     async def _operate(self, conn: _Connection, request: p.AnyRequest) -> p.Reply:
-        """The task-graph, operator and HZL requests (issue 6)."""
+        """The task-graph, operator and HZL requests."""
         rt = self.runtime
         rid = request.id
         who = _Who(actor=SOCKET_OPERATOR, origin=conn.origin())
