@@ -96,7 +96,10 @@ class ActorSystem:
                 self._scheduler_send.send_nowait(WorkAvailable())
 
     def arm_deadlines_of_live_state(self) -> None:
-        """After boot: watch every lease and session TTL the recovered state holds."""
+        """After boot or a rollback: watch every lease and session TTL the state holds.
+
+        Deadlines already in the heap may be pushed again; the clock checks each against
+        the state when it is due, so a duplicate or stale entry does nothing."""
         for run in self.machine.leased_runs():
             assert run.lease_until is not None
             self.deadlines.push((run.lease_until, LEASE_DEADLINE, run.id))
