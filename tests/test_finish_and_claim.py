@@ -225,9 +225,9 @@ async def test_durable_finish_and_claim_is_one_record_and_replays_exactly(tmp_pa
             await started(rt, f"t{i}")
         run = (await session.claim_next()).run
         committer = rt._committer
-        before = committer.submitted_seq  # type: ignore[attr-defined]
+        before = committer.submitted_seq
         finished = await session.complete_and_next(run.id)
-        assert committer.submitted_seq == before + 1  # type: ignore[attr-defined]
+        assert committer.submitted_seq == before + 1
         assert finished.claim is not None
         finished = await session.release_and_next(finished.claim.run.id)
         assert finished.claim is not None

@@ -36,7 +36,7 @@ from runlease.core.commands import (
 )
 from runlease.core.machine import LEASE_DEADLINE, SESSION_DEADLINE, Machine, Outcome
 from runlease.core.model import LEASED_RUN_STATUSES
-from runlease.errors import NO_CLAIMABLE_RUN, InternalError, RunleaseError
+from runlease.errors import NO_CLAIMABLE_RUN, RESOURCE_EXHAUSTED, InternalError, RunleaseError
 from runlease.runtime.clock import RuntimeClock
 from runlease.runtime.commit import Committer
 from runlease.runtime.requests import Request
@@ -96,7 +96,10 @@ class ActorSystem:
                 self._scheduler_send.send_nowait(WorkAvailable())
 
     def arm_deadlines_of_live_state(self) -> None:
-        """After boot: watch every lease and session TTL the recovered state holds."""
+        """After boot or a rollback: watch every lease and session TTL the state holds.
+
+        Deadlines already in the heap may be pushed again; the clock checks each against
+        the state when it is due, so a duplicate or stale entry does nothing."""
         for run in self.machine.leased_runs():
             assert run.lease_until is not None
             self.deadlines.push((run.lease_until, LEASE_DEADLINE, run.id))
@@ -104,6 +107,15 @@ class ActorSystem:
             if session.state == "live" and session.ttl_deadline is not None:
                 self.deadlines.push((session.ttl_deadline, SESSION_DEADLINE, session.id))
         self._clock_wake.set()
+
+    def after_rollback(self) -> None:
+        """Memory was rolled back to the journal: watch the restored leases and sessions
+        (the ones armed since may be gone or later) and let waiting claimers look again,
+        since runs taken by refused claims are back in the queue."""
+        self.arm_deadlines_of_live_state()
+        self._work_pending = True
+        with contextlib.suppress(trio.WouldBlock):
+            self._scheduler_send.send_nowait(WorkAvailable())
 
     # --------------------------------------------------------------- execution
     def _execute(self, request: Request) -> Outcome | None:
@@ -125,7 +137,9 @@ class ActorSystem:
         try:
             return self.machine.apply(command)
         except RunleaseError as exc:
-            request.resolve(None, exc)
+            # The refusal was judged against memory, which may hold changes not yet
+            # durable: it is released only once they are.
+            self.committer.hold(request, None, exc)
             return None
         except Exception:
             log.exception("internal error applying %s", type(command).__name__)
@@ -164,8 +178,9 @@ class ActorSystem:
         if outcome.events:
             self.committer.submit(request, command, outcome)
         else:
-            # Nothing changed, so there is nothing to make durable.
-            request.resolve(outcome.reply, outcome.error)
+            # Nothing changed, so there is nothing to journal; but the reply describes
+            # memory, so it waits for the changes before it to be durable.
+            self.committer.hold(request, outcome.reply, outcome.error)
         if outcome.queued:
             # The scheduler offers new work to waiters after its current batch; a turn
             # elsewhere wakes it with WorkAvailable (if its mailbox is full it is busy and
@@ -206,6 +221,10 @@ class ActorSystem:
         command = request.command
         refusal = self.committer.refusal
         if refusal is not None:
+            if refusal.code == RESOURCE_EXHAUSTED:
+                # Memory is being rolled back after a transient shortage: keep waiting,
+                # the waiters are offered the restored state once it is adopted.
+                return False
             request.resolve(None, refusal)
             return True
         command.now = self.clock.now()
@@ -214,7 +233,7 @@ class ActorSystem:
         except RunleaseError as exc:
             if exc.code == NO_CLAIMABLE_RUN:
                 return False
-            request.resolve(None, exc)
+            self.committer.hold(request, None, exc)
             return True
         if outcome.error is not None and outcome.error.code == NO_CLAIMABLE_RUN:
             # The claim expired the session's stale lease but found nothing: record the

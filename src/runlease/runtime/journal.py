@@ -10,15 +10,24 @@ Snapshots go through the same writer, in order with the records, so a snapshot t
 the k-th submitted command is stored only once the first k records are committed, and is
 tagged with exactly that journal sequence.
 
+Replies that change nothing (refusals, "no claimable run") and reads are computed from
+memory, which may hold changes still waiting for their commit; they are released only once
+those changes are durable (``hold`` and ``settle``), so no reply shows what a crash could
+take back.
+
 If a commit fails (disk full, IO error) the runtime turns read-only: the callers of that
-batch and of every later write get STORAGE_FAILED, reads keep working, and nothing that was
-acknowledged is lost. A restart re-reads the journal once the disk is healthy.
+batch and of every later write get STORAGE_FAILED, memory is rolled back to the journal,
+reads keep working, and nothing that was acknowledged is lost. A restart re-reads the
+journal once the disk is healthy. A transient shortage (RESOURCE_EXHAUSTED: file
+descriptors, memory) is different: the store stays usable, so that batch and everything
+applied after it are refused, memory is rolled back, and writes are taken again.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -27,7 +36,13 @@ from runlease.core.commands import AnyCommand, ExpireLease, ExpireSession
 from runlease.core.machine import Machine, Outcome
 from runlease.core.model import LEASED_RUN_STATUSES, REASON_ORPHANED_ON_BOOT
 from runlease.core.snapshot import UnsupportedFormat, decode_snapshot, encode_snapshot
-from runlease.errors import STORAGE_FAILED, InternalError, RunleaseError, Unavailable
+from runlease.errors import (
+    RESOURCE_EXHAUSTED,
+    STORAGE_FAILED,
+    InternalError,
+    RunleaseError,
+    Unavailable,
+)
 from runlease.persistence.records import decode_command, encode_record
 from runlease.persistence.store import Store
 from runlease.runtime.commit import Acknowledge
@@ -51,29 +66,62 @@ class _Snapshot:
 _Item = tuple[bytes, Request | None, Outcome]
 
 
-class JournalCommitter:
-    """Group commit in front of a :class:`~runlease.persistence.store.Store`."""
+class _Hold:
+    """A reply that changed nothing, released after the commits queued before it."""
 
-    def __init__(self, store: Store, machine: Machine, acknowledge: Acknowledge) -> None:
+    __slots__ = ("error", "reply", "request")
+
+    def __init__(self, request: Request, reply: Any, error: RunleaseError | None) -> None:
+        self.request = request
+        self.reply = reply
+        self.error = error
+
+
+_Pending = _Item | _Hold | _Snapshot
+
+
+class JournalCommitter:
+    """Group commit in front of a :class:`~runlease.persistence.store.Store`.
+
+    ``on_rollback`` runs after memory was rolled back to the journal, so the actors can
+    watch the deadlines of the restored state and let waiting claimers look again.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        machine: Machine,
+        acknowledge: Acknowledge,
+        *,
+        on_rollback: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
         self._machine = machine
         self._acknowledge = acknowledge
-        self._pending: list[_Item | _Snapshot] = []
+        self._on_rollback = on_rollback
+        self._pending: list[_Pending] = []
         self._wake = trio.Event()
         self._progress = trio.Event()
         # Journal sequence of the newest submitted record, and of the newest written one.
         self.submitted_seq = store.last_seq()
         self.written_seq = self.submitted_seq
+        # Bumped after every roll back of memory to the journal: what a reader computed
+        # before may show changes that are gone now.
+        self.generation = 0
         self.records_since_snapshot = 0
         self.failure: RunleaseError | None = None
+        # Set while memory is rolled back after a transient shortage: writes are refused
+        # then, because they would be applied to a machine about to be replaced.
+        self._shortage: RunleaseError | None = None
 
     # The actors call this right after applying; it must never block.
     def submit(self, request: Request | None, command: AnyCommand, outcome: Outcome) -> None:
-        if self.failure is not None:
+        refusal = self.refusal
+        if refusal is not None:
             # The machine moved ahead of a journal that can no longer follow: refuse to
             # acknowledge anything more until a restart re-reads the journal.
             if request is not None:
-                request.resolve(None, self.failure)
+                request.resolve(None, refusal)
             return
         try:
             record = encode_record(command)
@@ -88,9 +136,27 @@ class JournalCommitter:
         self.records_since_snapshot += 1
         self._wake.set()
 
+    def hold(self, request: Request, reply: Any, error: RunleaseError | None) -> None:
+        """Resolve a reply that changed nothing once the changes it may have seen are durable.
+
+        A refusal or a "nothing changed" reply is computed from memory, which may already
+        hold changes still waiting for their commit; a crash could take those back. So the
+        reply waits behind the newest pending record and is released right after that
+        record's commit, in order, without a commit of its own.
+        """
+        if self.written_seq >= self.submitted_seq and self._shortage is None:
+            request.resolve(reply, error)
+            return
+        self._pending.append(_Hold(request, reply, error))
+        self._wake.set()
+
     def submit_snapshot(self, data: bytes) -> _Snapshot:
         """Queue a snapshot of the state after every record submitted so far."""
         snapshot = _Snapshot(self.submitted_seq, data)
+        if self._shortage is not None:
+            # Taken from a machine that is being rolled back: it must never be stored.
+            snapshot.done.set()
+            return snapshot
         self._pending.append(snapshot)
         self.records_since_snapshot = 0
         self._wake.set()
@@ -98,12 +164,16 @@ class JournalCommitter:
 
     @property
     def refusal(self) -> RunleaseError | None:
-        return self.failure
+        return self.failure or self._shortage
+
+    async def settle(self, seq: int, generation: int) -> None:
+        """Return once records up to ``seq`` are written (or failed), or memory was rolled
+        back since ``generation``."""
+        while self.written_seq < seq and self.generation == generation:
+            await self._progress.wait()
 
     async def flush(self) -> None:
-        target = self.submitted_seq
-        while self.written_seq < target and self.failure is None:
-            await self._progress.wait()
+        await self.settle(self.submitted_seq, self.generation)
 
     def _fail(self, error: RunleaseError) -> None:
         if self.failure is None:
@@ -114,6 +184,10 @@ class JournalCommitter:
                 code=STORAGE_FAILED,
             )
 
+    def _note_progress(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
@@ -123,58 +197,125 @@ class JournalCommitter:
                 batch, self._pending = self._pending, []
                 await self._write(batch)
 
-    async def _write(self, batch: list[_Item | _Snapshot]) -> None:
+    async def _write(self, batch: list[_Pending]) -> None:
         # Runs of records are committed together; a snapshot splits the batch so it is
         # written only after the records it covers.
-        records: list[_Item] = []
-        for item in batch:
+        chunk: list[_Item | _Hold] = []
+        for index, item in enumerate(batch):
             if isinstance(item, _Snapshot):
-                await self._commit(records)
-                records = []
+                shortage = await self._commit(chunk)
+                if shortage is not None:
+                    await self._recover_from_shortage(shortage, [*chunk, *batch[index:]])
+                    return
+                chunk = []
                 await self._write_snapshot(item)
             else:
-                records.append(item)
-        await self._commit(records)
+                chunk.append(item)
+        shortage = await self._commit(chunk)
+        if shortage is not None:
+            await self._recover_from_shortage(shortage, [*chunk])
 
-    async def _commit(self, items: list[_Item]) -> None:
+    async def _commit(self, items: list[_Item | _Hold]) -> RunleaseError | None:
+        """Commit the records among ``items`` and release them and the holds, in order.
+
+        Returns the error of a transient shortage (the store is usable and the batch was
+        not written) without releasing anything: the caller takes the state back.
+        """
         if not items:
-            return
-        if self.failure is None:
+            return None
+        records = [item[0] for item in items if not isinstance(item, _Hold)]
+        if records and self.failure is None:
             try:
-                records = [item[0] for item in items]
                 if self._store.durability == "relaxed":
                     # An unsynced LMDB commit takes ~10 us; a trip to a worker thread ~120 us.
                     self._store.append(records)
                 else:
                     await trio.to_thread.run_sync(self._store.append, records)
             except Exception as exc:
+                if isinstance(exc, RunleaseError) and exc.code == RESOURCE_EXHAUSTED:
+                    return exc
                 if not isinstance(exc, RunleaseError):
                     log.exception("journal commit failed")
                 self._fail(exc if isinstance(exc, RunleaseError) else InternalError(str(exc)))
                 await self._roll_back_to_journal()
-        self.written_seq += len(items)
-        self._progress.set()
-        self._progress = trio.Event()
-        if self.failure is not None:
-            for _, request, _ in items:
+                if self._on_rollback is not None:
+                    self._on_rollback()
+        self.written_seq += len(records)
+        self._note_progress()
+        failure = self.failure
+        if failure is not None:
+            for item in items:
+                request = item.request if isinstance(item, _Hold) else item[1]
                 if request is not None:
-                    request.resolve(None, self.failure)
-            return
-        for _, request, outcome in items:
-            self._acknowledge(request, outcome)
+                    request.resolve(None, failure)
+            return None
+        for item in items:
+            if isinstance(item, _Hold):
+                item.request.resolve(item.reply, item.error)
+            else:
+                self._acknowledge(item[1], item[2])
+        return None
 
-    async def _roll_back_to_journal(self) -> None:
+    async def _recover_from_shortage(self, cause: RunleaseError, refused: list[_Pending]) -> None:
+        """A commit failed for want of a resource that may come back (file descriptors,
+        memory): refuse that batch and everything applied after it, take memory back to
+        the journal, then take writes again.
+
+        Everything still pending was applied on top of the refused changes, so none of it
+        may be acknowledged. Until the rolled-back machine is adopted new writes are
+        refused too; the callers hear only after it, so a retry meets the restored state.
+        """
+        log.warning("journal commit refused for a transient shortage: %s", cause)
+        error = Unavailable(
+            f"the journal could not be written for a transient shortage of system resources "
+            f"({cause.message}); nothing was changed: retry the request",
+            code=RESOURCE_EXHAUSTED,
+        )
+        self._shortage = Unavailable(
+            "the runtime is recovering from a transient shortage of system resources; "
+            "nothing was changed: retry the request",
+            code=RESOURCE_EXHAUSTED,
+        )
+        if not await self._roll_back_to_journal():
+            # Memory still holds the refused changes and cannot be trusted to write on.
+            self._fail(InternalError("memory could not be rolled back to the journal"))
+        refused.extend(self._pending)
+        self._pending = []
+        dropped = sum(1 for item in refused if isinstance(item, tuple))
+        self.records_since_snapshot = max(0, self.records_since_snapshot - dropped)
+        # The refused records never reached the journal: number from what it holds.
+        self.submitted_seq = self.written_seq = self._store.last_seq()
+        self._shortage = None
+        reply_error = self.failure or error
+        for item in refused:
+            if isinstance(item, _Snapshot):
+                item.done.set()
+                continue
+            request = item.request if isinstance(item, _Hold) else item[1]
+            if request is not None:
+                request.resolve(None, reply_error)
+        self._note_progress()
+        if self._on_rollback is not None:
+            self._on_rollback()
+
+    async def _roll_back_to_journal(self) -> bool:
         """Make memory match the journal again, so reads show only acknowledged state.
 
         The failed batch (and anything applied after it) changed the machine but will never
-        be acknowledged; rebuilding from disk drops those changes.
+        be acknowledged; rebuilding from disk drops those changes. Readers that computed
+        an answer from the old memory see ``generation`` change and look again. False if
+        the journal could not be re-read (memory is then left as it was).
         """
         try:
             durable = await trio.to_thread.run_sync(load_machine, self._store, BootReport())
         except Exception:
             log.exception("could not re-read the journal after a failed commit")
-            return
-        self._machine.adopt(durable)
+            durable = None
+        if durable is not None:
+            self._machine.adopt(durable)
+        self.generation += 1
+        self._note_progress()
+        return durable is not None
 
     async def _write_snapshot(self, snapshot: _Snapshot) -> None:
         try:

@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import trio
@@ -118,6 +118,7 @@ WorkspaceRoots = (
 EMBEDDED = Origin(kind="embedded")
 OPERATOR = Actor(kind="human", ref="operator")
 Durability = Literal["durable", "relaxed"]
+T = TypeVar("T")
 
 
 class RuntimeStatus(msgspec.Struct, kw_only=True, tag="status"):
@@ -135,7 +136,11 @@ class Runtime:
     """One lease runtime. Create it with :func:`open_runtime`; all methods are trio-native.
 
     Writes go through the actors and return once acknowledged (durable when a journal is
-    configured). Reads return copies of the current in-memory state without a round trip.
+    configured). The sync reads return copies of this process's in-memory view without a
+    round trip; that view may include writes whose commit is still running, which a crash
+    would take back. Before showing state outside the process (a reply to another program,
+    a log line another system acts on), ``await rt.settled()`` after the read, or compute
+    the answer with ``await rt.read(fn)``, which does both.
     """
 
     def __init__(
@@ -163,6 +168,38 @@ class Runtime:
         """Swap in a durable committer before the runtime starts serving."""
         self._committer = committer
         self._system.committer = committer
+
+    async def settled(self) -> None:
+        """Return once every change this process has applied so far is durable.
+
+        The barrier between a sync read and showing its result outside the process. If a
+        commit fails meanwhile, memory is rolled back to the journal and this returns too:
+        read again then (:meth:`read` does that for you).
+        """
+        committer = self._committer
+        await committer.settle(committer.submitted_seq, committer.generation)
+
+    async def read(self, compute: Callable[[], T]) -> T:
+        """``compute()`` against memory, returned only once everything it may show is durable.
+
+        ``compute`` must not await: the answer is one consistent view. If memory was rolled
+        back to the journal while waiting (a failed commit), it is computed again from the
+        rolled-back state, so the answer never shows a change a crash could take back. A
+        RunleaseError it raises (e.g. not found) is held back the same way.
+        """
+        committer = self._committer
+        while True:
+            seq, generation = committer.submitted_seq, committer.generation
+            error: RunleaseError | None = None
+            try:
+                value = compute()
+            except RunleaseError as exc:
+                error = exc
+            await committer.settle(seq, generation)
+            if committer.generation == generation:
+                if error is not None:
+                    raise error
+                return value
 
     def _acknowledge(self, request: Request | None, outcome: Outcome) -> None:
         if outcome.events:
@@ -275,9 +312,13 @@ class Runtime:
         return run
 
     def get_task(self, task_id: str) -> Task:
+        """This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process."""
         return snapshot_task(self._machine.get_task(task_id))
 
     def get_run(self, run_id: str) -> Run:
+        """This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process."""
         return snapshot_run(self._machine.get_run(run_id))
 
     def list_tasks(
@@ -288,7 +329,11 @@ class Runtime:
         after: str | None = None,
         limit: int | None = None,
     ) -> list[Task]:
-        """Tasks in creation order, optionally filtered; page with ``after`` and ``limit``."""
+        """Tasks in creation order, optionally filtered; page with ``after`` and ``limit``.
+
+        This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process.
+        """
         if limit is not None and limit < 0:
             raise InvalidInput("limit must be zero or positive")
         out: list[Task] = []
@@ -307,7 +352,11 @@ class Runtime:
         return out
 
     def runs_of(self, task_id: str) -> list[Run]:
-        """Every run of a task, oldest first (follows previous_run_id back from the current)."""
+        """Every run of a task, oldest first (follows previous_run_id back from the current).
+
+        This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process.
+        """
         task = self._machine.get_task(task_id)
         chain: list[Run] = []
         run_id = task.current_run_id
@@ -402,9 +451,13 @@ class Runtime:
         return SessionHandle(self, session_id)
 
     def get_session(self, session_id: str) -> Session:
+        """This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process."""
         return msgspec.structs.replace(self._machine.get_session(session_id))
 
     def list_sessions(self, *, live_only: bool = False) -> list[Session]:
+        """This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process."""
         return [
             msgspec.structs.replace(s)
             for s in self._machine.sessions.values()
@@ -867,7 +920,11 @@ class Runtime:
         return task
 
     def pause_state(self, task_id: str) -> inspection.PauseState:
-        """Direct and effective (inherited from an ancestor) pause of a task."""
+        """Direct and effective (inherited from an ancestor) pause of a task.
+
+        This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process.
+        """
         return inspection.pause_state(self._machine, self._machine.get_task(task_id))
 
     async def cancel_task(
@@ -1007,7 +1064,7 @@ class Runtime:
         await self._call(
             PauseScheduler(now=0.0, reason=reason, actor=actor or OPERATOR, origin=origin)
         )
-        return self.scheduler_status()
+        return await self.read(self.scheduler_status)
 
     async def resume_scheduler(
         self,
@@ -1019,7 +1076,7 @@ class Runtime:
         await self._call(
             ResumeScheduler(now=0.0, reason=reason, actor=actor or OPERATOR, origin=origin)
         )
-        return self.scheduler_status()
+        return await self.read(self.scheduler_status)
 
     async def drain_scheduler(
         self,
@@ -1047,17 +1104,23 @@ class Runtime:
             while self._machine.live_tokens():
                 self._check_open()
                 await self._feed.wait_changed()
-        remaining = len(self._machine.live_tokens())
-        return inspection.DrainResult(
-            status=self.scheduler_status(),
-            completed=remaining == 0,
-            timed_out=remaining > 0,
-            remaining_claims=remaining,
-            started_at=started,
-            completed_at=self._clock.now(),
-        )
+
+        def result() -> inspection.DrainResult:
+            remaining = len(self._machine.live_tokens())
+            return inspection.DrainResult(
+                status=self.scheduler_status(),
+                completed=remaining == 0,
+                timed_out=remaining > 0,
+                remaining_claims=remaining,
+                started_at=started,
+                completed_at=self._clock.now(),
+            )
+
+        return await self.read(result)
 
     def scheduler_status(self) -> inspection.SchedulerStatus:
+        """This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process."""
         return inspection.scheduler_status(self._machine, self._clock.now())
 
     def backlog(
@@ -1068,7 +1131,11 @@ class Runtime:
         after: str | None = None,
         limit: int = 100,
     ) -> inspection.Backlog:
-        """Queued runs with their task (claimable and held back), paged by run id."""
+        """Queued runs with their task (claimable and held back), paged by run id.
+
+        This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process.
+        """
         return inspection.backlog(
             self._machine,
             workspace_id=workspace,
@@ -1099,7 +1166,11 @@ class Runtime:
 
     def stuck(self, *, threshold: float = DEFAULT_STUCK_THRESHOLD) -> list[inspection.StuckRun]:
         """Leased runs whose lease has run out (not yet expired by the clock), then those
-        with no heartbeat or checkpoint for more than ``threshold`` seconds."""
+        with no heartbeat or checkpoint for more than ``threshold`` seconds.
+
+        This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process.
+        """
         return inspection.stuck(self._machine, self._clock.now(), threshold=threshold)
 
     async def steal(
@@ -1137,7 +1208,11 @@ class Runtime:
         return claim
 
     def show(self, task_id: str) -> inspection.TaskDetail:
-        """A task with every run, its checkpoints, graph edges and retained events."""
+        """A task with every run, its checkpoints, graph edges and retained events.
+
+        This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process.
+        """
         return inspection.task_detail(
             self._machine, self._machine.get_task(task_id), self._feed.timeline(task_id)
         )
@@ -1152,19 +1227,28 @@ class Runtime:
         active tasks since this process started (see runtime/events.py). Every event has
         a global ``seq``, ``actor`` and ``origin``; for a live stream use
         :meth:`follow_events` with ``task_id`` and ``after_seq``.
+
+        This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process.
         """
         self._machine.get_task(task_id)
         return self._feed.timeline(task_id, after_seq=after_seq, limit=limit)
 
     def inspect_task(self, task_id: str) -> inspection.InspectView:
         """Current run, bound session, recent runs and events, scheduler and pause state,
-        and the deterministic ``next_action`` (see core/inspect.py:next_action)."""
+        and the deterministic ``next_action`` (see core/inspect.py:next_action).
+
+        This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process.
+        """
         task = self._machine.get_task(task_id)
         return inspection.inspect(
             self._machine, task, self._clock.now(), self._feed.timeline(task_id)
         )
 
     def inspect_run(self, run_id: str) -> inspection.InspectView:
+        """This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process."""
         run = self._machine.get_run(run_id)
         task = self._machine.tasks[run.task_id]
         return inspection.inspect(
@@ -1220,6 +1304,8 @@ class Runtime:
         return self._feed.follow(after_seq=after_seq, task_id=task_id)
 
     def status(self) -> RuntimeStatus:
+        """This process's view, which may include writes still committing: await
+        :meth:`settled` before showing it outside the process."""
         machine = self._machine
         return RuntimeStatus(
             tasks=len(machine.tasks),
@@ -1490,7 +1576,9 @@ async def open_runtime(
             workspace_roots=workspace_roots,
         )
         runtime.boot_report = report
-        committer = JournalCommitter(store, machine, runtime._acknowledge)
+        committer = JournalCommitter(
+            store, machine, runtime._acknowledge, on_rollback=runtime._system.after_rollback
+        )
         runtime.use_committer(committer)
         try:
             async with trio.open_nursery() as nursery:

@@ -571,9 +571,10 @@ class SocketServer:
     async def _execute(self, conn: _Connection, request: p.AnyRequest) -> p.Reply:
         rt = self.runtime
         rid = request.id
+        if isinstance(request, _READ_REQUESTS):
+            # Computed from memory, sent only once everything it may show is durable.
+            return await rt.read(lambda: self._answer(request))
         match request:
-            case p.GetStatus():
-                return p.StatusReply(id=rid, status=self.status())
             case p.CreateTask():
                 task = await rt.create_task(
                     request.title,
@@ -603,35 +604,6 @@ class SocketServer:
                     origin=conn.origin(),
                 )
                 return p.RunReply(id=rid, run=run)
-            case p.ShowTask():
-                detail = rt.show(request.task_id)
-                return p.TaskDetail(
-                    id=rid,
-                    task=detail.task,
-                    runs=detail.runs,
-                    checkpoints=detail.checkpoints,
-                    events=detail.events,
-                    children=detail.children,
-                    blocked_by=detail.blocked_by,
-                    open_dependencies=detail.open_dependencies,
-                    dependents=detail.dependents,
-                    pause=detail.pause,
-                )
-            case p.GetRun():
-                return p.RunReply(id=rid, run=rt.get_run(request.run_id))
-            case p.ListTasks():
-                limit = _page_limit(request.limit)
-                tasks = rt.list_tasks(
-                    status=request.status,
-                    workspace=request.workspace,
-                    after=request.after,
-                    limit=limit + 1,
-                )
-                return _page(tasks, limit, lambda items, more: _task_page(rid, items, more))
-            case p.ListEvents():
-                limit = _page_limit(request.limit)
-                events = rt.events(after_seq=request.after_seq, task_id=request.task_id)
-                return _page(events, limit, lambda items, more: _event_page(rid, items, more))
             case p.FollowEvents():
                 return await self._follow(conn, request)
             case p.OpenSession():
@@ -646,15 +618,6 @@ class SocketServer:
             case p.StopSession():
                 released = await rt.stop_session(request.session_id, reason=request.reason)
                 return p.SessionReleasedReply(id=rid, released=released)
-            case p.GetSession():
-                return p.SessionReply(id=rid, session=rt.get_session(request.session_id))
-            case p.ListSessions():
-                limit = _page_limit(request.limit)
-                sessions = _after(rt.list_sessions(live_only=request.live_only), request.after)
-                return _page(sessions, limit, lambda items, more: _session_page(rid, items, more))
-            case p.WhoAmI():
-                session_id = rt.session_id_for_token(request.token)
-                return p.SessionReply(id=rid, session=rt.get_session(session_id))
             case p.ClaimNext():
                 session_id = rt.session_id_for_token(request.token)
                 claim = await rt.claim_next(
@@ -697,6 +660,83 @@ class SocketServer:
                 return await self._operate(conn, request)
             case p.Hello() | p.Cancel():  # pragma: no cover - answered by _dispatch
                 raise InvalidInput(f"{type(request).__name__} is handled by the reader")
+        raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
+
+    def _answer(self, request: p.AnyRequest) -> p.Reply:
+        """The requests that only read: computed at once from memory, never awaiting."""
+        rt = self.runtime
+        rid = request.id
+        match request:
+            case p.GetStatus():
+                return p.StatusReply(id=rid, status=self.status())
+            case p.ShowTask():
+                detail = rt.show(request.task_id)
+                return p.TaskDetail(
+                    id=rid,
+                    task=detail.task,
+                    runs=detail.runs,
+                    checkpoints=detail.checkpoints,
+                    events=detail.events,
+                    children=detail.children,
+                    blocked_by=detail.blocked_by,
+                    open_dependencies=detail.open_dependencies,
+                    dependents=detail.dependents,
+                    pause=detail.pause,
+                )
+            case p.GetRun():
+                return p.RunReply(id=rid, run=rt.get_run(request.run_id))
+            case p.ListTasks():
+                limit = _page_limit(request.limit)
+                tasks = rt.list_tasks(
+                    status=request.status,
+                    workspace=request.workspace,
+                    after=request.after,
+                    limit=limit + 1,
+                )
+                return _page(tasks, limit, lambda items, more: _task_page(rid, items, more))
+            case p.ListEvents():
+                limit = _page_limit(request.limit)
+                events = rt.events(after_seq=request.after_seq, task_id=request.task_id)
+                return _page(events, limit, lambda items, more: _event_page(rid, items, more))
+            case p.GetSession():
+                return p.SessionReply(id=rid, session=rt.get_session(request.session_id))
+            case p.ListSessions():
+                limit = _page_limit(request.limit)
+                sessions = _after(rt.list_sessions(live_only=request.live_only), request.after)
+                return _page(sessions, limit, lambda items, more: _session_page(rid, items, more))
+            case p.WhoAmI():
+                session_id = rt.session_id_for_token(request.token)
+                return p.SessionReply(id=rid, session=rt.get_session(session_id))
+            case p.GetSchedulerStatus():
+                return p.SchedulerReply(id=rid, scheduler=rt.scheduler_status())
+            case p.GetBacklog():
+                limit = _page_limit(request.limit)
+                backlog = rt.backlog(
+                    workspace=request.workspace,
+                    include_paused=request.include_paused,
+                    after=request.after,
+                    limit=min(limit, BACKLOG_MAX_PAGE),
+                )
+                return p.BacklogReply(id=rid, backlog=backlog)
+            case p.ListStuck():
+                threshold = request.threshold
+                if threshold is None:
+                    threshold = DEFAULT_STUCK_THRESHOLD
+                elif not math.isfinite(threshold) or threshold < 0:
+                    raise InvalidInput(
+                        f"threshold must be zero or positive seconds, got {threshold}"
+                    )
+                return p.StuckReply(id=rid, runs=rt.stuck(threshold=threshold), threshold=threshold)
+            case p.GetTimeline():
+                if request.after_seq < 0:
+                    raise InvalidInput("after_seq must be zero or positive")
+                limit = _page_limit(request.limit)
+                events = rt.timeline(request.task_id, after_seq=request.after_seq, limit=limit + 1)
+                return _page(events, limit, lambda items, more: _event_page(rid, items, more))
+            case p.InspectTask():
+                return p.InspectReply(id=rid, view=rt.inspect_task(request.task_id))
+            case p.InspectRun():
+                return p.InspectReply(id=rid, view=rt.inspect_run(request.run_id))
         raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
 
     async def _operate(self, conn: _Connection, request: p.AnyRequest) -> p.Reply:
@@ -758,17 +798,6 @@ class SocketServer:
                 if request.timeout is not None:
                     options["timeout"] = request.timeout
                 return p.DrainReply(id=rid, drain=await rt.drain_scheduler(**options))
-            case p.GetSchedulerStatus():
-                return p.SchedulerReply(id=rid, scheduler=rt.scheduler_status())
-            case p.GetBacklog():
-                limit = _page_limit(request.limit)
-                backlog = rt.backlog(
-                    workspace=request.workspace,
-                    include_paused=request.include_paused,
-                    after=request.after,
-                    limit=min(limit, BACKLOG_MAX_PAGE),
-                )
-                return p.BacklogReply(id=rid, backlog=backlog)
             case p.CheckpointTask():
                 actor = SOCKET_OPERATOR
                 if request.token is not None:
@@ -781,15 +810,6 @@ class SocketServer:
                     origin=conn.origin(),
                 )
                 return p.TaskReply(id=rid, task=task)
-            case p.ListStuck():
-                threshold = request.threshold
-                if threshold is None:
-                    threshold = DEFAULT_STUCK_THRESHOLD
-                elif not math.isfinite(threshold) or threshold < 0:
-                    raise InvalidInput(
-                        f"threshold must be zero or positive seconds, got {threshold}"
-                    )
-                return p.StuckReply(id=rid, runs=rt.stuck(threshold=threshold), threshold=threshold)
             case p.StealRun():
                 session_id = rt.session_id_for_token(request.token)
                 claim = await rt.steal(
@@ -802,16 +822,6 @@ class SocketServer:
                     origin=conn.origin(),
                 )
                 return p.ClaimReply(id=rid, claim=claim)
-            case p.GetTimeline():
-                if request.after_seq < 0:
-                    raise InvalidInput("after_seq must be zero or positive")
-                limit = _page_limit(request.limit)
-                events = rt.timeline(request.task_id, after_seq=request.after_seq, limit=limit + 1)
-                return _page(events, limit, lambda items, more: _event_page(rid, items, more))
-            case p.InspectTask():
-                return p.InspectReply(id=rid, view=rt.inspect_task(request.task_id))
-            case p.InspectRun():
-                return p.InspectReply(id=rid, view=rt.inspect_run(request.run_id))
         raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
 
     async def _finish_and_claim(
@@ -912,11 +922,22 @@ _OPERATOR_REQUESTS: Final = (
     p.PauseScheduler,
     p.ResumeScheduler,
     p.DrainScheduler,
+    p.CheckpointTask,
+    p.StealRun,
+)
+# Requests answered from memory without a command (see SocketServer._answer).
+_READ_REQUESTS: Final = (
+    p.GetStatus,
+    p.ShowTask,
+    p.GetRun,
+    p.ListTasks,
+    p.ListEvents,
+    p.GetSession,
+    p.ListSessions,
+    p.WhoAmI,
     p.GetSchedulerStatus,
     p.GetBacklog,
-    p.CheckpointTask,
     p.ListStuck,
-    p.StealRun,
     p.GetTimeline,
     p.InspectTask,
     p.InspectRun,
