@@ -188,6 +188,10 @@ class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True)
     failure_kind: str | None = None
     idempotency_key: str | None = None
     checkpoint_at: float | None = None
+    # Place in the queue: the machine's enqueue counter when this run was first queued. The
+    # claim order uses it, not queued_at, so a wall clock stepped back cannot reorder the
+    # queue. 0 only in records written before it existed (restore numbers those).
+    queue_seq: int = 0
 
 
 class Session(msgspec.Struct, kw_only=True, tag="session", gc=False, omit_defaults=True):
