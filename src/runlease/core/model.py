@@ -17,6 +17,9 @@ MAX_LEASE_SECONDS: Final = 24 * 60 * 60.0
 MAX_METADATA_BYTES: Final = 16 * 1024
 MAX_RESULT_BYTES: Final = 64 * 1024
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
+# How deeply JSON payloads (result, metadata) may nest objects and arrays. Checked without
+# recursion before anything encodes them, so depth never reaches Python's recursion limit.
+MAX_PAYLOAD_DEPTH: Final = 64
 DEFAULT_MAX_ATTEMPTS: Final = 3
 MAX_MAX_ATTEMPTS: Final = 10
 MAX_TITLE_CHARS: Final = 512
