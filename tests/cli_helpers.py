@@ -244,3 +244,31 @@ def serve_relaxed(base: Path) -> Iterator[tuple[Server, Path]]:
         assert srv.stop() == 0, srv.log.lines
     finally:
         srv.kill()
+
+
+SKEWED_SERVER = Path(__file__).with_name("skewed_server.py")
+
+
+def serve_skewed(base: Path) -> Iterator[tuple[Cli, Path]]:
+    """tests/skewed_server.py on ``base``: a server whose wall clock the test moves.
+
+    Yields the CLI and the skew file to pass to :func:`move_clock`. Moving the clock past a
+    lease's deadline makes every command see the lease as expired at once, while the lease
+    clock (sleeping on trio's monotonic clock) has not fired: no real-time wait can race.
+    """
+    socket = base / "s.sock"
+    skew = base / "skew"
+    server = Server([sys.executable, str(SKEWED_SERVER), str(socket), str(skew)])
+    try:
+        server.wait_listening()
+        yield Cli(socket=socket), skew
+        assert server.stop() == 0, server.log.lines
+    finally:
+        server.kill()
+
+
+def move_clock(skew_file: Path, seconds: float) -> None:
+    """Set the skewed server's clock to real time plus ``seconds`` (atomically)."""
+    staging = skew_file.with_suffix(".tmp")
+    staging.write_text(str(seconds))
+    os.replace(staging, skew_file)

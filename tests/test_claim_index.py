@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from runlease.core.index import ClaimIndex
 
 RANKS = [10, 20, 30, 40]
-TIMES = [0.0, 1.0, 1.5, 7.0]
+TIMES = [0, 1, 2, 7]  # queue places (seq); ties are broken by run id
 WORKSPACES: list[str | None] = [None, "a", "b"]
 CAPS = ["x", "y", "z"]
 _LIVE = 3  # position of the liveness flag in an index entry (white-box heap checks)
@@ -21,7 +21,7 @@ _LIVE = 3  # position of the liveness flag in an index entry (white-box heap che
 @dataclass(frozen=True)
 class Entry:
     rank: int
-    queued_at: float
+    queued_at: int  # the queue place (ClaimIndex seq)
     workspace_id: str | None
     caps: frozenset[str]
 
@@ -76,7 +76,7 @@ class IndexVersusModel(RuleBasedStateMachine):
         self.index.add(
             run_id,
             rank=entry.rank,
-            queued_at=entry.queued_at,
+            seq=entry.queued_at,
             workspace_id=entry.workspace_id,
             capabilities=entry.caps,
         )
@@ -90,7 +90,7 @@ class IndexVersusModel(RuleBasedStateMachine):
         caps=st.frozensets(st.sampled_from(CAPS), max_size=2),
     )
     def add(
-        self, rank: int, queued_at: float, workspace_id: str | None, caps: frozenset[str]
+        self, rank: int, queued_at: int, workspace_id: str | None, caps: frozenset[str]
     ) -> None:
         self._add(self._new_id(), Entry(rank, queued_at, workspace_id, caps))
 
@@ -116,11 +116,11 @@ class IndexVersusModel(RuleBasedStateMachine):
     )
     def add_many(
         self,
-        batch: list[tuple[int, float, str | None, frozenset[str]]],
+        batch: list[tuple[int, int, str | None, frozenset[str]]],
         readd: bool,
     ) -> None:
         """Bulk indexing (boot) must agree with adding the runs one by one."""
-        items: list[tuple[str, int, float, str | None, frozenset[str]]] = []
+        items: list[tuple[str, int, int, str | None, frozenset[str]]] = []
         if readd:
             items += [
                 (run_id, e.rank, e.queued_at, e.workspace_id, e.caps)
@@ -184,7 +184,7 @@ TestIndexVersusModel = IndexVersusModel.TestCase
 
 
 def _add(index: ClaimIndex, run_id: str, rank: int = 20, ws: str | None = None) -> None:
-    index.add(run_id, rank=rank, queued_at=0.0, workspace_id=ws, capabilities=frozenset())
+    index.add(run_id, rank=rank, seq=0, workspace_id=ws, capabilities=frozenset())
 
 
 def test_churn_over_a_long_lived_entry_keeps_heaps_small() -> None:

@@ -66,6 +66,7 @@ RUN_FIELDS = {
     "lease_until",
     "heartbeat_at",
     "queued_at",
+    "queue_seq",
     "claimed_at",
     "ended_at",
     "error",

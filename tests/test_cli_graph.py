@@ -9,7 +9,6 @@ the Python client to keep the module fast; every command under test runs as a su
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import RFC3339_UTC, Cli, Server, serve_relaxed
+from cli_helpers import RFC3339_UTC, Cli, Server, move_clock, serve_relaxed, serve_skewed
 from runlease.client import Client
 from runlease.core.model import FORCE_RATE_LIMIT
 
@@ -319,29 +318,48 @@ def test_checkpoint_show_timeline_and_inspect(cli: Cli, ws: str) -> None:
     cli.fails("run", "inspect", "run_missing", code="RUN_NOT_FOUND", exit=4)
 
 
-def test_stuck_and_steal(cli: Cli, ws: str) -> None:
+@pytest.fixture
+def skewed(tmp_path: Path) -> Iterator[tuple[Cli, Path]]:
+    yield from serve_skewed(tmp_path)
+
+
+def test_stuck_and_steal(skewed: tuple[Cli, Path]) -> None:
+    # A server whose wall clock the test moves: the lease runs out for every command at
+    # once, while the lease clock (on trio's monotonic clock, 600 s away) has not fired, so
+    # nothing here races real time or the start of a CLI process.
+    cli, skew = skewed
     _, holder = cli.session("holder")
     thief_id, thief = cli.session("thief")
-    task = create(cli, ws, "contested", "--start")
-    run = claim(cli, holder, ws, "--lease-seconds", "0.3")["run"]
+    task = cli.ok("task", "create", "contested", "--start")["task"]
+    run = cli.ok("task", "next", "--lease-seconds", "600", token=holder)["run"]
     # Live lease: --if-expired refuses.
     cli.fails(
         "task", "steal", task["id"], "--if-expired", code="LEASE_NOT_EXPIRED", exit=5, token=thief
     )
-    time.sleep(0.5)
+    move_clock(skew, 3600)  # the lease's deadline is now 50 minutes ago
     stuck = cli.ok("task", "stuck", "--threshold", "0")["stuck"]
     mine = [row for row in stuck if row["run_id"] == run["id"]]
-    if mine:  # the clock may already have requeued the expired run
-        assert mine[0]["kind"] in {"lease_expired", "no_progress"}
-        assert is_time(mine[0]["since"])
-        assert mine[0]["seconds"] >= 0
+    assert [row["kind"] for row in mine] == ["lease_expired"]
+    assert is_time(mine[0]["since"])
+    assert mine[0]["seconds"] >= 3000
     stolen = cli.ok("task", "steal", task["id"], "--if-expired", token=thief)
     assert stolen["run"]["id"] == run["id"]
     assert stolen["run"]["session_id"] == thief_id
     assert set(stolen) == {"task", "run", "lease"}
-    # --force takes a live lease back.
-    forced = cli.ok("task", "steal", task["id"], "--force", "--reason", "mine now", token=holder)
-    assert forced["run"]["session_id"] != thief_id
+    # --force is an operator action: a session is refused, and the thief keeps the lease.
+    message = cli.fails(
+        "task",
+        "steal",
+        task["id"],
+        "--force",
+        "--reason",
+        "mine now",
+        code="FORBIDDEN_OPERATOR_ACTION",
+        exit=5,
+        token=holder,
+    )
+    assert "--allow-agent-force" in message
+    assert cli.ok("task", "show", task["id"])["runs"][-1]["session_id"] == thief_id
     cli.fails("task", "steal", task["id"], code="USAGE", exit=2, token=holder)
     cli.fails("task", "steal", task["id"], "--force", code="AUTONOMY_SESSION_REQUIRED", exit=5)
     cli.fails("task", "stuck", "--threshold", "-1", code="INVALID_INPUT", exit=3)

@@ -10,35 +10,17 @@ while the lease clock (sleeping on trio's monotonic clock) has not fired.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import Cli, Server
-
-SKEWED_SERVER = Path(__file__).with_name("skewed_server.py")
+from cli_helpers import Cli, move_clock, serve_skewed
 
 
 @pytest.fixture
 def skewed(tmp_path: Path) -> Iterator[tuple[Cli, Path]]:
-    socket = tmp_path / "s.sock"
-    skew = tmp_path / "skew"
-    server = Server([sys.executable, str(SKEWED_SERVER), str(socket), str(skew)])
-    try:
-        server.wait_listening()
-        yield Cli(socket=socket), skew
-        assert server.stop() == 0
-    finally:
-        server.kill()
-
-
-def move_clock(skew_file: Path, seconds: float) -> None:
-    staging = skew_file.with_suffix(".tmp")
-    staging.write_text(str(seconds))
-    os.replace(staging, skew_file)
+    yield from serve_skewed(tmp_path)
 
 
 def test_a_stale_lease_is_refused_with_lease_expired(skewed: tuple[Cli, Path]) -> None:

@@ -69,7 +69,7 @@ def m() -> Iterator[Machine]:
 
 # ------------------------------------------------------------------------------ helpers
 def state_of(machine: Machine) -> bytes:
-    tokens = sorted((r, machine.claim_token_for_tests(r) or "") for r in machine.runs)
+    leases = machine.leased_run_ids()
     return msgspec.json.encode(
         [
             machine.tasks,
@@ -78,7 +78,9 @@ def state_of(machine: Machine) -> bytes:
             machine.children,
             sorted(machine.index.run_ids()),
             machine.last_seq,
-            tokens,
+            leases,
+            machine.high_water,
+            machine.queue_seq,
         ]
     )
 
@@ -164,7 +166,7 @@ def claim_cmd(
     return ClaimNext(
         now=now,
         session_id=session_id,
-        claim_token=token or new_secret_token(CLAIM_TOKEN_PREFIX),
+        claim_token_hash=hash_token(token or new_secret_token(CLAIM_TOKEN_PREFIX)),
         lease_seconds=lease_seconds,
         workspace_id=workspace_id,
     )
@@ -413,7 +415,7 @@ def test_claims_go_by_priority_first(m: Machine) -> None:
     assert order == ["urgent", "high", "medium", "low"]
 
 
-def test_claims_within_a_priority_go_by_queue_time_then_id(m: Machine) -> None:
+def test_claims_within_a_priority_go_by_enqueue_order_not_id(m: Machine) -> None:
     task(m, "a", run_id="run_z", now=T0 + 1)
     task(m, "b", run_id="run_y", now=T0 + 2)
     task(m, "c", run_id="run_b", now=T0 + 2)
@@ -424,7 +426,7 @@ def test_claims_within_a_priority_go_by_queue_time_then_id(m: Machine) -> None:
         run_id = claimed_id(m, "s", now=T0 + 10)
         order.append(run_id)
         m.apply(CompleteRun(now=T0 + 10, session_id="s", run_id=run_id))
-    assert order == ["run_z", "run_b", "run_y", "run_a"]
+    assert order == ["run_z", "run_y", "run_b", "run_a"]
 
 
 def test_a_released_run_keeps_its_place_in_the_queue(m: Machine) -> None:
@@ -620,7 +622,13 @@ def test_unknown_ids(m: Machine) -> None:
 def test_claim_token_of_the_wrong_form(m: Machine) -> None:
     task(m, "t")
     session(m, "s")
-    assert code_of(m, claim_cmd("s", token="not-a-token")) == INVALID_INPUT
+    for bad in (
+        ClaimNext(now=T0, session_id="s", claim_token_hash="not-a-hash"),
+        ClaimNext(now=T0, session_id="s", claim_token_hash="sha256:" + "A" * 64),
+        ClaimNext(now=T0, session_id="s", claim_token="not-a-token"),
+        ClaimNext(now=T0, session_id="s"),
+    ):
+        assert code_of(m, bad) == INVALID_INPUT
 
 
 # ------------------------------------------------------------------ expiry, recovery
@@ -669,13 +677,13 @@ def test_one_attempt_parks_on_the_first_expiry(m: Machine) -> None:
 
 def test_expiry_event_carries_only_the_hash(m: Machine) -> None:
     run_id = one_leased(m)
-    token = m.claim_token_for_tests(run_id)
-    assert token is not None
+    token_hash = m.runs[run_id].claim_token_hash
+    assert token_hash is not None
     outcome = m.apply(ExpireLease(now=T0 + 300, run_id=run_id))
     data = outcome.events[0].data
-    assert data["previous_claim_token_hash"] == hash_token(token)
-    assert token not in msgspec.json.encode(outcome.events).decode()
-    assert m.claim_token_for_tests(run_id) is None
+    assert data["previous_claim_token_hash"] == token_hash
+    assert CLAIM_TOKEN_PREFIX not in msgspec.json.encode(outcome.events).decode()
+    assert run_id not in m.leased_run_ids()
 
 
 def test_heartbeat_postpones_expiry(m: Machine) -> None:

@@ -88,6 +88,7 @@ class MRun:
     task_id: str
     attempt: int
     queued_at: float
+    queue_place: int  # the n-th enqueue; claims go by this, never by wall time
     status: str = "queued"
     recovery_count: int = 0
     holder: str | None = None  # the session holding the lease right now
@@ -143,7 +144,7 @@ class Model:
                 continue
             if not task.caps <= session.caps:
                 continue
-            candidates.append((-RANK[task.priority], run.queued_at, run.id))
+            candidates.append((-RANK[task.priority], run.queue_place, run.id))
         candidates.sort()
         return candidates[0][2] if candidates else None
 
@@ -174,6 +175,7 @@ class Model:
             task_id=task.id,
             attempt=1 if previous is None else previous.attempt + 1,
             queued_at=self.now,
+            queue_place=len(self.runs) + 1,
         )
         self.runs[run_id] = run
         task.current_run = run_id
@@ -246,7 +248,7 @@ def sha256_of(token: str) -> str:
 
 def fingerprint(machine: Machine) -> bytes:
     """Everything a command could change, cheaply encoded."""
-    tokens = sorted((rid, machine.claim_token_for_tests(rid) or "") for rid in machine.runs)
+    leases = machine.leased_run_ids()
     return msgspec.json.encode(
         [
             machine.tasks,
@@ -255,7 +257,7 @@ def fingerprint(machine: Machine) -> bytes:
             machine.children,
             sorted(machine.index.run_ids()),
             machine.last_seq,
-            tokens,
+            leases,
         ]
     )
 
@@ -278,7 +280,7 @@ task_picks = st.tuples(st.sampled_from(["any", "any", "any", "unknown"]), st.int
 lease_lengths = st.sampled_from(
     [None, None, None, 0, -1, 0.5, 1, 30, 300, 300, 3600, 86_400, 86_400.5, 1e9]
 )
-# Medium most often: claim order within one priority (queued_at, then id) matters as much.
+# Medium most often: claim order within one priority (enqueue order) matters as much.
 priorities = st.sampled_from(["low", "medium", "medium", "medium", "high", "urgent"])
 task_caps = st.sampled_from(
     [frozenset(), frozenset(), frozenset({"py"}), frozenset({"gpu"}), frozenset({"py", "net"})]
@@ -314,6 +316,7 @@ class MachineVersusModel(RuleBasedStateMachine):
         self.model = Model()
         self.counter = 0
         self.issued_tokens: list[str] = []
+        self.tokens_by_hash: dict[str, str] = {}
 
     # ------------------------------------------------------------------------ helpers
     def _next(self) -> int:
@@ -328,6 +331,7 @@ class MachineVersusModel(RuleBasedStateMachine):
         seed = hashlib.sha256(f"token {self._next()}".encode()).digest()
         token = new_secret_token(TOKEN_PREFIX, random_bytes=lambda n: seed[:n])
         self.issued_tokens.append(token)
+        self.tokens_by_hash[sha256_of(token)] = token
         return token
 
     def _session_id(self, pick: Pick) -> str | None:
@@ -823,7 +827,9 @@ class MachineVersusModel(RuleBasedStateMachine):
 
     def _live_or_new_token(self, run_id: str) -> str:
         """The real token of the lease (what a careless agent would echo), else a fresh one."""
-        return self.machine.claim_token_for_tests(run_id) or self._new_token()
+        run = self.machine.runs.get(run_id)
+        token_hash = run.claim_token_hash if run is not None else None
+        return self.tokens_by_hash.get(token_hash or "") or self._new_token()
 
     @rule(
         pick=actor_picks,
@@ -1118,6 +1124,7 @@ class MachineVersusModel(RuleBasedStateMachine):
             assert run.attempt == mr.attempt
             assert run.recovery_count == mr.recovery_count
             assert run.queued_at == mr.queued_at
+            assert run.queue_seq == mr.queue_place
             assert run.session_id == mr.last_session
             assert run.lease_until == mr.lease_until
             assert run.error == mr.error
@@ -1150,7 +1157,7 @@ class MachineVersusModel(RuleBasedStateMachine):
             assert is_queued + is_leased + is_settled == 1, f"{run.id} is {run.status}"
             assert (run.claim_token_hash is not None) == is_leased
             assert (run.lease_until is not None) == is_leased
-            assert (machine.claim_token_for_tests(run.id) is not None) == is_leased
+            assert (run.id in machine.leased_run_ids()) == is_leased
             if is_leased:
                 assert run.session_id is not None
                 assert leases_per_run.get(run.id) == 1

@@ -16,6 +16,7 @@ from runlease.errors import (
     BULK_TOO_LARGE,
     COMPLETION_CONTRACT_UNMET,
     DEPENDENCY_CYCLE,
+    FORBIDDEN_OPERATOR_ACTION,
     FORCE_RATE_LIMITED,
     FORCE_REASON_REQUIRED,
     GRAPH_LIMIT_EXCEEDED,
@@ -29,6 +30,7 @@ from runlease.errors import (
     WORKSPACE_ROOT_UNKNOWN,
     RunleaseError,
 )
+from runlease.runtime.runtime import OPERATOR
 
 
 async def _claim_code(session: runlease.SessionHandle) -> str:
@@ -431,7 +433,11 @@ async def test_checkpoint_stuck_steal_show_inspect(autojump_clock: trio.testing.
         with pytest.raises(RunleaseError) as info:
             await second.steal(task.id)
         assert info.value.code == LEASE_NOT_EXPIRED
-        stolen = await second.steal(task.id, force=True)
+        # A session may not force; the host (an operator actor) may, on its behalf.
+        with pytest.raises(RunleaseError) as info:
+            await second.steal(task.id, force=True)
+        assert info.value.code == FORBIDDEN_OPERATOR_ACTION
+        stolen = await rt.steal(task.id, second.id, force=True, actor=OPERATOR)
         assert stolen.run.session_id == second.id
         assert first.info().lease_run_id is None
         detail = rt.show(task.id)

@@ -53,6 +53,7 @@ import msgspec
 from runlease.core.inspect import Backlog, DrainResult, InspectView, PauseState, SchedulerStatus
 from runlease.core.inspect import StuckRun as StuckRunView
 from runlease.core.model import (
+    MAX_PAYLOAD_DEPTH,
     ApprovalPolicy,
     BulkResult,
     Checkpoint,
@@ -74,6 +75,7 @@ from runlease.errors import (
     BAD_FRAME,
     BAD_REQUEST,
     FRAME_TOO_LARGE,
+    INVALID_INPUT,
     PAYLOAD_TOO_LARGE,
     UNKNOWN_OP,
     InvalidInput,
@@ -775,6 +777,14 @@ def decode_request(body: bytes) -> AnyRequest:
         return _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
         detail = str(exc)
+    except RecursionError:
+        # Nesting too deep to decode at all (the request id is inside it, so unknown).
+        raise RequestRejected(
+            CONNECTION_ID,
+            "the request nests objects and arrays too deeply to decode; payloads may nest "
+            f"at most {MAX_PAYLOAD_DEPTH} levels",
+            code=INVALID_INPUT,
+        ) from None
     except Exception as exc:  # DecodeError, or anything odd msgspec meets in garbage
         raise RequestRejected(
             CONNECTION_ID, f"frame is not valid msgpack: {_short(exc)}", code=BAD_FRAME

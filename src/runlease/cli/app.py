@@ -65,8 +65,9 @@ task_app = App(
     name="task",
     help=(
         "Create and inspect tasks; claim and finish runs. The commands next, heartbeat, "
-        "complete, fail, release and block act for the session whose token is given with "
-        f"--session-token or {ENV_SESSION_TOKEN}."
+        "complete, fail, release and block act for the session whose token is given in "
+        f"{ENV_SESSION_TOKEN} (or --session-token, which other users can see in the process "
+        "list)."
     ),
 )
 run_app = App(
@@ -125,7 +126,11 @@ def _launcher(
         str | None,
         Parameter(
             env_var=ENV_SESSION_TOKEN,
-            help="The session's bearer token (rl_session_...), for session-scoped commands.",
+            help=(
+                "The session's bearer token (rl_session_...), for session-scoped commands. "
+                f"Prefer the {ENV_SESSION_TOKEN} environment variable: a token given on the "
+                "command line can be read by other users of this machine (ps, /proc/PID/cmdline)."
+            ),
             group="Global options",
         ),
     ] = None,
@@ -220,6 +225,15 @@ def serve(
             negative=(),
         ),
     ] = None,
+    allow_agent_force: Annotated[
+        bool,
+        Parameter(
+            help="Let sessions (agents) use the operator's force operations: steal --force, "
+            "run force-release / force-fail and their bulk forms. Off by default: those are "
+            "refused to a session with FORBIDDEN_OPERATOR_ACTION.",
+            negative=(),
+        ),
+    ] = False,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -238,7 +252,13 @@ def serve(
             raise UsageError(f"--workspace-root takes WORKSPACE=DIR, got {item!r}")
         roots[workspace] = str(Path(root).expanduser().resolve())
     configure_logging()
-    run_server(socket_path, data_dir=directory, durability=durability, workspace_roots=roots)
+    run_server(
+        socket_path,
+        data_dir=directory,
+        durability=durability,
+        workspace_roots=roots,
+        allow_agent_force=allow_agent_force,
+    )
     return 0
 
 

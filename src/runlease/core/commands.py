@@ -1,9 +1,11 @@
 """Commands the state machine accepts.
 
-A command carries every input the transition needs, including the ids and the claim token
-the shell generated, so applying the same commands in the same order always yields the same
-state. That makes the command stream itself a faithful journal. The tags are stable: they
-are written to disk and sent over the wire.
+A command carries every input the transition needs, including the ids and the claim-token
+hash the shell generated, so applying the same commands in the same order always yields the
+same state; that makes the command stream itself a faithful journal. Commands never carry a
+raw claim token: the shell makes the token, hashes it and drops it, so the journal holds
+nothing a reader could present as a lease. The tags are stable: they are written to disk and
+sent over the wire.
 """
 
 from __future__ import annotations
@@ -160,7 +162,10 @@ class StealRun(Command, tag="steal"):
 
     task_id: str
     session_id: str | None
-    claim_token: str
+    # sha256:<hex> of the fresh claim token. ``claim_token`` is only read from journals
+    # written before hashes were journaled; the machine hashes it and keeps only the hash.
+    claim_token_hash: str | None = None
+    claim_token: str | None = None
     force: bool = False
     lease_seconds: float | None = None
     reason: str | None = None
@@ -197,7 +202,9 @@ class ExpireSession(Command, tag="expire_session"):
 
 class ClaimNext(Command, tag="claim_next"):
     session_id: str | None
-    claim_token: str
+    # As on StealRun: the hash of the new lease's token; ``claim_token`` only in old journals.
+    claim_token_hash: str | None = None
+    claim_token: str | None = None
     lease_seconds: float | None = None
     workspace_id: str | None = None
     # "global": only tasks without a workspace; None: any (or workspace_id's).

@@ -1,7 +1,9 @@
 """The claimable-run index: who goes next, in O(log n).
 
 Queued runs are bucketed by the exact set of capabilities they require. Each bucket is a
-binary heap ordered by (priority desc, queued_at asc, run id asc). A claim looks at the top of
+binary heap ordered by (priority desc, queue place asc, run id asc). The queue place is the
+machine's enqueue counter (``Run.queue_seq``), not wall time, so a clock stepped back cannot
+put newer work ahead of older work. A claim looks at the top of
 every bucket whose required set the session offers and takes the best one, so its cost is
 O(B + log n) for B distinct capability sets in use, independent of queue depth.
 
@@ -13,7 +15,7 @@ dropped lazily when they reach a heap's top or when they outnumber the live ones
 Two refinements keep that shape. Buckets are keyed by (required, preferred) capability sets,
 and since every run in a bucket shares its preferred set, a claimer's preference score (how
 many preferred capabilities it offers) is a constant per bucket: comparing bucket tops by
-(priority, score, queued_at, id) picks exactly the best run, preferred capabilities ordering
+(priority, score, queue place, id) picks exactly the best run, preferred capabilities ordering
 after priority, with no scan. And an owner level sits above the capability buckets: runs of
 an assigned task live under an owner key ("s:<session>" or "p:<agent pool>"), and a claim
 only looks under the unowned key and its own two keys.
@@ -26,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 # An entry is a list so heapq compares it in C:
-# [neg_rank, queued_at, run_id, live, ws, owner, group]. run_id is unique, so comparison
+# [neg_rank, seq, run_id, live, ws, owner, group]. run_id is unique, so comparison
 # never reaches the trailing bookkeeping fields. group = (required caps, preferred caps).
 _Entry = list[object]
 _Group = tuple[frozenset[str], frozenset[str]]
@@ -75,7 +77,7 @@ class ClaimIndex:
         run_id: str,
         *,
         rank: int,
-        queued_at: float,
+        seq: int,
         workspace_id: str | None,
         capabilities: frozenset[str],
         preferred: frozenset[str] = _NO_PREFERENCE,
@@ -87,7 +89,7 @@ class ClaimIndex:
         ws_key = workspace_id if workspace_id is not None else ""
         owner_key = owner or ""
         group = self._groups.setdefault((capabilities, preferred), (capabilities, preferred))
-        entry: _Entry = [-rank, queued_at, run_id, True, ws_key, owner_key, group]
+        entry: _Entry = [-rank, seq, run_id, True, ws_key, owner_key, group]
         self._entries[run_id] = entry
         for key in (ws_key, _ANY_WORKSPACE):
             heapq.heappush(self._heap(key, owner_key, group).items, entry)
@@ -95,20 +97,20 @@ class ClaimIndex:
     def add_many(self, items: Iterable[tuple[Any, ...]]) -> None:
         """Index many runs at once (boot): append everything, then heapify each heap once.
 
-        Each item is (run_id, rank, queued_at, workspace_id, capabilities), optionally
+        Each item is (run_id, rank, seq, workspace_id, capabilities), optionally
         followed by (preferred, owner key).
         """
         touched: set[int] = set()
         heaps: list[_Heap] = []
         for item in items:
-            run_id, rank, queued_at, workspace_id, capabilities = item[:5]
+            run_id, rank, seq, workspace_id, capabilities = item[:5]
             preferred = item[5] if len(item) > 5 else _NO_PREFERENCE
             owner_key = (item[6] if len(item) > 6 else None) or ""
             if run_id in self._entries:
                 raise ValueError(f"run {run_id} is already indexed")
             ws_key = workspace_id if workspace_id is not None else ""
             group = self._groups.setdefault((capabilities, preferred), (capabilities, preferred))
-            entry: _Entry = [-rank, queued_at, run_id, True, ws_key, owner_key, group]
+            entry: _Entry = [-rank, seq, run_id, True, ws_key, owner_key, group]
             self._entries[run_id] = entry
             for key in (ws_key, _ANY_WORKSPACE):
                 heap = self._heap(key, owner_key, group)

@@ -240,7 +240,7 @@ def scheduler_status(machine: Machine, now: float) -> SchedulerStatus:
         paused_by=state.paused_by,
         paused_at=state.paused_at,
         paused_reason=state.reason,
-        active_claim_count=len(machine.live_tokens()),
+        active_claim_count=machine.leased_count(),
         queued_run_count=len(machine.index) + len(machine.held),
         claimable_run_count=len(machine.index),
         paused_task_count=len(machine.paused_tasks),
@@ -302,7 +302,7 @@ def stuck(machine: Machine, now: float, *, threshold: float) -> list[StuckRun]:
         raise InvalidInput("threshold must be zero or positive seconds")
     expired: list[StuckRun] = []
     idle: list[StuckRun] = []
-    for run_id in machine.live_tokens():
+    for run_id in machine.leased_run_ids():
         run = machine.runs[run_id]
         assert run.lease_until is not None
         if run.lease_until <= now:

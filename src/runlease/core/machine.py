@@ -4,7 +4,9 @@
 :class:`runlease.errors.RunleaseError` having changed nothing, or changes the state and
 returns an :class:`Outcome`: the reply for the caller, the events emitted, and what the
 shell must do next (schedule a deadline, wake waiting claimers). No trio, no IO, no clock:
-the time is the command's ``now``, and ids and claim tokens arrive inside the command.
+the time is the command's ``now``, and ids and claim-token hashes arrive inside the command.
+The machine never holds a raw claim token: a lease is identified by its hash, and callers are
+resolved by (session, run id).
 
 One exception to "raise having changed nothing": a claim whose session still holds a lease
 that is already past its deadline first expires that lease (an event), then reports the
@@ -56,7 +58,7 @@ from runlease.core.commands import (
     StopSession,
     UpdateTask,
 )
-from runlease.core.ids import CLAIM_TOKEN_PREFIX, hash_token, token_matches
+from runlease.core.ids import CLAIM_TOKEN_PREFIX, hash_token
 from runlease.core.index import ClaimIndex
 from runlease.core.model import (
     DEFAULT_MAX_ATTEMPTS,
@@ -144,6 +146,8 @@ from runlease.errors import (
 )
 
 MAX_ERROR_CHARS = 8 * 1024
+# Runs that can never be queued again, so they need no place in the queue.
+_CLOSED_RUN_STATUSES = frozenset({"completed", "failed", "canceled"})
 _TOKEN_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 
 # (deadline, kind, id): what the lease clock must watch after this step.
@@ -219,9 +223,16 @@ class Machine:
         # One shared frozenset per distinct capability tuple: a new one per queued run
         # would cost ~200 bytes each at a million tasks.
         self._capability_sets: dict[tuple[str, ...], frozenset[str]] = {}
-        # Raw claim tokens of live leases, by run id. They never leave this object: runs and
-        # replies carry only the hash, and callers are resolved by (session, run_id).
-        self._tokens: dict[str, str] = {}
+        # Run ids of live leases, in the order the leases were taken (an ordered set). The
+        # lease's token hash is on the run; raw tokens are never kept.
+        self._leased: dict[str, None] = {}
+        # The newest ``now`` of any command that changed the state (a high-water mark). Boot
+        # never lets the clock start before it, so a wall clock stepped back while the
+        # runtime was down cannot stretch a recovered lease beyond its granted length.
+        self.high_water = 0.0
+        # The enqueue counter: each newly queued run takes the next value as its place in
+        # the queue (Run.queue_seq), which is deterministic on replay, unlike wall time.
+        self.queue_seq = 0
         # Task graph. Persistent truth lives in the Task records (parent_task_id, blocked_by,
         # paused); these are derived from them and rebuilt by ``restore``.
         self.subtasks: dict[str, list[str]] = {}
@@ -278,7 +289,12 @@ class Machine:
             raise InvalidInput(f"unknown command {type(command).__name__}")
         self._actor = command.actor or _default_actor(command)
         self._origin = command.origin
-        return handler(command)
+        outcome = handler(command)
+        # Only commands that emit events change the state and reach the journal, so only
+        # they move the mark: replay then reaches exactly the same value.
+        if outcome.events and command.now > self.high_water:
+            self.high_water = command.now
+        return outcome
 
     def capability_set(self, capabilities: tuple[str, ...]) -> frozenset[str]:
         found = self._capability_sets.get(capabilities)
@@ -295,7 +311,9 @@ class Machine:
         self.session_by_token_hash = other.session_by_token_hash
         self.index = other.index
         self.last_seq = other.last_seq
-        self._tokens = other._tokens
+        self._leased = other._leased
+        self.high_water = other.high_water
+        self.queue_seq = other.queue_seq
         self.subtasks = other.subtasks
         self.dependents = other.dependents
         self.paused_tasks = other.paused_tasks
@@ -323,21 +341,15 @@ class Machine:
         return session
 
     def leased_runs(self) -> Iterator[Run]:
-        for run_id in self._tokens:
+        for run_id in self._leased:
             yield self.runs[run_id]
 
-    def claim_token_for_tests(self, run_id: str) -> str | None:
-        """Only for tests that prove the token never escapes; not used by the runtime."""
-        return self._tokens.get(run_id)
+    def leased_run_ids(self) -> list[str]:
+        """The run ids of live leases, in the order the leases were taken."""
+        return list(self._leased)
 
-    # -------------------------------------------------------------------- snapshots
-    def live_tokens(self) -> dict[str, str]:
-        """A copy of the raw claim tokens of live leases, by run id, for the snapshot codec.
-
-        Snapshots must carry them so a restored lease still accepts its holder; nothing
-        else may read them.
-        """
-        return dict(self._tokens)
+    def leased_count(self) -> int:
+        return len(self._leased)
 
     @classmethod
     def restore(
@@ -346,15 +358,22 @@ class Machine:
         tasks: Iterable[Task],
         runs: Iterable[Run],
         sessions: Iterable[Session],
-        tokens: dict[str, str],
         last_seq: int,
+        leased: Iterable[str] = (),
         scheduler: SchedulerState | None = None,
+        high_water: float = 0.0,
+        queue_seq: int = 0,
     ) -> Machine:
         """Rebuild a machine from its records (a decoded snapshot); the records are adopted.
 
-        Derived state is recomputed: ``children`` in session order (the order they were
-        opened in), and the claim index from the queued runs through ``_index``, so claims
-        come out in exactly the order the original machine would hand them out.
+        ``leased`` lists the leased run ids in the order the leases were taken. Derived
+        state is recomputed: ``children`` in session order (the order they were opened in),
+        and the claim index from the queued runs through ``_index``, so claims come out in
+        exactly the order the original machine would hand them out.
+
+        Records written before runs carried ``queue_seq`` are numbered here, after any
+        numbered ones, in the order the old index used (queued_at, then id); only open runs
+        need a place, since only they can enter the queue again.
         """
         machine = cls()
         machine.tasks = {task.id: task for task in tasks}
@@ -372,9 +391,19 @@ class Machine:
                 machine.dependents.setdefault(blocker, set()).add(task.id)
             if task.paused:
                 machine.paused_tasks.add(task.id)
+        machine.queue_seq = queue_seq
+        unnumbered: list[Run] = []
         for run in machine.runs.values():
             if run.idempotency_key is not None:
                 machine.idempotency[(run.task_id, run.idempotency_key)] = run.id
+            if run.queue_seq > machine.queue_seq:
+                machine.queue_seq = run.queue_seq
+            elif run.queue_seq == 0 and run.status not in _CLOSED_RUN_STATUSES:
+                unnumbered.append(run)
+        unnumbered.sort(key=lambda r: (r.queued_at, r.id))
+        for run in unnumbered:
+            machine.queue_seq += 1
+            run.queue_seq = machine.queue_seq
 
         def queued() -> Iterator[tuple[Any, ...]]:
             for run in machine.runs.values():
@@ -386,7 +415,7 @@ class Machine:
                     yield (
                         run.id,
                         PRIORITY_RANK[task.priority],
-                        run.queued_at,
+                        run.queue_seq,
                         task.workspace_id,
                         machine.capability_set(task.required_capabilities),
                         machine.capability_set(task.preferred_capabilities),
@@ -394,8 +423,9 @@ class Machine:
                     )
 
         machine.index.add_many(queued())
-        machine._tokens = dict(tokens)
+        machine._leased = dict.fromkeys(leased)
         machine.last_seq = last_seq
+        machine.high_water = high_water
         if scheduler is not None:
             machine.scheduler = scheduler
         return machine
@@ -542,12 +572,14 @@ class Machine:
         return Outcome(reply=snapshot_run(run), events=[event], queued=run.id in self.index)
 
     def _enqueue(self, task: Task, previous: Run | None, run_id: str, now: float) -> Event:
+        self.queue_seq += 1
         run = Run(
             id=run_id,
             task_id=task.id,
             attempt=1 if previous is None else previous.attempt + 1,
             previous_run_id=None if previous is None else previous.id,
             queued_at=now,
+            queue_seq=self.queue_seq,
         )
         self.runs[run_id] = run
         task.current_run_id = run_id
@@ -565,7 +597,7 @@ class Machine:
         self.index.add(
             run.id,
             rank=PRIORITY_RANK[task.priority],
-            queued_at=run.queued_at,
+            seq=run.queue_seq,
             workspace_id=task.workspace_id,
             capabilities=self.capability_set(task.required_capabilities),
             preferred=self.capability_set(task.preferred_capabilities),
@@ -722,8 +754,7 @@ class Machine:
         seconds, clamped = validate.lease_seconds(cmd.lease_seconds)
         if cmd.workspace_id is not None:
             validate.name(cmd.workspace_id, "workspace_id")
-        if not cmd.claim_token.startswith(CLAIM_TOKEN_PREFIX):
-            raise InvalidInput("claim token has the wrong form (a runtime bug)")
+        token_hash = _lease_hash(cmd)
         where_key = _claim_workspace_key(cmd.scope, cmd.workspace_id)
         if cmd.priority_min is not None and (
             isinstance(cmd.priority_min, bool) or not isinstance(cmd.priority_min, int)
@@ -773,12 +804,12 @@ class Machine:
         run.status = "claimed"
         run.session_id = session.id
         run.claimed_by = session.agent
-        run.claim_token_hash = hash_token(cmd.claim_token)
+        run.claim_token_hash = token_hash
         run.lease_until = lease_until
         run.claimed_at = cmd.now
         run.heartbeat_at = cmd.now
         run.reason = None
-        self._tokens[run_id] = cmd.claim_token
+        self._leased[run_id] = None
         session.lease_run_id = run_id
         self._settle_task(task, run, cmd.now)
         events.append(
@@ -835,9 +866,8 @@ class Machine:
                 f"{run.lease_until:.3f}; claim again",
                 code=AUTONOMY_LEASE_EXPIRED,
             )
-        token = self._tokens.get(run_id)
-        if token is None or not token_matches(token, run.claim_token_hash):
-            # Defence in depth: the token is the fence; never act without a match.
+        if run_id not in self._leased or run.session_id != session.id:
+            # Defence in depth: both sides must agree on the lease; never act otherwise.
             raise LeaseRefused(
                 f"the lease on {run_id} no longer matches session {session.id}",
                 code=AUTONOMY_LEASE_EXPIRED,
@@ -981,8 +1011,7 @@ class Machine:
             isinstance(claim.priority_min, bool) or not isinstance(claim.priority_min, int)
         ):
             raise InvalidInput("priority_min must be a priority rank (10, 20, 30 or 40)")
-        if not claim.claim_token.startswith(CLAIM_TOKEN_PREFIX):
-            raise InvalidInput("claim token has the wrong form (a runtime bug)")
+        _lease_hash(claim)
         # Both parts happen at this command's time, whatever the parts carry.
         if finish.now != cmd.now:
             finish = msgspec.structs.replace(finish, now=cmd.now)
@@ -1066,7 +1095,7 @@ class Machine:
         """Drop the lease from both sides; the run keeps session_id as history."""
         run.claim_token_hash = None
         run.lease_until = None
-        self._tokens.pop(run.id, None)
+        self._leased.pop(run.id, None)
         session.lease_run_id = None
 
     def _requeue(self, run: Run, reason: str, now: float) -> None:
@@ -1783,8 +1812,7 @@ class Machine:
         session = self._live_session(cmd.session_id)
         seconds, clamped = validate.lease_seconds(cmd.lease_seconds)
         reason = validate.optional_text(cmd.reason, "reason")
-        if not cmd.claim_token.startswith(CLAIM_TOKEN_PREFIX):
-            raise InvalidInput("claim token has the wrong form (a runtime bug)")
+        token_hash = _lease_hash(cmd)
         task = self.get_task(cmd.task_id)
         run = self.runs.get(task.current_run_id) if task.current_run_id else None
         if run is None or run.status not in ("queued", "claimed", "running"):
@@ -1828,7 +1856,7 @@ class Machine:
                 )
             previous_hash = run.claim_token_hash
             self._end_lease(run, self.sessions[run.session_id])
-        lease = self._grant(run, session, cmd.claim_token, seconds, clamped, cmd.now)
+        lease = self._grant(run, session, token_hash, seconds, clamped, cmd.now)
         self._settle_task(task, run, cmd.now)
         event = self._event(
             "run_stolen",
@@ -1852,18 +1880,24 @@ class Machine:
         )
 
     def _grant(
-        self, run: Run, session: Session, token: str, seconds: float, clamped: bool, now: float
+        self,
+        run: Run,
+        session: Session,
+        token_hash: str,
+        seconds: float,
+        clamped: bool,
+        now: float,
     ) -> LeaseView:
         run.status = "claimed"
         run.session_id = session.id
         run.claimed_by = session.agent
-        run.claim_token_hash = hash_token(token)
+        run.claim_token_hash = token_hash
         run.lease_until = now + seconds
         run.claimed_at = now
         run.heartbeat_at = now
         run.checkpoint_at = None
         run.reason = None
-        self._tokens[run.id] = token
+        self._leased[run.id] = None
         session.lease_run_id = run.id
         return LeaseView(
             run_id=run.id,
@@ -1887,7 +1921,7 @@ class Machine:
         for run in self.runs.values():
             leased = run.status in LEASED_RUN_STATUSES
             assert (run.claim_token_hash is not None) == leased, f"hash iff leased: {run.id}"
-            assert (run.id in self._tokens) == leased, f"token iff leased: {run.id}"
+            assert (run.id in self._leased) == leased, f"in the lease set iff leased: {run.id}"
             queued = run.status == "queued"
             gated = queued and self._gate(self.tasks[run.task_id]) is not None
             assert (run.id in self.index) == (queued and not gated), f"index: {run.id}"
@@ -1895,10 +1929,12 @@ class Machine:
             if leased:
                 assert holders.get(run.id) == run.session_id, f"lease holder of {run.id}"
                 assert run.lease_until is not None
-                token = self._tokens[run.id]
-                assert token_matches(token, run.claim_token_hash)
+                assert run.claim_token_hash is not None
+                assert _TOKEN_HASH.fullmatch(run.claim_token_hash), f"hash form of {run.id}"
             else:
                 assert run.id not in holders, f"session holds non-leased run {run.id}"
+            if run.status not in _CLOSED_RUN_STATUSES:
+                assert 0 < run.queue_seq <= self.queue_seq, f"queue place of {run.id}"
         for task in self.tasks.values():
             current = self.runs.get(task.current_run_id) if task.current_run_id else None
             assert task.status == self._derive(task, current), f"status of {task.id}"
@@ -1932,6 +1968,24 @@ def _max_attempts(value: Any) -> int:
             f"max_attempts must be a whole number from 1 to {MAX_MAX_ATTEMPTS}; got {value!r}"
         )
     return value
+
+
+def _lease_hash(cmd: ClaimNext | StealRun) -> str:
+    """The token hash a claim or steal grants its lease under.
+
+    New commands carry the hash. Journals written before that carry the raw token, which
+    is hashed here, so replaying them yields the same state and the token goes no further.
+    """
+    if cmd.claim_token_hash is not None:
+        if not isinstance(cmd.claim_token_hash, str) or not _TOKEN_HASH.fullmatch(
+            cmd.claim_token_hash
+        ):
+            raise InvalidInput("claim token hash has the wrong form (a runtime bug)")
+        return cmd.claim_token_hash
+    token = cmd.claim_token
+    if not isinstance(token, str) or not token.startswith(CLAIM_TOKEN_PREFIX):
+        raise InvalidInput("claim token has the wrong form (a runtime bug)")
+    return hash_token(token)
 
 
 def _hash_prefix(token_hash: str | None) -> str | None:

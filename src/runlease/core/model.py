@@ -17,6 +17,9 @@ MAX_LEASE_SECONDS: Final = 24 * 60 * 60.0
 MAX_METADATA_BYTES: Final = 16 * 1024
 MAX_RESULT_BYTES: Final = 64 * 1024
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
+# How deeply JSON payloads (result, metadata) may nest objects and arrays. Checked without
+# recursion before anything encodes them, so depth never reaches Python's recursion limit.
+MAX_PAYLOAD_DEPTH: Final = 64
 DEFAULT_MAX_ATTEMPTS: Final = 3
 MAX_MAX_ATTEMPTS: Final = 10
 MAX_TITLE_CHARS: Final = 512
@@ -188,6 +191,10 @@ class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True)
     failure_kind: str | None = None
     idempotency_key: str | None = None
     checkpoint_at: float | None = None
+    # Place in the queue: the machine's enqueue counter when this run was first queued. The
+    # claim order uses it, not queued_at, so a wall clock stepped back cannot reorder the
+    # queue. 0 only in records written before it existed (restore numbers those).
+    queue_seq: int = 0
 
 
 class Session(msgspec.Struct, kw_only=True, tag="session", gc=False, omit_defaults=True):

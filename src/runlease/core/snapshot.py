@@ -1,7 +1,8 @@
 """Whole-machine snapshots: one versioned msgpack image of every record. Pure, no IO.
 
-A snapshot holds what cannot be recomputed: the task, run and session records, the raw
-claim tokens of live leases, and the event counter. Everything derived from those (the
+A snapshot holds what cannot be recomputed: the task, run and session records, the order
+in which live leases were taken, the event and enqueue counters and the clock's high-water
+mark. Everything derived from those (the
 claim index, the parent-to-children map) is rebuilt by :meth:`Machine.restore`, so the
 image stays small and can never disagree with itself about them.
 
@@ -9,8 +10,9 @@ The top-level Struct is tagged with its format version under the key ``format``.
 that meets a version it does not know refuses with :class:`UnsupportedFormat` instead of
 guessing; a newer runlease adds ``SnapshotV2`` and keeps decoding ``SnapshotV1``.
 
-The raw claim tokens make a snapshot as sensitive as the journal: keep both in a directory
-only the runtime's user can read.
+Raw claim tokens are never written: a lease is kept as its token's hash on the run.
+Images written before that carry ``tokens`` (raw tokens by run id); they still load, only
+the run ids and their order are taken from it, and the next image drops them.
 """
 
 from __future__ import annotations
@@ -37,17 +39,31 @@ class UnsupportedFormat(InternalError):
     """
 
 
-class SnapshotV1(msgspec.Struct, kw_only=True, tag_field="format", tag=1, gc=False):
-    """Format 1. Record lists keep the machine's dict order, which replay relies on."""
+class SnapshotV1(
+    msgspec.Struct, kw_only=True, tag_field="format", tag=1, gc=False, omit_defaults=True
+):
+    """Format 1. Record lists keep the machine's dict order, which replay relies on.
+
+    Fields only ever gain defaults; defaults are left out of the image, so ``tokens`` is
+    never written (a reader too old to know ``leased`` refuses the image instead of
+    loading leases it cannot see).
+    """
 
     last_seq: int
     tasks: list[Task]
     runs: list[Run]
     sessions: list[Session]
-    # Raw claim tokens of live leases, by run id, in the order the leases were taken.
-    tokens: dict[str, str]
+    # Old images only: raw claim tokens of live leases, by run id, in lease order.
+    tokens: dict[str, str] = {}
+    # Run ids of live leases, in the order the leases were taken.
+    leased: list[str] = []
     # The scheduler pause switch; absent in images written before it existed.
     scheduler: SchedulerState | None = None
+    # The newest command time applied (boot never starts the clock before it); None in
+    # images written before it was kept (restore then takes the newest record time).
+    high_water: float | None = None
+    # The enqueue counter behind Run.queue_seq.
+    queue_seq: int = 0
 
 
 class _FormatOnly(msgspec.Struct):
@@ -68,8 +84,10 @@ def encode_snapshot(machine: Machine) -> bytes:
         tasks=list(machine.tasks.values()),
         runs=list(machine.runs.values()),
         sessions=list(machine.sessions.values()),
-        tokens=machine.live_tokens(),
+        leased=machine.leased_run_ids(),
         scheduler=machine.scheduler,
+        high_water=machine.high_water or None,
+        queue_seq=machine.queue_seq,
     )
     return _encoder.encode(image)
 
@@ -106,13 +124,35 @@ def decode_snapshot(data: bytes) -> Machine:
                 tasks=image.tasks,
                 runs=image.runs,
                 sessions=image.sessions,
-                tokens=image.tokens,
+                leased=image.leased or list(image.tokens),
                 last_seq=image.last_seq,
                 scheduler=image.scheduler,
+                high_water=image.high_water or _newest_record_time(image),
+                queue_seq=image.queue_seq,
             )
     except (KeyError, ValueError) as exc:
         # A run naming a missing task, a run queued twice: the image contradicts itself.
         raise InternalError(f"snapshot is inconsistent: {exc!r}") from exc
+
+
+def _newest_record_time(image: SnapshotV1) -> float:
+    """The clock's high-water mark for an image written before it was kept.
+
+    Every change stamps some record with its time, so the newest time on any record is the
+    newest change the image holds (a lower bound of the true mark, never above it).
+    """
+    newest = 0.0
+    for task in image.tasks:
+        newest = max(newest, task.updated_at)
+    for run in image.runs:
+        for at in (run.queued_at, run.claimed_at, run.heartbeat_at, run.ended_at):
+            if at is not None and at > newest:
+                newest = at
+    for session in image.sessions:
+        for at in (session.opened_at, session.stopped_at):
+            if at is not None and at > newest:
+                newest = at
+    return newest
 
 
 @contextlib.contextmanager

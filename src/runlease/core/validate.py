@@ -13,6 +13,7 @@ from runlease.core.model import (
     MAX_CAPABILITIES,
     MAX_LEASE_SECONDS,
     MAX_NAME_CHARS,
+    MAX_PAYLOAD_DEPTH,
     MAX_REASON_CHARS,
 )
 from runlease.errors import INVALID_INPUT, PAYLOAD_TOO_LARGE, InvalidInput
@@ -91,6 +92,7 @@ def positive_seconds(value: object, field: str) -> float:
 
 def json_payload(value: Any, field: str, *, max_bytes: int) -> Any:
     """Check a JSON payload and return a private copy of it (callers keep theirs)."""
+    _check_depth(value, field)
     try:
         encoded = _encoder.encode(value)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -113,6 +115,30 @@ def json_object(value: Any, field: str, *, max_bytes: int) -> dict[str, Any] | N
     result = json_payload(value, field, max_bytes=max_bytes)
     assert isinstance(result, dict)
     return result
+
+
+def _check_depth(value: Any, field: str) -> None:
+    """Refuse objects and arrays nested more than MAX_PAYLOAD_DEPTH levels.
+
+    An explicit stack, not recursion: the encoder and decoder recurse, so a deep enough
+    payload would otherwise end in RecursionError (or, for a value that contains itself,
+    never end) instead of a clear refusal.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise InvalidInput(
+                f"{field} nests objects and arrays more than {MAX_PAYLOAD_DEPTH} levels deep; "
+                f"flatten it to at most {MAX_PAYLOAD_DEPTH} levels"
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _reject_claim_tokens(value: Any, field: str) -> None:

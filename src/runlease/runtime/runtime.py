@@ -78,6 +78,7 @@ from runlease.core.model import (
 )
 from runlease.errors import (
     AUTONOMY_SESSION_REQUIRED,
+    FORBIDDEN_OPERATOR_ACTION,
     NO_CLAIMABLE_RUN,
     REQUEST_CANCELLED,
     RUNTIME_CLOSED,
@@ -151,8 +152,10 @@ class Runtime:
         event_capacity: int = DEFAULT_EVENT_CAPACITY,
         durability: str = "memory",
         workspace_roots: WorkspaceRoots | None = None,
+        allow_agent_force: bool = False,
     ) -> None:
         self._workspace_roots = workspace_roots
+        self._allow_agent_force = allow_agent_force
         self._machine = machine
         self._clock = clock
         self._ids = IdGenerator()
@@ -215,8 +218,43 @@ class Runtime:
         if self._closed:
             raise Unavailable("the runtime is closed", code=RUNTIME_CLOSED)
 
+    def _check_operator_action(self, command: AnyCommand) -> None:
+        """Refuse a force operation asked for by a session, unless the host allows it.
+
+        Force operations override another holder's lease, so they belong to operators.
+        This is decided here, before the command reaches the machine, so the journal holds
+        only commands that were allowed and replaying it never depends on this setting.
+        """
+        if self._allow_agent_force:
+            return
+        if isinstance(command, StealRun):
+            if not command.force:
+                return  # steal --if-expired is an agent's own action
+            what = "steal --force"
+        elif isinstance(command, ForceReleaseRun):
+            what = "force-release"
+        elif isinstance(command, ForceFailRun):
+            what = "force-fail"
+        elif isinstance(command, BulkForceRuns):
+            what = f"bulk force-{command.action}"
+        else:
+            return
+        actor = command.actor
+        session_id = getattr(command, "session_id", None)
+        if actor is None and session_id:
+            actor = Actor(kind="agent_session", ref=session_id)  # the machine's default
+        if actor is not None and actor.kind == "agent_session":
+            raise LeaseRefused(
+                f"{what} is an operator action and session {actor.ref} may not use it; "
+                "run it as the operator (without a session token), or let agents force "
+                "with `runlease serve --allow-agent-force` / "
+                "open_runtime(allow_agent_force=True)",
+                code=FORBIDDEN_OPERATOR_ACTION,
+            )
+
     async def _call(self, command: AnyCommand) -> Any:
         self._check_open()
+        self._check_operator_action(command)
         if command.origin is None:
             command.origin = EMBEDDED
         request = Request(command)
@@ -512,7 +550,7 @@ class Runtime:
         command = ClaimNext(
             now=0.0,
             session_id=session_id,
-            claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
+            claim_token_hash=_new_claim_hash(),
             lease_seconds=lease_seconds,
             workspace_id=workspace,
             scope=scope,
@@ -709,7 +747,7 @@ class Runtime:
             claim=ClaimNext(
                 now=0.0,
                 session_id=finish.session_id,
-                claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
+                claim_token_hash=_new_claim_hash(),
                 lease_seconds=lease_seconds,
                 workspace_id=workspace,
                 scope=scope,
@@ -1101,12 +1139,12 @@ class Runtime:
                 )
             )
         with trio.move_on_after(timeout):
-            while self._machine.live_tokens():
+            while self._machine.leased_count():
                 self._check_open()
                 await self._feed.wait_changed()
 
         def result() -> inspection.DrainResult:
-            remaining = len(self._machine.live_tokens())
+            remaining = self._machine.leased_count()
             return inspection.DrainResult(
                 status=self.scheduler_status(),
                 completed=remaining == 0,
@@ -1190,14 +1228,17 @@ class Runtime:
         command applies, the lease has run out (or the clock already requeued the run
         after an expiry and nobody claimed it since); otherwise LEASE_NOT_EXPIRED. The
         check and the hand-over are one step, so of many concurrent steals one wins.
-        ``force`` takes a live lease too (operators).
+        ``force`` takes a live lease too. It is an operator action: refused with
+        FORBIDDEN_OPERATOR_ACTION when the actor is a session (the default actor when none
+        is given) unless the runtime was opened with ``allow_agent_force=True``; pass an
+        operator ``actor`` to steal on a session's behalf.
         """
         claim: Claim = await self._call(
             StealRun(
                 now=0.0,
                 task_id=task_id,
                 session_id=session_id,
-                claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
+                claim_token_hash=_new_claim_hash(),
                 force=force,
                 lease_seconds=lease_seconds,
                 reason=reason,
@@ -1483,6 +1524,15 @@ class SessionHandle:
         )
 
 
+def _new_claim_hash() -> str:
+    """The hash of a fresh claim token; the token itself is dropped here.
+
+    Callers are resolved by (session, run id), so nothing needs the raw token after the
+    grant: only its hash goes into the command, the journal and the snapshot.
+    """
+    return hash_token(new_secret_token(CLAIM_TOKEN_PREFIX))
+
+
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and (
         isinstance(timeout, bool)
@@ -1521,6 +1571,7 @@ async def open_runtime(
     snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
     map_size: int | None = None,
     workspace_roots: WorkspaceRoots | None = None,
+    allow_agent_force: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -1537,6 +1588,13 @@ async def open_runtime(
     ``workspace_roots`` locates the directory that completion-contract paths are relative
     to: a mapping from workspace id ("" for global tasks) to a directory, or a function of
     the workspace id (None for global tasks) returning one (or None if unknown).
+
+    Force operations (``steal(force=True)``, ``force_release``, ``force_fail`` and the bulk
+    forms) are operator actions: a session asking for one gets FORBIDDEN_OPERATOR_ACTION
+    unless ``allow_agent_force`` is true.
+
+    Boot never starts the clock earlier than the newest time the recovered state recorded,
+    so a wall clock stepped back while the runtime was down cannot lengthen a lease.
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
@@ -1546,6 +1604,7 @@ async def open_runtime(
             RuntimeClock(clock),
             event_capacity=event_capacity,
             workspace_roots=workspace_roots,
+            allow_agent_force=allow_agent_force,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -1570,10 +1629,12 @@ async def open_runtime(
         machine = await trio.to_thread.run_sync(load_machine, store, report)
         runtime = Runtime(
             machine,
-            RuntimeClock(clock),
+            # Never start before the newest time the recovered state has seen.
+            RuntimeClock(clock, floor=machine.high_water),
             event_capacity=event_capacity,
             durability=durability,
             workspace_roots=workspace_roots,
+            allow_agent_force=allow_agent_force,
         )
         runtime.boot_report = report
         committer = JournalCommitter(

@@ -1053,11 +1053,13 @@ def run_server(
     clock: Callable[[], float] | None = None,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
+    allow_agent_force: bool = False,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
     ``workspace_roots`` maps a workspace id ("" for global tasks) to the directory its
-    completion-contract artifacts are checked under.
+    completion-contract artifacts are checked under. ``allow_agent_force`` lets sessions
+    use the force operations (see :func:`open_runtime`).
 
     Raises the :class:`RunleaseError` that stopped it from starting (a locked data dir, a
     live server on the socket, an unsafe socket directory).
@@ -1071,6 +1073,7 @@ def run_server(
             clock,
             shutdown_grace,
             workspace_roots,
+            allow_agent_force,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -1101,6 +1104,7 @@ async def _serve_until_signalled(
     clock: Callable[[], float] | None,
     shutdown_grace: float,
     workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
+    allow_agent_force: bool = False,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -1114,7 +1118,11 @@ async def _serve_until_signalled(
             },
         )
         async with open_runtime(
-            clock, data_dir=data_dir, durability=durability, workspace_roots=workspace_roots
+            clock,
+            data_dir=data_dir,
+            durability=durability,
+            workspace_roots=workspace_roots,
+            allow_agent_force=allow_agent_force,
         ) as rt:
             report = getattr(rt, "boot_report", None)
             if report is not None:
