@@ -231,12 +231,19 @@ class Runtime:
             if not command.force:
                 return  # steal --if-expired is an agent's own action
             what = "steal --force"
+            instead = (
+                "ask an operator to free the run (`runlease run force-release RUN --reason "
+                "...` without a session token), then claim it"
+            )
         elif isinstance(command, ForceReleaseRun):
             what = "force-release"
+            instead = "run it as the operator (without a session token)"
         elif isinstance(command, ForceFailRun):
             what = "force-fail"
+            instead = "run it as the operator (without a session token)"
         elif isinstance(command, BulkForceRuns):
             what = f"bulk force-{command.action}"
+            instead = "run it as the operator (without a session token)"
         else:
             return
         actor = command.actor
@@ -246,8 +253,7 @@ class Runtime:
         if actor is not None and actor.kind == "agent_session":
             raise LeaseRefused(
                 f"{what} is an operator action and session {actor.ref} may not use it; "
-                "run it as the operator (without a session token), or let agents force "
-                "with `runlease serve --allow-agent-force` / "
+                f"{instead}, or let agents force with `runlease serve --allow-agent-force` / "
                 "open_runtime(allow_agent_force=True)",
                 code=FORBIDDEN_OPERATOR_ACTION,
             )
