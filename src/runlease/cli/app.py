@@ -220,6 +220,14 @@ def serve(
             negative=(),
         ),
     ] = None,
+    fresh_store: Annotated[
+        bool,
+        Parameter(
+            help="Start a new, empty store where the data dir's database is missing or "
+            "empty, discarding the old store's identity. Refused if the database holds data.",
+            negative=(),
+        ),
+    ] = False,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -238,7 +246,13 @@ def serve(
             raise UsageError(f"--workspace-root takes WORKSPACE=DIR, got {item!r}")
         roots[workspace] = str(Path(root).expanduser().resolve())
     configure_logging()
-    run_server(socket_path, data_dir=directory, durability=durability, workspace_roots=roots)
+    run_server(
+        socket_path,
+        data_dir=directory,
+        durability=durability,
+        workspace_roots=roots,
+        fresh_store=fresh_store,
+    )
     return 0
 
 

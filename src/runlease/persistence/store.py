@@ -226,6 +226,11 @@ class Store:
         self._stats = StoreStats(durability=durability, map_size=env.info()["map_size"])
         self._snapshot_problems: list[SnapshotProblem] = []
 
+    @property
+    def data_path(self) -> Path:
+        """The LMDB data file, for messages that must name it."""
+        return self.data_dir / "db" / "data.mdb"
+
     # ---------------------------------------------------------------------- opening
     @classmethod
     def open(

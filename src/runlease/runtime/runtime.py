@@ -1435,6 +1435,7 @@ async def open_runtime(
     snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
     map_size: int | None = None,
     workspace_roots: WorkspaceRoots | None = None,
+    fresh_store: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -1451,6 +1452,11 @@ async def open_runtime(
     ``workspace_roots`` locates the directory that completion-contract paths are relative
     to: a mapping from workspace id ("" for global tasks) to a directory, or a function of
     the workspace id (None for global tasks) returning one (or None if unknown).
+
+    Storage fails closed: a data dir whose database is gone or empty raises
+    ``Unavailable(code=STORE_MISSING)``, damaged storage ``STORAGE_CORRUPT``.
+    ``fresh_store=True`` accepts a missing or empty database and starts a new, empty store
+    there (discarding the old identity); it never discards a database that holds data.
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
@@ -1476,7 +1482,10 @@ async def open_runtime(
     policy = SnapshotPolicy(snapshot_every_records, snapshot_every_seconds)
     store = await trio.to_thread.run_sync(
         lambda: Store.open(
-            Path(data_dir), durability=durability, map_size=map_size or DEFAULT_MAP_SIZE
+            Path(data_dir),
+            durability=durability,
+            map_size=map_size or DEFAULT_MAP_SIZE,
+            fresh=fresh_store,
         )
     )
     try:

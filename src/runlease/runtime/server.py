@@ -1032,11 +1032,13 @@ def run_server(
     clock: Callable[[], float] | None = None,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
+    fresh_store: bool = False,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
     ``workspace_roots`` maps a workspace id ("" for global tasks) to the directory its
-    completion-contract artifacts are checked under.
+    completion-contract artifacts are checked under. ``fresh_store`` is passed to
+    :func:`open_runtime` (start empty where the database is missing or empty).
 
     Raises the :class:`RunleaseError` that stopped it from starting (a locked data dir, a
     live server on the socket, an unsafe socket directory).
@@ -1050,6 +1052,7 @@ def run_server(
             clock,
             shutdown_grace,
             workspace_roots,
+            fresh_store,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -1080,6 +1083,7 @@ async def _serve_until_signalled(
     clock: Callable[[], float] | None,
     shutdown_grace: float,
     workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
+    fresh_store: bool = False,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -1093,7 +1097,11 @@ async def _serve_until_signalled(
             },
         )
         async with open_runtime(
-            clock, data_dir=data_dir, durability=durability, workspace_roots=workspace_roots
+            clock,
+            data_dir=data_dir,
+            durability=durability,
+            workspace_roots=workspace_roots,
+            fresh_store=fresh_store,
         ) as rt:
             report = getattr(rt, "boot_report", None)
             if report is not None:
