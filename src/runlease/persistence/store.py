@@ -1072,7 +1072,8 @@ def _read_identity(data_dir: Path) -> _Identity | None:
         raise _storage_failed(f"cannot read {path}", exc) from exc
     try:
         identity = _identity_decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    # Damaged bytes fail in more ways than DecodeError (bad UTF-8, for one).
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
         raise _corrupt(f"the identity file {path} is unreadable ({exc})") from None
     if identity.format > STORE_FORMAT:
         raise UnsupportedFormat(
