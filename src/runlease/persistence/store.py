@@ -908,7 +908,7 @@ def _open_env(path: Path, *, durability: Durability, map_size: int) -> lmdb.Envi
             max_spare_txns=0,
         )
     except (lmdb.Error, OSError) as exc:
-        raise _storage_failed(f"cannot open the database in {path}", exc) from exc
+        raise _read_error(f"cannot open the database in {path}", exc) from exc
 
 
 class _DbState(msgspec.Struct, kw_only=True):
