@@ -29,8 +29,8 @@ from runlease.errors import (
     AUTONOMY_NO_ACTIVE_LEASE,
     DATA_DIR_LOCKED,
     SESSION_STOPPED,
+    STORAGE_CORRUPT,
     STORAGE_FAILED,
-    InternalError,
     RunleaseError,
     Unavailable,
 )
@@ -379,9 +379,10 @@ async def test_both_snapshots_damaged_stops_boot_instead_of_starting_empty(
         rewrite_snapshot(data_dir, seq, DAMAGE["torn-half"])
     # The journal before the older snapshot is trimmed, so there is nothing to rebuild
     # from: boot must refuse rather than serve a state missing acknowledged work.
-    with pytest.raises(InternalError, match="missing"):
+    with pytest.raises(Unavailable, match="missing") as info:
         async with open_runtime(ManualClock(START + 10), data_dir=data_dir):
             pytest.fail("booted without the history")
+    assert info.value.code == STORAGE_CORRUPT
 
 
 async def test_periodic_snapshots_trim_the_journal_and_keep_state(

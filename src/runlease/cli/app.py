@@ -234,6 +234,14 @@ def serve(
             negative=(),
         ),
     ] = False,
+    fresh_store: Annotated[
+        bool,
+        Parameter(
+            help="Start a new, empty store where the data dir's database is missing or "
+            "empty, discarding the old store's identity. Refused if the database holds data.",
+            negative=(),
+        ),
+    ] = False,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -258,6 +266,7 @@ def serve(
         durability=durability,
         workspace_roots=roots,
         allow_agent_force=allow_agent_force,
+        fresh_store=fresh_store,
     )
     return 0
 

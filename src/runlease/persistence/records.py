@@ -54,7 +54,9 @@ def decode_record(data: bytes) -> JournalRecord:
     """Decode one journal record, refusing versions this code does not know."""
     try:
         record = _decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    # Damaged bytes can fail in more ways than DecodeError (bad UTF-8, out-of-range
+    # values); all of them mean "this record is not readable".
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
         version = record_version(data)
         if isinstance(version, int) and version > RECORD_VERSION:
             raise _too_new(version) from None
@@ -74,7 +76,7 @@ def record_version(data: bytes) -> int | None:
     """The version a record declares, or None if none is readable."""
     try:
         version = _version_decoder.decode(data).v
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError):
         return None
     return version if isinstance(version, int) else None
 

@@ -38,6 +38,7 @@ from runlease.core.model import LEASED_RUN_STATUSES, REASON_ORPHANED_ON_BOOT
 from runlease.core.snapshot import UnsupportedFormat, decode_snapshot, encode_snapshot
 from runlease.errors import (
     RESOURCE_EXHAUSTED,
+    STORAGE_CORRUPT,
     STORAGE_FAILED,
     InternalError,
     RunleaseError,
@@ -381,7 +382,14 @@ class BootReport:
 
 
 def load_machine(store: Store, report: BootReport) -> Machine:
-    """The newest valid snapshot plus the journal after it; fail closed on any gap."""
+    """The newest valid snapshot plus the journal after it; fail closed on any gap.
+
+    Anything boot cannot trust (a record that fails its checksum or does not decode or
+    replay, a gap, a database LMDB cannot read) raises ``Unavailable(code=STORAGE_CORRUPT)``
+    naming the data file; a newer format raises :class:`UnsupportedFormat`. A snapshot that
+    fails its checks is skipped for an older one, as the journal still covers the gap.
+    """
+    where = store.data_path
     machine: Machine | None = None
     decode_failures = 0
     for seq, data in store.iter_snapshots():
@@ -389,7 +397,7 @@ def load_machine(store: Store, report: BootReport) -> Machine:
             machine = decode_snapshot(data)
         except UnsupportedFormat:
             raise  # a newer format must stop boot, not fall back to older data
-        except RunleaseError as exc:
+        except Exception as exc:  # any decode failure means "damaged"
             log.error("snapshot at seq %d does not decode (%s); trying an older one", seq, exc)
             decode_failures += 1
             continue
@@ -400,22 +408,45 @@ def load_machine(store: Store, report: BootReport) -> Machine:
     if machine is None:
         machine = Machine()
     expected = report.snapshot_seq + 1
-    for seq, data in store.iter_journal(report.snapshot_seq):
+    records = store.iter_journal(report.snapshot_seq)
+    while True:
+        try:
+            item = next(records, None)
+        except UnsupportedFormat:
+            raise
+        except InternalError as exc:  # a gap: records the snapshot needed are missing
+            raise _corrupt(f"the journal in {where} is incomplete: {exc.message}") from None
+        if item is None:
+            break
+        seq, data = item
         if seq != expected:
-            raise InternalError(
-                f"journal gap: expected record {expected} after snapshot "
-                f"{report.snapshot_seq}, found {seq}; the data dir is damaged"
+            raise _corrupt(
+                f"journal gap in {where}: expected record {expected} after snapshot "
+                f"{report.snapshot_seq}, found {seq}"
             )
-        command = decode_command(data)
+        try:
+            command = decode_command(data)
+        except UnsupportedFormat:
+            raise
+        except Exception as exc:  # any decode failure means "damaged"
+            raise _corrupt(f"journal record {seq} in {where} does not decode: {exc}") from None
         try:
             machine.apply(command)
-        except RunleaseError as exc:
-            raise InternalError(
-                f"journal record {seq} ({type(command).__name__}) does not replay: {exc}"
+        except Exception as exc:  # a stored command that cannot replay
+            raise _corrupt(
+                f"journal record {seq} ({type(command).__name__}) in {where} does not replay: {exc}"
             ) from None
         expected += 1
         report.replayed += 1
     return machine
+
+
+def _corrupt(message: str) -> Unavailable:
+    return Unavailable(
+        f"{message}. runlease will not serve from damaged storage: restore the data "
+        "directory from a backup",
+        code=STORAGE_CORRUPT,
+    )
 
 
 def recovery_commands(machine: Machine, now: float, report: BootReport) -> list[AnyCommand]:

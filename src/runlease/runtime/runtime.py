@@ -1578,6 +1578,7 @@ async def open_runtime(
     map_size: int | None = None,
     workspace_roots: WorkspaceRoots | None = None,
     allow_agent_force: bool = False,
+    fresh_store: bool = False,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -1601,6 +1602,11 @@ async def open_runtime(
 
     Boot never starts the clock earlier than the newest time the recovered state recorded,
     so a wall clock stepped back while the runtime was down cannot lengthen a lease.
+
+    Storage fails closed: a data dir whose database is gone or empty raises
+    ``Unavailable(code=STORE_MISSING)``, damaged storage ``STORAGE_CORRUPT``.
+    ``fresh_store=True`` accepts a missing or empty database and starts a new, empty store
+    there (discarding the old identity); it never discards a database that holds data.
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
@@ -1627,7 +1633,10 @@ async def open_runtime(
     policy = SnapshotPolicy(snapshot_every_records, snapshot_every_seconds)
     store = await trio.to_thread.run_sync(
         lambda: Store.open(
-            Path(data_dir), durability=durability, map_size=map_size or DEFAULT_MAP_SIZE
+            Path(data_dir),
+            durability=durability,
+            map_size=map_size or DEFAULT_MAP_SIZE,
+            fresh=fresh_store,
         )
     )
     try:

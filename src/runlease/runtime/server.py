@@ -1054,12 +1054,14 @@ def run_server(
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
     allow_agent_force: bool = False,
+    fresh_store: bool = False,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
     ``workspace_roots`` maps a workspace id ("" for global tasks) to the directory its
     completion-contract artifacts are checked under. ``allow_agent_force`` lets sessions
-    use the force operations (see :func:`open_runtime`).
+    use the force operations (see :func:`open_runtime`). ``fresh_store`` is passed to
+    :func:`open_runtime` (start empty where the database is missing or empty).
 
     Raises the :class:`RunleaseError` that stopped it from starting (a locked data dir, a
     live server on the socket, an unsafe socket directory).
@@ -1074,6 +1076,7 @@ def run_server(
             shutdown_grace,
             workspace_roots,
             allow_agent_force,
+            fresh_store,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -1105,6 +1108,7 @@ async def _serve_until_signalled(
     shutdown_grace: float,
     workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
     allow_agent_force: bool = False,
+    fresh_store: bool = False,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -1123,6 +1127,7 @@ async def _serve_until_signalled(
             durability=durability,
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
+            fresh_store=fresh_store,
         ) as rt:
             report = getattr(rt, "boot_report", None)
             if report is not None:
