@@ -290,18 +290,24 @@ class Client:
         idle timeout, a restart); reads what already arrived without waiting."""
         sock = self._sock
         assert sock is not None
-        while True:
-            try:
-                data = sock.recv(RECEIVE_BYTES, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return False  # still open, nothing more to read now
-            except OSError:
-                return True
-            if not data:
-                return True
-            # Late replies to abandoned requests are skipped by the next call as usual;
-            # a closing notice (CONNECTION_TIMEOUT) comes with the end of the stream.
-            self._buffer.feed(data)
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)  # with a timeout, recv would first wait for data
+        try:
+            while True:
+                try:
+                    data = sock.recv(RECEIVE_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    return False  # still open, nothing more to read now
+                except OSError:
+                    return True
+                if not data:
+                    return True
+                # Late replies to abandoned requests are skipped by the next call as
+                # usual; a closing notice (CONNECTION_TIMEOUT) comes with the end of
+                # the stream.
+                self._buffer.feed(data)
+        finally:
+            sock.settimeout(timeout)
 
     def _break(self, error: RunleaseError) -> RunleaseError:
         self._broken = error

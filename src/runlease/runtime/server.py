@@ -613,12 +613,14 @@ class SocketServer:
         except Exception:
             log.exception("connection_failed", extra={"fields": conn.fields()})
         finally:
+            # Bookkeeping first: closing checkpoints, and a cancelled close must not leave
+            # the connection counted.
             self._reserve(conn, 0)
-            with contextlib.suppress(Exception):
-                await stream.aclose()
             self._connections.discard(conn)
             self._note_connections_changed()
             log.debug("connection_closed", extra={"fields": conn.fields()})
+            with contextlib.suppress(Exception):
+                await stream.aclose()
 
     async def _admit(self, conn: _Connection) -> bool:
         try:
