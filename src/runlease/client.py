@@ -25,9 +25,12 @@ runtime raises, rebuilt from their codes. A server that cannot be reached raises
 
 from __future__ import annotations
 
+import errno
 import os
+import random
 import socket
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +71,12 @@ CLIENT_NAME: Final = "runlease-python"
 RECEIVE_BYTES: Final = 64 * 1024
 # How long drain_scheduler waits on the server when no timeout is given (its default).
 DEFAULT_DRAIN_WAIT: Final = 30.0
+# Backoff between connect attempts while the server's listen backlog is full.
+RETRY_FIRST_DELAY: Final = 0.001
+RETRY_MAX_DELAY: Final = 0.05
+# A connect that may succeed if tried again: the backlog is full (EAGAIN), or a signal
+# interrupted it. ECONNREFUSED is not among them: on a Unix socket it means nobody listens.
+RETRYABLE_CONNECT_ERRORS: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
 
 R = TypeVar("R", bound=p.Reply)
 
@@ -85,6 +94,86 @@ def unreachable(path: Path, exc: BaseException | str) -> Unavailable:
         "with this socket (--socket or RUNLEASE_SOCKET)?",
         code=SERVER_UNAVAILABLE,
     )
+
+
+class ConnectBackoff:
+    """When to try a connect again, shared by both clients.
+
+    A server busy accepting a burst of clients has a full listen backlog, and a connect
+    then fails with EAGAIN at once. That is worth retrying, with a jittered delay doubling
+    from 1 ms to 50 ms (so a crowd does not retry in lockstep), until ``timeout`` seconds
+    from the first attempt; any other error is final.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.attempts = 0
+        self._clock = clock
+        self._jitter = jitter
+        self._deadline = clock() + timeout
+        self._delay = RETRY_FIRST_DELAY
+
+    def remaining(self) -> float:
+        return max(self._deadline - self._clock(), 0.0)
+
+    def after_failure(self, exc: OSError) -> float:
+        """Seconds to wait before the next attempt; raises the error to report instead."""
+        self.attempts += 1
+        if exc.errno not in RETRYABLE_CONNECT_ERRORS:
+            raise unreachable(self.path, exc) from None
+        left = self.remaining()
+        if left <= 0:
+            raise Unavailable(
+                f"the runlease server at {self.path} is overloaded: its queue of new "
+                f"connections stayed full for {self.timeout:g} seconds "
+                f"({self.attempts} attempts); try again later",
+                code=SERVER_UNAVAILABLE,
+            ) from None
+        delay = self._delay * (0.5 + self._jitter())
+        self._delay = min(self._delay * 2, RETRY_MAX_DELAY)
+        return min(delay, left)
+
+
+def connect_unix(
+    path: Path,
+    timeout: float,
+    *,
+    attempt: Callable[[float], socket.socket] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    jitter: Callable[[], float] = random.random,
+) -> socket.socket:
+    """A socket connected to ``path``, retrying a full backlog (see :class:`ConnectBackoff`).
+
+    ``attempt(seconds_left)`` makes one try (tests pass a fake); it raises OSError on failure.
+    """
+    backoff = ConnectBackoff(path, timeout, clock=clock, jitter=jitter)
+    try_once = attempt or (lambda left: _connect_once(path, left))
+    while True:
+        try:
+            return try_once(backoff.remaining())
+        except OSError as exc:
+            sleep(backoff.after_failure(exc))
+
+
+def _connect_once(path: Path, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(max(timeout, 0.001))
+        sock.connect(os.fspath(path))
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def closed_by_server(path: Path) -> Unavailable:
@@ -116,6 +205,10 @@ class Client:
     fail, release, block, whoami) unless a call passes its own ``token``. ``reply_timeout``
     bounds how long a call waits for its reply (None: forever); a waiting claim gets its own
     timeout on top, and a followed event stream waits as long as it is read.
+
+    If the server closed the connection while no call was running (it closes idle ones),
+    the next call connects again by itself. A connect retries for ``connect_timeout``
+    seconds while the server's queue of new connections is full.
     """
 
     def __init__(
@@ -142,15 +235,9 @@ class Client:
     def connect(self) -> Client:
         if self._sock is not None:
             return self
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.connect_timeout)
-            sock.connect(os.fspath(self.path))
-            sock.settimeout(None)
-        except OSError as exc:
-            sock.close()
-            raise unreachable(self.path, exc) from None
-        self._sock = sock
+        self._sock = connect_unix(self.path, self.connect_timeout)
+        self._buffer = p.FrameBuffer()
+        self.welcome = None
         try:
             self.welcome = self._call(hello(self._take_id(), self.client_name), p.Welcome)
         except BaseException:
@@ -189,11 +276,38 @@ class Client:
 
     def _send(self, request: p.Request) -> None:
         frame = p.encode_frame(request)
+        if self.welcome is not None and self._sock is not None and self._closed_between_calls():
+            # Nothing was pending on the old connection, so nothing is lost: start afresh.
+            self.close()
         sock = self._socket()
         try:
             sock.sendall(frame)
         except OSError as exc:
             raise self._break(unreachable(self.path, exc)) from None
+
+    def _closed_between_calls(self) -> bool:
+        """Whether the server closed this connection while no call was running on it (an
+        idle timeout, a restart); reads what already arrived without waiting."""
+        sock = self._sock
+        assert sock is not None
+        timeout = sock.gettimeout()
+        sock.settimeout(0.0)  # with a timeout, recv would first wait for data
+        try:
+            while True:
+                try:
+                    data = sock.recv(RECEIVE_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    return False  # still open, nothing more to read now
+                except OSError:
+                    return True
+                if not data:
+                    return True
+                # Late replies to abandoned requests are skipped by the next call as
+                # usual; a closing notice (CONNECTION_TIMEOUT) comes with the end of
+                # the stream.
+                self._buffer.feed(data)
+        finally:
+            sock.settimeout(timeout)
 
     def _break(self, error: RunleaseError) -> RunleaseError:
         self._broken = error

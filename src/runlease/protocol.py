@@ -700,13 +700,14 @@ def frame_bytes(body: bytes) -> bytes:
 class FramingLost(InvalidInput):
     """A length prefix above the limit: the byte stream is out of step for good."""
 
-    def __init__(self, declared: int) -> None:
+    def __init__(self, declared: int, limit: int = MAX_FRAME_BYTES, *, why: str = "") -> None:
         super().__init__(
-            f"frame length prefix says {declared} bytes; the limit is {MAX_FRAME_BYTES}, "
+            f"frame length prefix says {declared} bytes; the limit is {limit}{why}, "
             "so the stream cannot be trusted and the connection will close",
             code=FRAME_TOO_LARGE,
         )
         self.declared = declared
+        self.limit = limit
 
 
 class FrameBuffer:
@@ -719,11 +720,39 @@ class FrameBuffer:
     def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
         self._data = bytearray()
         self._max = max_frame
+        self._why = ""
         self._lost: FramingLost | None = None
 
     def __len__(self) -> int:
         """Bytes received but not yet returned as frames."""
         return len(self._data)
+
+    @property
+    def max_frame(self) -> int:
+        return self._max
+
+    def limit(self, max_frame: int, why: str = "") -> None:
+        """Change the largest frame accepted from now on; ``why`` explains it in the error.
+
+        A server lowers it until the handshake is done (a hello is tiny), so a client that
+        never says hello cannot make it hold a megabyte.
+        """
+        self._max = max_frame
+        self._why = why
+
+    @property
+    def partial_size(self) -> int:
+        """The declared body size of the incomplete frame at the head, 0 if there is none.
+
+        Known as soon as its length prefix has arrived: what the frame will hold once
+        complete, so an owner can budget memory before the body comes in.
+        """
+        if self._lost is not None or len(self._data) < HEADER_BYTES:
+            return 0
+        (size,) = HEADER.unpack_from(self._data)
+        if size > self._max or len(self._data) >= HEADER_BYTES + size:
+            return 0
+        return int(size)
 
     @property
     def lost(self) -> bool:
@@ -741,7 +770,7 @@ class FrameBuffer:
             return None
         (size,) = HEADER.unpack_from(self._data)
         if size > self._max:
-            self._lost = FramingLost(size)
+            self._lost = FramingLost(size, self._max, why=self._why)
             self._data.clear()
             raise self._lost
         end = HEADER_BYTES + size

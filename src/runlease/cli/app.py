@@ -242,6 +242,34 @@ def serve(
             negative=(),
         ),
     ] = False,
+    max_connections: Annotated[
+        int,
+        Parameter(
+            help="Serve at most this many clients at once; more are refused with "
+            "SERVER_BUSY. Also kept 64 below the open-file limit (ulimit -n)."
+        ),
+    ] = 1024,
+    handshake_timeout: Annotated[
+        float,
+        Parameter(
+            help="Close, with CONNECTION_TIMEOUT, a connection that has not said hello "
+            "within SECONDS."
+        ),
+    ] = 10.0,
+    idle_timeout: Annotated[
+        float,
+        Parameter(
+            help="Close, with CONNECTION_TIMEOUT, a connection with nothing in flight for "
+            "SECONDS (a waiting claim, an event stream or a drain is never idle); 0: never."
+        ),
+    ] = 300.0,
+    max_buffered_bytes: Annotated[
+        int,
+        Parameter(
+            help="BYTES that frames still being received may declare across all clients; "
+            "a frame that would exceed it is refused with SERVER_BUSY."
+        ),
+    ] = 64 * 1024 * 1024,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -249,7 +277,17 @@ def serve(
     ~/.local/share/runlease; the socket to --socket, else $RUNLEASE_SOCKET, else
     <data dir>/runlease.sock. Log lines go to stderr as JSON.
     """
-    from runlease.runtime.server import configure_logging, run_server
+    from runlease.runtime.server import ServerLimits, configure_logging, run_server
+
+    try:
+        limits = ServerLimits(
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
+            max_connections=max_connections,
+            max_buffered_bytes=max_buffered_bytes,
+        )
+    except InvalidInput as exc:
+        raise UsageError(exc.message.replace("_", "-")) from None
 
     directory = data_dir.expanduser() if data_dir is not None else default_data_dir()
     socket_path = GLOBALS.socket or default_socket_path(directory)
@@ -267,6 +305,7 @@ def serve(
         workspace_roots=roots,
         allow_agent_force=allow_agent_force,
         fresh_store=fresh_store,
+        limits=limits,
     )
     return 0
 

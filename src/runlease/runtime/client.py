@@ -12,7 +12,9 @@ on the server (``timeout=``) over cancelling it.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket as stdsocket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -21,7 +23,14 @@ from typing import Any, Final, TypeVar
 import trio
 
 from runlease import protocol as p
-from runlease.client import check_reply, closed_by_server, hello, resolve_socket, unreachable
+from runlease.client import (
+    ConnectBackoff,
+    check_reply,
+    closed_by_server,
+    hello,
+    resolve_socket,
+    unreachable,
+)
 from runlease.core.inspect import Backlog, DrainResult, InspectView, SchedulerStatus, StuckRun
 from runlease.core.model import (
     ApprovalPolicy,
@@ -677,14 +686,18 @@ class EventStream:
 
 @asynccontextmanager
 async def open_client(
-    path: str | os.PathLike[str] | None = None, *, session_token: str | None = None
+    path: str | os.PathLike[str] | None = None,
+    *,
+    session_token: str | None = None,
+    connect_timeout: float = 5.0,
 ) -> AsyncIterator[AsyncClient]:
-    """Connect to the server at ``path`` (default: $RUNLEASE_SOCKET, then the data dir's)."""
+    """Connect to the server at ``path`` (default: $RUNLEASE_SOCKET, then the data dir's).
+
+    While the server's queue of new connections is full the connect is retried, for up
+    to ``connect_timeout`` seconds.
+    """
     socket_path = resolve_socket(path)
-    try:
-        stream = await trio.open_unix_socket(os.fspath(socket_path))
-    except OSError as exc:
-        raise unreachable(socket_path, exc) from None
+    stream = await connect_unix(socket_path, connect_timeout)
     try:
         client = AsyncClient(stream, socket_path, session_token)
         try:
@@ -703,6 +716,39 @@ async def open_client(
             raise
     finally:
         await stream.aclose()
+
+
+async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
+    """A stream connected to ``path``, retrying a full backlog (see ConnectBackoff)."""
+    backoff = ConnectBackoff(path, timeout, clock=trio.current_time)
+    while True:
+        try:
+            return await _connect_once(path)
+        except OSError as exc:
+            await trio.sleep(backoff.after_failure(exc))
+
+
+async def _connect_once(path: Path) -> trio.SocketStream:
+    # Not trio.open_unix_socket: trio takes EAGAIN (a full backlog) for a connect in
+    # progress and then reports a socket that never connected as connected.
+    sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        try:
+            sock.connect(os.fspath(path))
+        except BlockingIOError as exc:
+            if exc.errno != errno.EINPROGRESS:
+                raise
+            await trio.lowlevel.wait_writable(sock)
+            failed = sock.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_ERROR)
+            if failed:
+                raise OSError(failed, os.strerror(failed)) from None
+        else:
+            await trio.lowlevel.checkpoint()
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 def _strings(values: Iterable[str]) -> list[str]:

@@ -15,11 +15,20 @@ Security: the socket file is made 0600 inside a directory that must be private (
 owned by the server's user), and every connection's peer uid (SO_PEERCRED) must be the
 server's own; others get a ``PEER_REFUSED`` reply and are closed.
 
+Limits (:class:`ServerLimits`), so that no client, and no crowd of clients, can starve the
+server: a connection must say hello within ``handshake_timeout`` and may send only small
+frames before it does; a connection with nothing in flight is closed after
+``idle_timeout`` (a parked claim, an event stream or a drain is never idle); at most
+``max_connections`` are served at once, never more than the open-file limit leaves room
+for; and the frames being received, across all connections, may together declare at most
+``max_buffered_bytes``. A refused or timed-out connection gets an error reply saying which
+limit it hit (``SERVER_BUSY``, ``CONNECTION_TIMEOUT``, ``FRAME_TOO_LARGE``) and is closed.
+
 Shutdown (:meth:`SocketServer.shutdown`): stop accepting and remove the socket file, stop
 reading new requests, end waiting claims (``SHUTTING_DOWN``) and event streams (a
 ``StreamEnd`` with reason ``shutdown``), let the other requests in flight finish and their
 replies go out, then close the connections. Whatever is still running after the grace
-period is cancelled.
+period is cancelled, including a reply stuck on a client that does not read.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import json
 import logging
 import math
 import os
+import resource
 import signal
 import socket as stdsocket
 import stat
@@ -38,6 +48,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final, TypedDict, TypeGuard, TypeVar
@@ -49,11 +60,13 @@ from runlease.core.inspect import MAX_PAGE as BACKLOG_MAX_PAGE
 from runlease.core.model import Actor, Event, NoClaim, Origin, Session, Task
 from runlease.errors import (
     BAD_REQUEST,
+    CONNECTION_TIMEOUT,
     HANDSHAKE_REQUIRED,
     INTERNAL,
     PAYLOAD_TOO_LARGE,
     PEER_REFUSED,
     REQUEST_CANCELLED,
+    SERVER_BUSY,
     SHUTTING_DOWN,
     SOCKET_IN_USE,
     SOCKET_PATH_UNSAFE,
@@ -78,6 +91,23 @@ RECEIVE_BYTES: Final = 64 * 1024
 # the reply is not lost to a connection reset.
 LINGER_SECONDS: Final = 2.0
 LINGER_MAX_BYTES: Final = 4 * 1024 * 1024
+# Defaults of the limits that keep clients from starving the server (see ServerLimits).
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
+DEFAULT_IDLE_TIMEOUT: Final = 300.0
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+DEFAULT_MAX_BUFFERED_BYTES: Final = 64 * 1024 * 1024
+# A hello is tiny; until it is done a connection may not make the server hold more.
+HANDSHAKE_MAX_FRAME: Final = 4096
+# File descriptors kept free of connections: the store, its lock, the log, trio's own
+# wakeup and epoll fds, worker threads, and the one a refused connection needs briefly.
+FD_RESERVE: Final = 64
+# Refused connections being told why at once; past this they are closed without a word.
+MAX_REFUSING: Final = 16
+# The listen backlog asked for when none is given (the kernel caps it at its maximum).
+MIN_BACKLOG: Final = 4096
+SOMAXCONN_FILE: Final = Path("/proc/sys/net/core/somaxconn")
+# At most one refusal log line per this many seconds; the line counts the ones in between.
+REFUSAL_LOG_INTERVAL: Final = 1.0
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH_BYTES: Final = 107
 _PEERCRED = struct.Struct("3i")
@@ -152,8 +182,23 @@ def clear_stale_socket(path: Path) -> bool:
     )
 
 
-def bind_unix_socket(path: Path, *, backlog: int = 128) -> stdsocket.socket:
+def default_backlog() -> int:
+    """The listen backlog to ask for: the system's maximum, and at least MIN_BACKLOG.
+
+    A burst of clients connecting at once beyond the backlog get EAGAIN on a Unix socket;
+    asking for more than the kernel allows is harmless (it caps the value).
+    """
+    try:
+        system = int(SOMAXCONN_FILE.read_text().strip())
+    except (OSError, ValueError):
+        system = stdsocket.SOMAXCONN
+    return max(system, MIN_BACKLOG)
+
+
+def bind_unix_socket(path: Path, *, backlog: int | None = None) -> stdsocket.socket:
     """A listening Unix socket at ``path``: mode 0600 in a private directory."""
+    if backlog is None:
+        backlog = default_backlog()
     if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
         raise _unsafe(
             f"the socket path {path} is {len(os.fsencode(path))} bytes; Unix sockets allow "
@@ -187,6 +232,82 @@ def peer_credentials(sock: Any) -> tuple[int, int, int] | None:
     return pid, uid, gid
 
 
+# ------------------------------------------------------------------------------- limits
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one server allows its clients; every field is a ``runlease serve`` option.
+
+    ``idle_timeout`` 0 (or infinity) never closes an idle connection. ``backlog`` None asks
+    for the system's maximum listen backlog.
+    """
+
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
+    backlog: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.handshake_timeout > 0:
+            raise InvalidInput(
+                f"handshake_timeout must be more than 0 seconds, got {self.handshake_timeout}"
+            )
+        if not self.idle_timeout >= 0:
+            raise InvalidInput(
+                f"idle_timeout must be 0 (never) or more seconds, got {self.idle_timeout}"
+            )
+        if self.max_connections < 1:
+            raise InvalidInput(f"max_connections must be at least 1, got {self.max_connections}")
+        if self.max_buffered_bytes < p.MAX_FRAME_BYTES:
+            raise InvalidInput(
+                f"max_buffered_bytes must be at least one frame ({p.MAX_FRAME_BYTES}), "
+                f"got {self.max_buffered_bytes}"
+            )
+        if self.backlog is not None and self.backlog < 1:
+            raise InvalidInput(f"backlog must be at least 1, got {self.backlog}")
+
+    @property
+    def idle_seconds(self) -> float:
+        return math.inf if self.idle_timeout == 0 else self.idle_timeout
+
+
+def fd_soft_limit() -> int | None:
+    """The soft RLIMIT_NOFILE, or None if unlimited or unknown."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def connection_cap(configured: int, soft_limit: int | None, reserve: int = FD_RESERVE) -> int:
+    """How many connections to serve: the configured cap, below the open-file limit.
+
+    Each connection holds one descriptor; ``reserve`` stay free for storage, threads,
+    logs and refusals, so that serving many idle clients never makes a write fail EMFILE.
+    """
+    if soft_limit is None:
+        return configured
+    return max(1, min(configured, soft_limit - reserve))
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE as far as the hard limit lets; (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        # Linux refuses an unlimited soft limit; its per-process ceiling is fs.nr_open.
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text().strip())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    after, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, after
+
+
 # -------------------------------------------------------------------------- connections
 class _InFlight:
     __slots__ = ("long", "scope", "why")
@@ -203,6 +324,8 @@ class _Connection:
         self.number = number
         self.peer: tuple[int, int, int] | None = None
         self.buffer = p.FrameBuffer()
+        self.buffer.limit(HANDSHAKE_MAX_FRAME, " before the hello handshake")
+        self.reserved = 0  # bytes of the shared receive budget held by a partial frame
         self.send_lock = trio.Lock()
         self.slots = trio.Semaphore(max_inflight)
         self.inflight: dict[int, _InFlight] = {}
@@ -210,8 +333,14 @@ class _Connection:
         self.client_name = ""  # what the client called itself in hello
         self.draining = False
         self.linger = False  # closing after an error reply: half-close and drain first
+        # A send cancelled part way left half a frame on the wire: nothing more may follow.
+        self.torn = False
+        # The reading task is answering a request itself; a drain must let it finish.
+        self.answering = False
         self.scope = trio.CancelScope()  # the whole connection
         self.read_scope = trio.CancelScope()
+        # Fires when the handshake or an idle spell runs too long (see _refresh_deadline).
+        self.timer = trio.CancelScope()
 
     def origin(self) -> Origin:
         """How this connection's writes are stamped: ``cli`` for the runlease command,
@@ -240,11 +369,30 @@ class _Connection:
             )
         try:
             async with self.send_lock:
-                await self.stream.send_all(data)
+                if self.torn:
+                    self.scope.cancel()
+                    return False
+                # Cancelled here, nothing has gone out yet; cancelled inside send_all, part
+                # of the frame may have, and the stream is out of step for good.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                try:
+                    await self.stream.send_all(data)
+                except trio.Cancelled:
+                    self.torn = True
+                    raise
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.scope.cancel()
             return False
         return True
+
+    async def send_last(self, reply: p.Reply) -> None:
+        """Send the reply that explains a close, if the stream can still carry it, and
+        arrange to linger; bounded, since a client that does not read must not hold us."""
+        self.linger = True
+        if self.torn:
+            return
+        with trio.move_on_after(LINGER_SECONDS):
+            await self.send(reply)
 
     async def half_close_and_drain(self) -> None:
         """Say EOF, then discard what the client still sends (bounded) until it closes.
@@ -267,7 +415,10 @@ class _Connection:
     def begin_drain(self, why: str = "shutdown") -> None:
         """Stop reading; end long waits now; let short requests finish."""
         self.draining = True
-        self.read_scope.cancel()
+        if not self.answering:
+            # Else the reader stops once its answer is out (see _dispatch). It is not
+            # shielded, so the server's grace period still bounds it.
+            self.read_scope.cancel()
         for flight in self.inflight.values():
             if flight.long and flight.why is None:
                 flight.why = why
@@ -284,11 +435,19 @@ class SocketServer:
         *,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.runtime = runtime
         self.path = Path(path)
         self.max_inflight = max_inflight
         self.shutdown_grace = shutdown_grace
+        self.limits = limits or ServerLimits()
+        # The configured cap until run() lowers it below the open-file limit.
+        self.connection_limit = self.limits.max_connections
+        self._buffered = 0  # bytes declared by partial frames across all connections
+        self._refusing = 0
+        self._refused_unlogged = 0
+        self._refusal_logged_at = -math.inf
         self.started_at = time.time()
         self.version = _version()
         self._uid = os.geteuid()
@@ -318,7 +477,20 @@ class SocketServer:
     async def run(
         self, *, task_status: trio.TaskStatus[SocketServer] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        raw = bind_unix_socket(self.path)
+        soft = fd_soft_limit()
+        self.connection_limit = connection_cap(self.limits.max_connections, soft)
+        log.info(
+            "connection_limit",
+            extra={
+                "fields": {
+                    "max_connections": self.connection_limit,
+                    "configured": self.limits.max_connections,
+                    "fd_soft_limit": soft,
+                    "fd_reserve": FD_RESERVE,
+                }
+            },
+        )
+        raw = bind_unix_socket(self.path, backlog=self.limits.backlog)
         info = os.stat(self.path)
         self._socket_id = (info.st_dev, info.st_ino)
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
@@ -375,8 +547,57 @@ class SocketServer:
                 log.error("accept_failed", extra={"fields": {"error": str(exc)}})
                 await trio.sleep(0.1)
                 continue
+            if len(self._connections) >= self.connection_limit:
+                await self._refuse(stream, nursery)
+                continue
             self._opened += 1
             nursery.start_soon(self._serve_connection, stream, self._opened)
+
+    async def _refuse(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+        """At the connection cap: tell the client so and close, rather than leave it hanging
+        in the backlog or let accept fail for want of descriptors."""
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "connection_refused",
+                extra={
+                    "fields": {
+                        "reason": "max_connections",
+                        "max_connections": self.connection_limit,
+                        "refused": self._refused_unlogged,
+                    }
+                },
+            )
+            self._refusal_logged_at = now
+            self._refused_unlogged = 0
+        if self._refusing >= MAX_REFUSING:
+            # A flood: explaining costs a descriptor per client for a while; just close.
+            await stream.aclose()
+            return
+        self._refusing += 1
+        nursery.start_soon(self._explain_refusal, stream)
+
+    async def _explain_refusal(self, stream: trio.SocketStream) -> None:
+        conn = _Connection(stream, 0, 1)
+        try:
+            await conn.send_last(
+                p.ErrorReply(
+                    id=p.CONNECTION_ID,
+                    code=SERVER_BUSY,
+                    message=(
+                        f"the server is serving its maximum of {self.connection_limit} "
+                        "connections; try again later, close idle clients, or raise the "
+                        "limit with `runlease serve --max-connections` (it also stays "
+                        f"{FD_RESERVE} below the open-file limit, `ulimit -n`)"
+                    ),
+                )
+            )
+            await conn.half_close_and_drain()
+        finally:
+            self._refusing -= 1
+            with contextlib.suppress(Exception):
+                await stream.aclose()
 
     # ----------------------------------------------------------------- one client
     async def _serve_connection(self, stream: trio.SocketStream, number: int) -> None:
@@ -392,11 +613,14 @@ class SocketServer:
         except Exception:
             log.exception("connection_failed", extra={"fields": conn.fields()})
         finally:
-            with contextlib.suppress(Exception):
-                await stream.aclose()
+            # Bookkeeping first: closing checkpoints, and a cancelled close must not leave
+            # the connection counted.
+            self._reserve(conn, 0)
             self._connections.discard(conn)
             self._note_connections_changed()
             log.debug("connection_closed", extra={"fields": conn.fields()})
+            with contextlib.suppress(Exception):
+                await stream.aclose()
 
     async def _admit(self, conn: _Connection) -> bool:
         try:
@@ -423,10 +647,57 @@ class SocketServer:
     async def _serve_admitted(self, conn: _Connection) -> None:
         async with trio.open_nursery() as handlers:
             with conn.read_scope:
-                await self._read_loop(conn, handlers)
+                self._refresh_deadline(conn)
+                with conn.timer:
+                    await self._read_loop(conn, handlers)
+                if conn.timer.cancelled_caught:
+                    await self._time_out(conn)
             if not conn.draining:
                 # The client went away: nobody is left to read replies.
                 handlers.cancel_scope.cancel()
+
+    def _refresh_deadline(self, conn: _Connection) -> None:
+        """Arm the connection's timer: the hello deadline until the handshake is done, then
+        the idle deadline whenever nothing is in flight; never while something is, so a
+        parked claim, a stream or a drain keeps its connection as long as it runs."""
+        if not conn.handshaken:
+            if conn.timer.deadline == math.inf:
+                conn.timer.deadline = trio.current_time() + self.limits.handshake_timeout
+        elif conn.inflight:
+            conn.timer.deadline = math.inf
+        else:
+            conn.timer.deadline = trio.current_time() + self.limits.idle_seconds
+
+    async def _time_out(self, conn: _Connection) -> None:
+        if conn.handshaken:
+            phase, message = (
+                "idle",
+                f"the connection sat idle for {self.limits.idle_timeout:g} seconds and the "
+                "server closed it; connect again to go on (`runlease serve --idle-timeout` "
+                "sets the limit)",
+            )
+        else:
+            phase, message = (
+                "handshake",
+                f"no hello within {self.limits.handshake_timeout:g} seconds of connecting, "
+                "so the server closed the connection; a client must send hello first "
+                "(`runlease serve --handshake-timeout` sets the limit)",
+            )
+        log.info("connection_timed_out", extra={"fields": conn.fields(phase=phase)})
+        await conn.send_last(
+            p.ErrorReply(id=p.CONNECTION_ID, code=CONNECTION_TIMEOUT, message=message)
+        )
+
+    def _reserve(self, conn: _Connection, size: int) -> bool:
+        """Hold ``size`` bytes of the shared receive budget for ``conn``'s partial frame
+        (in place of what it held); False, holding nothing, if that would overrun it."""
+        self._buffered -= conn.reserved
+        conn.reserved = 0
+        if size and self._buffered + size > self.limits.max_buffered_bytes:
+            return False
+        self._buffered += size
+        conn.reserved = size
+        return True
 
     async def _read_loop(self, conn: _Connection, handlers: trio.Nursery) -> None:
         while True:
@@ -444,8 +715,7 @@ class SocketServer:
                     log.warning(
                         "framing_lost", extra={"fields": conn.fields(declared=exc.declared)}
                     )
-                    conn.linger = True
-                    await conn.send(
+                    await conn.send_last(
                         p.ErrorReply(id=p.CONNECTION_ID, code=exc.code, message=exc.message)
                     )
                     # Requests read before the bad prefix still get their replies.
@@ -454,6 +724,32 @@ class SocketServer:
                 if body is None:
                     break
                 await self._dispatch(conn, body, handlers)
+                self._refresh_deadline(conn)
+            declared = conn.buffer.partial_size
+            if declared != conn.reserved and not self._reserve(conn, declared):
+                log.warning(
+                    "receive_budget_exhausted",
+                    extra={
+                        "fields": conn.fields(
+                            declared=declared, budget=self.limits.max_buffered_bytes
+                        )
+                    },
+                )
+                await conn.send_last(
+                    p.ErrorReply(
+                        id=p.CONNECTION_ID,
+                        code=SERVER_BUSY,
+                        message=(
+                            f"the server cannot take a {declared}-byte frame now: frames "
+                            "being received from all clients would exceed its "
+                            f"{self.limits.max_buffered_bytes}-byte budget; try again "
+                            "later or send smaller requests (`runlease serve "
+                            "--max-buffered-bytes` sets the budget)"
+                        ),
+                    )
+                )
+                conn.begin_drain("server_busy")
+                return
 
     async def _dispatch(self, conn: _Connection, body: bytes, handlers: trio.Nursery) -> None:
         try:
@@ -501,12 +797,20 @@ class SocketServer:
         )
         flight = _InFlight(long=long)
         conn.inflight[request.id] = flight
+        self._refresh_deadline(conn)
         if not long and len(conn.buffer) == 0:
             # Nothing else is queued on this connection (the usual one-at-a-time client):
-            # answer on the reading task and save a task spawn per request. Shielded so a
-            # drain that stops reading still lets this short request finish.
-            with trio.CancelScope(shield=True):
+            # answer on the reading task and save a task spawn per request. A drain that
+            # starts meanwhile lets the answer finish (within the grace period), then
+            # stops the reading.
+            conn.answering = True
+            try:
                 await self._handle(conn, request, flight)
+            finally:
+                conn.answering = False
+            if conn.draining:
+                conn.read_scope.cancel()
+                await trio.lowlevel.checkpoint()
             return
         handlers.start_soon(self._handle, conn, request, flight)
 
@@ -522,6 +826,7 @@ class SocketServer:
                 ),
             )
         conn.handshaken = True
+        conn.buffer.limit(p.MAX_FRAME_BYTES)
         conn.client_name = hello.client
         return p.Welcome(id=hello.id, version=version, server=SERVER_NAME, pid=os.getpid())
 
@@ -551,6 +856,7 @@ class SocketServer:
         finally:
             conn.inflight.pop(request.id, None)
             conn.slots.release()
+            self._refresh_deadline(conn)
 
     @staticmethod
     def _interrupted_reply(request: p.AnyRequest, why: str | None) -> p.Reply:
@@ -1001,6 +1307,7 @@ async def serve_socket(
     *,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    limits: ServerLimits | None = None,
     task_status: trio.TaskStatus[SocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``runtime`` on a Unix socket at ``path`` until cancelled or shut down.
@@ -1008,7 +1315,9 @@ async def serve_socket(
     With ``await nursery.start(serve_socket, rt, path)`` the caller gets the
     :class:`SocketServer` once the socket is listening, and may call its ``shutdown()``.
     """
-    server = SocketServer(runtime, path, max_inflight=max_inflight, shutdown_grace=shutdown_grace)
+    server = SocketServer(
+        runtime, path, max_inflight=max_inflight, shutdown_grace=shutdown_grace, limits=limits
+    )
     await server.run(task_status=task_status)
 
 
@@ -1055,6 +1364,7 @@ def run_server(
     workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
     allow_agent_force: bool = False,
     fresh_store: bool = False,
+    limits: ServerLimits | None = None,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
@@ -1062,6 +1372,9 @@ def run_server(
     completion-contract artifacts are checked under. ``allow_agent_force`` lets sessions
     use the force operations (see :func:`open_runtime`). ``fresh_store`` is passed to
     :func:`open_runtime` (start empty where the database is missing or empty).
+    ``limits`` bounds what clients may hold (:class:`ServerLimits`). The soft open-file
+    limit is raised towards the hard one first, so the connection cap is not lowered
+    needlessly.
 
     Raises the :class:`RunleaseError` that stopped it from starting (a locked data dir, a
     live server on the socket, an unsafe socket directory).
@@ -1077,6 +1390,7 @@ def run_server(
             workspace_roots,
             allow_agent_force,
             fresh_store,
+            limits,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -1109,6 +1423,7 @@ async def _serve_until_signalled(
     workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
     allow_agent_force: bool = False,
     fresh_store: bool = False,
+    limits: ServerLimits | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -1121,6 +1436,12 @@ async def _serve_until_signalled(
                 }
             },
         )
+        try:
+            before, after = raise_fd_limit()
+        except (OSError, ValueError) as exc:
+            log.warning("fd_limit_unknown", extra={"fields": {"error": str(exc)}})
+        else:
+            log.info("fd_limit", extra={"fields": {"soft_before": before, "soft": after}})
         async with open_runtime(
             clock,
             data_dir=data_dir,
@@ -1151,7 +1472,7 @@ async def _serve_until_signalled(
             gc.freeze()
             async with trio.open_nursery() as nursery:
                 server: SocketServer = await nursery.start(
-                    _serve_with_grace, rt, socket_path, shutdown_grace
+                    _serve_with_grace, rt, socket_path, shutdown_grace, limits
                 )
                 log.info(
                     "listening",
@@ -1168,10 +1489,13 @@ async def _serve_with_grace(
     rt: Runtime,
     path: Path,
     shutdown_grace: float,
+    limits: ServerLimits | None,
     *,
     task_status: trio.TaskStatus[SocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await serve_socket(rt, path, shutdown_grace=shutdown_grace, task_status=task_status)
+    await serve_socket(
+        rt, path, shutdown_grace=shutdown_grace, limits=limits, task_status=task_status
+    )
 
 
 async def _watch_signals(signals: Any, server: SocketServer, scope: trio.CancelScope) -> None:
@@ -1199,9 +1523,14 @@ def _make_private_if_socket_dir(directory: Path, socket_path: Path) -> None:
 
 
 __all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_BUFFERED_BYTES",
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_INFLIGHT",
     "DEFAULT_SHUTDOWN_GRACE",
     "JsonLogFormatter",
+    "ServerLimits",
     "SocketServer",
     "bind_unix_socket",
     "configure_logging",
