@@ -12,15 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runlease import protocol as p
-from runlease.core.inspect import (
-    Backlog,
-    BacklogRun,
-    DrainResult,
-    InspectView,
-    PauseState,
-    SchedulerStatus,
-    StuckRun,
-)
 from runlease.core.model import (
     Actor,
     BulkItem,
@@ -35,6 +26,15 @@ from runlease.core.model import (
     RetryResult,
     Run,
     Task,
+)
+from runlease.core.views import (
+    Backlog,
+    BacklogRun,
+    DrainResult,
+    InspectView,
+    PauseState,
+    SchedulerStatus,
+    StuckRun,
 )
 from runlease.errors import (
     BAD_FRAME,

@@ -37,7 +37,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from runlease import protocol as p
-from runlease.core.inspect import Backlog, DrainResult, InspectView, SchedulerStatus, StuckRun
 from runlease.core.model import (
     ApprovalPolicy,
     BulkResult,
@@ -55,6 +54,7 @@ from runlease.core.model import (
     Task,
     TaskStatus,
 )
+from runlease.core.views import Backlog, DrainResult, InspectView, SchedulerStatus, StuckRun
 from runlease.errors import (
     SERVER_UNAVAILABLE,
     InternalError,

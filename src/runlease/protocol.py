@@ -50,8 +50,6 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from runlease.core.inspect import Backlog, DrainResult, InspectView, PauseState, SchedulerStatus
-from runlease.core.inspect import StuckRun as StuckRunView
 from runlease.core.model import (
     MAX_PAYLOAD_DEPTH,
     ApprovalPolicy,
@@ -71,6 +69,8 @@ from runlease.core.model import (
     Task,
     TaskStatus,
 )
+from runlease.core.views import Backlog, DrainResult, InspectView, PauseState, SchedulerStatus
+from runlease.core.views import StuckRun as StuckRunView
 from runlease.errors import (
     BAD_FRAME,
     BAD_REQUEST,

@@ -31,7 +31,6 @@ from runlease.client import (
     resolve_socket,
     unreachable,
 )
-from runlease.core.inspect import Backlog, DrainResult, InspectView, SchedulerStatus, StuckRun
 from runlease.core.model import (
     ApprovalPolicy,
     BulkResult,
@@ -49,6 +48,7 @@ from runlease.core.model import (
     Task,
     TaskStatus,
 )
+from runlease.core.views import Backlog, DrainResult, InspectView, SchedulerStatus, StuckRun
 from runlease.errors import InternalError, RunleaseError, error_for_code
 
 R = TypeVar("R", bound=p.Reply)

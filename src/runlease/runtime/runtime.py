@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import trio
 
-from runlease.core import inspect as inspection
+from runlease.core import views
 from runlease.core.commands import (
     AddDependency,
     AnyCommand,
@@ -560,7 +560,7 @@ class Runtime:
             lease_seconds=lease_seconds,
             workspace_id=workspace,
             scope=scope,
-            priority_min=inspection.priority_rank(priority_min),
+            priority_min=views.priority_rank(priority_min),
             origin=EMBEDDED,
         )
         request = Request(command, wait=wait)
@@ -757,7 +757,7 @@ class Runtime:
                 lease_seconds=lease_seconds,
                 workspace_id=workspace,
                 scope=scope,
-                priority_min=inspection.priority_rank(priority_min),
+                priority_min=views.priority_rank(priority_min),
             ),
         )
         request = Request(command, wait=wait)
@@ -963,13 +963,13 @@ class Runtime:
         )
         return task
 
-    def pause_state(self, task_id: str) -> inspection.PauseState:
+    def pause_state(self, task_id: str) -> views.PauseState:
         """Direct and effective (inherited from an ancestor) pause of a task.
 
         This process's view, which may include writes still committing: await
         :meth:`settled` before showing it outside the process.
         """
-        return inspection.pause_state(self._machine, self._machine.get_task(task_id))
+        return views.pause_state(self._machine, self._machine.get_task(task_id))
 
     async def cancel_task(
         self,
@@ -1102,7 +1102,7 @@ class Runtime:
         reason: str | None = None,
         actor: Actor | None = None,
         origin: Origin | None = None,
-    ) -> inspection.SchedulerStatus:
+    ) -> views.SchedulerStatus:
         """Stop all claims (they find NO_CLAIMABLE_RUN; waiters keep waiting). Lease expiry,
         heartbeats and finishes carry on."""
         await self._call(
@@ -1116,7 +1116,7 @@ class Runtime:
         reason: str | None = None,
         actor: Actor | None = None,
         origin: Origin | None = None,
-    ) -> inspection.SchedulerStatus:
+    ) -> views.SchedulerStatus:
         await self._call(
             ResumeScheduler(now=0.0, reason=reason, actor=actor or OPERATOR, origin=origin)
         )
@@ -1129,7 +1129,7 @@ class Runtime:
         reason: str | None = None,
         actor: Actor | None = None,
         origin: Origin | None = None,
-    ) -> inspection.DrainResult:
+    ) -> views.DrainResult:
         """Pause the scheduler (if it is not already) and wait until no lease is active or
         ``timeout`` seconds pass; report how many leases remain. The scheduler stays paused:
         resume it with :meth:`resume_scheduler`."""
@@ -1149,9 +1149,9 @@ class Runtime:
                 self._check_open()
                 await self._feed.wait_changed()
 
-        def result() -> inspection.DrainResult:
+        def result() -> views.DrainResult:
             remaining = self._machine.leased_count()
-            return inspection.DrainResult(
+            return views.DrainResult(
                 status=self.scheduler_status(),
                 completed=remaining == 0,
                 timed_out=remaining > 0,
@@ -1162,10 +1162,10 @@ class Runtime:
 
         return await self.read(result)
 
-    def scheduler_status(self) -> inspection.SchedulerStatus:
+    def scheduler_status(self) -> views.SchedulerStatus:
         """This process's view, which may include writes still committing: await
         :meth:`settled` before showing it outside the process."""
-        return inspection.scheduler_status(self._machine, self._clock.now())
+        return views.scheduler_status(self._machine, self._clock.now())
 
     def backlog(
         self,
@@ -1174,13 +1174,13 @@ class Runtime:
         include_paused: bool = True,
         after: str | None = None,
         limit: int = 100,
-    ) -> inspection.Backlog:
+    ) -> views.Backlog:
         """Queued runs with their task (claimable and held back), paged by run id.
 
         This process's view, which may include writes still committing: await
         :meth:`settled` before showing it outside the process.
         """
-        return inspection.backlog(
+        return views.backlog(
             self._machine,
             workspace_id=workspace,
             include_paused=include_paused,
@@ -1208,14 +1208,14 @@ class Runtime:
         )
         return task
 
-    def stuck(self, *, threshold: float = DEFAULT_STUCK_THRESHOLD) -> list[inspection.StuckRun]:
+    def stuck(self, *, threshold: float = DEFAULT_STUCK_THRESHOLD) -> list[views.StuckRun]:
         """Leased runs whose lease has run out (not yet expired by the clock), then those
         with no heartbeat or checkpoint for more than ``threshold`` seconds.
 
         This process's view, which may include writes still committing: await
         :meth:`settled` before showing it outside the process.
         """
-        return inspection.stuck(self._machine, self._clock.now(), threshold=threshold)
+        return views.stuck(self._machine, self._clock.now(), threshold=threshold)
 
     async def steal(
         self,
@@ -1254,13 +1254,13 @@ class Runtime:
         )
         return claim
 
-    def show(self, task_id: str) -> inspection.TaskDetail:
+    def show(self, task_id: str) -> views.TaskDetail:
         """A task with every run, its checkpoints, graph edges and retained events.
 
         This process's view, which may include writes still committing: await
         :meth:`settled` before showing it outside the process.
         """
-        return inspection.task_detail(
+        return views.task_detail(
             self._machine, self._machine.get_task(task_id), self._feed.timeline(task_id)
         )
 
@@ -1281,24 +1281,22 @@ class Runtime:
         self._machine.get_task(task_id)
         return self._feed.timeline(task_id, after_seq=after_seq, limit=limit)
 
-    def inspect_task(self, task_id: str) -> inspection.InspectView:
+    def inspect_task(self, task_id: str) -> views.InspectView:
         """Current run, bound session, recent runs and events, scheduler and pause state,
-        and the deterministic ``next_action`` (see core/inspect.py:next_action).
+        and the deterministic ``next_action`` (see core/views.py:next_action).
 
         This process's view, which may include writes still committing: await
         :meth:`settled` before showing it outside the process.
         """
         task = self._machine.get_task(task_id)
-        return inspection.inspect(
-            self._machine, task, self._clock.now(), self._feed.timeline(task_id)
-        )
+        return views.inspect(self._machine, task, self._clock.now(), self._feed.timeline(task_id))
 
-    def inspect_run(self, run_id: str) -> inspection.InspectView:
+    def inspect_run(self, run_id: str) -> views.InspectView:
         """This process's view, which may include writes still committing: await
         :meth:`settled` before showing it outside the process."""
         run = self._machine.get_run(run_id)
         task = self._machine.tasks[run.task_id]
-        return inspection.inspect(
+        return views.inspect(
             self._machine,
             task,
             self._clock.now(),

@@ -56,8 +56,8 @@ from typing import IO, Any, Final, TypedDict, TypeGuard, TypeVar
 import trio
 
 from runlease import protocol as p
-from runlease.core.inspect import MAX_PAGE as BACKLOG_MAX_PAGE
 from runlease.core.model import Actor, Event, NoClaim, Origin, Session, Task
+from runlease.core.views import MAX_PAGE as BACKLOG_MAX_PAGE
 from runlease.errors import (
     BAD_REQUEST,
     CONNECTION_TIMEOUT,
