@@ -1,0 +1,245 @@
+"""The synchronous client's named methods. GENERATED from operation_methods.py by
+``python -m runlease.gen_sync``: edit that file and run the generator, never this one."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any, Concatenate, ParamSpec, TypeVar, Unpack
+
+from runlease.core.model import BulkResult, Event, Finished, Session, Task, TaskStatus
+from runlease.core.views import StuckRun
+from runlease.operations import (
+    AddDependency,
+    ApproveTask,
+    BlockRun,
+    BulkForceRuns,
+    CancelRun,
+    CancelTask,
+    CheckpointTask,
+    ClaimArgs,
+    ClaimNext,
+    CompleteRun,
+    CreateTask,
+    DeleteTask,
+    DrainScheduler,
+    FailRun,
+    FinishRequest,
+    ForceFailRun,
+    ForceReleaseRun,
+    GetBacklog,
+    GetRun,
+    GetSchedulerStatus,
+    GetSession,
+    GetStatus,
+    GetTimeline,
+    HeartbeatRun,
+    InspectRun,
+    InspectTask,
+    ListEvents,
+    ListSessions,
+    ListStuck,
+    ListTasks,
+    OpenSession,
+    PauseScheduler,
+    PauseTask,
+    PublishTask,
+    RejectTask,
+    ReleaseRun,
+    RemoveDependency,
+    Request,
+    ResumeScheduler,
+    ResumeTask,
+    RetryRun,
+    ShowTask,
+    StartTask,
+    StealRun,
+    StopSession,
+    UpdateTask,
+    WhoAmI,
+    strings,
+)
+
+R = TypeVar("R")
+P = ParamSpec("P")
+
+
+class Caller(ABC):
+    """A surface that can carry out a request: the runtime, a session handle, a client."""
+
+    @abstractmethod
+    def call(self, request: Request[R]) -> R:
+        """Carry out ``request`` and answer its reply (``CreateTask`` answers a Task)."""
+
+
+def method(request: Callable[P, Request[R]]) -> Callable[Concatenate[Caller, P], R]:
+    """A method taking the fields of ``request`` and answering its reply."""
+
+    def call(self: Caller, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.call(request(*args, **kwargs))
+
+    call.__doc__ = request.__doc__
+    return call
+
+
+class TaskMethods(Caller):
+    """Tasks, the graph, runs and the scheduler: what the host or an operator does."""
+
+    create_task = method(CreateTask)
+    start_task = method(StartTask)
+    publish_task = method(PublishTask)
+    approve_task = method(ApproveTask)
+    reject_task = method(RejectTask)
+    update_task = method(UpdateTask)
+    delete_task = method(DeleteTask)
+    add_dependency = method(AddDependency)
+    remove_dependency = method(RemoveDependency)
+    pause_task = method(PauseTask)
+    resume_task = method(ResumeTask)
+    cancel_task = method(CancelTask)
+    checkpoint = method(CheckpointTask)
+    cancel_run = method(CancelRun)
+    retry_run = method(RetryRun)
+    force_release = method(ForceReleaseRun)
+    force_fail = method(ForceFailRun)
+    pause_scheduler = method(PauseScheduler)
+    resume_scheduler = method(ResumeScheduler)
+    drain_scheduler = method(DrainScheduler)
+    stop_session = method(StopSession)
+
+    def bulk_force_release(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
+        """Force-release up to 50 runs; one outcome per run, in the order given."""
+        return self.call(
+            BulkForceRuns(action="release", run_ids=strings(run_ids, "run_ids"), reason=reason)
+        )
+
+    def bulk_force_fail(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
+        """Force-fail up to 50 runs; one outcome per run, in the order given."""
+        request = BulkForceRuns(action="fail", run_ids=strings(run_ids, "run_ids"), reason=reason)
+        return self.call(request)
+
+
+class LeaseMethods(Caller):
+    """What a session does with its leases (the session is the caller's)."""
+
+    @abstractmethod
+    def finish_and_claim(self, finish: FinishRequest, then: ClaimNext) -> Finished:
+        """Apply ``finish``, then claim the session's next run under ``then``."""
+
+    claim_next = method(ClaimNext)
+    heartbeat = method(HeartbeatRun)
+    complete = method(CompleteRun)
+    fail = method(FailRun)
+    release = method(ReleaseRun)
+    block = method(BlockRun)
+    steal = method(StealRun)
+    checkpoint = method(CheckpointTask)
+
+    def complete_and_next(
+        self,
+        run_id: str,
+        *,
+        result: Any = None,
+        token: str | None = None,
+        **claim: Unpack[ClaimArgs],
+    ) -> Finished:
+        """Complete the run and claim the session's next one in one step; finding nothing
+        to claim is not an error (``no_claim`` says why)."""
+        finish = CompleteRun(run_id, result=result, token=token)
+        return self.finish_and_claim(finish, ClaimNext(**claim))
+
+    def fail_and_next(
+        self,
+        run_id: str,
+        *,
+        error: str,
+        metadata: dict[str, Any] | None = None,
+        token: str | None = None,
+        **claim: Unpack[ClaimArgs],
+    ) -> Finished:
+        """Fail the run and claim the session's next one (see complete_and_next)."""
+        finish = FailRun(run_id, error=error, metadata=metadata, token=token)
+        return self.finish_and_claim(finish, ClaimNext(**claim))
+
+    def release_and_next(
+        self,
+        run_id: str,
+        *,
+        reason: str | None = None,
+        token: str | None = None,
+        **claim: Unpack[ClaimArgs],
+    ) -> Finished:
+        """Release the run and claim the session's next one (see complete_and_next)."""
+        finish = ReleaseRun(run_id, reason=reason, token=token)
+        return self.finish_and_claim(finish, ClaimNext(**claim))
+
+
+class ClientMethods(TaskMethods, LeaseMethods):
+    """Everything, plus the reads a client makes over the wire (paged for you)."""
+
+    status = method(GetStatus)
+    open_session = method(OpenSession)
+    whoami = method(WhoAmI)
+    get_session = method(GetSession)
+    show_task = method(ShowTask)
+    get_run = method(GetRun)
+    scheduler_status = method(GetSchedulerStatus)
+    backlog = method(GetBacklog)
+    inspect_task = method(InspectTask)
+    inspect_run = method(InspectRun)
+
+    def get_task(self, task_id: str) -> Task:
+        return (self.show_task(task_id)).task
+
+    def stuck(self, *, threshold: float | None = None) -> list[StuckRun]:
+        """Expired leases, then leased runs idle past ``threshold`` seconds (600)."""
+        return (self.call(ListStuck(threshold=threshold))).runs
+
+    def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        workspace: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
+        """Tasks in creation order; every page of them when ``limit`` is None."""
+        out: list[Task] = []
+        while limit is None or len(out) < limit:
+            want = None if limit is None else limit - len(out)
+            page = self.call(
+                ListTasks(status=status, workspace=workspace, after=after, limit=want)
+            )
+            out.extend(page.tasks)
+            if (after := page.next_after) is None:
+                break
+        return out
+
+    def list_sessions(self, *, live_only: bool = False) -> list[Session]:
+        out: list[Session] = []
+        after: str | None = None
+        while True:
+            page = self.call(ListSessions(live_only=live_only, after=after))
+            out.extend(page.sessions)
+            if (after := page.next_after) is None:
+                return out
+
+    def events(self, *, task_id: str | None = None, after_seq: int = 0) -> list[Event]:
+        """Events the server still holds after ``after_seq``, oldest first."""
+        out: list[Event] = []
+        cursor: int | None = after_seq
+        while cursor is not None:
+            page = self.call(ListEvents(task_id=task_id, after_seq=cursor))
+            out.extend(page.events)
+            cursor = page.next_after_seq
+        return out
+
+    def timeline(self, task_id: str, *, after_seq: int = 0) -> list[Event]:
+        """The task's retained events after ``after_seq``, oldest first."""
+        out: list[Event] = []
+        cursor: int | None = after_seq
+        while cursor is not None:
+            page = self.call(GetTimeline(task_id=task_id, after_seq=cursor))
+            out.extend(page.events)
+            cursor = page.next_after_seq
+        return out
