@@ -24,7 +24,7 @@ from runlease.errors import (
     FORBIDDEN_OPERATOR_ACTION,
     LeaseRefused,
     RunleaseError,
-    exit_code_for,
+    error_for_code,
 )
 from runlease.runtime import Runtime
 from runlease.runtime.client import open_client
@@ -71,7 +71,7 @@ async def test_a_session_cannot_force_and_nothing_changes() -> None:
             assert "operator" in error.message
             assert "--allow-agent-force" in error.message
             assert "allow_agent_force=True" in error.message
-        assert exit_code_for(FORBIDDEN_OPERATOR_ACTION) == 5
+        assert error_for_code(FORBIDDEN_OPERATOR_ACTION, "").exit_code == 5
         # The holder keeps its lease; no event was emitted.
         assert (rt.get_run(run_id), rt.status().last_event_seq) == before
         assert rt.get_session(holder_id).lease_run_id == run_id

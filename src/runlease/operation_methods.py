@@ -1,6 +1,6 @@
 """The named methods every surface offers: each builds its request and hands it to ``call``.
 
-Most are one line, ``create_task = method(CreateTask)``: the method takes exactly the
+Most are one line, ``create_task = method(op.CreateTask)``: the method takes exactly the
 request's fields (checked by mypy) and answers the request's reply type. The embedded
 runtime gets the task and operator methods, the session handle the lease methods, and the
 trio client all of them plus the reads. The synchronous client's copy,
@@ -14,58 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Concatenate, ParamSpec, TypeVar, Unpack
 
+import msgspec
+
+from runlease import operations as op
 from runlease.core.model import BulkResult, Event, Finished, Session, Task, TaskStatus
 from runlease.core.views import StuckRun
-from runlease.operations import (
-    AddDependency,
-    ApproveTask,
-    BlockRun,
-    BulkForceRuns,
-    CancelRun,
-    CancelTask,
-    CheckpointTask,
-    ClaimArgs,
-    ClaimNext,
-    CompleteRun,
-    CreateTask,
-    DeleteTask,
-    DrainScheduler,
-    FailRun,
-    FinishRequest,
-    ForceFailRun,
-    ForceReleaseRun,
-    GetBacklog,
-    GetRun,
-    GetSchedulerStatus,
-    GetSession,
-    GetStatus,
-    GetTimeline,
-    HeartbeatRun,
-    InspectRun,
-    InspectTask,
-    ListEvents,
-    ListSessions,
-    ListStuck,
-    ListTasks,
-    OpenSession,
-    PauseScheduler,
-    PauseTask,
-    PublishTask,
-    RejectTask,
-    ReleaseRun,
-    RemoveDependency,
-    Request,
-    ResumeScheduler,
-    ResumeTask,
-    RetryRun,
-    ShowTask,
-    StartTask,
-    StealRun,
-    StopSession,
-    UpdateTask,
-    WhoAmI,
-    strings,
-)
+from runlease.operations import ClaimArgs, ClaimNext, FinishRequest, Request, strings
 
 R = TypeVar("R")
 P = ParamSpec("P")
@@ -92,37 +46,39 @@ def method(request: Callable[P, Request[R]]) -> Callable[Concatenate[AsyncCaller
 class AsyncTaskMethods(AsyncCaller):
     """Tasks, the graph, runs and the scheduler: what the host or an operator does."""
 
-    create_task = method(CreateTask)
-    start_task = method(StartTask)
-    publish_task = method(PublishTask)
-    approve_task = method(ApproveTask)
-    reject_task = method(RejectTask)
-    update_task = method(UpdateTask)
-    delete_task = method(DeleteTask)
-    add_dependency = method(AddDependency)
-    remove_dependency = method(RemoveDependency)
-    pause_task = method(PauseTask)
-    resume_task = method(ResumeTask)
-    cancel_task = method(CancelTask)
-    checkpoint = method(CheckpointTask)
-    cancel_run = method(CancelRun)
-    retry_run = method(RetryRun)
-    force_release = method(ForceReleaseRun)
-    force_fail = method(ForceFailRun)
-    pause_scheduler = method(PauseScheduler)
-    resume_scheduler = method(ResumeScheduler)
-    drain_scheduler = method(DrainScheduler)
-    stop_session = method(StopSession)
+    create_task = method(op.CreateTask)
+    start_task = method(op.StartTask)
+    publish_task = method(op.PublishTask)
+    approve_task = method(op.ApproveTask)
+    reject_task = method(op.RejectTask)
+    update_task = method(op.UpdateTask)
+    delete_task = method(op.DeleteTask)
+    add_dependency = method(op.AddDependency)
+    remove_dependency = method(op.RemoveDependency)
+    pause_task = method(op.PauseTask)
+    resume_task = method(op.ResumeTask)
+    cancel_task = method(op.CancelTask)
+    checkpoint = method(op.CheckpointTask)
+    cancel_run = method(op.CancelRun)
+    retry_run = method(op.RetryRun)
+    force_release = method(op.ForceReleaseRun)
+    force_fail = method(op.ForceFailRun)
+    pause_scheduler = method(op.PauseScheduler)
+    resume_scheduler = method(op.ResumeScheduler)
+    drain_scheduler = method(op.DrainScheduler)
+    stop_session = method(op.StopSession)
 
     async def bulk_force_release(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
         """Force-release up to 50 runs; one outcome per run, in the order given."""
         return await self.call(
-            BulkForceRuns(action="release", run_ids=strings(run_ids, "run_ids"), reason=reason)
+            op.BulkForceRuns(action="release", run_ids=strings(run_ids, "run_ids"), reason=reason)
         )
 
     async def bulk_force_fail(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
         """Force-fail up to 50 runs; one outcome per run, in the order given."""
-        request = BulkForceRuns(action="fail", run_ids=strings(run_ids, "run_ids"), reason=reason)
+        request = op.BulkForceRuns(
+            action="fail", run_ids=strings(run_ids, "run_ids"), reason=reason
+        )
         return await self.call(request)
 
 
@@ -133,14 +89,14 @@ class AsyncLeaseMethods(AsyncCaller):
     async def finish_and_claim(self, finish: FinishRequest, then: ClaimNext) -> Finished:
         """Apply ``finish``, then claim the session's next run under ``then``."""
 
-    claim_next = method(ClaimNext)
-    heartbeat = method(HeartbeatRun)
-    complete = method(CompleteRun)
-    fail = method(FailRun)
-    release = method(ReleaseRun)
-    block = method(BlockRun)
-    steal = method(StealRun)
-    checkpoint = method(CheckpointTask)
+    claim_next = method(op.ClaimNext)
+    heartbeat = method(op.HeartbeatRun)
+    complete = method(op.CompleteRun)
+    fail = method(op.FailRun)
+    release = method(op.ReleaseRun)
+    block = method(op.BlockRun)
+    steal = method(op.StealRun)
+    checkpoint = method(op.CheckpointTask)
 
     async def complete_and_next(
         self,
@@ -152,7 +108,7 @@ class AsyncLeaseMethods(AsyncCaller):
     ) -> Finished:
         """Complete the run and claim the session's next one in one step; finding nothing
         to claim is not an error (``no_claim`` says why)."""
-        finish = CompleteRun(run_id, result=result, token=token)
+        finish = op.CompleteRun(run_id, result=result, token=token)
         return await self.finish_and_claim(finish, ClaimNext(**claim))
 
     async def fail_and_next(
@@ -165,7 +121,7 @@ class AsyncLeaseMethods(AsyncCaller):
         **claim: Unpack[ClaimArgs],
     ) -> Finished:
         """Fail the run and claim the session's next one (see complete_and_next)."""
-        finish = FailRun(run_id, error=error, metadata=metadata, token=token)
+        finish = op.FailRun(run_id, error=error, metadata=metadata, token=token)
         return await self.finish_and_claim(finish, ClaimNext(**claim))
 
     async def release_and_next(
@@ -177,30 +133,30 @@ class AsyncLeaseMethods(AsyncCaller):
         **claim: Unpack[ClaimArgs],
     ) -> Finished:
         """Release the run and claim the session's next one (see complete_and_next)."""
-        finish = ReleaseRun(run_id, reason=reason, token=token)
+        finish = op.ReleaseRun(run_id, reason=reason, token=token)
         return await self.finish_and_claim(finish, ClaimNext(**claim))
 
 
 class AsyncClientMethods(AsyncTaskMethods, AsyncLeaseMethods):
     """Everything, plus the reads a client makes over the wire (paged for you)."""
 
-    status = method(GetStatus)
-    open_session = method(OpenSession)
-    whoami = method(WhoAmI)
-    get_session = method(GetSession)
-    show_task = method(ShowTask)
-    get_run = method(GetRun)
-    scheduler_status = method(GetSchedulerStatus)
-    backlog = method(GetBacklog)
-    inspect_task = method(InspectTask)
-    inspect_run = method(InspectRun)
+    status = method(op.GetStatus)
+    open_session = method(op.OpenSession)
+    whoami = method(op.WhoAmI)
+    get_session = method(op.GetSession)
+    show_task = method(op.ShowTask)
+    get_run = method(op.GetRun)
+    scheduler_status = method(op.GetSchedulerStatus)
+    backlog = method(op.GetBacklog)
+    inspect_task = method(op.InspectTask)
+    inspect_run = method(op.InspectRun)
 
     async def get_task(self, task_id: str) -> Task:
         return (await self.show_task(task_id)).task
 
     async def stuck(self, *, threshold: float | None = None) -> list[StuckRun]:
         """Expired leases, then leased runs idle past ``threshold`` seconds (600)."""
-        return (await self.call(ListStuck(threshold=threshold))).runs
+        return (await self.call(op.ListStuck(threshold=threshold))).runs
 
     async def list_tasks(
         self,
@@ -215,7 +171,7 @@ class AsyncClientMethods(AsyncTaskMethods, AsyncLeaseMethods):
         while limit is None or len(out) < limit:
             want = None if limit is None else limit - len(out)
             page = await self.call(
-                ListTasks(status=status, workspace=workspace, after=after, limit=want)
+                op.ListTasks(status=status, workspace=workspace, after=after, limit=want)
             )
             out.extend(page.tasks)
             if (after := page.next_after) is None:
@@ -226,27 +182,25 @@ class AsyncClientMethods(AsyncTaskMethods, AsyncLeaseMethods):
         out: list[Session] = []
         after: str | None = None
         while True:
-            page = await self.call(ListSessions(live_only=live_only, after=after))
+            page = await self.call(op.ListSessions(live_only=live_only, after=after))
             out.extend(page.sessions)
             if (after := page.next_after) is None:
                 return out
 
     async def events(self, *, task_id: str | None = None, after_seq: int = 0) -> list[Event]:
         """Events the server still holds after ``after_seq``, oldest first."""
-        out: list[Event] = []
-        cursor: int | None = after_seq
-        while cursor is not None:
-            page = await self.call(ListEvents(task_id=task_id, after_seq=cursor))
-            out.extend(page.events)
-            cursor = page.next_after_seq
-        return out
+        return await self._every_event(op.ListEvents(task_id=task_id, after_seq=after_seq))
 
     async def timeline(self, task_id: str, *, after_seq: int = 0) -> list[Event]:
         """The task's retained events after ``after_seq``, oldest first."""
+        return await self._every_event(op.GetTimeline(task_id=task_id, after_seq=after_seq))
+
+    async def _every_event(self, request: op.ListEvents | op.GetTimeline) -> list[Event]:
+        """Every page of events, from ``request``'s after_seq on."""
         out: list[Event] = []
-        cursor: int | None = after_seq
-        while cursor is not None:
-            page = await self.call(GetTimeline(task_id=task_id, after_seq=cursor))
+        while True:
+            page = await self.call(request)
             out.extend(page.events)
-            cursor = page.next_after_seq
-        return out
+            if page.next_after_seq is None:
+                return out
+            request = msgspec.structs.replace(request, after_seq=page.next_after_seq)

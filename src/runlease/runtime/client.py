@@ -23,17 +23,8 @@ from typing import Any, Final, TypeVar
 
 import trio
 
+from runlease import client_common as common
 from runlease import protocol as p
-from runlease.client_common import (
-    ConnectBackoff,
-    answer,
-    check_reply,
-    closed_by_server,
-    hello,
-    outgoing,
-    resolve_socket,
-    unreachable,
-)
 from runlease.core.model import Event, Finished
 from runlease.errors import InternalError, RunleaseError, error_for_code
 from runlease.operation_methods import AsyncClientMethods
@@ -75,13 +66,13 @@ class AsyncClient(AsyncClientMethods):
     ) -> None:
         task_status.started()
         buffer = p.FrameBuffer()
-        failure: RunleaseError = closed_by_server(self.path)
+        failure: RunleaseError = common.closed_by_server(self.path)
         try:
             while True:
                 try:
                     data = await self._stream.receive_some(RECEIVE_BYTES)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    failure = unreachable(self.path, exc)
+                    failure = common.unreachable(self.path, exc)
                     return
                 if not data:
                     return
@@ -114,13 +105,13 @@ class AsyncClient(AsyncClientMethods):
             async with self._send_lock:
                 await self._stream.send_all(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise self._failure or unreachable(self.path, exc) from None
+            raise self._failure or common.unreachable(self.path, exc) from None
 
     async def _next_reply(self, receive: trio.MemoryReceiveChannel[p.AnyReply]) -> p.AnyReply:
         try:
             return await receive.receive()
         except trio.EndOfChannel:
-            raise self._failure or closed_by_server(self.path) from None
+            raise self._failure or common.closed_by_server(self.path) from None
 
     async def _exchange(self, request: Request[Any]) -> p.AnyReply:
         """Send one request and wait for its reply; if cancelled meanwhile, ask the server
@@ -144,16 +135,18 @@ class AsyncClient(AsyncClientMethods):
                 await self._send(p.Cancel(id=self._take_id(), target=target))
 
     async def _handshake(self) -> None:
-        self.welcome = check_reply(await self._exchange(hello(self._take_id())), p.Welcome)
+        self.welcome = common.check_reply(
+            await self._exchange(common.hello(self._take_id())), p.Welcome
+        )
 
     async def call(self, request: Request[R]) -> R:
         """Send ``request`` and answer the value its reply carries (or raise its error)."""
-        sent = outgoing(request, self._take_id(), self.session_token)
-        return answer(await self._exchange(sent), sent)
+        sent = common.outgoing(request, self._take_id(), self.session_token)
+        return common.answer(await self._exchange(sent), sent)
 
     async def finish_and_claim(self, finish: FinishRequest, then: ClaimNext) -> Finished:
-        sent = outgoing(finish, self._take_id(), self.session_token, then=then)
-        return check_reply(await self._exchange(sent), p.FinishedReply).finished
+        sent = common.outgoing(finish, self._take_id(), self.session_token, then=then)
+        return common.check_reply(await self._exchange(sent), p.FinishedReply).finished
 
     @asynccontextmanager
     async def follow_events(
@@ -196,7 +189,7 @@ class EventStream:
         self.ended = True
         if isinstance(reply, p.StreamEnd):
             raise StopAsyncIteration
-        check_reply(reply, p.EventItem)
+        common.check_reply(reply, p.EventItem)
         raise InternalError("unreachable")  # pragma: no cover
 
 
@@ -212,7 +205,7 @@ async def open_client(
     While the server's queue of new connections is full the connect is retried, for up
     to ``connect_timeout`` seconds.
     """
-    socket_path = resolve_socket(path)
+    socket_path = common.resolve_socket(path)
     stream = await connect_unix(socket_path, connect_timeout)
     try:
         client = AsyncClient(stream, socket_path, session_token)
@@ -236,7 +229,7 @@ async def open_client(
 
 async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
     """A stream connected to ``path``, retrying a full backlog (see ConnectBackoff)."""
-    backoff = ConnectBackoff(path, timeout, clock=trio.current_time)
+    backoff = common.ConnectBackoff(path, timeout, clock=trio.current_time)
     while True:
         try:
             return await _connect_once(path)
