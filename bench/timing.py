@@ -331,7 +331,7 @@ async def _wakeup_embedded(mode: Mode, trials: int, workdir: Path) -> WakeupResu
         handle = await rt.open_session(agent="waiter")
 
         async def start_run(i: int) -> None:
-            await rt.start(tasks[i].id)
+            await rt.start_task(tasks[i].id)
 
         async def wait_claim() -> Claim:
             return await handle.claim_next(wait=True, timeout=60, lease_seconds=LONG_LEASE)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from runlease.runtime.server import configure_logging, run_server
+from runlease.runtime.serve import configure_logging, run_server
 
 
 def main() -> None:

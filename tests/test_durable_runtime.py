@@ -164,7 +164,7 @@ async def test_state_and_leases_survive_a_restart(
         claim = await finisher.claim_next()
         assert claim.task.id == flaky.id
         await finisher.fail(claim.run.id, error="boom")
-        retry = await rt.start(flaky.id)
+        retry = await rt.start_task(flaky.id)
         claim = await quitter.claim_next()
         assert claim.run.id == retry.id
         await quitter.release(claim.run.id, reason="not mine")

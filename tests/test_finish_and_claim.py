@@ -38,6 +38,7 @@ from runlease.errors import (
     RunleaseError,
 )
 from runlease.runtime import Runtime
+from runlease.runtime.calls import Call
 from runlease.runtime.client import open_client
 from runlease.runtime.server import SocketServer, serve_socket
 from test_machine_model import fingerprint
@@ -177,9 +178,8 @@ async def test_stop_waiting_ends_the_wait_but_reports_the_finish() -> None:
         got: list[Finished] = []
 
         async def loop() -> None:
-            got.append(
-                await rt.complete_and_next(session.id, run.id, wait=True, stop_waiting=scope)
-            )
+            call = Call(rt, session_id=session.id, stop_waiting=scope)
+            got.append(await p.CompleteRun(run.id).then_claim(call, p.ClaimNext(wait=True)))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(loop)
@@ -327,7 +327,7 @@ async def test_shutdown_ends_a_waiting_claim_part_with_the_finish_reported(
     raw = await Raw.open(path)
     session, token = await rt.open_session_with_token()
     await started(rt, "only")
-    run = (await rt.claim_next(session.id)).run
+    run = (await rt.session(session.id).claim_next()).run
     await raw.send(p.CompleteRun(id=2, token=token, run_id=run.id, next=p.NextClaim(wait=True)))
     await until_waiting(rt)
     server.shutdown()

@@ -24,7 +24,7 @@ from runlease.errors import (
     FORBIDDEN_OPERATOR_ACTION,
     LeaseRefused,
     RunleaseError,
-    exit_code_for,
+    error_for_code,
 )
 from runlease.runtime import Runtime
 from runlease.runtime.client import open_client
@@ -57,12 +57,12 @@ async def test_a_session_cannot_force_and_nothing_changes() -> None:
         task_id, run_id, holder_id, thief_id = await holder_and_thief(rt)
         before = (rt.get_run(run_id), rt.status().last_event_seq)
         attempts: list[Callable[[], Awaitable[Any]]] = [
-            lambda: rt.steal(task_id, thief_id, force=True, reason="mine"),
-            lambda: rt.steal(task_id, thief_id, force=True, actor=agent(thief_id)),
-            lambda: rt.force_release(run_id, reason="x", actor=agent(thief_id)),
-            lambda: rt.force_fail(run_id, reason="x", actor=agent(thief_id)),
-            lambda: rt.bulk_force_release([run_id], reason="x", actor=agent(thief_id)),
-            lambda: rt.bulk_force_fail([run_id], reason="x", actor=agent(thief_id)),
+            lambda: rt.session(thief_id).steal(task_id, force=True, reason="mine"),
+            lambda: rt.session(thief_id).acting_as(agent(thief_id)).steal(task_id, force=True),
+            lambda: rt.acting_as(agent(thief_id)).force_release(run_id, reason="x"),
+            lambda: rt.acting_as(agent(thief_id)).force_fail(run_id, reason="x"),
+            lambda: rt.acting_as(agent(thief_id)).bulk_force_release([run_id], reason="x"),
+            lambda: rt.acting_as(agent(thief_id)).bulk_force_fail([run_id], reason="x"),
         ]
         for attempt in attempts:
             error = await refused(attempt())
@@ -71,7 +71,7 @@ async def test_a_session_cannot_force_and_nothing_changes() -> None:
             assert "operator" in error.message
             assert "--allow-agent-force" in error.message
             assert "allow_agent_force=True" in error.message
-        assert exit_code_for(FORBIDDEN_OPERATOR_ACTION) == 5
+        assert error_for_code(FORBIDDEN_OPERATOR_ACTION, "").exit_code == 5
         # The holder keeps its lease; no event was emitted.
         assert (rt.get_run(run_id), rt.status().last_event_seq) == before
         assert rt.get_session(holder_id).lease_run_id == run_id
@@ -91,7 +91,11 @@ async def test_if_expired_steal_stays_an_agent_action(
 async def test_the_operator_may_force_on_behalf_of_a_session() -> None:
     async with open_runtime() as rt:
         task_id, run_id, holder_id, thief_id = await holder_and_thief(rt)
-        stolen = await rt.steal(task_id, thief_id, force=True, actor=OPERATOR, reason="rebalance")
+        stolen = (
+            await rt.session(thief_id)
+            .acting_as(OPERATOR)
+            .steal(task_id, force=True, reason="rebalance")
+        )
         assert stolen.run.session_id == thief_id
         released = await rt.force_release(run_id, reason="operator says")  # default: operator
         assert released.status == "queued"
@@ -103,7 +107,7 @@ async def test_allow_agent_force_lets_a_session_force() -> None:
         task_id, run_id, _, thief_id = await holder_and_thief(rt)
         stolen = await rt.session(thief_id).steal(task_id, force=True)
         assert stolen.run.session_id == thief_id
-        failed = await rt.force_fail(run_id, reason="agent decided", actor=agent(thief_id))
+        failed = await rt.acting_as(agent(thief_id)).force_fail(run_id, reason="agent decided")
         assert failed.status == "failed"
 
 

@@ -45,7 +45,7 @@ from runlease.errors import (
     InvalidInput,
 )
 
-EXAMPLES: list[p.Request] = [
+EXAMPLES: list[p.Request[Any]] = [
     p.Hello(id=1, versions=[1], client="test"),
     p.Cancel(id=2, target=1),
     p.GetStatus(id=3),
@@ -80,7 +80,7 @@ EXAMPLES: list[p.Request] = [
     p.BlockRun(id=21, token="rl_session_x", run_id="run_1", reason="needs a human"),
 ]
 # Finishes that claim the next run in the same request (op names unchanged).
-FINISH_AND_NEXT: list[p.Request] = [
+FINISH_AND_NEXT: list[p.Request[Any]] = [
     p.CompleteRun(id=22, token="rl_session_x", run_id="run_1", next=p.NextClaim()),
     p.FailRun(
         id=23,
@@ -92,7 +92,7 @@ FINISH_AND_NEXT: list[p.Request] = [
     p.ReleaseRun(id=24, token="rl_session_x", run_id="run_1", next=p.NextClaim(wait=True)),
 ]
 # Task graph, operator controls and HZL verbs, and the new fields of older ops.
-GRAPH_EXAMPLES: list[p.Request] = [
+GRAPH_EXAMPLES: list[p.Request[Any]] = [
     p.CreateTask(
         id=30,
         title="child",
@@ -227,7 +227,7 @@ def test_the_wire_names_are_stable() -> None:
 @pytest.mark.parametrize(
     "request_", EXAMPLES + FINISH_AND_NEXT + GRAPH_EXAMPLES, ids=lambda r: type(r).__name__
 )
-def test_every_request_round_trips(request_: p.Request) -> None:
+def test_every_request_round_trips(request_: p.Request[Any]) -> None:
     frame = p.encode_frame(request_)
     (size,) = struct.unpack(">I", frame[:4])
     assert size == len(frame) - 4

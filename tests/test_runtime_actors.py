@@ -23,6 +23,7 @@ from runlease.errors import (
     SESSION_STOPPED,
     RunleaseError,
 )
+from runlease.operations import HeartbeatRun
 
 
 async def test_lease_expires_exactly_at_its_deadline(
@@ -122,7 +123,7 @@ async def test_second_claim_and_wrong_run_are_refused(
         assert info.value.code == AUTONOMY_NO_ACTIVE_LEASE
 
         with pytest.raises(RunleaseError) as info:
-            await rt.heartbeat(None, claim_a.run.id)
+            await rt.call(HeartbeatRun(claim_a.run.id))  # the host itself holds no session
         assert info.value.code == AUTONOMY_SESSION_REQUIRED
 
 

@@ -68,7 +68,7 @@ async def test_the_data_dir_holds_claim_token_hashes_and_never_a_raw_token(
         hashes += [claim_a.lease.claim_token_hash, claim_b.lease.claim_token_hash]
         wall.now += 11  # a's lease is past its deadline for every command
         stolen = await c.steal(claim_a.task.id)  # --if-expired
-        forced = await rt.steal(claim_b.task.id, a.id, force=True, actor=OPERATOR)
+        forced = await rt.session(a.id).acting_as(OPERATOR).steal(claim_b.task.id, force=True)
         hashes += [stolen.lease.claim_token_hash, forced.lease.claim_token_hash]
         finished = await c.complete_and_next(stolen.run.id)
         assert finished.claim is not None

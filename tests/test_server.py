@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -79,7 +80,7 @@ class Raw:
             assert isinstance(await raw.reply(), p.Welcome)
         return raw
 
-    async def send(self, message: p.Request | bytes) -> None:
+    async def send(self, message: p.Request[Any] | bytes) -> None:
         data = message if isinstance(message, bytes) else p.encode_frame(message)
         await self.stream.send_all(data)
 
@@ -351,7 +352,7 @@ async def test_raw_claim_tokens_never_cross_the_socket(served: Served) -> None:
     run_id = claim.claim.run.id
     # The runtime keeps only the hash of the lease's token, so no raw token exists to leak.
     assert served.rt._machine.runs[run_id].claim_token_hash == claim.claim.lease.claim_token_hash
-    for request in [
+    requests: list[p.Request[Any]] = [
         p.HeartbeatRun(id=5, token=opened.token, run_id=run_id),
         p.ShowTask(id=6, task_id=claim.claim.task.id),
         p.GetRun(id=7, run_id=run_id),
@@ -359,7 +360,8 @@ async def test_raw_claim_tokens_never_cross_the_socket(served: Served) -> None:
         p.ListSessions(id=9),
         p.GetStatus(id=10),
         p.CompleteRun(id=11, token=opened.token, run_id=run_id, result={"ok": 1}),
-    ]:
+    ]
+    for request in requests:
         await raw.send(request)
         assert not isinstance(await raw.reply(), p.ErrorReply)
     assert claim.claim.lease.claim_token_hash.startswith("sha256:")

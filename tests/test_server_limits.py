@@ -23,13 +23,8 @@ import trio.testing
 from cli_helpers import Server, log_event
 from runlease import open_runtime
 from runlease import protocol as p
-from runlease.client import (
-    RETRY_FIRST_DELAY,
-    RETRY_MAX_DELAY,
-    Client,
-    ConnectBackoff,
-    connect_unix,
-)
+from runlease.client import Client, connect_unix
+from runlease.client_common import RETRY_FIRST_DELAY, RETRY_MAX_DELAY, ConnectBackoff
 from runlease.errors import (
     CONNECTION_TIMEOUT,
     FRAME_TOO_LARGE,
@@ -68,7 +63,7 @@ class Raw:
             assert isinstance(await raw.reply(), p.Welcome)
         return raw
 
-    async def send(self, message: p.Request | bytes) -> None:
+    async def send(self, message: p.Request[Any] | bytes) -> None:
         data = message if isinstance(message, bytes) else p.encode_frame(message)
         await self.stream.send_all(data)
 

@@ -31,7 +31,7 @@ async def test_graph_state_survives_a_restart(tmp_path: Path, snapshot_every: in
         claim = await agent.claim_next()
         assert claim.task.id == blocker.id
         for i in range(10):
-            await rt.force_release(claim.run.id, reason=f"r{i}", actor=ops)
+            await rt.acting_as(ops).force_release(claim.run.id, reason=f"r{i}")
             claim = await agent.claim_next()
         await rt.checkpoint(blocker.id, "half way", author="bob")
         await rt.pause_scheduler(reason="maintenance")
@@ -44,9 +44,9 @@ async def test_graph_state_survives_a_restart(tmp_path: Path, snapshot_every: in
         assert rt.scheduler_status().paused
         assert rt.pause_state(child.id).effective_paused
         assert rt.get_task(blocked.id).status == "blocked"
-        assert [c.note for c in rt.show(blocker.id).checkpoints] == ["half way"]
+        assert [c.note for c in rt.show_task(blocker.id).checkpoints] == ["half way"]
         with pytest.raises(RunleaseError) as info:  # the rate window survived the restart
-            await rt.force_release(claim.run.id, reason="again", actor=ops)
+            await rt.acting_as(ops).force_release(claim.run.id, reason="again")
         assert info.value.code == FORCE_RATE_LIMITED
         await rt.resume_scheduler()
         await rt.resume_task(parent.id)

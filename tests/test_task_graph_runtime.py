@@ -46,9 +46,9 @@ async def test_draft_publish_and_manual_approval(autojump_clock: trio.testing.Mo
         draft = await rt.create_task("d", draft=True)
         assert draft.status == "draft"
         with pytest.raises(RunleaseError) as info:
-            await rt.start(draft.id)
+            await rt.start_task(draft.id)
         assert info.value.code == TASK_IS_DRAFT
-        published = await rt.publish(draft.id)
+        published = await rt.publish_task(draft.id)
         assert published.status == "ready"
         claim = await agent.claim_next()
         assert claim.task.id == draft.id
@@ -57,14 +57,14 @@ async def test_draft_publish_and_manual_approval(autojump_clock: trio.testing.Mo
         manual = await rt.create_task("m", approval_policy="manual")
         assert manual.approval_state == "pending"
         with pytest.raises(RunleaseError) as info:
-            await rt.start(manual.id)
+            await rt.start_task(manual.id)
         assert info.value.code == APPROVAL_REQUIRED
-        run = await rt.approve(manual.id)
+        run = await rt.approve_task(manual.id)
         assert run.status == "queued"
         assert rt.get_task(manual.id).approval_state == "approved"
 
         rejected = await rt.create_task("r", approval_policy="manual")
-        task = await rt.reject(rejected.id, reason="not now")
+        task = await rt.reject_task(rejected.id, reason="not now")
         assert task.status == "canceled"
         assert task.approval_state == "rejected"
 
@@ -101,8 +101,8 @@ async def test_delete_refused_with_children_or_active_runs() -> None:
 async def test_idempotent_start_returns_the_same_run() -> None:
     async with runlease.open_runtime() as rt:
         task = await rt.create_task("t")
-        first = await rt.start(task.id, idempotency_key="k1")
-        again = await rt.start(task.id, idempotency_key="k1")
+        first = await rt.start_task(task.id, idempotency_key="k1")
+        again = await rt.start_task(task.id, idempotency_key="k1")
         assert again.id == first.id
         assert len(rt.runs_of(task.id)) == 1
 
@@ -153,7 +153,7 @@ async def test_blocked_task_is_not_claimed_until_its_blocker_completes() -> None
         await rt.add_dependency(blocked.id, blocker.id)
         assert rt.get_task(blocked.id).status == "blocked"
         assert await _claim_code(agent) == NO_CLAIMABLE_RUN
-        await rt.start(blocker.id)
+        await rt.start_task(blocker.id)
         claim = await agent.claim_next()
         assert claim.task.id == blocker.id
         await agent.complete(claim.run.id)
@@ -236,21 +236,21 @@ async def test_force_release_and_fail_reason_rate_limit_and_hash_prefix(
         ops = Actor(kind="human", ref="alice")
         claim = await agent.claim_next()
         with pytest.raises(RunleaseError) as info:
-            await rt.force_release(claim.run.id, reason="  ", actor=ops)
+            await rt.acting_as(ops).force_release(claim.run.id, reason="  ")
         assert info.value.code == FORCE_REASON_REQUIRED
         for i in range(10):  # ten in one minute is the limit
-            released = await rt.force_release(claim.run.id, reason=f"r{i}", actor=ops)
+            released = await rt.acting_as(ops).force_release(claim.run.id, reason=f"r{i}")
             assert released.status == "queued"
             claim = await agent.claim_next()
         with pytest.raises(RunleaseError) as info:
-            await rt.force_release(claim.run.id, reason="one more", actor=ops)
+            await rt.acting_as(ops).force_release(claim.run.id, reason="one more")
         assert info.value.code == FORCE_RATE_LIMITED
         # Another actor has its own budget; the window slides with time.
-        await rt.force_release(claim.run.id, reason="bob", actor=Actor(kind="human", ref="bob"))
+        await rt.acting_as(Actor(kind="human", ref="bob")).force_release(claim.run.id, reason="bob")
         claim = await agent.claim_next()
         await trio.sleep(61)
         await agent.heartbeat(claim.run.id)
-        failed = await rt.force_fail(claim.run.id, reason="stuck", actor=ops)
+        failed = await rt.acting_as(ops).force_fail(claim.run.id, reason="stuck")
         assert failed.failure_kind == "operator_forced"
         events = [e for e in rt.timeline(task.id) if e.kind.startswith("run_force")]
         assert len(events) == 12
@@ -287,7 +287,7 @@ async def test_claim_filters_owner_priority_scope_preferred() -> None:
         owned = await rt.create_task(
             "alice's", priority="urgent", owner=Ownership(kind="agent_session", ref=alice.id)
         )
-        await rt.start(owned.id)
+        await rt.start_task(owned.id)
         assert await _claim_code(bob) == NO_CLAIMABLE_RUN
         claim = await alice.claim_next()
         assert claim.task.id == owned.id
@@ -437,10 +437,10 @@ async def test_checkpoint_stuck_steal_show_inspect(autojump_clock: trio.testing.
         with pytest.raises(RunleaseError) as info:
             await second.steal(task.id, force=True)
         assert info.value.code == FORBIDDEN_OPERATOR_ACTION
-        stolen = await rt.steal(task.id, second.id, force=True, actor=OPERATOR)
+        stolen = await second.acting_as(OPERATOR).steal(task.id, force=True)
         assert stolen.run.session_id == second.id
         assert first.info().lease_run_id is None
-        detail = rt.show(task.id)
+        detail = rt.show_task(task.id)
         assert [c.note for c in detail.checkpoints] == ["read the code"]
         assert detail.checkpoints[0].author == "bob"
         kinds = [e.kind for e in detail.events]
@@ -456,7 +456,7 @@ async def test_next_action_values(autojump_clock: trio.testing.MockClock) -> Non
     async with runlease.open_runtime() as rt:
         task = await rt.create_task("t")
         assert rt.inspect_task(task.id).next_action == "stranded"
-        await rt.start(task.id)
+        await rt.start_task(task.id)
         assert rt.inspect_task(task.id).next_action == "waiting_for_session"
         agent = await rt.open_session(agent="a")
         assert rt.inspect_task(task.id).next_action == "claim_available"
@@ -471,7 +471,7 @@ async def test_next_action_values(autojump_clock: trio.testing.MockClock) -> Non
 async def test_events_carry_actor_and_origin_and_stream_replays() -> None:
     async with runlease.open_runtime() as rt:
         agent = await rt.open_session(agent="a")
-        task = await rt.create_task("t", start=True, actor=Actor(kind="human", ref="me"))
+        task = await rt.acting_as(Actor(kind="human", ref="me")).create_task("t", start=True)
         claim = await agent.claim_next()
         created = rt.timeline(task.id)[0]
         assert created.actor == Actor(kind="human", ref="me")

@@ -206,7 +206,3 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
 def error_for_code(code: str, message: str) -> RunleaseError:
     """Rebuild the right error class from a code, e.g. one received over the socket."""
     return _CLASS_BY_CODE.get(code, InternalError)(message, code=code)
-
-
-def exit_code_for(code: str) -> int:
-    return _CLASS_BY_CODE.get(code, InternalError).exit_code

@@ -9,7 +9,11 @@ Framing
     connection carries on.
 
 Messages
-    Requests are msgspec Structs tagged by ``op``; replies are tagged by ``reply``. The tags
+    Requests are msgspec Structs tagged by ``op``: the operations of
+    :mod:`runlease.operations` (re-exported here), plus :class:`Hello` and :class:`Cancel`
+    about the connection itself. Replies are tagged by ``reply``; the reply to an operation
+    is the one that carries the type of value the operation answers (see
+    :func:`reply_class`). The tags
     are stable wire names and never change meaning. Every request carries a positive ``id``
     chosen by the client and every reply echoes it, so a client may pipeline: send several
     requests before reading, and match replies by id in whatever order they come. Each
@@ -29,11 +33,13 @@ Sessions
     whoami, steal, and checkpoint when a session writes it) carry the session's bearer
     token (``rl_session_...``) in ``token``. Raw claim tokens never appear in any message:
     leases are found from the session and the run id, and replies show only
-    ``claim_token_hash``. Other writes act as the operator (actor ``human:operator``); every
-    write is stamped with origin ``cli`` (the runlease command) or ``socket``.
+    ``claim_token_hash``. Other writes act as the operator (actor ``human:operator``). Every
+    write, a session's or the operator's, is stamped with origin ``cli`` (the runlease
+    command) or ``socket``, with the peer's pid as its ref.
 
 Finish, then claim
-    ``complete``, ``fail`` and ``release`` may carry ``next`` (a :class:`NextClaim`): once the
+    ``complete``, ``fail`` and ``release`` may carry ``next`` (the claim options, a
+    :class:`ClaimNext` whose id and token are unused): once the
     finish succeeds the server claims the session's next run under the rules of
     ``claim_next`` (``wait``, ``timeout``, ``lease_seconds``, ``workspace``) and answers one
     :class:`FinishedReply` holding the finished run and either the claim or ``no_claim``
@@ -46,31 +52,33 @@ Times are float seconds since the Unix epoch on the wire.
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Any, Final, Literal
+from typing import Any, ClassVar, Final, Union, cast
 
 import msgspec
 
 from runlease.core.model import (
     MAX_PAYLOAD_DEPTH,
-    ApprovalPolicy,
     BulkResult,
     Checkpoint,
     Claim,
     Event,
     Finished,
     Heartbeat,
-    Ownership,
-    Priority,
     RetryResult,
     Run,
-    Scope,
     Session,
     SessionReleased,
     Task,
-    TaskStatus,
 )
-from runlease.core.views import Backlog, DrainResult, InspectView, PauseState, SchedulerStatus
-from runlease.core.views import StuckRun as StuckRunView
+from runlease.core.views import (
+    Backlog,
+    DrainResult,
+    InspectView,
+    PauseState,
+    SchedulerStatus,
+    StuckRun,
+)
+from runlease.core.views import TaskDetail as TaskDetailView
 from runlease.errors import (
     BAD_FRAME,
     BAD_REQUEST,
@@ -80,10 +88,74 @@ from runlease.errors import (
     UNKNOWN_OP,
     InvalidInput,
 )
+from runlease.operations import (
+    MAX_PAGE_BYTES,
+    OPERATIONS,
+    AddDependency,
+    ApproveTask,
+    BlockRun,
+    BulkForceRuns,
+    CancelRun,
+    CancelTask,
+    CheckpointTask,
+    ClaimArgs,
+    ClaimNext,
+    ClaimOptions,
+    CompleteRun,
+    CreateTask,
+    DeleteTask,
+    DrainScheduler,
+    EventPage,
+    FailRun,
+    FinishRequest,
+    FollowEvents,
+    ForceFailRun,
+    ForceReleaseRun,
+    GetBacklog,
+    GetRun,
+    GetSchedulerStatus,
+    GetSession,
+    GetStatus,
+    GetTimeline,
+    HeartbeatRun,
+    InspectRun,
+    InspectTask,
+    ListEvents,
+    ListSessions,
+    ListStuck,
+    ListTasks,
+    NextClaim,
+    OpenedSession,
+    OpenSession,
+    Operation,
+    PauseScheduler,
+    PauseTask,
+    PublishTask,
+    ReadRequest,
+    RejectTask,
+    ReleaseRun,
+    RemoveDependency,
+    Request,
+    ResumeScheduler,
+    ResumeTask,
+    RetryRun,
+    ServerStatus,
+    SessionPage,
+    SessionRequest,
+    ShowTask,
+    StartTask,
+    StealRun,
+    StopSession,
+    StuckList,
+    TaskPage,
+    UpdateTask,
+    WhoAmI,
+)
 
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
 MAX_FRAME_BYTES: Final = 1024 * 1024
+assert MAX_PAGE_BYTES < MAX_FRAME_BYTES
 HEADER: Final = struct.Struct(">I")
 HEADER_BYTES: Final = HEADER.size
 # Id 0 marks a reply about the connection rather than about one request.
@@ -91,403 +163,17 @@ CONNECTION_ID: Final = 0
 # The client name the `runlease` CLI sends in hello: the server stamps its writes origin "cli".
 CLI_CLIENT_NAME: Final = "runlease-cli"
 
-RequestId = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-
-
-# ------------------------------------------------------------------------------ requests
-class Request(msgspec.Struct, kw_only=True, tag_field="op", omit_defaults=True):
-    """Base of every request. ``id`` is the client's; the reply echoes it."""
-
-    id: RequestId
-
-
-class SessionRequest(Request, kw_only=True):
-    """A request made on behalf of a session: it carries the session's bearer token."""
-
-    token: str | None = None
-
-
-class Hello(Request, tag="hello"):
-    versions: list[int]
-    client: str = ""
-
-
-class Cancel(Request, tag="cancel"):
-    """Stop an in-flight request of this connection (a stream, or a waiting claim)."""
-
-    target: int
-
-
-class GetStatus(Request, tag="status"):
-    pass
-
-
-class CreateTask(Request, tag="create_task"):
-    title: str
-    description: str = ""
-    priority: Priority = "medium"
-    workspace: str | None = None
-    scope: Scope | None = None
-    max_attempts: int | None = None
-    metadata: dict[str, Any] | None = None
-    capabilities: list[str] = []
-    start: bool = False
-    # Task graph and lifecycle.
-    parent: str | None = None
-    preferred_capabilities: list[str] = []
-    owner: Ownership | None = None
-    draft: bool = False
-    approval_policy: ApprovalPolicy = "none"
-    required_artifacts: list[str] = []
-
-
-class StartTask(Request, tag="start_task"):
-    task_id: str
-    idempotency_key: str | None = None
-
-
-class ShowTask(Request, tag="show_task"):
-    task_id: str
-
-
-class GetRun(Request, tag="get_run"):
-    run_id: str
-
-
-class ListTasks(Request, tag="list_tasks"):
-    status: TaskStatus | None = None
-    workspace: str | None = None
-    after: str | None = None
-    limit: int | None = None
-
-
-class ListEvents(Request, tag="events"):
-    task_id: str | None = None
-    after_seq: int = 0
-    limit: int | None = None
-
-
-class FollowEvents(Request, tag="follow_events"):
-    task_id: str | None = None
-    after_seq: int = 0
-
-
-class OpenSession(Request, tag="open_session"):
-    agent: str = "agent"
-    parent: str | None = None
-    ttl: float | None = None
-    capabilities: list[str] = []
-    auto_stop_on_parent: bool = True
-
-
-class StopSession(Request, tag="stop_session"):
-    session_id: str
-    reason: str | None = None
-
-
-class GetSession(Request, tag="get_session"):
-    session_id: str
-
-
-class ListSessions(Request, tag="list_sessions"):
-    live_only: bool = False
-    after: str | None = None
-    limit: int | None = None
-
-
-class WhoAmI(SessionRequest, tag="whoami"):
-    pass
-
-
-class ClaimNext(SessionRequest, tag="claim_next"):
-    wait: bool = False
-    timeout: float | None = None
-    lease_seconds: float | None = None
-    workspace: str | None = None
-    scope: Scope | None = None
-    # A priority name or rank: runs of lower priority are skipped.
-    priority_min: str | int | None = None
-
-
-class NextClaim(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The claim that follows a finish (``next`` of complete, fail and release)."""
-
-    wait: bool = False
-    timeout: float | None = None
-    lease_seconds: float | None = None
-    workspace: str | None = None
-    scope: Scope | None = None
-    priority_min: str | int | None = None
-
-
-class HeartbeatRun(SessionRequest, tag="heartbeat"):
-    run_id: str
-    lease_seconds: float | None = None
-
-
-class CompleteRun(SessionRequest, tag="complete"):
-    run_id: str
-    result: Any = None
-    next: NextClaim | None = None
-
-
-class FailRun(SessionRequest, tag="fail"):
-    run_id: str
-    error: str
-    metadata: dict[str, Any] | None = None
-    next: NextClaim | None = None
-
-
-class ReleaseRun(SessionRequest, tag="release"):
-    run_id: str
-    reason: str | None = None
-    next: NextClaim | None = None
-
-
-class BlockRun(SessionRequest, tag="block"):
-    run_id: str
-    reason: str
-
-
-# --------------------------------------------- task graph and operator controls
-# Operator requests act as the operator (actor human:operator). The session-scoped ones
-# (checkpoint, steal) carry a token; checkpoint also works without one, as the operator.
-class PublishTask(Request, tag="publish_task"):
-    task_id: str
-    start: bool = True
-
-
-class ApproveTask(Request, tag="approve_task"):
-    task_id: str
-
-
-class RejectTask(Request, tag="reject_task"):
-    task_id: str
-    reason: str | None = None
-
-
-class UpdateTask(Request, tag="update_task"):
-    task_id: str
-    changes: dict[str, Any]
-
-
-class DeleteTask(Request, tag="delete_task"):
-    task_id: str
-
-
-class AddDependency(Request, tag="add_dependency"):
-    task_id: str
-    blocked_by: str
-
-
-class RemoveDependency(Request, tag="remove_dependency"):
-    task_id: str
-    blocked_by: str
-
-
-class PauseTask(Request, tag="pause_task"):
-    task_id: str
-    reason: str
-
-
-class ResumeTask(Request, tag="resume_task"):
-    task_id: str
-
-
-class CancelTask(Request, tag="cancel_task"):
-    task_id: str
-    reason: str | None = None
-
-
-class CancelRun(Request, tag="cancel_run"):
-    run_id: str
-    reason: str | None = None
-
-
-class RetryRun(Request, tag="retry_run"):
-    run_id: str
-
-
-class ForceReleaseRun(Request, tag="force_release"):
-    run_id: str
-    reason: str
-
-
-class ForceFailRun(Request, tag="force_fail"):
-    run_id: str
-    reason: str
-
-
-class BulkForceRuns(Request, tag="bulk_force"):
-    action: Literal["release", "fail"]
-    run_ids: list[str]
-    reason: str
-
-
-class PauseScheduler(Request, tag="pause_scheduler"):
-    reason: str | None = None
-
-
-class ResumeScheduler(Request, tag="resume_scheduler"):
-    reason: str | None = None
-
-
-class DrainScheduler(Request, tag="drain_scheduler"):
-    timeout: float | None = None
-    reason: str | None = None
-
-
-class GetSchedulerStatus(Request, tag="scheduler_status"):
-    pass
-
-
-class GetBacklog(Request, tag="backlog"):
-    workspace: str | None = None
-    include_paused: bool = True
-    after: str | None = None
-    limit: int | None = None
-
-
-class CheckpointTask(SessionRequest, tag="checkpoint"):
-    task_id: str
-    note: str
-    author: str | None = None
-
-
-class ListStuck(Request, tag="stuck"):
-    threshold: float | None = None
-
-
-class StealRun(SessionRequest, tag="steal"):
-    task_id: str
-    force: bool = False
-    lease_seconds: float | None = None
-    reason: str | None = None
-
-
-class GetTimeline(Request, tag="timeline"):
-    task_id: str
-    after_seq: int = 0
-    limit: int | None = None
-
-
-class InspectTask(Request, tag="inspect_task"):
-    task_id: str
-
-
-class InspectRun(Request, tag="inspect_run"):
-    run_id: str
-
-
-AnyRequest = (
-    Hello
-    | Cancel
-    | GetStatus
-    | CreateTask
-    | StartTask
-    | ShowTask
-    | GetRun
-    | ListTasks
-    | ListEvents
-    | FollowEvents
-    | OpenSession
-    | StopSession
-    | GetSession
-    | ListSessions
-    | WhoAmI
-    | ClaimNext
-    | HeartbeatRun
-    | CompleteRun
-    | FailRun
-    | ReleaseRun
-    | BlockRun
-    | PublishTask
-    | ApproveTask
-    | RejectTask
-    | UpdateTask
-    | DeleteTask
-    | AddDependency
-    | RemoveDependency
-    | PauseTask
-    | ResumeTask
-    | CancelTask
-    | CancelRun
-    | RetryRun
-    | ForceReleaseRun
-    | ForceFailRun
-    | BulkForceRuns
-    | PauseScheduler
-    | ResumeScheduler
-    | DrainScheduler
-    | GetSchedulerStatus
-    | GetBacklog
-    | CheckpointTask
-    | ListStuck
-    | StealRun
-    | GetTimeline
-    | InspectTask
-    | InspectRun
-)
-
-REQUEST_TYPES: Final[tuple[type[Request], ...]] = (
-    Hello,
-    Cancel,
-    GetStatus,
-    CreateTask,
-    StartTask,
-    ShowTask,
-    GetRun,
-    ListTasks,
-    ListEvents,
-    FollowEvents,
-    OpenSession,
-    StopSession,
-    GetSession,
-    ListSessions,
-    WhoAmI,
-    ClaimNext,
-    HeartbeatRun,
-    CompleteRun,
-    FailRun,
-    ReleaseRun,
-    BlockRun,
-    PublishTask,
-    ApproveTask,
-    RejectTask,
-    UpdateTask,
-    DeleteTask,
-    AddDependency,
-    RemoveDependency,
-    PauseTask,
-    ResumeTask,
-    CancelTask,
-    CancelRun,
-    RetryRun,
-    ForceReleaseRun,
-    ForceFailRun,
-    BulkForceRuns,
-    PauseScheduler,
-    ResumeScheduler,
-    DrainScheduler,
-    GetSchedulerStatus,
-    GetBacklog,
-    CheckpointTask,
-    ListStuck,
-    StealRun,
-    GetTimeline,
-    InspectTask,
-    InspectRun,
-)
-OPS: Final[frozenset[str]] = frozenset(
-    str(t.__struct_config__.tag) for t in REQUEST_TYPES if t.__struct_config__.tag
-)
-
 
 # ------------------------------------------------------------------------------- replies
 class Reply(msgspec.Struct, kw_only=True, tag_field="reply", omit_defaults=True):
-    """Base of every reply: ``id`` is the request's (0 for connection-level replies)."""
+    """Base of every reply: ``id`` is the request's (0 for connection-level replies).
+
+    A reply to an operation carries its value in its one field (``TaskReply.task``), or,
+    when ``spreads`` names the value's type, spreads the value's fields over its own.
+    """
 
     id: int
+    spreads: ClassVar[type | None] = None
 
 
 class Welcome(Reply, tag="welcome"):
@@ -505,24 +191,6 @@ class Ok(Reply, tag="ok"):
     pass
 
 
-class ServerStatus(msgspec.Struct, kw_only=True):
-    version: str
-    protocol: int
-    pid: int
-    socket: str
-    started_at: float
-    uptime_seconds: float
-    connections: int
-    durability: str
-    recovered: bool
-    tasks: int
-    queued_runs: int
-    leased_runs: int
-    live_sessions: int
-    waiting_claimers: int
-    last_event_seq: int
-
-
 class StatusReply(Reply, tag="status"):
     status: ServerStatus
 
@@ -535,6 +203,8 @@ class TaskDetail(Reply, tag="task_detail"):
     """A task with its whole history (``show``): every run oldest first, its checkpoints,
     retained events, graph edges and pause state. Fields after ``runs`` came later and have
     defaults."""
+
+    spreads = TaskDetailView
 
     task: Task
     runs: list[Run]
@@ -554,11 +224,14 @@ class RunReply(Reply, tag="run"):
 class TaskList(Reply, tag="tasks"):
     """One page of tasks; ``next_after`` is the cursor for the next page, None at the end."""
 
+    spreads = TaskPage
+
     tasks: list[Task]
     next_after: str | None = None
 
 
 class EventList(Reply, tag="events"):
+    spreads = EventPage
     events: list[Event]
     next_after_seq: int | None = None
 
@@ -576,6 +249,7 @@ class StreamEnd(Reply, tag="end"):
 
 
 class SessionOpened(Reply, tag="session_opened"):
+    spreads = OpenedSession
     session: Session
     token: str
 
@@ -585,6 +259,7 @@ class SessionReply(Reply, tag="session"):
 
 
 class SessionList(Reply, tag="sessions"):
+    spreads = SessionPage
     sessions: list[Session]
     next_after: str | None = None
 
@@ -632,7 +307,8 @@ class BacklogReply(Reply, tag="backlog"):
 
 
 class StuckReply(Reply, tag="stuck"):
-    runs: list[StuckRunView]
+    spreads = StuckList
+    runs: list[StuckRun]
     threshold: float
 
 
@@ -668,17 +344,102 @@ AnyReply = (
     | InspectReply
 )
 
-AnyMessage = Request | Reply
+
+# ---------------------------------------------------------- requests about the connection
+class Hello(Request[Welcome], tag="hello"):
+    """The first request on a connection: the protocol versions the client speaks."""
+
+    versions: list[int]
+    client: str = ""
+
+
+class Cancel(Request[Ok], tag="cancel"):
+    """Stop an in-flight request of this connection (a stream, or a waiting claim)."""
+
+    target: int
+
+
+# The wire union: the connection's own requests and every operation of the table.
+REQUEST_TYPES: Final[tuple[type[Request[Any]], ...]] = (
+    Hello,
+    Cancel,
+    *(entry.request for entry in OPERATIONS.values()),
+)
+OPS: Final[frozenset[str]] = frozenset(str(t.__struct_config__.tag) for t in REQUEST_TYPES)
+AnyRequest = Request[Any]
+
+
+# ------------------------------------------------------------------- replies to values
+def _carriers() -> dict[type, tuple[type[Reply], str | None]]:
+    out: dict[type, tuple[type[Reply], str | None]] = {}
+    for cls in _VALUE_REPLIES:
+        if cls.spreads is not None:
+            out[cls.spreads] = (cls, None)
+            continue
+        (field,) = [f for f in msgspec.structs.fields(cls) if f.name != "id"]
+        out[cast(type, field.type)] = (cls, field.name)
+    return out
+
+
+_VALUE_REPLIES: Final[tuple[type[Reply], ...]] = (
+    StatusReply,
+    TaskReply,
+    TaskDetail,
+    RunReply,
+    TaskList,
+    EventList,
+    SessionOpened,
+    SessionReply,
+    SessionList,
+    SessionReleasedReply,
+    ClaimReply,
+    HeartbeatReply,
+    FinishedReply,
+    RetryReply,
+    BulkReply,
+    SchedulerReply,
+    DrainReply,
+    BacklogReply,
+    StuckReply,
+    InspectReply,
+)
+_CARRIERS: Final = _carriers()
+
+
+def reply_class(value_type: type) -> type[Reply]:
+    """The reply that carries values of ``value_type`` (Task -> TaskReply)."""
+    return _CARRIERS[value_type][0]
+
+
+def reply_to(request_id: int, value: object) -> Reply:
+    """The reply carrying ``value``, the answer to request ``request_id``."""
+    cls, field = _CARRIERS[type(value)]
+    if field is not None:
+        return cls(id=request_id, **{field: value})
+    fields = (f.name for f in msgspec.structs.fields(cls) if f.name != "id")
+    return cls(id=request_id, **{name: getattr(value, name) for name in fields})
+
+
+def value_of(reply: Reply) -> object:
+    """The value a reply carries (the inverse of :func:`reply_to`)."""
+    if reply.spreads is not None:
+        fields = (f.name for f in msgspec.structs.fields(reply) if f.name != "id")
+        return reply.spreads(**{name: getattr(reply, name) for name in fields})
+    (field,) = (f.name for f in msgspec.structs.fields(reply) if f.name != "id")
+    return getattr(reply, field)
+
 
 # One encoder and one typed decoder per direction, built once and reused.
 _encoder = msgspec.msgpack.Encoder()
-_request_decoder: msgspec.msgpack.Decoder[AnyRequest] = msgspec.msgpack.Decoder(AnyRequest)
+_request_decoder: msgspec.msgpack.Decoder[AnyRequest] = msgspec.msgpack.Decoder(
+    cast(Any, Union[REQUEST_TYPES])  # noqa: UP007 - a union built from the table
+)
 _reply_decoder: msgspec.msgpack.Decoder[AnyReply] = msgspec.msgpack.Decoder(AnyReply)
 _any_decoder = msgspec.msgpack.Decoder()
 
 
 # ------------------------------------------------------------------------------- framing
-def encode_frame(message: Request | Reply) -> bytes:
+def encode_frame(message: Request[Any] | Reply) -> bytes:
     """One message as a frame: length prefix plus msgpack body.
 
     Raises InvalidInput(FRAME_TOO_LARGE) rather than produce a frame the peer must refuse.
@@ -803,7 +564,7 @@ def decode_request(body: bytes) -> AnyRequest:
     Never raises anything else, whatever the bytes.
     """
     try:
-        return _request_decoder.decode(body)
+        request = _request_decoder.decode(body)
     except msgspec.ValidationError as exc:
         detail = str(exc)
     except RecursionError:
@@ -818,6 +579,10 @@ def decode_request(body: bytes) -> AnyRequest:
         raise RequestRejected(
             CONNECTION_ID, f"frame is not valid msgpack: {_short(exc)}", code=BAD_FRAME
         ) from None
+    else:
+        if request.id >= 1:
+            return request
+        detail = "a request needs an id of 1 or more (0 is reserved for the connection)"
     # The body is msgpack but not a valid request: find its id and op to say why.
     try:
         raw = _any_decoder.decode(body)
@@ -854,7 +619,7 @@ def decode_reply(body: bytes) -> AnyReply:
         ) from None
 
 
-def encode_message(message: Request | Reply) -> bytes:
+def encode_message(message: Request[Any] | Reply) -> bytes:
     """The msgpack body of a message, without the length prefix."""
     return _encoder.encode(message)
 
@@ -868,3 +633,120 @@ def choose_version(offered: list[int]) -> int | None:
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+# The operations are re-exported: a wire message is an operation's request struct.
+__all__ = [
+    "CLI_CLIENT_NAME",
+    "CONNECTION_ID",
+    "HEADER",
+    "HEADER_BYTES",
+    "MAX_FRAME_BYTES",
+    "MAX_PAGE_BYTES",
+    "OPERATIONS",
+    "OPS",
+    "PROTOCOL_VERSION",
+    "REQUEST_TYPES",
+    "SUPPORTED_VERSIONS",
+    "AddDependency",
+    "AnyReply",
+    "AnyRequest",
+    "ApproveTask",
+    "BacklogReply",
+    "BlockRun",
+    "BulkForceRuns",
+    "BulkReply",
+    "Cancel",
+    "CancelRun",
+    "CancelTask",
+    "CheckpointTask",
+    "ClaimArgs",
+    "ClaimNext",
+    "ClaimOptions",
+    "ClaimReply",
+    "CompleteRun",
+    "CreateTask",
+    "DeleteTask",
+    "DrainReply",
+    "DrainScheduler",
+    "ErrorReply",
+    "EventItem",
+    "EventList",
+    "EventPage",
+    "FailRun",
+    "FinishRequest",
+    "FinishedReply",
+    "FollowEvents",
+    "ForceFailRun",
+    "ForceReleaseRun",
+    "FrameBuffer",
+    "FramingLost",
+    "GetBacklog",
+    "GetRun",
+    "GetSchedulerStatus",
+    "GetSession",
+    "GetStatus",
+    "GetTimeline",
+    "HeartbeatReply",
+    "HeartbeatRun",
+    "Hello",
+    "InspectReply",
+    "InspectRun",
+    "InspectTask",
+    "ListEvents",
+    "ListSessions",
+    "ListStuck",
+    "ListTasks",
+    "NextClaim",
+    "Ok",
+    "OpenSession",
+    "OpenedSession",
+    "Operation",
+    "PauseScheduler",
+    "PauseTask",
+    "PublishTask",
+    "ReadRequest",
+    "RejectTask",
+    "ReleaseRun",
+    "RemoveDependency",
+    "Reply",
+    "Request",
+    "RequestRejected",
+    "ResumeScheduler",
+    "ResumeTask",
+    "RetryReply",
+    "RetryRun",
+    "RunReply",
+    "SchedulerReply",
+    "ServerStatus",
+    "SessionList",
+    "SessionOpened",
+    "SessionPage",
+    "SessionReleasedReply",
+    "SessionReply",
+    "SessionRequest",
+    "ShowTask",
+    "StartTask",
+    "StatusReply",
+    "StealRun",
+    "StopSession",
+    "StreamEnd",
+    "StuckList",
+    "StuckReply",
+    "TaskDetail",
+    "TaskList",
+    "TaskPage",
+    "TaskReply",
+    "UpdateTask",
+    "Welcome",
+    "WhoAmI",
+    "choose_version",
+    "decode_reply",
+    "decode_request",
+    "encode_frame",
+    "encode_message",
+    "frame_bytes",
+    "reply_class",
+    "reply_to",
+    "value_of",
+]

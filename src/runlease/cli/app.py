@@ -277,7 +277,8 @@ def serve(
     ~/.local/share/runlease; the socket to --socket, else $RUNLEASE_SOCKET, else
     <data dir>/runlease.sock. Log lines go to stderr as JSON.
     """
-    from runlease.runtime.server import ServerLimits, configure_logging, run_server
+    from runlease.runtime.serve import configure_logging, run_server
+    from runlease.runtime.server import ServerLimits
 
     try:
         limits = ServerLimits(
@@ -358,7 +359,7 @@ def session_open(
     """Open a session and print its id and its token (shown only this once)."""
     with _client() as client:
         session, token = client.open_session(
-            agent=agent, parent=parent, ttl=ttl, capabilities=capability or ()
+            agent=agent, parent=parent, ttl=ttl, capabilities=capability or []
         )
     emit(
         {"session_id": session.id, "session_token": token, "session": plain(session)},
@@ -458,15 +459,15 @@ def task_create(
             priority=priority,
             workspace=workspace,
             max_attempts=max_attempts,
-            capabilities=capability or (),
+            capabilities=capability or [],
             metadata=meta,
             start=start,
             parent=parent,
-            preferred_capabilities=preferred_capability or (),
+            preferred_capabilities=preferred_capability or [],
             owner=owner,
             draft=draft,
             approval_policy=approval,
-            required_artifacts=artifact or (),
+            required_artifacts=artifact or [],
         )
     emit({"task": plain(task)}, GLOBALS.output)
     return 0

@@ -1,4 +1,5 @@
-"""The trio runtime: actors, the embedded API, and (later) the socket server."""
+"""The trio shell: the embedded API, the actors it drives, the socket server and the trio
+client."""
 
 from runlease.runtime.runtime import Runtime, RuntimeStatus, SessionHandle, open_runtime
 

@@ -35,7 +35,7 @@ from runlease.core.commands import (
     FinishAndClaim,
 )
 from runlease.core.machine import LEASE_DEADLINE, SESSION_DEADLINE, Machine, Outcome
-from runlease.core.model import LEASED_RUN_STATUSES
+from runlease.core.model import LEASED_RUN_STATUSES, Origin
 from runlease.errors import NO_CLAIMABLE_RUN, RESOURCE_EXHAUSTED, InternalError, RunleaseError
 from runlease.runtime.clock import RuntimeClock
 from runlease.runtime.commit import Committer
@@ -44,6 +44,8 @@ from runlease.runtime.requests import Request
 log = logging.getLogger("runlease")
 
 SCHEDULER_MAILBOX_SIZE = 4096
+# The origin of what the lease clock does on its own: expiries, at boot and while running.
+LEASE_CLOCK = Origin(kind="daemon", ref="lease_clock")
 
 
 class WorkAvailable(msgspec.Struct, tag="work_available"):
@@ -268,11 +270,15 @@ class ActorSystem:
                         and run.lease_until is not None
                         and run.lease_until <= at
                     ):
-                        await self.send(Request(ExpireLease(now=0.0, run_id=key)))
+                        await self.send(
+                            Request(ExpireLease(now=0.0, run_id=key, origin=LEASE_CLOCK))
+                        )
                 else:
                     session = self.machine.sessions.get(key)
                     if session is not None and session.state == "live":
-                        await self.send(Request(ExpireSession(now=0.0, session_id=key)))
+                        await self.send(
+                            Request(ExpireSession(now=0.0, session_id=key, origin=LEASE_CLOCK))
+                        )
 
     # ------------------------------------------------------------------- close
     def fail_waiters(self, error: RunleaseError) -> None:

@@ -1,6 +1,7 @@
 """The trio client: ``async with open_client(path) as client``.
 
-Same methods as the synchronous :class:`runlease.client.Client`, as coroutines. Calls from
+The same methods as the synchronous :class:`runlease.client.Client`, as coroutines (the
+synchronous ones are generated from these). Calls from
 several trio tasks share the one connection: each request goes out as soon as it is made
 and a reader task hands every reply to the caller waiting on its id (pipelining).
 
@@ -15,51 +16,34 @@ from __future__ import annotations
 import errno
 import os
 import socket as stdsocket
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import trio
 
+from runlease import client_common as common
 from runlease import protocol as p
-from runlease.client import (
-    ConnectBackoff,
-    check_reply,
-    closed_by_server,
-    hello,
-    resolve_socket,
-    unreachable,
-)
-from runlease.core.model import (
-    ApprovalPolicy,
-    BulkResult,
-    Claim,
-    Event,
-    Finished,
-    Heartbeat,
-    Ownership,
-    Priority,
-    RetryResult,
-    Run,
-    Scope,
-    Session,
-    SessionReleased,
-    Task,
-    TaskStatus,
-)
-from runlease.core.views import Backlog, DrainResult, InspectView, SchedulerStatus, StuckRun
+from runlease.core.model import Event, Finished
 from runlease.errors import InternalError, RunleaseError, error_for_code
+from runlease.operation_methods import AsyncClientMethods
+from runlease.operations import ClaimNext, FinishRequest, Request
 
-R = TypeVar("R", bound=p.Reply)
+R = TypeVar("R")
 
 RECEIVE_BYTES: Final = 64 * 1024
 STREAM_BUFFER: Final = 256
 CANCEL_GRACE: Final = 1.0
 
 
-class AsyncClient:
-    """One connection to a runlease server. Create it with :func:`open_client`."""
+class AsyncClient(AsyncClientMethods):
+    """One connection to a runlease server. Create it with :func:`open_client`.
+
+    Its named methods (:class:`~runlease.operation_methods.AsyncClientMethods`) build a
+    request and :meth:`call` it; session-scoped ones carry ``session_token`` unless the
+    request names its own ``token``.
+    """
 
     def __init__(self, stream: trio.SocketStream, path: Path, session_token: str | None) -> None:
         self.path = path
@@ -77,21 +61,18 @@ class AsyncClient:
         self._next_id += 1
         return rid
 
-    def _token(self, token: str | None) -> str | None:
-        return token if token is not None else self.session_token
-
     async def _reader(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
         buffer = p.FrameBuffer()
-        failure: RunleaseError = closed_by_server(self.path)
+        failure: RunleaseError = common.closed_by_server(self.path)
         try:
             while True:
                 try:
                     data = await self._stream.receive_some(RECEIVE_BYTES)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    failure = unreachable(self.path, exc)
+                    failure = common.unreachable(self.path, exc)
                     return
                 if not data:
                     return
@@ -118,21 +99,23 @@ class AsyncClient:
         self._waiting[rid] = send
         return receive
 
-    async def _send(self, request: p.Request) -> None:
+    async def _send(self, request: Request[Any]) -> None:
         frame = p.encode_frame(request)
         try:
             async with self._send_lock:
                 await self._stream.send_all(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise self._failure or unreachable(self.path, exc) from None
+            raise self._failure or common.unreachable(self.path, exc) from None
 
     async def _next_reply(self, receive: trio.MemoryReceiveChannel[p.AnyReply]) -> p.AnyReply:
         try:
             return await receive.receive()
         except trio.EndOfChannel:
-            raise self._failure or closed_by_server(self.path) from None
+            raise self._failure or common.closed_by_server(self.path) from None
 
-    async def _call(self, request: p.Request, expected: type[R]) -> R:
+    async def _exchange(self, request: Request[Any]) -> p.AnyReply:
+        """Send one request and wait for its reply; if cancelled meanwhile, ask the server
+        to cancel it too."""
         receive = self._register(request.id, 1)
         try:
             await self._send(request)
@@ -143,7 +126,7 @@ class AsyncClient:
                 raise
         finally:
             self._waiting.pop(request.id, None)
-        return check_reply(reply, expected)
+        return reply
 
     async def _cancel_remote(self, target: int) -> None:
         with trio.move_on_after(CANCEL_GRACE) as scope:
@@ -152,99 +135,18 @@ class AsyncClient:
                 await self._send(p.Cancel(id=self._take_id(), target=target))
 
     async def _handshake(self) -> None:
-        self.welcome = await self._call(hello(self._take_id()), p.Welcome)
-
-    # -------------------------------------------------------------------- status
-    async def status(self) -> p.ServerStatus:
-        return (await self._call(p.GetStatus(id=self._take_id()), p.StatusReply)).status
-
-    # --------------------------------------------------------------------- tasks
-    async def create_task(
-        self,
-        title: str,
-        *,
-        description: str = "",
-        priority: Priority = "medium",
-        workspace: str | None = None,
-        scope: Scope | None = None,
-        max_attempts: int | None = None,
-        metadata: dict[str, Any] | None = None,
-        capabilities: Iterable[str] = (),
-        start: bool = False,
-        parent: str | None = None,
-        preferred_capabilities: Iterable[str] = (),
-        owner: Ownership | None = None,
-        draft: bool = False,
-        approval_policy: ApprovalPolicy = "none",
-        required_artifacts: Iterable[str] = (),
-    ) -> Task:
-        request = p.CreateTask(
-            id=self._take_id(),
-            title=title,
-            description=description,
-            priority=priority,
-            workspace=workspace,
-            scope=scope,
-            max_attempts=max_attempts,
-            metadata=metadata,
-            capabilities=_strings(capabilities),
-            start=start,
-            parent=parent,
-            preferred_capabilities=_strings(preferred_capabilities),
-            owner=owner,
-            draft=draft,
-            approval_policy=approval_policy,
-            required_artifacts=_strings(required_artifacts),
+        self.welcome = common.check_reply(
+            await self._exchange(common.hello(self._take_id())), p.Welcome
         )
-        return (await self._call(request, p.TaskReply)).task
 
-    async def start_task(self, task_id: str, *, idempotency_key: str | None = None) -> Run:
-        """Enqueue the task's next run; a repeated ``idempotency_key`` returns the same run."""
-        request = p.StartTask(id=self._take_id(), task_id=task_id, idempotency_key=idempotency_key)
-        return (await self._call(request, p.RunReply)).run
+    async def call(self, request: Request[R]) -> R:
+        """Send ``request`` and answer the value its reply carries (or raise its error)."""
+        sent = common.outgoing(request, self._take_id(), self.session_token)
+        return common.answer(await self._exchange(sent), sent)
 
-    async def show_task(self, task_id: str) -> p.TaskDetail:
-        return await self._call(p.ShowTask(id=self._take_id(), task_id=task_id), p.TaskDetail)
-
-    async def get_task(self, task_id: str) -> Task:
-        return (await self.show_task(task_id)).task
-
-    async def get_run(self, run_id: str) -> Run:
-        return (await self._call(p.GetRun(id=self._take_id(), run_id=run_id), p.RunReply)).run
-
-    async def list_tasks(
-        self,
-        *,
-        status: TaskStatus | None = None,
-        workspace: str | None = None,
-        after: str | None = None,
-        limit: int | None = None,
-    ) -> list[Task]:
-        out: list[Task] = []
-        cursor = after
-        while True:
-            want = None if limit is None else limit - len(out)
-            page = await self._call(
-                p.ListTasks(
-                    id=self._take_id(), status=status, workspace=workspace, after=cursor, limit=want
-                ),
-                p.TaskList,
-            )
-            out.extend(page.tasks)
-            cursor = page.next_after
-            if cursor is None or (limit is not None and len(out) >= limit):
-                return out
-
-    async def events(self, *, task_id: str | None = None, after_seq: int = 0) -> list[Event]:
-        out: list[Event] = []
-        cursor: int | None = after_seq
-        while cursor is not None:
-            page = await self._call(
-                p.ListEvents(id=self._take_id(), task_id=task_id, after_seq=cursor), p.EventList
-            )
-            out.extend(page.events)
-            cursor = page.next_after_seq
-        return out
+    async def finish_and_claim(self, finish: FinishRequest, then: ClaimNext) -> Finished:
+        sent = common.outgoing(finish, self._take_id(), self.session_token, then=then)
+        return common.check_reply(await self._exchange(sent), p.FinishedReply).finished
 
     @asynccontextmanager
     async def follow_events(
@@ -265,399 +167,6 @@ class AsyncClient:
             self._waiting.pop(rid, None)
             if not stream.ended and self._failure is None:
                 await self._cancel_remote(rid)
-
-    # ------------------------------------------------------------------ sessions
-    async def open_session(
-        self,
-        *,
-        agent: str = "agent",
-        parent: str | None = None,
-        ttl: float | None = None,
-        capabilities: Iterable[str] = (),
-        auto_stop_on_parent: bool = True,
-    ) -> tuple[Session, str]:
-        reply = await self._call(
-            p.OpenSession(
-                id=self._take_id(),
-                agent=agent,
-                parent=parent,
-                ttl=ttl,
-                capabilities=_strings(capabilities),
-                auto_stop_on_parent=auto_stop_on_parent,
-            ),
-            p.SessionOpened,
-        )
-        return reply.session, reply.token
-
-    async def stop_session(self, session_id: str, *, reason: str | None = None) -> SessionReleased:
-        request = p.StopSession(id=self._take_id(), session_id=session_id, reason=reason)
-        return (await self._call(request, p.SessionReleasedReply)).released
-
-    async def get_session(self, session_id: str) -> Session:
-        request = p.GetSession(id=self._take_id(), session_id=session_id)
-        return (await self._call(request, p.SessionReply)).session
-
-    async def list_sessions(self, *, live_only: bool = False) -> list[Session]:
-        out: list[Session] = []
-        cursor: str | None = None
-        while True:
-            page = await self._call(
-                p.ListSessions(id=self._take_id(), live_only=live_only, after=cursor),
-                p.SessionList,
-            )
-            out.extend(page.sessions)
-            cursor = page.next_after
-            if cursor is None:
-                return out
-
-    async def whoami(self, *, token: str | None = None) -> Session:
-        request = p.WhoAmI(id=self._take_id(), token=self._token(token))
-        return (await self._call(request, p.SessionReply)).session
-
-    # -------------------------------------------------------------------- leases
-    async def claim_next(
-        self,
-        *,
-        wait: bool = False,
-        timeout: float | None = None,
-        lease_seconds: float | None = None,
-        workspace: str | None = None,
-        scope: Scope | None = None,
-        priority_min: str | int | None = None,
-        token: str | None = None,
-    ) -> Claim:
-        request = p.ClaimNext(
-            id=self._take_id(),
-            token=self._token(token),
-            wait=wait,
-            timeout=timeout,
-            lease_seconds=lease_seconds,
-            workspace=workspace,
-            scope=scope,
-            priority_min=priority_min,
-        )
-        return (await self._call(request, p.ClaimReply)).claim
-
-    async def heartbeat(
-        self, run_id: str, *, lease_seconds: float | None = None, token: str | None = None
-    ) -> Heartbeat:
-        request = p.HeartbeatRun(
-            id=self._take_id(),
-            token=self._token(token),
-            run_id=run_id,
-            lease_seconds=lease_seconds,
-        )
-        return (await self._call(request, p.HeartbeatReply)).heartbeat
-
-    async def complete(self, run_id: str, *, result: Any = None, token: str | None = None) -> Run:
-        request = p.CompleteRun(
-            id=self._take_id(), token=self._token(token), run_id=run_id, result=result
-        )
-        return (await self._call(request, p.RunReply)).run
-
-    async def fail(
-        self,
-        run_id: str,
-        *,
-        error: str,
-        metadata: dict[str, Any] | None = None,
-        token: str | None = None,
-    ) -> Run:
-        request = p.FailRun(
-            id=self._take_id(),
-            token=self._token(token),
-            run_id=run_id,
-            error=error,
-            metadata=metadata,
-        )
-        return (await self._call(request, p.RunReply)).run
-
-    async def release(
-        self, run_id: str, *, reason: str | None = None, token: str | None = None
-    ) -> Run:
-        request = p.ReleaseRun(
-            id=self._take_id(), token=self._token(token), run_id=run_id, reason=reason
-        )
-        return (await self._call(request, p.RunReply)).run
-
-    async def block(self, run_id: str, *, reason: str, token: str | None = None) -> Run:
-        request = p.BlockRun(
-            id=self._take_id(), token=self._token(token), run_id=run_id, reason=reason
-        )
-        return (await self._call(request, p.RunReply)).run
-
-    # ------------------------------------------- task graph and operator controls
-    async def publish_task(self, task_id: str, *, start: bool = True) -> Task:
-        """Publish a draft; with ``start`` (and no manual approval) enqueue its run."""
-        request = p.PublishTask(id=self._take_id(), task_id=task_id, start=start)
-        return (await self._call(request, p.TaskReply)).task
-
-    async def approve_task(self, task_id: str) -> Run:
-        """Approve a task awaiting manual approval; returns the run it enqueued."""
-        request = p.ApproveTask(id=self._take_id(), task_id=task_id)
-        return (await self._call(request, p.RunReply)).run
-
-    async def reject_task(self, task_id: str, *, reason: str | None = None) -> Task:
-        request = p.RejectTask(id=self._take_id(), task_id=task_id, reason=reason)
-        return (await self._call(request, p.TaskReply)).task
-
-    async def update_task(self, task_id: str, changes: Mapping[str, Any]) -> Task:
-        """Change mutable fields; an immutable one raises IMMUTABLE_FIELD."""
-        request = p.UpdateTask(id=self._take_id(), task_id=task_id, changes=dict(changes))
-        return (await self._call(request, p.TaskReply)).task
-
-    async def delete_task(self, task_id: str) -> Task:
-        request = p.DeleteTask(id=self._take_id(), task_id=task_id)
-        return (await self._call(request, p.TaskReply)).task
-
-    async def add_dependency(self, task_id: str, blocked_by: str) -> Task:
-        """``task_id`` waits until ``blocked_by`` completes."""
-        request = p.AddDependency(id=self._take_id(), task_id=task_id, blocked_by=blocked_by)
-        return (await self._call(request, p.TaskReply)).task
-
-    async def remove_dependency(self, task_id: str, blocked_by: str) -> Task:
-        request = p.RemoveDependency(id=self._take_id(), task_id=task_id, blocked_by=blocked_by)
-        return (await self._call(request, p.TaskReply)).task
-
-    async def pause_task(self, task_id: str, *, reason: str) -> Task:
-        request = p.PauseTask(id=self._take_id(), task_id=task_id, reason=reason)
-        return (await self._call(request, p.TaskReply)).task
-
-    async def resume_task(self, task_id: str) -> Task:
-        request = p.ResumeTask(id=self._take_id(), task_id=task_id)
-        return (await self._call(request, p.TaskReply)).task
-
-    async def cancel_task(self, task_id: str, *, reason: str | None = None) -> Task:
-        request = p.CancelTask(id=self._take_id(), task_id=task_id, reason=reason)
-        return (await self._call(request, p.TaskReply)).task
-
-    async def cancel_run(self, run_id: str, *, reason: str | None = None) -> Run:
-        request = p.CancelRun(id=self._take_id(), run_id=run_id, reason=reason)
-        return (await self._call(request, p.RunReply)).run
-
-    async def retry_run(self, run_id: str) -> RetryResult:
-        request = p.RetryRun(id=self._take_id(), run_id=run_id)
-        return (await self._call(request, p.RetryReply)).result
-
-    async def force_release(self, run_id: str, *, reason: str) -> Run:
-        request = p.ForceReleaseRun(id=self._take_id(), run_id=run_id, reason=reason)
-        return (await self._call(request, p.RunReply)).run
-
-    async def force_fail(self, run_id: str, *, reason: str) -> Run:
-        request = p.ForceFailRun(id=self._take_id(), run_id=run_id, reason=reason)
-        return (await self._call(request, p.RunReply)).run
-
-    async def bulk_force_release(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
-        request = p.BulkForceRuns(
-            id=self._take_id(), action="release", run_ids=_strings(run_ids), reason=reason
-        )
-        return (await self._call(request, p.BulkReply)).result
-
-    async def bulk_force_fail(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
-        request = p.BulkForceRuns(
-            id=self._take_id(), action="fail", run_ids=_strings(run_ids), reason=reason
-        )
-        return (await self._call(request, p.BulkReply)).result
-
-    async def pause_scheduler(self, *, reason: str | None = None) -> SchedulerStatus:
-        request = p.PauseScheduler(id=self._take_id(), reason=reason)
-        return (await self._call(request, p.SchedulerReply)).scheduler
-
-    async def resume_scheduler(self, *, reason: str | None = None) -> SchedulerStatus:
-        request = p.ResumeScheduler(id=self._take_id(), reason=reason)
-        return (await self._call(request, p.SchedulerReply)).scheduler
-
-    async def drain_scheduler(
-        self, *, timeout: float | None = None, reason: str | None = None
-    ) -> DrainResult:
-        """Pause the scheduler and wait until no lease is active or ``timeout`` seconds pass."""
-        request = p.DrainScheduler(id=self._take_id(), timeout=timeout, reason=reason)
-        return (await self._call(request, p.DrainReply)).drain
-
-    async def scheduler_status(self) -> SchedulerStatus:
-        return (
-            await self._call(p.GetSchedulerStatus(id=self._take_id()), p.SchedulerReply)
-        ).scheduler
-
-    async def backlog(
-        self,
-        *,
-        workspace: str | None = None,
-        include_paused: bool = True,
-        after: str | None = None,
-        limit: int | None = None,
-    ) -> Backlog:
-        """One page of queued runs with their task; page on with ``next_after``."""
-        request = p.GetBacklog(
-            id=self._take_id(),
-            workspace=workspace,
-            include_paused=include_paused,
-            after=after,
-            limit=limit,
-        )
-        return (await self._call(request, p.BacklogReply)).backlog
-
-    async def checkpoint(
-        self, task_id: str, note: str, *, author: str | None = None, token: str | None = None
-    ) -> Task:
-        """Add a progress note to the task's history (as the session when a token is at hand)."""
-        request = p.CheckpointTask(
-            id=self._take_id(),
-            token=self._token(token),
-            task_id=task_id,
-            note=note,
-            author=author,
-        )
-        return (await self._call(request, p.TaskReply)).task
-
-    async def stuck(self, *, threshold: float | None = None) -> list[StuckRun]:
-        """Expired leases, then leased runs idle (no heartbeat or checkpoint) past ``threshold``."""
-        reply = await self._call(p.ListStuck(id=self._take_id(), threshold=threshold), p.StuckReply)
-        return reply.runs
-
-    async def steal(
-        self,
-        task_id: str,
-        *,
-        force: bool = False,
-        lease_seconds: float | None = None,
-        reason: str | None = None,
-        token: str | None = None,
-    ) -> Claim:
-        """Take the task's current run for this session: only if its lease ran out, or ``force``."""
-        request = p.StealRun(
-            id=self._take_id(),
-            token=self._token(token),
-            task_id=task_id,
-            force=force,
-            lease_seconds=lease_seconds,
-            reason=reason,
-        )
-        return (await self._call(request, p.ClaimReply)).claim
-
-    async def timeline(self, task_id: str, *, after_seq: int = 0) -> list[Event]:
-        """The task's retained events after ``after_seq``, oldest first."""
-        out: list[Event] = []
-        cursor: int | None = after_seq
-        while cursor is not None:
-            page = await self._call(
-                p.GetTimeline(id=self._take_id(), task_id=task_id, after_seq=cursor), p.EventList
-            )
-            out.extend(page.events)
-            cursor = page.next_after_seq
-        return out
-
-    async def inspect_task(self, task_id: str) -> InspectView:
-        request = p.InspectTask(id=self._take_id(), task_id=task_id)
-        return (await self._call(request, p.InspectReply)).view
-
-    async def inspect_run(self, run_id: str) -> InspectView:
-        request = p.InspectRun(id=self._take_id(), run_id=run_id)
-        return (await self._call(request, p.InspectReply)).view
-
-    # ------------------------------------------------------- finish, then claim
-    async def complete_and_next(
-        self,
-        run_id: str,
-        *,
-        result: Any = None,
-        wait: bool = False,
-        timeout: float | None = None,
-        lease_seconds: float | None = None,
-        workspace: str | None = None,
-        scope: Scope | None = None,
-        priority_min: str | int | None = None,
-        token: str | None = None,
-    ) -> Finished:
-        """Complete the run and claim the session's next one in one round trip.
-
-        A refused finish raises its error and claims nothing. Otherwise the result holds
-        the finished run and either ``claim`` or ``no_claim`` (why nothing was claimed,
-        normally NO_CLAIMABLE_RUN): finding nothing is not an error.
-        """
-        next_claim = p.NextClaim(
-            wait=wait,
-            timeout=timeout,
-            lease_seconds=lease_seconds,
-            workspace=workspace,
-            scope=scope,
-            priority_min=priority_min,
-        )
-        request = p.CompleteRun(
-            id=self._take_id(),
-            token=self._token(token),
-            run_id=run_id,
-            result=result,
-            next=next_claim,
-        )
-        return await self._finish(request)
-
-    async def fail_and_next(
-        self,
-        run_id: str,
-        *,
-        error: str,
-        metadata: dict[str, Any] | None = None,
-        wait: bool = False,
-        timeout: float | None = None,
-        lease_seconds: float | None = None,
-        workspace: str | None = None,
-        scope: Scope | None = None,
-        priority_min: str | int | None = None,
-        token: str | None = None,
-    ) -> Finished:
-        """Fail the run and claim the session's next one (see :meth:`complete_and_next`)."""
-        next_claim = p.NextClaim(
-            wait=wait,
-            timeout=timeout,
-            lease_seconds=lease_seconds,
-            workspace=workspace,
-            scope=scope,
-            priority_min=priority_min,
-        )
-        request = p.FailRun(
-            id=self._take_id(),
-            token=self._token(token),
-            run_id=run_id,
-            error=error,
-            metadata=metadata,
-            next=next_claim,
-        )
-        return await self._finish(request)
-
-    async def release_and_next(
-        self,
-        run_id: str,
-        *,
-        reason: str | None = None,
-        wait: bool = False,
-        timeout: float | None = None,
-        lease_seconds: float | None = None,
-        workspace: str | None = None,
-        scope: Scope | None = None,
-        priority_min: str | int | None = None,
-        token: str | None = None,
-    ) -> Finished:
-        """Release the run and claim the session's next one (see :meth:`complete_and_next`)."""
-        next_claim = p.NextClaim(
-            wait=wait,
-            timeout=timeout,
-            lease_seconds=lease_seconds,
-            workspace=workspace,
-            scope=scope,
-            priority_min=priority_min,
-        )
-        request = p.ReleaseRun(
-            id=self._take_id(),
-            token=self._token(token),
-            run_id=run_id,
-            reason=reason,
-            next=next_claim,
-        )
-        return await self._finish(request)
-
-    async def _finish(self, request: p.Request) -> Finished:
-        return (await self._call(request, p.FinishedReply)).finished
 
 
 class EventStream:
@@ -680,7 +189,7 @@ class EventStream:
         self.ended = True
         if isinstance(reply, p.StreamEnd):
             raise StopAsyncIteration
-        check_reply(reply, p.EventItem)
+        common.check_reply(reply, p.EventItem)
         raise InternalError("unreachable")  # pragma: no cover
 
 
@@ -696,7 +205,7 @@ async def open_client(
     While the server's queue of new connections is full the connect is retried, for up
     to ``connect_timeout`` seconds.
     """
-    socket_path = resolve_socket(path)
+    socket_path = common.resolve_socket(path)
     stream = await connect_unix(socket_path, connect_timeout)
     try:
         client = AsyncClient(stream, socket_path, session_token)
@@ -720,7 +229,7 @@ async def open_client(
 
 async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
     """A stream connected to ``path``, retrying a full backlog (see ConnectBackoff)."""
-    backoff = ConnectBackoff(path, timeout, clock=trio.current_time)
+    backoff = common.ConnectBackoff(path, timeout, clock=trio.current_time)
     while True:
         try:
             return await _connect_once(path)
@@ -749,12 +258,6 @@ async def _connect_once(path: Path) -> trio.SocketStream:
         sock.close()
         raise
     return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-
-
-def _strings(values: Iterable[str]) -> list[str]:
-    if isinstance(values, str):
-        raise TypeError("pass a list of strings, not one string")
-    return list(values)
 
 
 __all__ = ["AsyncClient", "EventStream", "open_client"]

@@ -5,15 +5,21 @@ pipeline requests and get replies as they finish, matched by id. A connection ho
 ``max_inflight`` requests at once; past that the reader stops reading until one finishes,
 so a greedy client slows only itself.
 
+Every operation runs through one executor: the request is looked up in the operation
+table (:mod:`runlease.operations`), carried out with ``request.serve(call)`` for a
+:class:`~runlease.runtime.calls.Call` that names the caller (the session of the request's
+token, or the operator) and the connection's origin, and its value goes back in the reply
+that carries that type. There is no per-operation code here.
+
 Nothing a client sends can stop the server: a bad frame, an unknown op or a field of the
 wrong type gets an error reply with a stable code and the connection carries on. Only a
 length prefix above the frame limit closes the connection, because after it the byte stream
 cannot be trusted to be in step. Errors inside a handler become ``INTERNAL`` replies and a
 log line; they never reach another connection.
 
-Security: the socket file is made 0600 inside a directory that must be private (0700,
-owned by the server's user), and every connection's peer uid (SO_PEERCRED) must be the
-server's own; others get a ``PEER_REFUSED`` reply and are closed.
+Security: the socket file is made safe by :mod:`runlease.runtime.socket_file`, and every
+connection's peer uid (SO_PEERCRED) must be the server's own; others get a
+``PEER_REFUSED`` reply and are closed.
 
 Limits (:class:`ServerLimits`), so that no client, and no crowd of clients, can starve the
 server: a connection must say hello within ``handshake_timeout`` and may send only small
@@ -34,30 +40,19 @@ period is cancelled, including a reply stuck on a client that does not read.
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
 import logging
 import math
 import os
 import resource
-import signal
-import socket as stdsocket
-import stat
-import struct
-import sys
 import time
-import traceback
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final, TypedDict, TypeGuard, TypeVar
+from typing import Any, Final
 
 import trio
 
 from runlease import protocol as p
-from runlease.core.model import Actor, Event, NoClaim, Origin, Session, Task
-from runlease.core.views import MAX_PAGE as BACKLOG_MAX_PAGE
+from runlease.core.model import Finished, NoClaim, Origin
 from runlease.errors import (
     BAD_REQUEST,
     CONNECTION_TIMEOUT,
@@ -68,24 +63,22 @@ from runlease.errors import (
     REQUEST_CANCELLED,
     SERVER_BUSY,
     SHUTTING_DOWN,
-    SOCKET_IN_USE,
-    SOCKET_PATH_UNSAFE,
     UNSUPPORTED_VERSION,
     InvalidInput,
     RunleaseError,
-    Unavailable,
 )
-from runlease.runtime.runtime import DEFAULT_STUCK_THRESHOLD, Durability, Runtime, open_runtime
+from runlease.operations import OPERATOR
+from runlease.runtime.calls import Call
+from runlease.runtime.runtime import Runtime
+from runlease.runtime.socket_file import bind_unix_socket, default_backlog, peer_credentials
 
 log = logging.getLogger("runlease.server")
 
 SERVER_NAME: Final = "runlease"
-# Operator requests over the socket act as this actor (session-scoped ones as the session).
-SOCKET_OPERATOR: Final = Actor(kind="human", ref="operator")
+# Requests over the socket without a session token act as the operator.
+SOCKET_OPERATOR: Final = OPERATOR
 DEFAULT_MAX_INFLIGHT: Final = 64
 DEFAULT_SHUTDOWN_GRACE: Final = 10.0
-DEFAULT_PAGE: Final = 500
-MAX_PAGE: Final = 10_000
 RECEIVE_BYTES: Final = 64 * 1024
 # After a closing error reply: how long, and how much, to keep discarding client bytes so
 # the reply is not lost to a connection reset.
@@ -103,18 +96,8 @@ HANDSHAKE_MAX_FRAME: Final = 4096
 FD_RESERVE: Final = 64
 # Refused connections being told why at once; past this they are closed without a word.
 MAX_REFUSING: Final = 16
-# The listen backlog asked for when none is given (the kernel caps it at its maximum).
-MIN_BACKLOG: Final = 4096
-SOMAXCONN_FILE: Final = Path("/proc/sys/net/core/somaxconn")
 # At most one refusal log line per this many seconds; the line counts the ones in between.
 REFUSAL_LOG_INTERVAL: Final = 1.0
-# sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
-MAX_SOCKET_PATH_BYTES: Final = 107
-_PEERCRED = struct.Struct("3i")
-# Room left in a frame for the envelope around a page of records.
-_PAGE_SLACK: Final = 4096
-
-T = TypeVar("T")
 
 
 def _version() -> str:
@@ -124,112 +107,6 @@ def _version() -> str:
         return version("runlease")
     except Exception:  # not installed (running from a source tree)
         return "0+unknown"
-
-
-# --------------------------------------------------------------------- the socket file
-def _unsafe(message: str) -> InvalidInput:
-    return InvalidInput(message, code=SOCKET_PATH_UNSAFE)
-
-
-def prepare_socket_dir(path: Path) -> None:
-    """Create the socket's directory 0700 if missing; refuse one that others can enter."""
-    parent = path.parent
-    try:
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = parent.stat()
-    except OSError as exc:
-        raise _unsafe(f"cannot create the socket directory {parent}: {exc.strerror}") from None
-    if info.st_uid != os.geteuid():
-        raise _unsafe(
-            f"the socket directory {parent} belongs to uid {info.st_uid}, not to this "
-            f"server's uid {os.geteuid()}; choose a directory of your own with --socket"
-        )
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise _unsafe(
-            f"the socket directory {parent} has mode {mode:04o}, so other users could reach "
-            f"the socket; make it private (chmod 700 {parent}) or choose another --socket"
-        )
-
-
-def clear_stale_socket(path: Path) -> bool:
-    """Remove a socket file left by a dead server; refuse a live one. True if removed."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISSOCK(info.st_mode):
-        raise _unsafe(f"{path} exists and is not a socket; refusing to replace it")
-    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    try:
-        probe.settimeout(2.0)
-        probe.connect(os.fspath(path))
-    except ConnectionRefusedError:
-        os.unlink(path)
-        return True
-    except OSError as exc:
-        raise Unavailable(
-            f"cannot tell whether a server is listening on {path} ({exc}); "
-            "remove the file if no runlease server is running",
-            code=SOCKET_IN_USE,
-        ) from None
-    finally:
-        probe.close()
-    raise Unavailable(
-        f"another runlease server is already listening on {path}; stop it first or "
-        "choose another --socket",
-        code=SOCKET_IN_USE,
-    )
-
-
-def default_backlog() -> int:
-    """The listen backlog to ask for: the system's maximum, and at least MIN_BACKLOG.
-
-    A burst of clients connecting at once beyond the backlog get EAGAIN on a Unix socket;
-    asking for more than the kernel allows is harmless (it caps the value).
-    """
-    try:
-        system = int(SOMAXCONN_FILE.read_text().strip())
-    except (OSError, ValueError):
-        system = stdsocket.SOMAXCONN
-    return max(system, MIN_BACKLOG)
-
-
-def bind_unix_socket(path: Path, *, backlog: int | None = None) -> stdsocket.socket:
-    """A listening Unix socket at ``path``: mode 0600 in a private directory."""
-    if backlog is None:
-        backlog = default_backlog()
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
-        raise _unsafe(
-            f"the socket path {path} is {len(os.fsencode(path))} bytes; Unix sockets allow "
-            f"at most {MAX_SOCKET_PATH_BYTES}: choose a shorter --socket"
-        )
-    prepare_socket_dir(path)
-    if clear_stale_socket(path):
-        log.info("stale_socket_removed", extra={"fields": {"socket": str(path)}})
-    sock = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    try:
-        # The directory is private, so the moment between bind and chmod exposes nothing.
-        sock.bind(os.fspath(path))
-        os.chmod(path, 0o600)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise Unavailable(
-            f"cannot listen on {path}: {exc.strerror or exc}", code=SOCKET_IN_USE
-        ) from None
-    return sock
-
-
-def peer_credentials(sock: Any) -> tuple[int, int, int] | None:
-    """(pid, uid, gid) of a connected Unix socket's peer, where the OS says (Linux)."""
-    option = getattr(stdsocket, "SO_PEERCRED", None)
-    if option is None:
-        return None
-    raw = sock.getsockopt(stdsocket.SOL_SOCKET, option, _PEERCRED.size)
-    pid, uid, gid = _PEERCRED.unpack(raw)
-    return pid, uid, gid
 
 
 # ------------------------------------------------------------------------------- limits
@@ -789,12 +666,7 @@ class SocketServer:
         if conn.draining:
             conn.slots.release()
             return
-        long = (
-            isinstance(request, p.FollowEvents)
-            or (isinstance(request, p.ClaimNext) and request.wait)
-            or isinstance(request, p.DrainScheduler)
-            or (_claims_next(request) and request.next is not None and request.next.wait)
-        )
+        long = request.long()
         flight = _InFlight(long=long)
         conn.inflight[request.id] = flight
         self._refresh_deadline(conn)
@@ -835,9 +707,9 @@ class SocketServer:
             reply: p.Reply | None = None
             # A finish that claims next is never cut short: its scope only ends the wait of
             # the claim part (the runtime enters it), so the finish is always reported.
-            with contextlib.nullcontext() if _claims_next(request) else flight.scope:
+            with contextlib.nullcontext() if request.claims_after_finish() else flight.scope:
                 try:
-                    reply = await self._execute(conn, request)
+                    reply = await self._execute(conn, request, flight)
                 except RunleaseError as exc:
                     reply = p.ErrorReply(id=request.id, code=exc.code, message=exc.message)
                 except Exception:
@@ -874,302 +746,30 @@ class SocketServer:
         )
 
     # ------------------------------------------------------------------ requests
-    async def _execute(self, conn: _Connection, request: p.AnyRequest) -> p.Reply:
-        rt = self.runtime
-        rid = request.id
-        if isinstance(request, _READ_REQUESTS):
-            # Computed from memory, sent only once everything it may show is durable.
-            return await rt.read(lambda: self._answer(request))
-        match request:
-            case p.CreateTask():
-                task = await rt.create_task(
-                    request.title,
-                    description=request.description,
-                    priority=request.priority,
-                    workspace=request.workspace,
-                    scope=request.scope,
-                    max_attempts=request.max_attempts,
-                    metadata=request.metadata,
-                    capabilities=request.capabilities,
-                    start=request.start,
-                    parent=request.parent,
-                    preferred_capabilities=request.preferred_capabilities,
-                    owner=request.owner,
-                    draft=request.draft,
-                    approval_policy=request.approval_policy,
-                    required_artifacts=request.required_artifacts,
-                    actor=SOCKET_OPERATOR,
-                    origin=conn.origin(),
-                )
-                return p.TaskReply(id=rid, task=task)
-            case p.StartTask():
-                run = await rt.start(
-                    request.task_id,
-                    idempotency_key=request.idempotency_key,
-                    actor=SOCKET_OPERATOR,
-                    origin=conn.origin(),
-                )
-                return p.RunReply(id=rid, run=run)
-            case p.FollowEvents():
-                return await self._follow(conn, request)
-            case p.OpenSession():
-                session, token = await rt.open_session_with_token(
-                    agent=request.agent,
-                    parent=request.parent,
-                    ttl=request.ttl,
-                    capabilities=request.capabilities,
-                    auto_stop_on_parent=request.auto_stop_on_parent,
-                )
-                return p.SessionOpened(id=rid, session=session, token=token)
-            case p.StopSession():
-                released = await rt.stop_session(request.session_id, reason=request.reason)
-                return p.SessionReleasedReply(id=rid, released=released)
-            case p.ClaimNext():
-                session_id = rt.session_id_for_token(request.token)
-                claim = await rt.claim_next(
-                    session_id,
-                    wait=request.wait,
-                    timeout=request.timeout,
-                    lease_seconds=request.lease_seconds,
-                    workspace=request.workspace,
-                    scope=request.scope,
-                    priority_min=request.priority_min,
-                )
-                return p.ClaimReply(id=rid, claim=claim)
-            case p.HeartbeatRun():
-                session_id = rt.session_id_for_token(request.token)
-                beat = await rt.heartbeat(
-                    session_id, request.run_id, lease_seconds=request.lease_seconds
-                )
-                return p.HeartbeatReply(id=rid, heartbeat=beat)
-            case p.CompleteRun() | p.FailRun() | p.ReleaseRun() if request.next is not None:
-                return await self._finish_and_claim(conn, request, request.next)
-            case p.CompleteRun():
-                session_id = rt.session_id_for_token(request.token)
-                run = await rt.complete(session_id, request.run_id, result=request.result)
-                return p.RunReply(id=rid, run=run)
-            case p.FailRun():
-                session_id = rt.session_id_for_token(request.token)
-                run = await rt.fail(
-                    session_id, request.run_id, error=request.error, metadata=request.metadata
-                )
-                return p.RunReply(id=rid, run=run)
-            case p.ReleaseRun():
-                session_id = rt.session_id_for_token(request.token)
-                run = await rt.release(session_id, request.run_id, reason=request.reason)
-                return p.RunReply(id=rid, run=run)
-            case p.BlockRun():
-                session_id = rt.session_id_for_token(request.token)
-                run = await rt.block(session_id, request.run_id, reason=request.reason)
-                return p.RunReply(id=rid, run=run)
-            case _ if isinstance(request, _OPERATOR_REQUESTS):
-                return await self._operate(conn, request)
-            case p.Hello() | p.Cancel():  # pragma: no cover - answered by _dispatch
-                raise InvalidInput(f"{type(request).__name__} is handled by the reader")
-        raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
-
-    def _answer(self, request: p.AnyRequest) -> p.Reply:
-        """The requests that only read: computed at once from memory, never awaiting."""
-        rt = self.runtime
-        rid = request.id
-        match request:
-            case p.GetStatus():
-                return p.StatusReply(id=rid, status=self.status())
-            case p.ShowTask():
-                detail = rt.show(request.task_id)
-                return p.TaskDetail(
-                    id=rid,
-                    task=detail.task,
-                    runs=detail.runs,
-                    checkpoints=detail.checkpoints,
-                    events=detail.events,
-                    children=detail.children,
-                    blocked_by=detail.blocked_by,
-                    open_dependencies=detail.open_dependencies,
-                    dependents=detail.dependents,
-                    pause=detail.pause,
-                )
-            case p.GetRun():
-                return p.RunReply(id=rid, run=rt.get_run(request.run_id))
-            case p.ListTasks():
-                limit = _page_limit(request.limit)
-                tasks = rt.list_tasks(
-                    status=request.status,
-                    workspace=request.workspace,
-                    after=request.after,
-                    limit=limit + 1,
-                )
-                return _page(tasks, limit, lambda items, more: _task_page(rid, items, more))
-            case p.ListEvents():
-                limit = _page_limit(request.limit)
-                events = rt.events(after_seq=request.after_seq, task_id=request.task_id)
-                return _page(events, limit, lambda items, more: _event_page(rid, items, more))
-            case p.GetSession():
-                return p.SessionReply(id=rid, session=rt.get_session(request.session_id))
-            case p.ListSessions():
-                limit = _page_limit(request.limit)
-                sessions = _after(rt.list_sessions(live_only=request.live_only), request.after)
-                return _page(sessions, limit, lambda items, more: _session_page(rid, items, more))
-            case p.WhoAmI():
-                session_id = rt.session_id_for_token(request.token)
-                return p.SessionReply(id=rid, session=rt.get_session(session_id))
-            case p.GetSchedulerStatus():
-                return p.SchedulerReply(id=rid, scheduler=rt.scheduler_status())
-            case p.GetBacklog():
-                limit = _page_limit(request.limit)
-                backlog = rt.backlog(
-                    workspace=request.workspace,
-                    include_paused=request.include_paused,
-                    after=request.after,
-                    limit=min(limit, BACKLOG_MAX_PAGE),
-                )
-                return p.BacklogReply(id=rid, backlog=backlog)
-            case p.ListStuck():
-                threshold = request.threshold
-                if threshold is None:
-                    threshold = DEFAULT_STUCK_THRESHOLD
-                elif not math.isfinite(threshold) or threshold < 0:
-                    raise InvalidInput(
-                        f"threshold must be zero or positive seconds, got {threshold}"
-                    )
-                return p.StuckReply(id=rid, runs=rt.stuck(threshold=threshold), threshold=threshold)
-            case p.GetTimeline():
-                if request.after_seq < 0:
-                    raise InvalidInput("after_seq must be zero or positive")
-                limit = _page_limit(request.limit)
-                events = rt.timeline(request.task_id, after_seq=request.after_seq, limit=limit + 1)
-                return _page(events, limit, lambda items, more: _event_page(rid, items, more))
-            case p.InspectTask():
-                return p.InspectReply(id=rid, view=rt.inspect_task(request.task_id))
-            case p.InspectRun():
-                return p.InspectReply(id=rid, view=rt.inspect_run(request.run_id))
-        raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
-
-    async def _operate(self, conn: _Connection, request: p.AnyRequest) -> p.Reply:
-        """The task-graph, operator and HZL requests."""
-        rt = self.runtime
-        rid = request.id
-        who = _Who(actor=SOCKET_OPERATOR, origin=conn.origin())
-        match request:
-            case p.PublishTask():
-                task = await rt.publish(request.task_id, start=request.start, **who)
-                return p.TaskReply(id=rid, task=task)
-            case p.ApproveTask():
-                return p.RunReply(id=rid, run=await rt.approve(request.task_id, **who))
-            case p.RejectTask():
-                task = await rt.reject(request.task_id, reason=request.reason, **who)
-                return p.TaskReply(id=rid, task=task)
-            case p.UpdateTask():
-                task = await rt.update_task(request.task_id, request.changes, **who)
-                return p.TaskReply(id=rid, task=task)
-            case p.DeleteTask():
-                return p.TaskReply(id=rid, task=await rt.delete_task(request.task_id, **who))
-            case p.AddDependency():
-                task = await rt.add_dependency(request.task_id, request.blocked_by, **who)
-                return p.TaskReply(id=rid, task=task)
-            case p.RemoveDependency():
-                task = await rt.remove_dependency(request.task_id, request.blocked_by, **who)
-                return p.TaskReply(id=rid, task=task)
-            case p.PauseTask():
-                task = await rt.pause_task(request.task_id, reason=request.reason, **who)
-                return p.TaskReply(id=rid, task=task)
-            case p.ResumeTask():
-                return p.TaskReply(id=rid, task=await rt.resume_task(request.task_id, **who))
-            case p.CancelTask():
-                task = await rt.cancel_task(request.task_id, reason=request.reason, **who)
-                return p.TaskReply(id=rid, task=task)
-            case p.CancelRun():
-                run = await rt.cancel_run(request.run_id, reason=request.reason, **who)
-                return p.RunReply(id=rid, run=run)
-            case p.RetryRun():
-                return p.RetryReply(id=rid, result=await rt.retry_run(request.run_id, **who))
-            case p.ForceReleaseRun():
-                run = await rt.force_release(request.run_id, reason=request.reason, **who)
-                return p.RunReply(id=rid, run=run)
-            case p.ForceFailRun():
-                run = await rt.force_fail(request.run_id, reason=request.reason, **who)
-                return p.RunReply(id=rid, run=run)
-            case p.BulkForceRuns():
-                bulk = rt.bulk_force_release if request.action == "release" else rt.bulk_force_fail
-                result = await bulk(request.run_ids, reason=request.reason, **who)
-                return p.BulkReply(id=rid, result=result)
-            case p.PauseScheduler():
-                status = await rt.pause_scheduler(reason=request.reason, **who)
-                return p.SchedulerReply(id=rid, scheduler=status)
-            case p.ResumeScheduler():
-                status = await rt.resume_scheduler(reason=request.reason, **who)
-                return p.SchedulerReply(id=rid, scheduler=status)
-            case p.DrainScheduler():
-                options: dict[str, Any] = {"reason": request.reason, **who}
-                if request.timeout is not None:
-                    options["timeout"] = request.timeout
-                return p.DrainReply(id=rid, drain=await rt.drain_scheduler(**options))
-            case p.CheckpointTask():
-                actor = SOCKET_OPERATOR
-                if request.token is not None:
-                    actor = Actor(kind="agent_session", ref=rt.session_id_for_token(request.token))
-                task = await rt.checkpoint(
-                    request.task_id,
-                    request.note,
-                    author=request.author,
-                    actor=actor,
-                    origin=conn.origin(),
-                )
-                return p.TaskReply(id=rid, task=task)
-            case p.StealRun():
-                session_id = rt.session_id_for_token(request.token)
-                claim = await rt.steal(
-                    request.task_id,
-                    session_id,
-                    force=request.force,
-                    lease_seconds=request.lease_seconds,
-                    reason=request.reason,
-                    actor=Actor(kind="agent_session", ref=session_id),
-                    origin=conn.origin(),
-                )
-                return p.ClaimReply(id=rid, claim=claim)
-        raise InvalidInput(f"unhandled request {type(request).__name__}")  # pragma: no cover
-
-    async def _finish_and_claim(
-        self,
-        conn: _Connection,
-        request: p.CompleteRun | p.FailRun | p.ReleaseRun,
-        after: p.NextClaim,
+    async def _execute(
+        self, conn: _Connection, request: p.AnyRequest, flight: _InFlight
     ) -> p.Reply:
-        rt = self.runtime
-        session_id = rt.session_id_for_token(request.token)
-        flight = conn.inflight[request.id]
-        claim_options: dict[str, Any] = {
-            "wait": after.wait,
-            "timeout": after.timeout,
-            "lease_seconds": after.lease_seconds,
-            "workspace": after.workspace,
-            "scope": after.scope,
-            "priority_min": after.priority_min,
-            "stop_waiting": flight.scope,
-        }
-        match request:
-            case p.CompleteRun():
-                finished = await rt.complete_and_next(
-                    session_id, request.run_id, result=request.result, **claim_options
-                )
-            case p.FailRun():
-                finished = await rt.fail_and_next(
-                    session_id,
-                    request.run_id,
-                    error=request.error,
-                    metadata=request.metadata,
-                    **claim_options,
-                )
-            case p.ReleaseRun():
-                finished = await rt.release_and_next(
-                    session_id, request.run_id, reason=request.reason, **claim_options
-                )
-        if finished.no_claim is not None and flight.why == "shutdown":
-            finished.no_claim = NoClaim(
+        """The one executor: carry the request out for its caller, answer its value."""
+        if isinstance(request, p.FollowEvents):
+            return await self._follow(conn, request)
+        if isinstance(request, p.Hello | p.Cancel):  # pragma: no cover - the reader's
+            raise InvalidInput(f"{type(request).__name__} is handled by the reader")
+        token = request.token if isinstance(request, p.SessionRequest) else None
+        call = Call(
+            self.runtime,
+            origin=conn.origin(),
+            # With a token the caller is that session; without, the operator.
+            actor=None if token else SOCKET_OPERATOR,
+            token=token,
+            stop_waiting=flight.scope,
+            status=self.status,
+        )
+        value = await request.serve(call)
+        if isinstance(value, Finished) and value.no_claim is not None and flight.why == "shutdown":
+            value.no_claim = NoClaim(
                 code=SHUTTING_DOWN, message="the server is shutting down; nothing was claimed"
             )
-        return p.FinishedReply(id=request.id, finished=finished)
+        return p.reply_to(request.id, value)
 
     async def _follow(self, conn: _Connection, request: p.FollowEvents) -> p.Reply:
         if request.after_seq < 0:
@@ -1202,105 +802,6 @@ class SocketServer:
         )
 
 
-class _Who(TypedDict):
-    """Who a write over the socket is stamped with."""
-
-    actor: Actor
-    origin: Origin
-
-
-_OPERATOR_REQUESTS: Final = (
-    p.PublishTask,
-    p.ApproveTask,
-    p.RejectTask,
-    p.UpdateTask,
-    p.DeleteTask,
-    p.AddDependency,
-    p.RemoveDependency,
-    p.PauseTask,
-    p.ResumeTask,
-    p.CancelTask,
-    p.CancelRun,
-    p.RetryRun,
-    p.ForceReleaseRun,
-    p.ForceFailRun,
-    p.BulkForceRuns,
-    p.PauseScheduler,
-    p.ResumeScheduler,
-    p.DrainScheduler,
-    p.CheckpointTask,
-    p.StealRun,
-)
-# Requests answered from memory without a command (see SocketServer._answer).
-_READ_REQUESTS: Final = (
-    p.GetStatus,
-    p.ShowTask,
-    p.GetRun,
-    p.ListTasks,
-    p.ListEvents,
-    p.GetSession,
-    p.ListSessions,
-    p.WhoAmI,
-    p.GetSchedulerStatus,
-    p.GetBacklog,
-    p.ListStuck,
-    p.GetTimeline,
-    p.InspectTask,
-    p.InspectRun,
-)
-
-
-def _claims_next(request: p.AnyRequest) -> TypeGuard[p.CompleteRun | p.FailRun | p.ReleaseRun]:
-    """A complete, fail or release that asks to claim the next run in the same request."""
-    return isinstance(request, p.CompleteRun | p.FailRun | p.ReleaseRun) and (
-        request.next is not None
-    )
-
-
-# ------------------------------------------------------------------------------ paging
-def _page_limit(limit: int | None) -> int:
-    if limit is None:
-        return DEFAULT_PAGE
-    if limit < 1:
-        raise InvalidInput(f"limit must be at least 1, got {limit}")
-    return min(limit, MAX_PAGE)
-
-
-def _after(sessions: list[Session], after: str | None) -> list[Session]:
-    if after is None:
-        return sessions
-    for index, session in enumerate(sessions):
-        if session.id == after:
-            return sessions[index + 1 :]
-    return []
-
-
-def _page(items: Sequence[T], limit: int, make: Callable[[list[T], bool], p.Reply]) -> p.Reply:
-    """Up to ``limit`` items in one reply, fewer if that many would not fit in a frame."""
-    count = min(len(items), limit)
-    while True:
-        reply = make(list(items[:count]), count < len(items))
-        if count <= 1 or len(p.encode_message(reply)) <= p.MAX_FRAME_BYTES - _PAGE_SLACK:
-            return reply
-        count //= 2
-
-
-def _task_page(rid: int, tasks: list[Task], more: bool) -> p.Reply:
-    return p.TaskList(id=rid, tasks=tasks, next_after=tasks[-1].id if more and tasks else None)
-
-
-def _event_page(rid: int, events: list[Event], more: bool) -> p.Reply:
-    return p.EventList(
-        id=rid, events=events, next_after_seq=events[-1].seq if more and events else None
-    )
-
-
-def _session_page(rid: int, sessions: list[Session], more: bool) -> p.Reply:
-    return p.SessionList(
-        id=rid, sessions=sessions, next_after=sessions[-1].id if more and sessions else None
-    )
-
-
 async def serve_socket(
     runtime: Runtime,
     path: str | os.PathLike[str],
@@ -1321,207 +822,6 @@ async def serve_socket(
     await server.run(task_status=task_status)
 
 
-# ------------------------------------------------------------------- `runlease serve`
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, event name and the record's ``fields``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
-        if record.exc_info:
-            line["exc"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return json.dumps(line, default=str)
-
-
-def configure_logging(stream: IO[str] | None = None, level: int = logging.INFO) -> None:
-    """Send runlease's log records to ``stream`` (stderr) as JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger("runlease")
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-    root.propagate = False
-
-
-def run_server(
-    socket_path: str | os.PathLike[str],
-    *,
-    data_dir: str | os.PathLike[str] | None = None,
-    durability: Durability = "durable",
-    clock: Callable[[], float] | None = None,
-    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
-    workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
-    allow_agent_force: bool = False,
-    fresh_store: bool = False,
-    limits: ServerLimits | None = None,
-) -> None:
-    """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
-
-    ``workspace_roots`` maps a workspace id ("" for global tasks) to the directory its
-    completion-contract artifacts are checked under. ``allow_agent_force`` lets sessions
-    use the force operations (see :func:`open_runtime`). ``fresh_store`` is passed to
-    :func:`open_runtime` (start empty where the database is missing or empty).
-    ``limits`` bounds what clients may hold (:class:`ServerLimits`). The soft open-file
-    limit is raised towards the hard one first, so the connection cap is not lowered
-    needlessly.
-
-    Raises the :class:`RunleaseError` that stopped it from starting (a locked data dir, a
-    live server on the socket, an unsafe socket directory).
-    """
-    try:
-        trio.run(
-            _serve_until_signalled,
-            Path(socket_path),
-            data_dir,
-            durability,
-            clock,
-            shutdown_grace,
-            workspace_roots,
-            allow_agent_force,
-            fresh_store,
-            limits,
-        )
-    except BaseExceptionGroup as group:
-        raise _single_error(group) from None
-
-
-def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one RunleaseError a nursery wrapped, so callers see a plain error; else the group."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    errors = [leaf for leaf in leaves if isinstance(leaf, RunleaseError)]
-    if len(leaves) == 1 and errors:
-        return errors[0]
-    return group
-
-
-async def _serve_until_signalled(
-    socket_path: Path,
-    data_dir: str | os.PathLike[str] | None,
-    durability: Durability,
-    clock: Callable[[], float] | None,
-    shutdown_grace: float,
-    workspace_roots: Mapping[str, str | os.PathLike[str]] | None = None,
-    allow_agent_force: bool = False,
-    fresh_store: bool = False,
-    limits: ServerLimits | None = None,
-) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        log.info(
-            "starting",
-            extra={
-                "fields": {
-                    "pid": os.getpid(),
-                    "data_dir": None if data_dir is None else str(data_dir),
-                    "durability": durability if data_dir is not None else "memory",
-                }
-            },
-        )
-        try:
-            before, after = raise_fd_limit()
-        except (OSError, ValueError) as exc:
-            log.warning("fd_limit_unknown", extra={"fields": {"error": str(exc)}})
-        else:
-            log.info("fd_limit", extra={"fields": {"soft_before": before, "soft": after}})
-        async with open_runtime(
-            clock,
-            data_dir=data_dir,
-            durability=durability,
-            workspace_roots=workspace_roots,
-            allow_agent_force=allow_agent_force,
-            fresh_store=fresh_store,
-        ) as rt:
-            report = getattr(rt, "boot_report", None)
-            if report is not None:
-                log.info(
-                    "recovered",
-                    extra={
-                        "fields": {
-                            "snapshot_seq": report.snapshot_seq,
-                            "replayed": report.replayed,
-                            "orphaned_leases": len(report.orphaned_leases),
-                            "expired_sessions": len(report.expired_sessions),
-                        }
-                    },
-                )
-            if data_dir is not None:
-                _make_private_if_socket_dir(Path(data_dir), socket_path)
-            # The recovered state lives as long as the server: keep the cyclic collector
-            # from rescanning it on every full collection (those pauses showed up as
-            # 100-300 ms tails in expiry lateness at 100k leases).
-            gc.collect()
-            gc.freeze()
-            async with trio.open_nursery() as nursery:
-                server: SocketServer = await nursery.start(
-                    _serve_with_grace, rt, socket_path, shutdown_grace, limits
-                )
-                log.info(
-                    "listening",
-                    extra={"fields": {"socket": str(socket_path), "pid": os.getpid()}},
-                )
-                nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
-                await server.wait_stopped()
-                nursery.cancel_scope.cancel()
-            log.info("closing_runtime")
-    log.info("stopped")
-
-
-async def _serve_with_grace(
-    rt: Runtime,
-    path: Path,
-    shutdown_grace: float,
-    limits: ServerLimits | None,
-    *,
-    task_status: trio.TaskStatus[SocketServer] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve_socket(
-        rt, path, shutdown_grace=shutdown_grace, limits=limits, task_status=task_status
-    )
-
-
-async def _watch_signals(signals: Any, server: SocketServer, scope: trio.CancelScope) -> None:
-    count = 0
-    async for signum in signals:
-        count += 1
-        name = signal.Signals(signum).name
-        if count == 1:
-            log.info("signal_received", extra={"fields": {"signal": name, "action": "drain"}})
-            server.shutdown()
-        else:
-            log.warning("signal_received", extra={"fields": {"signal": name, "action": "stop_now"}})
-            scope.cancel()
-            return
-
-
-def _make_private_if_socket_dir(directory: Path, socket_path: Path) -> None:
-    """runlease's own data dir holds the socket: keep it 0700 (it holds secrets too)."""
-    with contextlib.suppress(OSError):
-        if directory.resolve() != socket_path.parent.resolve():
-            return
-        info = directory.stat()
-        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
-            os.chmod(directory, 0o700)
-
-
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_IDLE_TIMEOUT",
@@ -1529,12 +829,11 @@ __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_MAX_INFLIGHT",
     "DEFAULT_SHUTDOWN_GRACE",
-    "JsonLogFormatter",
     "ServerLimits",
     "SocketServer",
     "bind_unix_socket",
-    "configure_logging",
+    "connection_cap",
+    "default_backlog",
     "peer_credentials",
-    "run_server",
     "serve_socket",
 ]

@@ -1,0 +1,168 @@
+"""What the two clients share: finding the socket, connecting, and turning a request into
+what goes on the wire and a reply back into the value the request answers.
+
+The transports differ (the trio client pipelines on one connection, the synchronous one
+makes one call at a time on a plain socket); everything else lives here, once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+import msgspec
+
+from runlease import protocol as p
+from runlease.errors import (
+    SERVER_UNAVAILABLE,
+    InternalError,
+    InvalidInput,
+    Unavailable,
+    error_for_code,
+)
+from runlease.operations import ClaimNext, FinishRequest, Request, SessionRequest
+from runlease.paths import default_socket_path
+
+CLIENT_NAME: Final = "runlease-python"
+RECEIVE_BYTES: Final = 64 * 1024
+# Backoff between connect attempts while the server's listen backlog is full.
+RETRY_FIRST_DELAY: Final = 0.001
+RETRY_MAX_DELAY: Final = 0.05
+# A connect that may succeed if tried again: the backlog is full (EAGAIN), or a signal
+# interrupted it. ECONNREFUSED is not among them: on a Unix socket it means nobody listens.
+RETRYABLE_CONNECT_ERRORS: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
+
+R = TypeVar("R")
+ReplyT = TypeVar("ReplyT", bound=p.Reply)
+RequestT = TypeVar("RequestT", bound=Request[Any])
+
+
+def resolve_socket(path: str | os.PathLike[str] | None) -> Path:
+    """The socket to use: ``path``, else $RUNLEASE_SOCKET, else the default data dir's."""
+    return Path(path).expanduser() if path is not None else default_socket_path()
+
+
+def unreachable(path: Path, exc: BaseException | str) -> Unavailable:
+    reason = exc if isinstance(exc, str) else (getattr(exc, "strerror", None) or str(exc))
+    return Unavailable(
+        f"cannot reach the runlease server at {path}: {reason}; is `runlease serve` running "
+        "with this socket (--socket or RUNLEASE_SOCKET)?",
+        code=SERVER_UNAVAILABLE,
+    )
+
+
+def closed_by_server(path: Path) -> Unavailable:
+    return Unavailable(
+        f"the runlease server at {path} closed the connection", code=SERVER_UNAVAILABLE
+    )
+
+
+class ConnectBackoff:
+    """When to try a connect again.
+
+    A server busy accepting a burst of clients has a full listen backlog, and a connect
+    then fails with EAGAIN at once. That is worth retrying, with a jittered delay doubling
+    from 1 ms to 50 ms (so a crowd does not retry in lockstep), until ``timeout`` seconds
+    from the first attempt; any other error is final.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.attempts = 0
+        self._clock = clock
+        self._jitter = jitter
+        self._deadline = clock() + timeout
+        self._delay = RETRY_FIRST_DELAY
+
+    def remaining(self) -> float:
+        return max(self._deadline - self._clock(), 0.0)
+
+    def after_failure(self, exc: OSError) -> float:
+        """Seconds to wait before the next attempt; raises the error to report instead."""
+        self.attempts += 1
+        if exc.errno not in RETRYABLE_CONNECT_ERRORS:
+            raise unreachable(self.path, exc) from None
+        left = self.remaining()
+        if left <= 0:
+            raise Unavailable(
+                f"the runlease server at {self.path} is overloaded: its queue of new "
+                f"connections stayed full for {self.timeout:g} seconds "
+                f"({self.attempts} attempts); try again later",
+                code=SERVER_UNAVAILABLE,
+            ) from None
+        delay = self._delay * (0.5 + self._jitter())
+        self._delay = min(self._delay * 2, RETRY_MAX_DELAY)
+        return min(delay, left)
+
+
+def hello(rid: int, client: str = CLIENT_NAME) -> p.Hello:
+    return p.Hello(id=rid, versions=list(p.SUPPORTED_VERSIONS), client=client)
+
+
+def check_reply(reply: p.AnyReply, expected: type[ReplyT]) -> ReplyT:
+    """The reply if it has the expected type; its error if it is one; else a bug."""
+    if isinstance(reply, expected):
+        return reply
+    if isinstance(reply, p.ErrorReply):
+        raise error_for_code(reply.code, reply.message)
+    raise InternalError(
+        f"the server answered {type(reply).__name__} where {expected.__name__} was expected"
+    )
+
+
+def outgoing(
+    request: RequestT,
+    request_id: int,
+    session_token: str | None,
+    *,
+    then: ClaimNext | None = None,
+) -> RequestT:
+    """The request as it goes on the wire: numbered, carrying the client's session token
+    unless it names its own, and, for a finish that claims next, carrying ``then``.
+
+    The caller's struct is left as it was, so it may be sent again.
+    """
+    if then is None and request.claims_after_finish():
+        raise InvalidInput(
+            "a finish with next answers a Finished: use complete_and_next, fail_and_next "
+            "or release_and_next"
+        )
+    changes: dict[str, Any] = {"id": request_id}
+    if isinstance(request, SessionRequest) and request.token is None:
+        changes["token"] = session_token
+    if isinstance(request, FinishRequest) and then is not None:
+        changes["next"] = then
+    return msgspec.structs.replace(request, **changes)
+
+
+def answer(reply: p.AnyReply, request: Request[R]) -> R:
+    """The value of ``request``'s type that ``reply`` carries (or the error it reports)."""
+    carried = p.value_of(check_reply(reply, p.reply_class(request.answers_with())))
+    # reply_class picked the reply that carries exactly the type the request declares.
+    return cast(R, carried)
+
+
+__all__ = [
+    "CLIENT_NAME",
+    "ConnectBackoff",
+    "answer",
+    "check_reply",
+    "closed_by_server",
+    "hello",
+    "outgoing",
+    "resolve_socket",
+    "unreachable",
+]
