@@ -204,7 +204,7 @@ class Runtime:
                     raise error
                 return value
 
-    def _acknowledge(self, request: Request | None, outcome: Outcome) -> None:
+    def _acknowledge(self, request: Request | None, outcome: Outcome[Any]) -> None:
         if outcome.events:
             self._feed.publish(outcome.events)
         if request is not None:
