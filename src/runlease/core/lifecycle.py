@@ -123,13 +123,19 @@ def transition(table: Mapping[S, Mapping[A, S]], kind: str, ident: str, status: 
     moves = table[status]
     target = moves.get(action)
     if target is None:
-        allowed = ", ".join(moves) or "nothing: it is final"
+        if moves:
+            allowed = f"a {status} {kind} allows: " + ", ".join(_spoken(a) for a in moves)
+        else:
+            allowed = f"a {status} {kind} is final"
         raise InvalidInput(
-            f"{kind} {ident} is {status}; it cannot {action.replace('_', '-')} "
-            f"(allowed from {status}: {allowed})",
+            f"{kind} {ident} is {status}; cannot {_spoken(action)} it ({allowed})",
             code=INVALID_TRANSITION,
         )
     return target
+
+
+def _spoken(action: str) -> str:
+    return action.replace("_", "-")
 
 
 def next_run_status(run: Run, action: RunAction) -> RunStatus:
