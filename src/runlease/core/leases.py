@@ -37,7 +37,6 @@ from runlease.core.model import (
     Event,
     Finished,
     Heartbeat,
-    LeaseView,
     NoClaim,
     Run,
     Session,
@@ -166,11 +165,10 @@ def claim_next(m: State, cmd: ClaimNext) -> Outcome[Claim]:
     )
     task = m.tasks[run.task_id]
     events.append(
-        m.event(
+        m.run_event(
             "run_claimed",
             cmd.now,
-            task_id=task.id,
-            run_id=run_id,
+            run,
             session_id=session.id,
             data={
                 "attempt": run.attempt,
@@ -228,23 +226,14 @@ def heartbeat(m: State, cmd: HeartbeatRun) -> Outcome[Heartbeat]:
     run.lease_until = lease_until
     run.heartbeat_at = cmd.now
     lifecycle.move_run(run, "heartbeat")
-    assert run.claim_token_hash is not None
-    event = m.event(
+    event = m.run_event(
         "lease_renewed",
         cmd.now,
-        task_id=run.task_id,
-        run_id=run.id,
+        run,
         session_id=session.id,
         data={"lease_until": lease_until},
     )
-    lease = LeaseView(
-        run_id=run.id,
-        session_id=session.id,
-        lease_until=lease_until,
-        claim_token_hash=run.claim_token_hash,
-        lease_seconds=seconds,
-        lease_seconds_clamped=clamped,
-    )
+    lease = m.lease_view(run, seconds, clamped)
     return Outcome(
         reply=Heartbeat(run=snapshot_run(run), lease=lease),
         events=[event],
@@ -280,9 +269,7 @@ def complete(m: State, cmd: CompleteRun) -> Outcome[Run]:
     run.ended_at = cmd.now
     run.result = result
     m.settle(task, run, cmd.now)
-    events = [
-        m.event("run_completed", cmd.now, task_id=run.task_id, run_id=run.id, session_id=session.id)
-    ]
+    events = [m.run_event("run_completed", cmd.now, run, session_id=session.id)]
     queued = _unblock_dependents(m, task.id, cmd.now, events)
     return Outcome(reply=snapshot_run(run), events=events, queued=queued)
 
@@ -318,11 +305,10 @@ def fail(m: State, cmd: FailRun) -> Outcome[Run]:
     run.failure_metadata = metadata
     task = m.tasks[run.task_id]
     m.settle(task, run, cmd.now)
-    event = m.event(
+    event = m.run_event(
         "run_failed",
         cmd.now,
-        task_id=run.task_id,
-        run_id=run.id,
+        run,
         session_id=session.id,
         data={"error": error, "attempts_left": max(task.max_attempts - run.attempt, 0)},
     )
@@ -336,11 +322,10 @@ def release(m: State, cmd: ReleaseRun) -> Outcome[Run]:
     previous_hash = run.claim_token_hash
     m.end_lease(run, session)
     m.requeue(run, "release", reason, cmd.now)
-    event = m.event(
+    event = m.run_event(
         "lease_released",
         cmd.now,
-        task_id=run.task_id,
-        run_id=run.id,
+        run,
         session_id=session.id,
         data={"reason": reason, "previous_claim_token_hash": previous_hash},
     )
@@ -355,11 +340,10 @@ def block(m: State, cmd: BlockRun) -> Outcome[Run]:
     lifecycle.move_run(run, "block")
     run.reason = reason
     m.settle(m.tasks[run.task_id], run, cmd.now)
-    event = m.event(
+    event = m.run_event(
         "run_blocked",
         cmd.now,
-        task_id=run.task_id,
-        run_id=run.id,
+        run,
         session_id=session.id,
         data={"reason": reason},
     )
@@ -445,11 +429,10 @@ def expire(m: State, run: Run, reason: str, now: float) -> Outcome[Run | None]:
         m.requeue(run, "expire", reason, now)
         outcome = "requeued"
         queued = True
-    event = m.event(
+    event = m.run_event(
         "lease_expired",
         now,
-        task_id=run.task_id,
-        run_id=run.id,
+        run,
         session_id=session.id,
         data={
             **previous,
@@ -512,11 +495,10 @@ def steal(m: State, cmd: StealRun) -> Outcome[Claim]:
         previous_hash = run.claim_token_hash
         m.end_lease(run, m.sessions[run.session_id])
     lease = m.grant(run, session, "steal", token_hash, seconds, clamped, cmd.now)
-    event = m.event(
+    event = m.run_event(
         "run_stolen",
         cmd.now,
-        task_id=task.id,
-        run_id=run.id,
+        run,
         session_id=session.id,
         data={
             "mode": "force" if cmd.force else "if_expired",

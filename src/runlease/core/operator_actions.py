@@ -7,7 +7,7 @@ single operation to each run and reports every run's outcome instead of failing 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any, Literal
 
 import msgspec
 
@@ -53,6 +53,8 @@ from runlease.errors import (
     RunleaseError,
 )
 
+ForceAction = Literal["force_release", "force_fail"]
+
 
 # --------------------------------------------------------------------- cancel, retry
 @handles(CancelRun)
@@ -63,11 +65,10 @@ def cancel_run(m: State, cmd: CancelRun) -> Outcome[Run]:
     m.stop_run(run, "cancel", reason, cmd.now)
     task = m.tasks[run.task_id]
     m.settle(task, m.runs[task.current_run_id or run.id], cmd.now)
-    event = m.event(
+    event = m.run_event(
         "run_canceled",
         cmd.now,
-        task_id=run.task_id,
-        run_id=run.id,
+        run,
         session_id=session_id,
         data={"reason": reason},
     )
@@ -102,11 +103,10 @@ def retry_run(m: State, cmd: RetryRun) -> Outcome[RetryResult]:
     events = [m.enqueue(task, run, cmd.new_run_id, cmd.now)]
     new = m.runs[cmd.new_run_id]
     events.append(
-        m.event(
+        m.run_event(
             "run_retried",
             cmd.now,
-            task_id=task.id,
-            run_id=new.id,
+            new,
             data={"previous_run_id": run.id, "attempt": new.attempt},
         )
     )
@@ -151,54 +151,35 @@ def _record_force(task: Task, key: str, stamps: list[float], now: float) -> None
 
 @handles(ForceReleaseRun)
 def force_release(m: State, cmd: ForceReleaseRun) -> Outcome[Run]:
-    return _force_release_one(m, m.get_run(cmd.run_id), cmd.reason, cmd.now)
-
-
-def _force_release_one(m: State, run: Run, reason: str, now: float) -> Outcome[Run]:
-    task, key, stamps = _check_force(m, run, reason, now)
-    session_id = run.session_id
-    previous_hash = m.stop_run(run, "force_release", reason, now)
-    run.ended_at = None
-    m.index_run(task, run)
-    m.settle(task, run, now)
-    _record_force(task, key, stamps, now)
-    event = m.event(
-        "run_force_released",
-        now,
-        task_id=task.id,
-        run_id=run.id,
-        session_id=session_id,
-        data={"reason": reason, "previous_claim_hash_prefix": hash_prefix(previous_hash)},
-    )
-    return Outcome(reply=snapshot_run(run), events=[event], queued=run.id in m.index)
+    return _force_one(m, m.get_run(cmd.run_id), "force_release", cmd.reason, cmd.now)
 
 
 @handles(ForceFailRun)
 def force_fail(m: State, cmd: ForceFailRun) -> Outcome[Run]:
-    return _force_fail_one(m, m.get_run(cmd.run_id), cmd.reason, cmd.now)
+    return _force_one(m, m.get_run(cmd.run_id), "force_fail", cmd.reason, cmd.now)
 
 
-def _force_fail_one(m: State, run: Run, reason: str, now: float) -> Outcome[Run]:
+def _force_one(m: State, run: Run, action: ForceAction, reason: str, now: float) -> Outcome[Run]:
+    """Take a run from its holder (or its parked state) whatever its lease says: back to
+    the queue (force_release) or failed for good (force_fail)."""
     task, key, stamps = _check_force(m, run, reason, now)
     session_id = run.session_id if run.status in LEASED_RUN_STATUSES else None
-    previous_hash = m.stop_run(run, "force_fail", reason, now)
-    run.error = reason
-    run.failure_kind = FAILURE_KIND_OPERATOR_FORCED
+    previous_hash = m.stop_run(run, action, reason, now)
+    data: dict[str, Any] = {"reason": reason}
+    if action == "force_release":
+        kind = "run_force_released"
+        run.ended_at = None
+        m.index_run(task, run)
+    else:
+        kind = "run_force_failed"
+        run.error = reason
+        run.failure_kind = FAILURE_KIND_OPERATOR_FORCED
+        data["failure_kind"] = FAILURE_KIND_OPERATOR_FORCED
+    data["previous_claim_hash_prefix"] = hash_prefix(previous_hash)
     m.settle(task, run, now)
     _record_force(task, key, stamps, now)
-    event = m.event(
-        "run_force_failed",
-        now,
-        task_id=task.id,
-        run_id=run.id,
-        session_id=session_id,
-        data={
-            "reason": reason,
-            "failure_kind": FAILURE_KIND_OPERATOR_FORCED,
-            "previous_claim_hash_prefix": hash_prefix(previous_hash),
-        },
-    )
-    return Outcome(reply=snapshot_run(run), events=[event])
+    event = m.run_event(kind, now, run, session_id=session_id, data=data)
+    return Outcome(reply=snapshot_run(run), events=[event], queued=run.id in m.index)
 
 
 @handles(BulkForceRuns)
@@ -213,15 +194,13 @@ def bulk_force(m: State, cmd: BulkForceRuns) -> Outcome[BulkResult]:
     if not cmd.run_ids:
         raise InvalidInput("a bulk request needs at least one run id")
     _check_force_reason(cmd.reason)
-    one: Callable[[State, Run, str, float], Outcome[Run]] = (
-        _force_release_one if cmd.action == "release" else _force_fail_one
-    )
+    action: ForceAction = "force_release" if cmd.action == "release" else "force_fail"
     reply = BulkResult()
     events: list[Event] = []
     queued = False
     for run_id in cmd.run_ids:
         try:
-            done = one(m, m.get_run(run_id), cmd.reason, cmd.now)
+            done = _force_one(m, m.get_run(run_id), action, cmd.reason, cmd.now)
         except RunleaseError as exc:
             reply.items.append(
                 BulkItem(run_id=run_id, ok=False, code=exc.code, message=exc.message)

@@ -148,11 +148,10 @@ def _drop_lease(
     m.requeue(run, "release", reason, now)
     reply.released_run_ids.append(run.id)
     events.append(
-        m.event(
+        m.run_event(
             "lease_released",
             now,
-            task_id=run.task_id,
-            run_id=run.id,
+            run,
             session_id=session.id,
             data={"reason": reason, "previous_claim_token_hash": previous_hash},
         )

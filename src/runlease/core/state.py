@@ -198,6 +198,20 @@ class State:
             origin=self.origin,
         )
 
+    def run_event(
+        self,
+        kind: str,
+        at: float,
+        run: Run,
+        *,
+        session_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Event:
+        """An event about one run, filed under its task too."""
+        return self.event(
+            kind, at, task_id=run.task_id, run_id=run.id, session_id=session_id, data=data
+        )
+
     # ------------------------------------------------------------------ task graph
     def ancestors(self, task: Task) -> Iterator[Task]:
         """The task itself, then its parent, up to the root."""
@@ -370,11 +384,18 @@ class State:
         self.leased[run.id] = None
         session.lease_run_id = run.id
         self.settle(self.tasks[run.task_id], run, now)
+        return self.lease_view(run, seconds, clamped)
+
+    def lease_view(self, run: Run, seconds: float, clamped: bool) -> LeaseView:
+        """The public summary of the lease a run is under (its token's hash, never a token)."""
+        assert run.session_id is not None
+        assert run.lease_until is not None
+        assert run.claim_token_hash is not None
         return LeaseView(
             run_id=run.id,
-            session_id=session.id,
+            session_id=run.session_id,
             lease_until=run.lease_until,
-            claim_token_hash=token_hash,
+            claim_token_hash=run.claim_token_hash,
             lease_seconds=seconds,
             lease_seconds_clamped=clamped,
         )
