@@ -22,6 +22,7 @@ from runlease.core import lifecycle, validate
 from runlease.core.index import ClaimIndex
 from runlease.core.lifecycle import RunAction
 from runlease.core.model import (
+    CLOSED_TASK_STATUSES,
     LEASED_RUN_STATUSES,
     PRIORITY_RANK,
     Actor,
@@ -320,7 +321,7 @@ class State:
         """Recompute a task's status after a change to it or its current run."""
         task.status = lifecycle.task_status(task, run, self.tasks)
         task.updated_at = now
-        task.closed_at = now if lifecycle.is_closed(task) else None
+        task.closed_at = now if task.status in CLOSED_TASK_STATUSES else None
 
     def resettle(self, task: Task, now: float) -> None:
         self.settle(task, self.current_run(task), now)
