@@ -1,8 +1,9 @@
 """The journal record: one successfully applied command in a versioned envelope.
 
 The journal is the stream of commands the machine applied, in order. Every command carries
-its own time, ids and the hash of any claim token it grants, so replaying the records against
-the snapshot they follow rebuilds the exact state. The envelope is a msgpack map ``{"v": <version>, "cmd": {...}}``.
+its own time, ids and the hash of any claim token it grants, so replaying the records
+against the snapshot they follow rebuilds the exact state. The envelope is a msgpack map
+``{"v": <version>, "cmd": {...}}``.
 
 Compatibility rules: records only ever gain fields with defaults, and a change an older
 reader could misread bumps :data:`RECORD_VERSION`. A reader that meets a newer version
