@@ -37,7 +37,7 @@ from runlease.core.model import (
 )
 from runlease.core.outcome import Outcome
 from runlease.core.registry import HANDLERS, handles
-from runlease.errors import INVALID_TRANSITION, InvalidInput
+from runlease.errors import INVALID_TRANSITION, NO_CLAIMABLE_RUN, InvalidInput, RunleaseError
 
 RUN_STATUSES: tuple[RunStatus, ...] = typing.get_args(RunStatus)
 RUN_ACTIONS: tuple[RunAction, ...] = typing.get_args(RunAction)
@@ -238,3 +238,20 @@ def test_the_type_parameter_leaves_the_encoding_unchanged() -> None:
     pause = PauseTask(now=12.5, task_id="v_task_id", reason="v_reason")
     assert msgspec.msgpack.decode(old, type=AnyCommand) == pause
     assert msgspec.msgpack.encode(pause) == old
+
+
+def test_an_outcome_that_changed_state_and_refuses_raises_from_result() -> None:
+    """A claim whose own stale lease it expires first, then finds nothing: the expiry is a
+    change to journal, and the caller still gets the refusal."""
+    machine = Machine()
+    # One attempt: the expiry parks the run instead of requeueing it.
+    machine.apply(CreateTask(now=1.0, task_id="t", title="x", start_run_id="run_t", max_attempts=1))
+    machine.apply(OpenSession(now=1.0, session_id="s", agent="a"))
+    token = "sha256:" + "b" * 64
+    machine.apply(ClaimNext(now=1.0, session_id="s", claim_token_hash=token, lease_seconds=5))
+    late = machine.apply(ClaimNext(now=100.0, session_id="s", claim_token_hash=token))
+    assert [e.kind for e in late.events] == ["lease_expired"]
+    with pytest.raises(RunleaseError) as info:
+        late.result()
+    assert info.value.code == NO_CLAIMABLE_RUN
+    machine.check_invariants()
