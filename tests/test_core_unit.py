@@ -926,7 +926,7 @@ def test_token_and_hash_format(m: Machine) -> None:
 
     task(m, "t")
     session(m, "s")
-    outcome: Outcome = m.apply(claim_cmd("s", token=token))
+    outcome: Outcome[Any] = m.apply(claim_cmd("s", token=token))
     assert isinstance(outcome.reply, Claim)
     assert outcome.reply.lease.claim_token_hash == digest
     assert outcome.reply.run.claim_token_hash == digest

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from hypothesis import settings
 from hypothesis.stateful import rule
@@ -44,7 +45,7 @@ class DurableMachineVersusModel(MachineVersusModel):
         self.store.close()
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def _apply(self, command: AnyCommand, label: str = "ok") -> Outcome:
+    def _apply(self, command: AnyCommand, label: str = "ok") -> Outcome[Any]:
         outcome = super()._apply(command, label)
         if outcome.events:  # the runtime journals exactly the commands that changed state
             self.store.append([encode_record(command)])

@@ -378,7 +378,7 @@ class MachineVersusModel(RuleBasedStateMachine):
             for token in self.issued_tokens:
                 assert token[len(TOKEN_PREFIX) :][:12] not in text
 
-    def _check_outcome(self, outcome: Outcome) -> None:
+    def _check_outcome(self, outcome: Outcome[Any]) -> None:
         encoded = msgspec.json.encode([outcome.reply, outcome.events]) + repr(outcome).encode()
         assert TOKEN_PREFIX.encode() not in encoded, "a raw claim token left the machine"
         for token in self.issued_tokens:
@@ -400,7 +400,7 @@ class MachineVersusModel(RuleBasedStateMachine):
         assert fingerprint(self.machine) == before, f"refused {command!r} changed the state"
         event(f"{type(command).__name__}: {code}")
 
-    def _apply(self, command: AnyCommand, label: str = "ok") -> Outcome:
+    def _apply(self, command: AnyCommand, label: str = "ok") -> Outcome[Any]:
         try:
             outcome = self.machine.apply(command)
         except RunleaseError as exc:
@@ -421,7 +421,7 @@ class MachineVersusModel(RuleBasedStateMachine):
 
     def _check_released(
         self,
-        outcome: Outcome,
+        outcome: Outcome[Any],
         session_id: str,
         reason: str,
         released: list[str],

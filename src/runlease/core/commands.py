@@ -6,18 +6,43 @@ same state; that makes the command stream itself a faithful journal. Commands ne
 raw claim token: the shell makes the token, hashes it and drops it, so the journal holds
 nothing a reader could present as a lease. The tags are stable: they are written to disk and
 sent over the wire.
+
+``Command[R]`` names the reply type: the machine answers a ``PauseTask`` with a ``Task``, so
+``Machine.apply`` and everything built on it are typed by the command they are given. The
+type parameter exists only for the type checker; it changes nothing on disk or the wire.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from runlease.core.model import Actor, ApprovalPolicy, Origin, Ownership, Priority, Scope
+from runlease.core.model import (
+    Actor,
+    ApprovalPolicy,
+    BulkResult,
+    Claim,
+    Finished,
+    Heartbeat,
+    Origin,
+    Ownership,
+    Priority,
+    RetryResult,
+    Run,
+    SchedulerState,
+    Scope,
+    Session,
+    SessionReleased,
+    Task,
+)
+
+# Covariant: a command answered with a Task is a command answered with some object, which
+# lets a union of commands (a decoded journal record) be applied as one.
+R_co = TypeVar("R_co", covariant=True)
 
 
-class Command(msgspec.Struct, kw_only=True, tag_field="op", omit_defaults=True):
+class Command(msgspec.Struct, Generic[R_co], kw_only=True, tag_field="op", omit_defaults=True):
     """Base of every command; ``now`` is the time the shell read when it issued it.
 
     ``actor`` and ``origin`` say who asked and through which surface; every event the
@@ -29,7 +54,7 @@ class Command(msgspec.Struct, kw_only=True, tag_field="op", omit_defaults=True):
     origin: Origin | None = None
 
 
-class CreateTask(Command, tag="create_task"):
+class CreateTask(Command[Task], tag="create_task"):
     task_id: str
     title: str
     description: str = ""
@@ -49,110 +74,110 @@ class CreateTask(Command, tag="create_task"):
     required_artifacts: list[str] = []
 
 
-class StartTask(Command, tag="start_task"):
+class StartTask(Command[Run], tag="start_task"):
     task_id: str
     run_id: str
     # Same key on the same task -> the run it first created, and nothing new is queued.
     idempotency_key: str | None = None
 
 
-class PublishTask(Command, tag="publish_task"):
+class PublishTask(Command[Task], tag="publish_task"):
     """Turn a draft into a real task; with ``run_id`` also enqueue its first run."""
 
     task_id: str
     run_id: str | None = None
 
 
-class ApproveTask(Command, tag="approve_task"):
+class ApproveTask(Command[Run], tag="approve_task"):
     """Approve a manual-approval task and enqueue its run."""
 
     task_id: str
     run_id: str
 
 
-class RejectTask(Command, tag="reject_task"):
+class RejectTask(Command[Task], tag="reject_task"):
     task_id: str
     reason: str | None = None
 
 
-class UpdateTask(Command, tag="update_task"):
+class UpdateTask(Command[Task], tag="update_task"):
     """Change mutable fields; ``changes`` maps field name to new value."""
 
     task_id: str
     changes: dict[str, Any]
 
 
-class DeleteTask(Command, tag="delete_task"):
+class DeleteTask(Command[Task], tag="delete_task"):
     task_id: str
 
 
-class AddDependency(Command, tag="add_dependency"):
+class AddDependency(Command[Task], tag="add_dependency"):
     """``task_id`` cannot run until ``blocked_by`` completes (edge kind ``blocks``)."""
 
     task_id: str
     blocked_by: str
 
 
-class RemoveDependency(Command, tag="remove_dependency"):
+class RemoveDependency(Command[Task], tag="remove_dependency"):
     task_id: str
     blocked_by: str
 
 
-class PauseTask(Command, tag="pause_task"):
+class PauseTask(Command[Task], tag="pause_task"):
     task_id: str
     reason: str
 
 
-class ResumeTask(Command, tag="resume_task"):
+class ResumeTask(Command[Task], tag="resume_task"):
     task_id: str
 
 
-class CancelTask(Command, tag="cancel_task"):
+class CancelTask(Command[Task], tag="cancel_task"):
     task_id: str
     reason: str | None = None
 
 
-class CancelRun(Command, tag="cancel_run"):
+class CancelRun(Command[Run], tag="cancel_run"):
     run_id: str
     reason: str | None = None
 
 
-class RetryRun(Command, tag="retry_run"):
+class RetryRun(Command[RetryResult], tag="retry_run"):
     run_id: str
     new_run_id: str
 
 
-class ForceReleaseRun(Command, tag="force_release"):
+class ForceReleaseRun(Command[Run], tag="force_release"):
     run_id: str
     reason: str
 
 
-class ForceFailRun(Command, tag="force_fail"):
+class ForceFailRun(Command[Run], tag="force_fail"):
     run_id: str
     reason: str
 
 
-class BulkForceRuns(Command, tag="bulk_force"):
+class BulkForceRuns(Command[BulkResult], tag="bulk_force"):
     action: str  # "release" or "fail"
     run_ids: list[str]
     reason: str
 
 
-class PauseScheduler(Command, tag="pause_scheduler"):
+class PauseScheduler(Command[SchedulerState], tag="pause_scheduler"):
     reason: str | None = None
 
 
-class ResumeScheduler(Command, tag="resume_scheduler"):
+class ResumeScheduler(Command[SchedulerState], tag="resume_scheduler"):
     reason: str | None = None
 
 
-class CheckpointTask(Command, tag="checkpoint"):
+class CheckpointTask(Command[Task], tag="checkpoint"):
     task_id: str
     note: str
     author: str | None = None
 
 
-class StealRun(Command, tag="steal"):
+class StealRun(Command[Claim], tag="steal"):
     """Give a task's current run to ``session_id``.
 
     ``force=False`` (``--if-expired``): only if the lease is expired at ``now`` (or the run
@@ -171,7 +196,7 @@ class StealRun(Command, tag="steal"):
     reason: str | None = None
 
 
-class OpenSession(Command, tag="open_session"):
+class OpenSession(Command[Session], tag="open_session"):
     session_id: str
     agent: str
     parent_id: str | None = None
@@ -182,25 +207,25 @@ class OpenSession(Command, tag="open_session"):
     session_token_hash: str | None = None
 
 
-class StopSession(Command, tag="stop_session"):
+class StopSession(Command[SessionReleased], tag="stop_session"):
     session_id: str
     reason: str | None = None
 
 
-class ReleaseSessionLeases(Command, tag="release_session_leases"):
+class ReleaseSessionLeases(Command[SessionReleased], tag="release_session_leases"):
     """Daemon-owned release of a session's lease, without stopping the session."""
 
     session_id: str
     reason: str
 
 
-class ExpireSession(Command, tag="expire_session"):
+class ExpireSession(Command[SessionReleased | None], tag="expire_session"):
     """The lease clock saw a session's TTL deadline pass."""
 
     session_id: str
 
 
-class ClaimNext(Command, tag="claim_next"):
+class ClaimNext(Command[Claim], tag="claim_next"):
     session_id: str | None
     # As on StealRun: the hash of the new lease's token; ``claim_token`` only in old journals.
     claim_token_hash: str | None = None
@@ -213,13 +238,13 @@ class ClaimNext(Command, tag="claim_next"):
     priority_min: int | None = None
 
 
-class HeartbeatRun(Command, tag="heartbeat"):
+class HeartbeatRun(Command[Heartbeat], tag="heartbeat"):
     session_id: str | None
     run_id: str
     lease_seconds: float | None = None
 
 
-class CompleteRun(Command, tag="complete"):
+class CompleteRun(Command[Run], tag="complete"):
     session_id: str | None
     run_id: str
     result: Any = None
@@ -229,26 +254,26 @@ class CompleteRun(Command, tag="complete"):
     missing_artifacts: list[str] = []
 
 
-class FailRun(Command, tag="fail"):
+class FailRun(Command[Run], tag="fail"):
     session_id: str | None
     run_id: str
     error: str
     metadata: dict[str, Any] | None = None
 
 
-class ReleaseRun(Command, tag="release"):
+class ReleaseRun(Command[Run], tag="release"):
     session_id: str | None
     run_id: str
     reason: str | None = None
 
 
-class BlockRun(Command, tag="block"):
+class BlockRun(Command[Run], tag="block"):
     session_id: str | None
     run_id: str
     reason: str
 
 
-class FinishAndClaim(Command, tag="finish_and_claim"):
+class FinishAndClaim(Command[Finished], tag="finish_and_claim"):
     """Finish the session's run, then claim its next one: one step, one journal record.
 
     The machine first checks the claim part's own inputs, then applies the finish exactly
@@ -262,7 +287,7 @@ class FinishAndClaim(Command, tag="finish_and_claim"):
     claim: ClaimNext
 
 
-class ExpireLease(Command, tag="expire_lease"):
+class ExpireLease(Command[Run | None], tag="expire_lease"):
     """The lease clock saw a run's lease deadline pass (or boot found it passed)."""
 
     run_id: str

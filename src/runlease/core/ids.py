@@ -12,12 +12,14 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from collections.abc import Callable
 from typing import Final
 
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CLAIM_TOKEN_PREFIX: Final = "rl_claim_"
 SESSION_TOKEN_PREFIX: Final = "rl_session_"
+_TOKEN_HASH: Final = re.compile(r"sha256:[0-9a-f]{64}")
 _RANDOM_BITS: Final = 80
 
 
@@ -70,3 +72,16 @@ def token_matches(token: str, stored_hash: str | None) -> bool:
     if stored_hash is None:
         return False
     return hmac.compare_digest(hash_token(token), stored_hash)
+
+
+def is_token_hash(value: object) -> bool:
+    """True for ``sha256:`` followed by 64 lowercase hex digits (what hash_token returns)."""
+    return isinstance(value, str) and _TOKEN_HASH.fullmatch(value) is not None
+
+
+def hash_prefix(token_hash: str | None) -> str | None:
+    """The first 8 hex digits of a token hash: enough to tell leases apart in a view or an
+    operator event, too little to stand for the lease."""
+    if token_hash is None:
+        return None
+    return token_hash.split(":", 1)[-1][:8]

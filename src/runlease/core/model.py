@@ -7,7 +7,7 @@ Times are float seconds since the Unix epoch; the pure core never reads a clock 
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 
@@ -16,7 +16,6 @@ DEFAULT_LEASE_SECONDS: Final = 300.0
 MAX_LEASE_SECONDS: Final = 24 * 60 * 60.0
 MAX_METADATA_BYTES: Final = 16 * 1024
 MAX_RESULT_BYTES: Final = 64 * 1024
-MAX_PAYLOAD_BYTES: Final = 64 * 1024
 # How deeply JSON payloads (result, metadata) may nest objects and arrays. Checked without
 # recursion before anything encodes them, so depth never reaches Python's recursion limit.
 MAX_PAYLOAD_DEPTH: Final = 64
@@ -27,7 +26,7 @@ MAX_DESCRIPTION_CHARS: Final = 16 * 1024
 MAX_NAME_CHARS: Final = 200
 MAX_CAPABILITIES: Final = 32
 MAX_REASON_CHARS: Final = 2048
-# Task graph and operator limits (the reference's MaxHierarchyDepth and friends).
+# Task graph and operator limits.
 MAX_HIERARCHY_DEPTH: Final = 8
 MAX_DIRECT_CHILDREN: Final = 64
 MAX_DEPENDENCIES: Final = 32
@@ -49,9 +48,13 @@ Scope = Literal["global", "workspace"]
 RunStatus = Literal[
     "queued", "claimed", "running", "completed", "failed", "canceled", "needs_attention"
 ]
+# The status sets below are the only spelling of these groups; core/lifecycle.py holds the
+# moves between statuses and its tests check that the sets agree with them.
 LEASED_RUN_STATUSES: Final = frozenset({"claimed", "running"})
-# A parked run (needs_attention) is out of the queue and holds no lease, like a terminal one.
-SETTLED_RUN_STATUSES: Final = frozenset({"completed", "failed", "canceled", "needs_attention"})
+# A run in a final status never changes status again.
+FINAL_RUN_STATUSES: Final = frozenset({"completed", "failed", "canceled"})
+# A parked run (needs_attention) is out of the queue and holds no lease, like a final one.
+SETTLED_RUN_STATUSES: Final = FINAL_RUN_STATUSES | {"needs_attention"}
 
 TaskStatus = Literal[
     "draft",
@@ -65,12 +68,16 @@ TaskStatus = Literal[
     "needs_attention",
 ]
 
+# A closed task takes no new run, dependency, pause or attempt budget.
+CLOSED_TASK_STATUSES: Final = frozenset({"completed", "failed", "canceled"})
+
 SessionState = Literal["live", "stopped"]
 
 ApprovalPolicy = Literal["none", "manual"]
 ApprovalState = Literal["not_required", "pending", "approved", "rejected"]
 # Who a task is assigned to: one session, or a pool of sessions sharing an agent name.
 OwnerKind = Literal["agent_session", "pool"]
+OWNER_KINDS: Final = frozenset(get_args(OwnerKind))
 # Mutable through UpdateTask; every other field is fixed at creation or owned by the core.
 MUTABLE_TASK_FIELDS: Final = frozenset(
     {
@@ -89,7 +96,6 @@ IMMUTABLE_TASK_FIELDS: Final = frozenset(
 )
 
 # Why a lease ended without the holder finishing the run.
-ReleaseReason = str
 REASON_LEASE_EXPIRED: Final = "lease_expired"
 REASON_TTL_EXPIRED: Final = "ttl_expired"
 REASON_PARENT_STOPPED: Final = "parent_stopped"

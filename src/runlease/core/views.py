@@ -1,18 +1,21 @@
 """Read-only projections of the machine for operators: inspect, status, backlog, stuck, show.
 
-Pure functions over a :class:`~runlease.core.machine.Machine` and a ``now`` the caller
+Pure functions over the machine's :class:`~runlease.core.state.State` and a ``now`` the caller
 passes in; nothing here changes state, reads a clock or does IO. Every projection copies
 what it returns, and claim-token hashes appear only as their first 8 hex characters.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable
 from typing import Final, Literal
 
 import msgspec
 
-from runlease.core.machine import Machine, snapshot_run, snapshot_task
+from runlease.core.ids import hash_prefix
+from runlease.core.lifecycle import is_closed
 from runlease.core.model import (
     LEASED_RUN_STATUSES,
     PRIORITY_RANK,
@@ -22,6 +25,7 @@ from runlease.core.model import (
     Session,
     Task,
 )
+from runlease.core.state import State, snapshot_run, snapshot_task
 from runlease.errors import InvalidInput
 
 NextAction = Literal[
@@ -175,12 +179,6 @@ class TaskDetail(msgspec.Struct, kw_only=True, tag="task_detail", omit_defaults=
 
 
 # ---------------------------------------------------------------------------- builders
-def hash_prefix(token_hash: str | None) -> str | None:
-    if token_hash is None:
-        return None
-    return token_hash.split(":", 1)[-1][:8]
-
-
 def run_summary(run: Run, now: float) -> RunSummary:
     leased = run.status in LEASED_RUN_STATUSES
     return RunSummary(
@@ -220,7 +218,7 @@ def session_summary(session: Session) -> SessionSummary:
     )
 
 
-def pause_state(machine: Machine, task: Task) -> PauseState:
+def pause_state(machine: State, task: Task) -> PauseState:
     pauser = machine.pauser_of(task) if machine.paused_tasks else None
     return PauseState(
         task_id=task.id,
@@ -233,7 +231,7 @@ def pause_state(machine: Machine, task: Task) -> PauseState:
     )
 
 
-def scheduler_status(machine: Machine, now: float) -> SchedulerStatus:
+def scheduler_status(machine: State, now: float) -> SchedulerStatus:
     state = machine.scheduler
     return SchedulerStatus(
         paused=state.paused,
@@ -249,7 +247,7 @@ def scheduler_status(machine: Machine, now: float) -> SchedulerStatus:
 
 
 def backlog(
-    machine: Machine,
+    machine: State,
     *,
     workspace_id: str | None = None,
     include_paused: bool = True,
@@ -289,17 +287,22 @@ def backlog(
                 run=snapshot_run(run),
                 effective_paused=pauser is not None,
                 paused_by_task_id=pauser,
-                gate=None if run.id in machine.index else machine._gate(task),
+                gate=None if run.id in machine.index else machine.gate(task),
             )
         )
     return Backlog(runs=rows, total=total, next_after=next_after)
 
 
-def stuck(machine: Machine, now: float, *, threshold: float) -> list[StuckRun]:
+def stuck(machine: State, now: float, *, threshold: float) -> list[StuckRun]:
     """Leased runs whose lease has run out, and those with no heartbeat or checkpoint for
     longer than ``threshold`` seconds (longest first within each kind). O(live leases)."""
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold < 0:
-        raise InvalidInput("threshold must be zero or positive seconds")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not math.isfinite(threshold)
+        or threshold < 0
+    ):
+        raise InvalidInput("threshold must be a finite number of seconds, zero or more")
     expired: list[StuckRun] = []
     idle: list[StuckRun] = []
     for run_id in machine.leased_run_ids():
@@ -337,7 +340,7 @@ def stuck(machine: Machine, now: float, *, threshold: float) -> list[StuckRun]:
     return expired + idle
 
 
-def _eligible_session(machine: Machine, task: Task) -> bool:
+def _eligible_session(machine: State, task: Task) -> bool:
     """A live session holding no lease that may take this task's run (caps, owner)."""
     required = set(task.required_capabilities)
     owner = task.owner
@@ -355,7 +358,7 @@ def _eligible_session(machine: Machine, task: Task) -> bool:
     return False
 
 
-def next_action(machine: Machine, task: Task, now: float) -> NextAction:
+def next_action(machine: State, task: Task, now: float) -> NextAction:
     """What has to happen next for this task, decided by the first rule that matches:
 
     ``terminal``
@@ -376,7 +379,7 @@ def next_action(machine: Machine, task: Task, now: float) -> NextAction:
     ``waiting_for_session``
         The current run is queued and claimable, but no live idle session matches it.
     """
-    if task.status in ("completed", "failed", "canceled"):
+    if is_closed(task):
         return "terminal"
     run = machine.runs.get(task.current_run_id) if task.current_run_id else None
     if run is None:
@@ -395,19 +398,14 @@ def next_action(machine: Machine, task: Task, now: float) -> NextAction:
 
 
 def inspect(
-    machine: Machine,
+    machine: State,
     task: Task,
     now: float,
     events: Iterable[Event],
     *,
     target_run: Run | None = None,
 ) -> InspectView:
-    chain: list[Run] = []
-    run_id = task.current_run_id
-    while run_id is not None and len(chain) < RECENT_RUNS:
-        run = machine.runs[run_id]
-        chain.append(run)
-        run_id = run.previous_run_id
+    chain = list(itertools.islice(machine.run_chain(task), RECENT_RUNS))
     current = chain[0] if chain else None
     bound = None
     if current is not None and current.session_id is not None:
@@ -417,7 +415,7 @@ def inspect(
     recent = list(events)[-RECENT_EVENTS:]
     gate = None
     if current is not None and current.status == "queued" and current.id not in machine.index:
-        gate = machine._gate(task)
+        gate = machine.gate(task)
     return InspectView(
         target="task" if target_run is None else "run",
         task=snapshot_task(task),
@@ -437,13 +435,8 @@ def inspect(
     )
 
 
-def task_detail(machine: Machine, task: Task, events: Iterable[Event]) -> TaskDetail:
-    chain: list[Run] = []
-    run_id = task.current_run_id
-    while run_id is not None:
-        run = machine.runs[run_id]
-        chain.append(snapshot_run(run))
-        run_id = run.previous_run_id
+def task_detail(machine: State, task: Task, events: Iterable[Event]) -> TaskDetail:
+    chain = [snapshot_run(run) for run in machine.run_chain(task)]
     chain.reverse()
     return TaskDetail(
         task=snapshot_task(task),

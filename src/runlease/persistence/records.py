@@ -1,8 +1,9 @@
 """The journal record: one successfully applied command in a versioned envelope.
 
 The journal is the stream of commands the machine applied, in order. Every command carries
-its own time, ids and claim token, so replaying the records against the snapshot they follow
-rebuilds the exact state. The envelope is a msgpack map ``{"v": <version>, "cmd": {...}}``.
+its own time, ids and the hash of any claim token it grants, so replaying the records
+against the snapshot they follow rebuilds the exact state. The envelope is a msgpack map
+``{"v": <version>, "cmd": {...}}``.
 
 Compatibility rules: records only ever gain fields with defaults, and a change an older
 reader could misread bumps :data:`RECORD_VERSION`. A reader that meets a newer version
@@ -41,8 +42,9 @@ _version_decoder: Final = msgspec.msgpack.Decoder(_VersionOnly)
 def encode_record(cmd: AnyCommand) -> bytes:
     """Encode one command for the journal.
 
-    Raises :class:`InvalidInput` for a command msgpack cannot hold (an integer outside the
-    64-bit range in a payload). Encode before applying, so such a command is refused whole.
+    The command has already been applied, and the machine refused any payload msgpack
+    could not hold (an integer outside the 64-bit range), so :class:`InvalidInput` here
+    means a bug: memory is then ahead of a journal that cannot follow it.
     """
     try:
         return _encoder.encode(JournalRecord(v=RECORD_VERSION, cmd=cmd))

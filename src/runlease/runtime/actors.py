@@ -120,7 +120,7 @@ class ActorSystem:
             self._scheduler_send.send_nowait(WorkAvailable())
 
     # --------------------------------------------------------------- execution
-    def _execute(self, request: Request) -> Outcome | None:
+    def _execute(self, request: Request) -> Outcome[Any] | None:
         """Apply one command now; route its outcome to the committer. None on refusal."""
         outcome = self._apply(request)
         if outcome is not None:
@@ -128,7 +128,7 @@ class ActorSystem:
             self._after_apply(request, request.command, outcome)
         return outcome
 
-    def _apply(self, request: Request) -> Outcome | None:
+    def _apply(self, request: Request) -> Outcome[Any] | None:
         """Apply a request's command to the machine; on refusal resolve it and return None."""
         command = request.command
         refusal = self.committer.refusal
@@ -173,7 +173,7 @@ class ActorSystem:
         request.assigned = True
         self._after_apply(request, command, outcome)
 
-    def _after_apply(self, request: Request, command: AnyCommand, outcome: Outcome) -> None:
+    def _after_apply(self, request: Request, command: AnyCommand, outcome: Outcome[Any]) -> None:
         for deadline in outcome.deadlines:
             if self.deadlines.push(deadline):
                 self._clock_wake.set()

@@ -21,7 +21,7 @@ from runlease.core.machine import Outcome
 from runlease.errors import RunleaseError
 from runlease.runtime.requests import Request
 
-Acknowledge = Callable[[Request | None, Outcome], None]
+Acknowledge = Callable[[Request | None, Outcome[Any]], None]
 
 
 class Committer(Protocol):
@@ -30,7 +30,7 @@ class Committer(Protocol):
     # Bumped each time memory is rolled back to the journal: state read before may be gone.
     generation: int
 
-    def submit(self, request: Request | None, command: AnyCommand, outcome: Outcome) -> None:
+    def submit(self, request: Request | None, command: AnyCommand, outcome: Outcome[Any]) -> None:
         """Make ``outcome`` durable, then acknowledge it. Must not block."""
 
     def hold(self, request: Request, reply: Any, error: RunleaseError | None) -> None:
@@ -58,7 +58,7 @@ class MemoryCommitter:
         self.submitted_seq = 0
         self.generation = 0
 
-    def submit(self, request: Request | None, command: AnyCommand, outcome: Outcome) -> None:
+    def submit(self, request: Request | None, command: AnyCommand, outcome: Outcome[Any]) -> None:
         self._acknowledge(request, outcome)
 
     def hold(self, request: Request, reply: Any, error: RunleaseError | None) -> None:

@@ -64,7 +64,7 @@ class _Snapshot:
         self.done = trio.Event()
 
 
-_Item = tuple[bytes, Request | None, Outcome]
+_Item = tuple[bytes, Request | None, Outcome[Any]]
 
 
 class _Hold:
@@ -116,7 +116,7 @@ class JournalCommitter:
         self._shortage: RunleaseError | None = None
 
     # The actors call this right after applying; it must never block.
-    def submit(self, request: Request | None, command: AnyCommand, outcome: Outcome) -> None:
+    def submit(self, request: Request | None, command: AnyCommand, outcome: Outcome[Any]) -> None:
         refusal = self.refusal
         if refusal is not None:
             # The machine moved ahead of a journal that can no longer follow: refuse to

@@ -182,7 +182,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
                     raise error
                 return value
 
-    def _acknowledge(self, request: Pending | None, outcome: Outcome) -> None:
+    def _acknowledge(self, request: Pending | None, outcome: Outcome[Any]) -> None:
         if outcome.events:
             self._feed.publish(outcome.events)
         if request is not None:
