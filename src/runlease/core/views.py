@@ -8,11 +8,10 @@ what it returns, and claim-token hashes appear only as their first 8 hex charact
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 
-from runlease.core.machine import Machine, snapshot_run, snapshot_task
 from runlease.core.model import (
     LEASED_RUN_STATUSES,
     PRIORITY_RANK,
@@ -23,6 +22,11 @@ from runlease.core.model import (
     Task,
 )
 from runlease.errors import InvalidInput
+
+# Clients and the wire protocol import this module for its view types alone; the state
+# machine is loaded only when a projection runs, so a CLI process never pays for it.
+if TYPE_CHECKING:
+    from runlease.core.machine import Machine
 
 NextAction = Literal[
     "claim_available",
@@ -261,6 +265,8 @@ def backlog(
     A scan of the run table (O(runs)): an operator read, not a hot path. Runs held back by a
     pause are left out when ``include_paused`` is false; drafts and blocked runs stay in.
     """
+    from runlease.core.machine import snapshot_run, snapshot_task
+
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be a whole number from 1 to {MAX_PAGE}")
     rows: list[BacklogRun] = []
@@ -402,6 +408,8 @@ def inspect(
     *,
     target_run: Run | None = None,
 ) -> InspectView:
+    from runlease.core.machine import snapshot_task
+
     chain: list[Run] = []
     run_id = task.current_run_id
     while run_id is not None and len(chain) < RECENT_RUNS:
@@ -438,6 +446,8 @@ def inspect(
 
 
 def task_detail(machine: Machine, task: Task, events: Iterable[Event]) -> TaskDetail:
+    from runlease.core.machine import snapshot_run, snapshot_task
+
     chain: list[Run] = []
     run_id = task.current_run_id
     while run_id is not None:
