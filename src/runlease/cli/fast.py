@@ -20,11 +20,10 @@ import inspect
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import NoneType, UnionType
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from runlease.cli.commands import COMMANDS, GROUPS, Command, load
 from runlease.cli.context import global_options
@@ -44,8 +43,7 @@ class Unreadable(_Unsure):
     """A signature this module cannot read: its command always goes through cyclopts."""
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(NamedTuple):
     """A parsed command line: the command's function, its arguments, the global options."""
 
     command: Command
@@ -54,20 +52,19 @@ class Invocation:
     options: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class _Option:
+class _Option(NamedTuple):
     parameter: str
     convert: Callable[[str], Any] | None  # None: a flag, present or absent
     repeatable: bool
     env_var: str | None
 
 
-@dataclass
 class _Signature:
-    options: dict[str, _Option] = field(default_factory=dict)  # flag -> option
-    positional: list[Callable[[str], Any]] = field(default_factory=list)  # converters
-    variadic: Callable[[str], Any] | None = None
-    required: set[str] = field(default_factory=set)
+    def __init__(self) -> None:
+        self.options: dict[str, _Option] = {}  # flag -> option
+        self.positional: list[Callable[[str], Any]] = []  # converters, in order
+        self.variadic: Callable[[str], Any] | None = None
+        self.required: set[str] = set()  # keyword-only parameters without a default
 
 
 def parse(tokens: Sequence[str], env: Mapping[str, str]) -> Invocation | None:

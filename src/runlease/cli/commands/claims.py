@@ -3,8 +3,7 @@ release, block, steal). These act for the session whose token is given."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from runlease.cli.context import connect, json_arg, show, show_claim, spinner
 from runlease.cli.output import plain
@@ -87,8 +86,7 @@ NextPriorityMin = Annotated[
 ]
 
 
-@dataclass
-class _NextOptions:
+class _NextOptions(NamedTuple):
     wanted: bool
     wait: bool
     timeout: float | None
