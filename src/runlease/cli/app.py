@@ -1,10 +1,12 @@
 """The cyclopts application: help, usage errors and every command line the fast path leaves.
 
-Every command of :data:`runlease.cli.commands.COMMANDS` is registered here with its
-``Param`` annotations turned into ``cyclopts.Parameter``. This module is loaded only when
-the fast path leaves a command line to cyclopts (help, usage errors, unusual syntax), so it
-registers them all at once: help lists each command with its summary. Help is plain text,
-so nothing in a help string is read as markup (``<data dir>`` stays as written).
+This module is loaded only when the fast path leaves a command line to cyclopts (help,
+usage errors, unusual syntax). Every command of :data:`runlease.cli.commands.COMMANDS` is
+registered lazily, with its docstring as help so listings show its summary: cyclopts
+imports ``runlease.cli.app:<command words>`` when that command runs or shows its own help,
+and this module's ``__getattr__`` answers with the command's function, its ``Param``
+annotations turned into ``cyclopts.Parameter``. Help is plain text, so nothing in a help
+string is read as markup (``<data dir>`` stays as written).
 """
 
 from __future__ import annotations
@@ -84,8 +86,16 @@ for _group in _groups.values():
     app.command(_group)
 for _words in COMMANDS:
     _parent = app if len(_words) == 1 else _groups[_words[0]]
-    _parent.command(for_cyclopts(load(_words)), name=_words[-1])
+    _parent.command(f"{__name__}:{' '.join(_words)}", name=_words[-1], help=load(_words).__doc__)
 app.meta.default(for_cyclopts(global_options, _launch))
+
+
+def __getattr__(name: str) -> Callable[..., int]:
+    """The command whose words, joined by spaces, are ``name``: cyclopts' lazy import."""
+    words = tuple(name.split(" "))
+    if words not in COMMANDS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return for_cyclopts(load(words))
 
 
 def run_cyclopts(tokens: list[str]) -> int:
