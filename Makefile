@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench bench-quick clean
+.PHONY: serve test lint typecheck unit bench bench-quick bench-cli clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench-quick: $(STAMP)
 	$(BIN)/python -c "import matplotlib, greenstalk, rich" 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.install_peers
 	$(BIN)/python -m bench.contention --quick
+
+# How long one `runlease` command takes against `python -c pass` (no extra needed).
+bench-cli: $(STAMP)
+	$(BIN)/python -m bench.cli_startup
 
 clean:
 	rm -rf $(VENV)

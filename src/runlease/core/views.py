@@ -259,6 +259,8 @@ def backlog(
     A scan of the run table (O(runs)): an operator read, not a hot path. Runs held back by a
     pause are left out when ``include_paused`` is false; drafts and blocked runs stay in.
     """
+    from runlease.core.machine import snapshot_run, snapshot_task
+
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise InvalidInput(f"limit must be a whole number from 1 to {MAX_PAGE}")
     rows: list[BacklogRun] = []

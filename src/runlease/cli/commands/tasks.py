@@ -1,0 +1,213 @@
+"""``runlease task``: create, start and read tasks (create, start, show, list, events,
+timeline, inspect, stuck, checkpoint)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from runlease.cli.context import GLOBALS, connect, json_arg, owner, show
+from runlease.cli.output import emit_event, plain
+from runlease.cli.params import Param
+from runlease.core.model import Priority, TaskStatus
+
+
+def task_create(
+    title: str,
+    /,
+    *,
+    description: str = "",
+    priority: Priority = "medium",
+    workspace: Annotated[str | None, Param(help="Scope the task to a workspace.")] = None,
+    max_attempts: Annotated[int | None, Param(help="Runs allowed, 1 to 10.")] = None,
+    capability: Annotated[
+        list[str] | None, Param(help="A capability a session needs (repeatable).")
+    ] = None,
+    metadata: Annotated[str | None, Param(help="A JSON object kept with the task.")] = None,
+    start: Annotated[bool, Param(help="Also enqueue its first run.")] = False,
+    parent: Annotated[str | None, Param(help="Make it a child of this TASK_ID.")] = None,
+    preferred_capability: Annotated[
+        list[str] | None,
+        Param(help="A capability to prefer among equal priorities (repeatable)."),
+    ] = None,
+    owner_session: Annotated[str | None, Param(help="Only this SESSION_ID may claim it.")] = None,
+    owner_agent: Annotated[
+        str | None, Param(help="Only sessions of this agent name (a pool) may claim it.")
+    ] = None,
+    draft: Annotated[
+        bool, Param(negative=(), help="Create it as a draft (publish it later).")
+    ] = False,
+    approval: Annotated[
+        Literal["none", "manual"],
+        Param(help="manual: its run is enqueued only once approved."),
+    ] = "none",
+    artifact: Annotated[
+        list[str] | None,
+        Param(help="A PATH (relative to the workspace root) required to complete (repeatable)."),
+    ] = None,
+) -> int:
+    """Create a task.
+
+    Parameters
+    ----------
+    title
+        What the task is.
+    """
+    meta = json_arg(metadata, "--metadata", object_only=True)
+    assignee = owner(owner_session, owner_agent)
+    with connect() as client:
+        task = client.create_task(
+            title,
+            description=description,
+            priority=priority,
+            workspace=workspace,
+            max_attempts=max_attempts,
+            capabilities=capability or [],
+            metadata=meta,
+            start=start,
+            parent=parent,
+            preferred_capabilities=preferred_capability or [],
+            owner=assignee,
+            draft=draft,
+            approval_policy=approval,
+            required_artifacts=artifact or [],
+        )
+    return show({"task": plain(task)})
+
+
+def task_start(
+    task_id: str,
+    /,
+    *,
+    idempotency_key: Annotated[
+        str | None, Param(help="Repeat with the same KEY and get the same run back.")
+    ] = None,
+) -> int:
+    """Enqueue a run of a task (its next attempt).
+
+    Parameters
+    ----------
+    task_id
+        The task to start.
+    """
+    with connect() as client:
+        run = client.start_task(task_id, idempotency_key=idempotency_key)
+    return show({"run": plain(run)})
+
+
+def task_show(task_id: str, /) -> int:
+    """Show a task with its full history: runs, checkpoints, events, graph edges, pause.
+
+    Parameters
+    ----------
+    task_id
+        The task to show.
+    """
+    with connect() as client:
+        detail = client.show_task(task_id)
+    document = plain(detail)
+    document.pop("id", None)
+    return show(document)
+
+
+def task_list(
+    *,
+    status: Annotated[TaskStatus | None, Param(help="Only tasks in this status.")] = None,
+    workspace: Annotated[str | None, Param(help="Only tasks of this workspace.")] = None,
+    limit: Annotated[int | None, Param(help="At most this many tasks.")] = None,
+) -> int:
+    """List tasks in creation order."""
+    with connect() as client:
+        tasks = client.list_tasks(status=status, workspace=workspace, limit=limit)
+    return show({"tasks": plain(tasks)})
+
+
+def task_events(
+    task_id: str,
+    /,
+    *,
+    follow: Annotated[
+        bool, Param(help="Keep printing new events (one JSON object per line).")
+    ] = False,
+    after_seq: Annotated[int, Param(help="Only events after this sequence number.")] = 0,
+) -> int:
+    """Show a task's events; with --follow, keep streaming them until interrupted.
+
+    Parameters
+    ----------
+    task_id
+        The task whose events to show.
+    """
+    with connect() as client:
+        client.show_task(task_id)  # a clear TASK_NOT_FOUND instead of an empty stream
+        if not follow:
+            events = client.events(task_id=task_id, after_seq=after_seq)
+            return show({"events": plain(events)})
+        with client.follow_events(task_id=task_id, after_seq=after_seq) as stream:
+            for event in stream:
+                emit_event(plain(event), GLOBALS.output)
+    return 0
+
+
+def task_timeline(
+    task_id: str,
+    /,
+    *,
+    after_seq: Annotated[int, Param(help="Only events after this sequence number.")] = 0,
+) -> int:
+    """A task's audit events (actor, origin, kind, data), oldest first.
+
+    Parameters
+    ----------
+    task_id
+        The task.
+    """
+    with connect() as client:
+        events = client.timeline(task_id, after_seq=after_seq)
+    return show({"events": plain(events)})
+
+
+def task_inspect(task_id: str, /) -> int:
+    """What a task is doing and what should happen next (next_action).
+
+    Parameters
+    ----------
+    task_id
+        The task.
+    """
+    with connect() as client:
+        view = client.inspect_task(task_id)
+    return show(plain(view))
+
+
+def task_stuck(
+    *,
+    threshold: Annotated[
+        float | None,
+        Param(help="Seconds without heartbeat or checkpoint that count as stuck (600)."),
+    ] = None,
+) -> int:
+    """List runs whose lease ran out, then leased runs idle past the threshold."""
+    with connect() as client:
+        runs = client.stuck(threshold=threshold)
+    return show({"stuck": plain(runs)})
+
+
+def task_checkpoint(
+    task_id: str,
+    note: str,
+    /,
+    *,
+    author: Annotated[str | None, Param(help="Who writes the note.")] = None,
+) -> int:
+    """Add a progress note to a task's history (not a heartbeat: the lease is unchanged).
+
+    Parameters
+    ----------
+    task_id
+        The task.
+    note
+        The progress note.
+    """
+    with connect() as client:
+        task = client.checkpoint(task_id, note, author=author)
+    return show({"task": plain(task)})

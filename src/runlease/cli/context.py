@@ -1,0 +1,169 @@
+"""What every command shares: the global options, the client and small argument helpers.
+
+Nothing here imports cyclopts, trio or the state machine: a command runs with only the
+synchronous client and the output module loaded. (Nor dataclasses: every module on this
+path counts against the start-up an agent pays on each step.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from runlease.cli.output import Output, default_output, emit, emit_error, plain
+from runlease.cli.params import Param
+from runlease.client import Client
+from runlease.core.model import Claim, Ownership
+from runlease.errors import InvalidInput, RunleaseError, UsageError
+from runlease.paths import ENV_SESSION_TOKEN, ENV_SOCKET
+from runlease.protocol import CLI_CLIENT_NAME
+
+# How long a command waits for the server's answer before calling it unavailable (a waiting
+# `task next` adds its own --timeout; without one it waits as long as it takes).
+REPLY_TIMEOUT = 60.0
+
+
+class Globals:
+    """The options given before or after the command: where the server is, how to print."""
+
+    def __init__(self) -> None:
+        self.socket: Path | None = None
+        self.output: Output = "json"
+        self.session_token: str | None = None
+
+    def client(self) -> Client:
+        return Client(
+            self.socket,
+            session_token=self.session_token,
+            reply_timeout=REPLY_TIMEOUT,
+            client_name=CLI_CLIENT_NAME,
+        ).connect()
+
+
+GLOBALS = Globals()
+
+
+def global_options(
+    *tokens: Annotated[str, Param(show=False, allow_leading_hyphen=True)],
+    socket: Annotated[
+        Path | None,
+        Param(env_var=ENV_SOCKET, help="The server's Unix socket.", group="Global options"),
+    ] = None,
+    output: Annotated[
+        Literal["json", "table"] | None,
+        Param(
+            name=["--output", "-o"],
+            help="json, or table for people (default: table on a terminal, else json).",
+            group="Global options",
+        ),
+    ] = None,
+    session_token: Annotated[
+        str | None,
+        Param(
+            env_var=ENV_SESSION_TOKEN,
+            help=(
+                "The session's bearer token (rl_session_...), for session-scoped commands. "
+                f"Prefer the {ENV_SESSION_TOKEN} environment variable: a token given on the "
+                "command line can be read by other users of this machine (ps, /proc/PID/cmdline)."
+            ),
+            group="Global options",
+        ),
+    ] = None,
+) -> int:
+    """The options every command takes, before or after it; ``tokens`` is the command.
+
+    Only a declaration: the cyclopts application and the fast path both read this signature.
+    """
+    raise NotImplementedError
+
+
+def execute(
+    command: Callable[..., int],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    socket: Path | None = None,
+    output: Output | None = None,
+    session_token: str | None = None,
+) -> int:
+    """Run a parsed command under the global options; a refusal prints its error and exits
+    with its class's code."""
+    GLOBALS.socket = socket
+    GLOBALS.output = output or default_output()
+    GLOBALS.session_token = session_token or None
+    try:
+        result = command(*args, **kwargs)
+    except RunleaseError as exc:
+        emit_error(exc.code, exc.message, GLOBALS.output)
+        return exc.exit_code
+    return int(result or 0)
+
+
+@contextlib.contextmanager
+def connect() -> Iterator[Client]:
+    """A connected client for one command, closed when the command is done."""
+    client = GLOBALS.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def show(document: dict[str, Any]) -> int:
+    """Print a command's result in the chosen output; the command worked (exit 0)."""
+    emit(document, GLOBALS.output)
+    return 0
+
+
+def show_claim(claim: Claim) -> int:
+    """A claim as ``task next`` prints it: its task, run and lease."""
+    return show({"task": plain(claim.task), "run": plain(claim.run), "lease": plain(claim.lease)})
+
+
+def json_arg(text: str | None, flag: str, *, object_only: bool = False) -> Any:
+    """The JSON value given to ``flag``, or None when the flag was not given."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"{flag} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    if object_only and not isinstance(value, dict):
+        raise InvalidInput(f'{flag} must be a JSON object, like \'{{"key": "value"}}\'')
+    return value
+
+
+def owner(session: str | None, agent: str | None) -> Ownership | None:
+    """The task owner named by --owner-session or --owner-agent (at most one of them)."""
+    if session is not None and agent is not None:
+        raise UsageError("give --owner-session or --owner-agent, not both")
+    if session is not None:
+        return Ownership(kind="agent_session", ref=session)
+    if agent is not None:
+        return Ownership(kind="pool", ref=agent)
+    return None
+
+
+@contextlib.contextmanager
+def spinner(waiting: bool) -> Iterator[None]:
+    """A "waiting" line on a terminal's stderr while a claim waits; nothing otherwise."""
+    if not waiting or not _is_terminal(sys.stderr):
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status("waiting for a claimable run…"):
+        yield
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
