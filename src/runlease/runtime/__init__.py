@@ -1,4 +1,4 @@
-"""The trio runtime: actors, the embedded API, and (later) the socket server."""
+"""The trio runtime: wires the actors to the journal, the embedded API and the socket server."""
 
 from runlease.runtime.runtime import Runtime, RuntimeStatus, SessionHandle, open_runtime
 

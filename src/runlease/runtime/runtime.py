@@ -13,6 +13,10 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import trio
 
+from runlease.actors.clock import RuntimeClock
+from runlease.actors.commit import Committer, MemoryCommitter
+from runlease.actors.requests import Request
+from runlease.actors.system import ActorSystem
 from runlease.core import views
 from runlease.core.commands import (
     AddDependency,
@@ -90,9 +94,6 @@ from runlease.errors import (
     Unavailable,
 )
 from runlease.persistence.store import DEFAULT_MAP_SIZE, Store
-from runlease.runtime.actors import ActorSystem
-from runlease.runtime.clock import RuntimeClock
-from runlease.runtime.commit import Committer, MemoryCommitter
 from runlease.runtime.events import EventFeed
 from runlease.runtime.journal import (
     DEFAULT_SNAPSHOT_EVERY_RECORDS,
@@ -105,7 +106,6 @@ from runlease.runtime.journal import (
     run_snapshotter,
     take_snapshot,
 )
-from runlease.runtime.requests import Request
 
 DEFAULT_EVENT_CAPACITY = 10_000
 DEFAULT_DRAIN_TIMEOUT = 30.0
