@@ -24,6 +24,18 @@ from typing import IO, Any
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0
+# The keys of ``task show``: the task, its runs and its full history beside it.
+TASK_SHOW_KEYS = {
+    "task",
+    "runs",
+    "checkpoints",
+    "events",
+    "children",
+    "blocked_by",
+    "open_dependencies",
+    "dependents",
+    "pause",
+}
 RFC3339_UTC = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"
 
 _SCRIPT = shutil.which("runlease", path=str(Path(sys.executable).parent))

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from cli_helpers import (
+    TASK_SHOW_KEYS,
     Cli,
     LineReader,
     Server,
@@ -176,17 +177,7 @@ def test_task_create_start_show_and_list(cli: Cli, ws: str) -> None:
 
     shown = cli.ok("task", "show", task["id"])
     # The full history sits beside the task and its runs.
-    assert set(shown) == {
-        "task",
-        "runs",
-        "checkpoints",
-        "events",
-        "children",
-        "blocked_by",
-        "open_dependencies",
-        "dependents",
-        "pause",
-    }
+    assert set(shown) == TASK_SHOW_KEYS
     assert shown["task"]["status"] == "ready"
     assert [r["id"] for r in shown["runs"]] == [started["run"]["id"]]
     cli.fails("task", "start", task["id"], code="INVALID_TRANSITION", exit=3)

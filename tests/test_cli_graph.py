@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cli_helpers import Cli, Server, claim, is_time, move_clock
+from cli_helpers import TASK_SHOW_KEYS, Cli, Server, claim, is_time, move_clock
 from runlease.client import Client
 from runlease.core.model import FORCE_RATE_LIMIT
 
@@ -247,17 +247,7 @@ def test_checkpoint_show_timeline_and_inspect(cli: Cli, ws: str) -> None:
     cli.fails("task", "checkpoint", "tsk_missing", "x", code="TASK_NOT_FOUND", exit=4)
 
     shown = cli.ok("task", "show", task["id"])
-    assert set(shown) == {
-        "task",
-        "runs",
-        "checkpoints",
-        "events",
-        "children",
-        "blocked_by",
-        "open_dependencies",
-        "dependents",
-        "pause",
-    }
+    assert set(shown) == TASK_SHOW_KEYS
     assert [c["note"] for c in shown["checkpoints"]] == ["half way"]
     kinds = [event["kind"] for event in shown["events"]]
     assert kinds
