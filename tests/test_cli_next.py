@@ -123,7 +123,10 @@ def test_release_next_may_take_the_same_run_back(cli: Cli, ws: str) -> None:
     _, token = cli.session("handoff")
     queued_task(cli, ws, "sticky")
     run = claim(cli, token, ws)["run"]
-    out = cli.ok("task", "release", run["id"], "--reason", "retry", "--next", token=token)
+    out = cli.ok(
+        "task", "release", run["id"], "--reason", "retry", "--next", "--workspace", ws,
+        token=token,
+    )  # fmt: skip
     assert out["run"]["status"] == "queued"
     assert out["next"]["run"]["id"] == run["id"]
     assert out["next"]["run"]["status"] == "claimed"
