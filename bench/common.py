@@ -96,10 +96,6 @@ class BenchError(RuntimeError):
     """The harness could not measure a system (a child process failed, a server died)."""
 
 
-class CorrectnessViolation(AssertionError):
-    """A run was handed out twice, lost, or refused: the benchmark's numbers are void."""
-
-
 class System(abc.ABC):
     """One row family of the contention table."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,18 @@ from typing import IO, Any
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 60.0
+# The keys of ``task show``: the task, its runs and its full history beside it.
+TASK_SHOW_KEYS = {
+    "task",
+    "runs",
+    "checkpoints",
+    "events",
+    "children",
+    "blocked_by",
+    "open_dependencies",
+    "dependents",
+    "pause",
+}
 RFC3339_UTC = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"
 
 _SCRIPT = shutil.which("runlease", path=str(Path(sys.executable).parent))
@@ -115,6 +128,29 @@ class Cli:
         """Open a session: (session_id, token)."""
         opened = self.ok("session", "open", "--agent", agent, *extra)
         return opened["session_id"], opened["session_token"]
+
+
+def assert_no_claim_tokens(cli: Cli) -> None:
+    """No output of any command run through ``cli`` shows a raw claim token."""
+    leaked = [out for out in cli.outputs if "rl_claim_" in out]
+    assert not leaked, f"a claim token was printed: {leaked[0]!r}"
+
+
+def is_time(value: Any) -> bool:
+    return isinstance(value, str) and re.match(RFC3339_UTC, value) is not None
+
+
+def claim(cli: Cli, token: str, ws: str, *extra: str) -> dict[str, Any]:
+    """``task next`` in workspace ``ws`` for the session holding ``token``."""
+    claimed: dict[str, Any] = cli.ok("task", "next", "--workspace", ws, *extra, token=token)
+    return claimed
+
+
+def queued_task(cli: Cli, ws: str, title: str = "work", *extra: str) -> dict[str, Any]:
+    """A task created in ``ws`` with its first run queued."""
+    created = cli.ok("task", "create", title, "--workspace", ws, "--start", *extra)
+    task: dict[str, Any] = created["task"]
+    return task
 
 
 class LineReader:

@@ -9,45 +9,17 @@ the Python client to keep the module fast; every command under test runs as a su
 from __future__ import annotations
 
 import re
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from cli_helpers import RFC3339_UTC, Cli, Server, move_clock, serve_relaxed, serve_skewed
+from cli_helpers import TASK_SHOW_KEYS, Cli, Server, claim, is_time, move_clock
 from runlease.client import Client
 from runlease.core.model import FORCE_RATE_LIMIT
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    yield from serve_relaxed(tmp_path_factory.mktemp("cli-graph"))
-
-
-@pytest.fixture(scope="module")
-def cli(server: tuple[Server, Path]) -> Cli:
-    return Cli(socket=server[1])
-
-
-@pytest.fixture
-def ws() -> str:
-    return "ws-" + uuid.uuid4().hex[:10]
 
 
 def create(cli: Cli, ws: str, title: str, *extra: str) -> dict[str, Any]:
     task: dict[str, Any] = cli.ok("task", "create", title, "--workspace", ws, *extra)["task"]
     return task
-
-
-def claim(cli: Cli, token: str, ws: str, *extra: str) -> dict[str, Any]:
-    claimed: dict[str, Any] = cli.ok("task", "next", "--workspace", ws, *extra, token=token)
-    return claimed
-
-
-def is_time(value: Any) -> bool:
-    return isinstance(value, str) and re.match(RFC3339_UTC, value) is not None
 
 
 def test_create_options_draft_publish_and_idempotent_start(cli: Cli, ws: str) -> None:
@@ -275,17 +247,7 @@ def test_checkpoint_show_timeline_and_inspect(cli: Cli, ws: str) -> None:
     cli.fails("task", "checkpoint", "tsk_missing", "x", code="TASK_NOT_FOUND", exit=4)
 
     shown = cli.ok("task", "show", task["id"])
-    assert set(shown) == {
-        "task",
-        "runs",
-        "checkpoints",
-        "events",
-        "children",
-        "blocked_by",
-        "open_dependencies",
-        "dependents",
-        "pause",
-    }
+    assert set(shown) == TASK_SHOW_KEYS
     assert [c["note"] for c in shown["checkpoints"]] == ["half way"]
     kinds = [event["kind"] for event in shown["events"]]
     assert kinds
@@ -316,11 +278,6 @@ def test_checkpoint_show_timeline_and_inspect(cli: Cli, ws: str) -> None:
     assert run_view["target_run"] is None
     assert run_view["current_run"]["run_id"] == claimed["run"]["id"]
     cli.fails("run", "inspect", "run_missing", code="RUN_NOT_FOUND", exit=4)
-
-
-@pytest.fixture
-def skewed(tmp_path: Path) -> Iterator[tuple[Cli, Path]]:
-    yield from serve_skewed(tmp_path)
 
 
 def test_stuck_and_steal(skewed: tuple[Cli, Path]) -> None:

@@ -10,17 +10,9 @@ while the lease clock (sleeping on trio's monotonic clock) has not fired.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from cli_helpers import Cli, move_clock, serve_skewed
-
-
-@pytest.fixture
-def skewed(tmp_path: Path) -> Iterator[tuple[Cli, Path]]:
-    yield from serve_skewed(tmp_path)
+from cli_helpers import Cli, move_clock
 
 
 def test_a_stale_lease_is_refused_with_lease_expired(skewed: tuple[Cli, Path]) -> None:

@@ -16,6 +16,7 @@ import trio
 import trio.testing
 
 from runlease import open_runtime
+from runlease.actors.clock import RuntimeClock
 from runlease.core.commands import (
     AnyCommand,
     ClaimNext,
@@ -28,7 +29,6 @@ from runlease.core.machine import Machine
 from runlease.core.model import Run, Session, Task
 from runlease.core.snapshot import decode_snapshot, encode_snapshot
 from runlease.errors import RunleaseError
-from runlease.runtime.clock import RuntimeClock
 
 START = 1_700_000_000.0
 HOUR = 3600.0

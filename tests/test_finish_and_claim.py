@@ -41,8 +41,8 @@ from runlease.runtime import Runtime
 from runlease.runtime.calls import Call
 from runlease.runtime.client import open_client
 from runlease.runtime.server import SocketServer, serve_socket
+from socket_helpers import STEP, Raw
 from test_machine_model import fingerprint
-from test_server import STEP, Raw
 
 
 async def started(rt: Runtime, title: str, priority: Priority = "medium") -> str:

@@ -1,9 +1,10 @@
 """Stateful test of the task graph: Machine against a small independent model.
 
-The model knows the hierarchy, the dependency edges, pause flags, the scheduler switch and
-each task's run phase, and from those alone decides which tasks are claimable, which
-commands must be refused (and with which code), and what a cancel must reach. After every
-step the machine's claim index must hold exactly the runs the model calls claimable.
+The model knows the hierarchy, the dependency edges, pause flags, drafts and approvals, the
+scheduler switch, each task's run phase and its holder, and from those alone decides which
+tasks are claimable, which commands must be refused (and with which code), what a cancel
+must reach and what a force, a steal or a delete leaves behind. After every step the
+machine's claim index must hold exactly the runs the model calls claimable.
 """
 
 from __future__ import annotations
@@ -17,38 +18,59 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from runlease.core.commands import (
     AddDependency,
+    ApproveTask,
+    BulkForceRuns,
+    CancelRun,
     CancelTask,
+    CheckpointTask,
     ClaimNext,
     CompleteRun,
     CreateTask,
+    DeleteTask,
     FailRun,
     ForceFailRun,
     ForceReleaseRun,
     OpenSession,
     PauseScheduler,
     PauseTask,
+    PublishTask,
+    RejectTask,
+    RemoveDependency,
     ResumeScheduler,
     ResumeTask,
     RetryRun,
     StartTask,
+    StealRun,
+    UpdateTask,
 )
 from runlease.core.ids import CLAIM_TOKEN_PREFIX, new_secret_token
 from runlease.core.machine import Machine
 from runlease.core.model import (
     FORCE_RATE_LIMIT,
+    FORCE_RATE_WINDOW_SECONDS,
     MAX_DEPENDENCIES,
     MAX_HIERARCHY_DEPTH,
     MAX_RETRY_CHAIN,
     Actor,
 )
 from runlease.errors import (
+    APPROVAL_REQUIRED,
     ATTEMPTS_EXHAUSTED,
+    AUTONOMY_LEASE_ALREADY_HELD,
     DEPENDENCY_CYCLE,
+    DEPENDENCY_NOT_FOUND,
     FORCE_RATE_LIMITED,
     GRAPH_LIMIT_EXCEEDED,
+    IMMUTABLE_FIELD,
+    INVALID_INPUT,
     INVALID_TRANSITION,
+    LEASE_NOT_EXPIRED,
     NO_CLAIMABLE_RUN,
     RETRY_CHAIN_TOO_DEEP,
+    RUN_NOT_FOUND,
+    TASK_HAS_ACTIVE_RUNS,
+    TASK_HAS_CHILDREN,
+    TASK_IS_DRAFT,
     RunleaseError,
 )
 
@@ -69,6 +91,10 @@ class ModelTask:
     runs: int = 0
     holder: str | None = None
     force_times: list[float] = field(default_factory=list)
+    draft: bool = False
+    # Manual approval: not_required, pending, approved or rejected.
+    approval: str = "not_required"
+    priority: str = "medium"
 
 
 class GraphModel(RuleBasedStateMachine):
@@ -176,11 +202,13 @@ class GraphModel(RuleBasedStateMachine):
         with_parent=st.booleans(),
         start=st.booleans(),
         max_attempts=st.sampled_from([1, 3, 10]),
+        kind=st.sampled_from(["plain"] * 4 + ["draft", "manual"]),
     )
     def create(
-        self, data: st.DataObject, with_parent: bool, start: bool, max_attempts: int
+        self, data: st.DataObject, with_parent: bool, start: bool, max_attempts: int, kind: str
     ) -> None:
         parent = self.pick(data) if with_parent else None
+        start = start and kind == "plain"  # drafts and manual tasks are started otherwise
         task_id = self.new_id("t")
         expected = None
         if parent is not None:
@@ -196,11 +224,18 @@ class GraphModel(RuleBasedStateMachine):
                 parent_task_id=parent,
                 max_attempts=max_attempts,
                 start_run_id=self.new_id("r") if start else None,
+                draft=kind == "draft",
+                approval_policy="manual" if kind == "manual" else "none",
             )
         )
         assert (error and error.code) == expected, error
         if error is None:
-            self.tasks[task_id] = ModelTask(parent=parent, max_attempts=max_attempts)
+            self.tasks[task_id] = ModelTask(
+                parent=parent,
+                max_attempts=max_attempts,
+                draft=kind == "draft",
+                approval="pending" if kind == "manual" else "not_required",
+            )
             self.order.append(task_id)
             if start:
                 self.tasks[task_id].phase = "queued"
@@ -257,7 +292,12 @@ class GraphModel(RuleBasedStateMachine):
         ok = not self.closed(t)
         error = self.apply(CancelTask(now=self.tick(), task_id=t, reason="stop"))
         assert (error is None) == ok, error
-        if not ok:
+        if ok:
+            self.cancel_tree(t)
+
+    def cancel_tree(self, t: str) -> None:
+        """A task and every descendant not yet closed are canceled, with their live runs."""
+        if self.tasks[t].canceled:
             return
         for task_id in (t, *self.below(t)):
             if task_id != t and self.closed(task_id):
@@ -276,14 +316,21 @@ class GraphModel(RuleBasedStateMachine):
         if t is None:
             return
         mt = self.tasks[t]
-        ok = (
-            not mt.canceled
-            and mt.phase in ("none", "failed")
-            and (mt.phase == "none" or mt.attempt < mt.max_attempts)
-        )
+        if mt.canceled:
+            expected: str | None = INVALID_TRANSITION
+        elif mt.draft:
+            expected = TASK_IS_DRAFT
+        elif mt.approval in ("pending", "rejected"):
+            expected = APPROVAL_REQUIRED
+        elif mt.phase not in ("none", "failed") or (
+            mt.phase == "failed" and mt.attempt >= mt.max_attempts
+        ):
+            expected = INVALID_TRANSITION
+        else:
+            expected = None
         error = self.apply(StartTask(now=self.tick(), task_id=t, run_id=self.new_id("r")))
-        assert (error is None) == ok, error
-        if ok:
+        assert (error and error.code) == expected, error
+        if error is None:
             mt.phase, mt.attempt, mt.runs = "queued", mt.attempt + 1, mt.runs + 1
 
     @rule(session=st.sampled_from(SESSIONS))
@@ -355,25 +402,256 @@ class GraphModel(RuleBasedStateMachine):
         t = self.pick(data)
         if t is None or self.tasks[t].runs == 0:
             return
-        mt = self.tasks[t]
         now = self.tick()
-        recent = [x for x in mt.force_times if x > now - 60]
-        if len(recent) >= FORCE_RATE_LIMIT:
-            expected: str | None = FORCE_RATE_LIMITED
-        elif release:
-            expected = None if mt.phase == "leased" else INVALID_TRANSITION
-        else:
-            expected = None if mt.phase in ("queued", "leased") else INVALID_TRANSITION
+        expected = self.force_refusal(t, release, now)
         kind = ForceReleaseRun if release else ForceFailRun
         error = self.apply(kind(now=now, run_id=self.run_id(t), reason="ops", actor=OPERATOR))
         assert (error and error.code) == expected, error
-        if error is not None:
-            return
-        mt.force_times = [*recent, now]
+        if error is None:
+            self.forced(t, release, now)
+
+    def force_refusal(self, t: str, release: bool, now: float) -> str | None:
+        mt = self.tasks[t]
+        recent = [x for x in mt.force_times if x > now - FORCE_RATE_WINDOW_SECONDS]
+        if len(recent) >= FORCE_RATE_LIMIT:
+            return FORCE_RATE_LIMITED
+        if release:
+            return None if mt.phase == "leased" else INVALID_TRANSITION
+        return None if mt.phase in ("queued", "leased") else INVALID_TRANSITION
+
+    def forced(self, t: str, release: bool, now: float) -> None:
+        mt = self.tasks[t]
+        window_start = now - FORCE_RATE_WINDOW_SECONDS
+        mt.force_times = [*(x for x in mt.force_times if x > window_start), now]
+        self.drop_holder(mt)
+        mt.phase = "queued" if release else "failed"
+
+    def drop_holder(self, mt: ModelTask) -> None:
         if mt.holder is not None:
             self.lease_of[mt.holder] = None
             mt.holder = None
-        mt.phase = "queued" if release else "failed"
+
+    @rule(
+        data=st.data(),
+        release=st.booleans(),
+        count=st.integers(1, 4),
+        with_missing=st.booleans(),
+    )
+    def bulk_force(
+        self, data: st.DataObject, release: bool, count: int, with_missing: bool
+    ) -> None:
+        """One bulk request: each run gets the outcome it would get on its own, in order."""
+        started = [t for t in self.order if self.tasks[t].runs > 0]
+        if not started:
+            return
+        picked = [data.draw(st.sampled_from(started)) for _ in range(count)]
+        run_ids = [self.run_id(t) for t in picked]
+        if with_missing:
+            run_ids.insert(data.draw(st.integers(0, len(run_ids))), "r_missing")
+        now = self.tick()
+        outcome = self.machine.apply(
+            BulkForceRuns(
+                now=now,
+                action="release" if release else "fail",
+                run_ids=run_ids,
+                reason="ops",
+                actor=OPERATOR,
+            )
+        )
+        items = outcome.reply.items
+        assert [item.run_id for item in items] == run_ids
+        by_run = {self.run_id(t): t for t in picked}
+        for item in items:
+            if item.run_id == "r_missing":
+                expected: str | None = RUN_NOT_FOUND
+            else:
+                expected = self.force_refusal(by_run[item.run_id], release, now)
+            assert item.ok == (expected is None), item
+            assert item.code == expected, item
+            if item.ok:
+                self.forced(by_run[item.run_id], release, now)
+
+    @rule(data=st.data())
+    def remove_dependency(self, data: st.DataObject) -> None:
+        a, b = self.pick(data), self.pick(data)
+        if a is None or b is None:
+            return
+        ta = self.tasks[a]
+        expected = None if b in ta.deps else DEPENDENCY_NOT_FOUND
+        error = self.apply(RemoveDependency(now=self.tick(), task_id=a, blocked_by=b))
+        assert (error and error.code) == expected, error
+        if error is None:
+            ta.deps.remove(b)
+
+    @rule(data=st.data())
+    def cancel_run(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        if t is None or self.tasks[t].runs == 0:
+            return
+        mt = self.tasks[t]
+        ok = mt.phase in ("queued", "leased")
+        error = self.apply(CancelRun(now=self.tick(), run_id=self.run_id(t), reason="no"))
+        assert (error and error.code) == (None if ok else INVALID_TRANSITION), error
+        if ok:
+            self.drop_holder(mt)
+            mt.phase = "canceled"
+
+    @rule(data=st.data(), with_run=st.booleans())
+    def publish(self, data: st.DataObject, with_run: bool) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        mt = self.tasks[t]
+        if with_run and mt.canceled:
+            # Not drawn: the machine enqueues a run for a canceled draft it publishes, and
+            # whether that is refused or published without the run is not settled yet.
+            return
+        expected = None if mt.draft else INVALID_TRANSITION
+        command = PublishTask(
+            now=self.tick(), task_id=t, run_id=self.new_id("r") if with_run else None
+        )
+        error = self.apply(command)
+        assert (error and error.code) == expected, error
+        if error is None:
+            mt.draft = False
+            if with_run:
+                mt.phase, mt.attempt, mt.runs = "queued", 1, 1
+
+    @rule(data=st.data())
+    def approve(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        mt = self.tasks[t]
+        ok = mt.approval == "pending" and not mt.canceled
+        error = self.apply(ApproveTask(now=self.tick(), task_id=t, run_id=self.new_id("r")))
+        assert (error and error.code) == (None if ok else INVALID_TRANSITION), error
+        if ok:
+            mt.approval = "approved"
+            mt.phase, mt.attempt, mt.runs = "queued", 1, 1
+
+    @rule(data=st.data())
+    def reject(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        mt = self.tasks[t]
+        ok = mt.approval == "pending"
+        error = self.apply(RejectTask(now=self.tick(), task_id=t, reason="no"))
+        assert (error and error.code) == (None if ok else INVALID_TRANSITION), error
+        if ok:
+            mt.approval = "rejected"
+            self.cancel_tree(t)
+
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        if self.children(t):
+            expected: str | None = TASK_HAS_CHILDREN
+        elif self.tasks[t].phase in ("queued", "leased"):
+            expected = TASK_HAS_ACTIVE_RUNS
+        else:
+            expected = None
+        error = self.apply(DeleteTask(now=self.tick(), task_id=t))
+        assert (error and error.code) == expected, error
+        if error is None:
+            del self.tasks[t]
+            self.order.remove(t)
+            for mt in self.tasks.values():
+                if t in mt.deps:
+                    mt.deps.remove(t)
+            assert t not in self.machine.tasks
+
+    @rule(
+        data=st.data(),
+        change=st.sampled_from(
+            ["priority", "priority", "max_attempts", "title", "workspace_id", "unknown"]
+        ),
+        value=st.sampled_from([1, 2, 5]),
+    )
+    def update(self, data: st.DataObject, change: str, value: int) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        mt = self.tasks[t]
+        changes: dict[str, object]
+        if change == "priority":
+            changes = {"priority": ["low", "high", "urgent"][value % 3]}
+        elif change == "max_attempts":
+            changes = {"max_attempts": value}
+        elif change == "title":
+            changes = {"title": f"renamed {value}"}
+        else:
+            changes = {change: "x"}
+        if change == "workspace_id":
+            expected: str | None = IMMUTABLE_FIELD
+        elif change == "unknown":
+            expected = INVALID_INPUT
+        elif change == "max_attempts" and self.closed(t):
+            expected = INVALID_TRANSITION
+        else:
+            expected = None
+        error = self.apply(UpdateTask(now=self.tick(), task_id=t, changes=changes))
+        assert (error and error.code) == expected, error
+        if error is None and change == "max_attempts":
+            mt.max_attempts = value
+        if error is None and change == "priority":
+            mt.priority = str(changes["priority"])
+        assert self.machine.tasks[t].priority == mt.priority
+
+    @rule(data=st.data(), author=st.sampled_from([None, "ann"]))
+    def checkpoint(self, data: st.DataObject, author: str | None) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        now = self.tick()
+        outcome = self.machine.apply(
+            CheckpointTask(now=now, task_id=t, note=f"note {now}", author=author, actor=OPERATOR)
+        )
+        last = outcome.reply.checkpoints[-1]
+        assert (last.at, last.note) == (now, f"note {now}")
+        assert last.author == (author or OPERATOR.ref)
+        leased = self.tasks[t].phase == "leased"
+        assert last.run_id == (self.run_id(t) if leased else None)
+        if leased:
+            assert self.machine.runs[self.run_id(t)].checkpoint_at == now
+
+    @rule(data=st.data(), session=st.sampled_from(SESSIONS), force=st.booleans())
+    def steal(self, data: st.DataObject, session: str, force: bool) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        mt = self.tasks[t]
+        if mt.phase not in ("queued", "leased"):
+            expected: str | None = INVALID_TRANSITION
+        elif self.lease_of[session] is not None:
+            expected = AUTONOMY_LEASE_ALREADY_HELD
+        elif mt.phase == "queued" and self.gated(t):
+            expected = INVALID_TRANSITION
+        elif not force:
+            # Nothing here expires, so no run lost its lease to expiry and none is stale.
+            expected = LEASE_NOT_EXPIRED
+        else:
+            expected = None
+        command = StealRun(
+            now=self.tick(),
+            task_id=t,
+            session_id=session,
+            claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
+            force=force,
+            lease_seconds=100_000,
+            reason="takeover",
+        )
+        error = self.apply(command)
+        assert (error and error.code) == expected, error
+        if error is None:
+            self.drop_holder(mt)
+            mt.phase, mt.holder = "leased", session
+            self.lease_of[session] = t
+            run = self.machine.runs[self.run_id(t)]
+            assert (run.status, run.session_id, run.checkpoint_at) == ("claimed", session, None)
 
     @rule(on=st.booleans())
     def scheduler(self, on: bool) -> None:
@@ -411,8 +689,10 @@ class GraphModel(RuleBasedStateMachine):
                 assert status == "canceled"
             elif mt.phase == "leased":
                 assert status == "in_progress"
-            elif mt.phase == "completed":
-                assert status == "completed"
+            elif mt.phase in ("completed", "canceled"):
+                assert status == mt.phase
+            elif mt.draft:
+                assert status == "draft"
             elif mt.phase in ("queued", "none") or (
                 mt.phase == "failed" and mt.attempt < mt.max_attempts
             ):

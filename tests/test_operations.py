@@ -16,6 +16,7 @@ import trio.testing
 
 from runlease import gen_sync, open_runtime
 from runlease import protocol as p
+from runlease.actors.lease_clock import LEASE_CLOCK
 from runlease.client import Client
 from runlease.core.model import Actor, Event, Origin, Session
 from runlease.errors import INVALID_INPUT, InvalidInput
@@ -28,7 +29,6 @@ from runlease.operations import (
     TaskPage,
 )
 from runlease.runtime import Runtime
-from runlease.runtime.actors import LEASE_CLOCK
 from runlease.runtime.client import open_client
 from runlease.runtime.server import serve_socket
 

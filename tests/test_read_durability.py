@@ -13,21 +13,21 @@ no reply); no sleeps.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 from runlease import open_runtime
-from runlease.errors import NO_CLAIMABLE_RUN, STORAGE_FAILED, RunleaseError, Unavailable
+from runlease.errors import NO_CLAIMABLE_RUN, STORAGE_FAILED, Unavailable
 from runlease.runtime import Runtime
 from runlease.runtime.client import AsyncClient, open_client
 from runlease.runtime.server import SocketServer, serve_socket
 from storage_faults import AppendGate
+from trio_helpers import Later
 
 STEP = 30  # seconds: an upper bound for one step on a loaded machine, never a sleep
 
@@ -61,37 +61,6 @@ async def served(
             gate.release()
             server.shutdown()
             await server.wait_stopped()
-
-
-class Later:
-    """Runs a call in the background and keeps its outcome."""
-
-    def __init__(self, nursery: trio.Nursery, call: Callable[[], Awaitable[Any]]) -> None:
-        self.done = trio.Event()
-        self.value: Any = None
-        self.error: RunleaseError | None = None
-        nursery.start_soon(self._run, call)
-
-    async def _run(self, call: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            self.value = await call()
-        except RunleaseError as exc:
-            self.error = exc
-        finally:
-            self.done.set()
-
-    async def result(self) -> Any:
-        with trio.fail_after(STEP):
-            await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-    async def failure(self) -> RunleaseError:
-        with trio.fail_after(STEP):
-            await self.done.wait()
-        assert self.error is not None, f"expected an error, got {self.value!r}"
-        return self.error
 
 
 async def entered(gate: AppendGate) -> None:

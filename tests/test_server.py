@@ -9,8 +9,6 @@ import socket
 import stat
 import struct
 import tempfile
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,73 +38,9 @@ from runlease.errors import (
     NotFound,
     Unavailable,
 )
-from runlease.runtime import Runtime
 from runlease.runtime.client import open_client
 from runlease.runtime.server import SocketServer, serve_socket
-
-STEP = 10  # seconds: an upper bound for any single step, never a sleep
-
-
-@dataclass
-class Served:
-    rt: Runtime
-    server: SocketServer
-    path: Path
-
-
-@pytest.fixture
-async def served(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Served]:
-    path = tmp_path / "sock" / "s.sock"
-    async with open_runtime() as rt:
-        server: SocketServer = await nursery.start(serve_socket, rt, path)
-        yield Served(rt, server, path)
-        server.shutdown()
-        await server.wait_stopped()
-
-
-class Raw:
-    """A hand-driven connection that records every byte the server sends."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = p.FrameBuffer()
-        self.received = bytearray()
-
-    @classmethod
-    async def open(cls, path: Path, *, hello: bool = True) -> Raw:
-        raw = cls(await trio.open_unix_socket(os.fspath(path)))
-        if hello:
-            await raw.send(p.Hello(id=1, versions=[1]))
-            assert isinstance(await raw.reply(), p.Welcome)
-        return raw
-
-    async def send(self, message: p.Request[Any] | bytes) -> None:
-        data = message if isinstance(message, bytes) else p.encode_frame(message)
-        await self.stream.send_all(data)
-
-    async def reply(self) -> p.AnyReply | None:
-        """The next reply, or None once the server closed the connection."""
-        with trio.fail_after(STEP):
-            while True:
-                body = self.buffer.next_frame()
-                if body is not None:
-                    return p.decode_reply(body)
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    return None
-                self.received += data
-                self.buffer.feed(data)
-
-    async def replies(self, count: int) -> list[p.AnyReply]:
-        out: list[p.AnyReply] = []
-        for _ in range(count):
-            reply = await self.reply()
-            assert reply is not None, f"connection closed after {out}"
-            out.append(reply)
-        return out
-
-    async def close(self) -> None:
-        await self.stream.aclose()
+from socket_helpers import STEP, Raw, Served
 
 
 def error_of(reply: p.AnyReply | None) -> tuple[int, str]:

@@ -1,46 +1,23 @@
-"""The issue-6 requests over a real socket: both clients, stamping, and odd input.
+"""The task-graph and operator requests over a real socket: both clients, stamping, odd input.
 
-Whatever a client puts in a well-formed issue-6 request, the server answers with a reply or
+Whatever a client puts in a well-formed request of these kinds, the server answers with a reply or
 an error with a stable code (never INTERNAL), and the connection keeps working.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
 
 import msgspec
 import pytest
 import trio
 
-from runlease import open_runtime
 from runlease import protocol as p
 from runlease.errors import INTERNAL, RunleaseError
-from runlease.runtime import Runtime
 from runlease.runtime.client import open_client
-from runlease.runtime.server import SocketServer, serve_socket
-
-STEP = 10  # seconds: an upper bound for any single step, never a sleep
-
-
-@dataclass
-class Served:
-    rt: Runtime
-    server: SocketServer
-    path: Path
-
-
-@pytest.fixture
-async def served(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Served]:
-    path = tmp_path / "sock" / "s.sock"
-    async with open_runtime() as rt:
-        server: SocketServer = await nursery.start(serve_socket, rt, path)
-        yield Served(rt, server, path)
-        server.shutdown()
-        await server.wait_stopped()
+from socket_helpers import STEP, Served
 
 
 async def test_trio_client_drives_the_graph_and_writes_are_stamped(served: Served) -> None:

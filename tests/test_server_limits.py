@@ -40,50 +40,12 @@ from runlease.runtime.server import (
     connection_cap,
     default_backlog,
 )
+from socket_helpers import STEP, Raw
 
-STEP = 10  # seconds: an upper bound for any single step, never a sleep
 GRACE = 5.0
 HANDSHAKE = 10.0
 IDLE = 60.0
 BIG_DESCRIPTION = "x" * 16_000  # 80 such tasks make a list reply of about 1 MiB
-
-
-class Raw:
-    """A hand-driven connection."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = p.FrameBuffer()
-
-    @classmethod
-    async def open(cls, path: Path, *, hello: bool = True) -> Raw:
-        raw = cls(await trio.open_unix_socket(os.fspath(path)))
-        if hello:
-            await raw.send(p.Hello(id=1, versions=[1]))
-            assert isinstance(await raw.reply(), p.Welcome)
-        return raw
-
-    async def send(self, message: p.Request[Any] | bytes) -> None:
-        data = message if isinstance(message, bytes) else p.encode_frame(message)
-        await self.stream.send_all(data)
-
-    async def reply(self, timeout: float = STEP) -> p.AnyReply | None:
-        """The next reply, or None once the server closed the connection."""
-        with trio.fail_after(timeout):
-            while True:
-                body = self.buffer.next_frame()
-                if body is not None:
-                    return p.decode_reply(body)
-                try:
-                    data = await self.stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    return None
-                if not data:
-                    return None
-                self.buffer.feed(data)
-
-    async def close(self) -> None:
-        await self.stream.aclose()
 
 
 def error_of(reply: p.AnyReply | None) -> tuple[int, str, str]:

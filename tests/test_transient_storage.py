@@ -9,7 +9,7 @@ shows exactly what was acknowledged. A STORAGE_FAILED commit still turns writes 
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from runlease.runtime import Runtime
 from runlease.runtime import journal as journal_module
 from runlease.runtime.journal import BootReport
 from storage_faults import THREAD_WAIT, AppendGate
+from trio_helpers import Later
 
 START = 1_700_000_000.0
 STEP = 30  # seconds: an upper bound for one step on a loaded machine, never a sleep
@@ -61,37 +62,6 @@ async def expect_code(code: str, call: Awaitable[Any]) -> RunleaseError:
         await call
     assert info.value.code == code, info.value
     return info.value
-
-
-class Later:
-    """Runs a call in the background and keeps its outcome."""
-
-    def __init__(self, nursery: trio.Nursery, call: Callable[[], Awaitable[Any]]) -> None:
-        self.done = trio.Event()
-        self.value: Any = None
-        self.error: RunleaseError | None = None
-        nursery.start_soon(self._run, call)
-
-    async def _run(self, call: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            self.value = await call()
-        except RunleaseError as exc:
-            self.error = exc
-        finally:
-            self.done.set()
-
-    async def result(self) -> Any:
-        with trio.fail_after(STEP):
-            await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-    async def code(self) -> str:
-        with trio.fail_after(STEP):
-            await self.done.wait()
-        assert self.error is not None, f"expected an error, got {self.value!r}"
-        return self.error.code
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""The lease clock's state: a heap of deadlines to fire, in time order.
+"""The lease clock: sleeps until the earliest lease or session deadline, then sends the expiry.
+
+There is no periodic sweep. The clock keeps a heap of deadlines in time order, sleeps until
+the first is due (or until an earlier one is added) and sends each expiry that is still
+current to the actor that owns it, exactly at its deadline.
 
 Deadlines are only ever added. A lease that was renewed leaves its old deadline behind; when
 that fires the state machine sees the newer ``lease_until`` and does nothing, so the heap
@@ -8,8 +12,18 @@ needs no removal and renewal stays O(log n).
 from __future__ import annotations
 
 import heapq
+from collections.abc import Awaitable, Callable
 
-from runlease.core.machine import Deadline
+import trio
+
+from runlease.actors.clock import RuntimeClock
+from runlease.actors.requests import Request
+from runlease.core.commands import ExpireLease, ExpireSession
+from runlease.core.machine import LEASE_DEADLINE, SESSION_DEADLINE, Deadline, Machine
+from runlease.core.model import LEASED_RUN_STATUSES, Origin
+
+# The origin of what the lease clock does on its own: expiries, at boot and while running.
+LEASE_CLOCK = Origin(kind="daemon", ref="lease_clock")
 
 
 class DeadlineHeap:
@@ -33,3 +47,65 @@ class DeadlineHeap:
         while heap and heap[0][0] <= now:
             due.append(heapq.heappop(heap))
         return due
+
+
+class LeaseClock:
+    """Watches deadlines and hands each due expiry to ``deliver`` (the actors' router)."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        clock: RuntimeClock,
+        deliver: Callable[[Request], Awaitable[None]],
+    ) -> None:
+        self._machine = machine
+        self._clock = clock
+        self._deliver = deliver
+        self.deadlines = DeadlineHeap()
+        self._wake = trio.Event()
+
+    def watch(self, deadline: Deadline) -> None:
+        if self.deadlines.push(deadline):
+            self._wake.set()
+
+    def watch_live_state(self) -> None:
+        """Watch every lease and session TTL the machine holds (after boot or a rollback).
+
+        Deadlines already in the heap may be pushed again; each is checked against the
+        state when it is due, so a duplicate or stale entry does nothing."""
+        for run in self._machine.leased_runs():
+            assert run.lease_until is not None
+            self.deadlines.push((run.lease_until, LEASE_DEADLINE, run.id))
+        for session in self._machine.sessions.values():
+            if session.state == "live" and session.ttl_deadline is not None:
+                self.deadlines.push((session.ttl_deadline, SESSION_DEADLINE, session.id))
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            self._wake = wake = trio.Event()
+            upcoming = self.deadlines.next_deadline()
+            if upcoming is None:
+                await wake.wait()
+            else:
+                with trio.move_on_at(self._clock.trio_time_of(upcoming)):
+                    await wake.wait()
+            for at, kind, key in self.deadlines.pop_due(self._clock.now()):
+                if kind == LEASE_DEADLINE:
+                    run = self._machine.runs.get(key)
+                    if (
+                        run is not None
+                        and run.status in LEASED_RUN_STATUSES
+                        and run.lease_until is not None
+                        and run.lease_until <= at
+                    ):
+                        await self._deliver(
+                            Request(ExpireLease(now=0.0, run_id=key, origin=LEASE_CLOCK))
+                        )
+                else:
+                    session = self._machine.sessions.get(key)
+                    if session is not None and session.state == "live":
+                        await self._deliver(
+                            Request(ExpireSession(now=0.0, session_id=key, origin=LEASE_CLOCK))
+                        )

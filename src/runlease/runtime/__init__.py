@@ -1,5 +1,4 @@
-"""The trio shell: the embedded API, the actors it drives, the socket server and the trio
-client."""
+"""The trio runtime: wires the actors to the journal, the embedded API and the socket server."""
 
 from runlease.runtime.runtime import Runtime, RuntimeStatus, SessionHandle, open_runtime
 

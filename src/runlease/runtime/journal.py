@@ -32,6 +32,8 @@ from typing import Any
 
 import trio
 
+from runlease.actors.commit import Acknowledge
+from runlease.actors.requests import Request
 from runlease.core.commands import AnyCommand, ExpireLease, ExpireSession
 from runlease.core.machine import Machine, Outcome
 from runlease.core.model import LEASED_RUN_STATUSES, REASON_ORPHANED_ON_BOOT
@@ -46,8 +48,6 @@ from runlease.errors import (
 )
 from runlease.persistence.records import decode_command, encode_record
 from runlease.persistence.store import Store
-from runlease.runtime.commit import Acknowledge
-from runlease.runtime.requests import Request
 
 log = logging.getLogger("runlease.journal")
 

@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 
 import msgspec
 
+from runlease.actors.clock import RuntimeClock
+from runlease.actors.system import ActorSystem
 from runlease.core import views
 from runlease.core.machine import Machine, snapshot_run, snapshot_task
 from runlease.core.model import Event, Run, Session, Task, TaskStatus
 from runlease.errors import InvalidInput
 from runlease.operations import DEFAULT_STUCK_THRESHOLD
-from runlease.runtime.actors import ActorSystem
-from runlease.runtime.clock import RuntimeClock
 from runlease.runtime.events import EventFeed
 
 

@@ -19,6 +19,11 @@ from typing import Any, Literal, TypeVar
 
 import trio
 
+from runlease.actors.clock import RuntimeClock
+from runlease.actors.commit import Committer, MemoryCommitter
+from runlease.actors.lease_clock import LEASE_CLOCK
+from runlease.actors.requests import Request as Pending
+from runlease.actors.system import ActorSystem
 from runlease.core.commands import (
     AnyCommand,
     BulkForceRuns,
@@ -68,10 +73,7 @@ from runlease.operations import (
     strings,
 )
 from runlease.persistence.store import DEFAULT_MAP_SIZE, Store
-from runlease.runtime.actors import LEASE_CLOCK, ActorSystem
 from runlease.runtime.calls import EMBEDDED, Call
-from runlease.runtime.clock import RuntimeClock
-from runlease.runtime.commit import Committer, MemoryCommitter
 from runlease.runtime.events import EventFeed
 from runlease.runtime.journal import (
     DEFAULT_SNAPSHOT_EVERY_RECORDS,
@@ -85,7 +87,6 @@ from runlease.runtime.journal import (
     take_snapshot,
 )
 from runlease.runtime.reads import MemoryReads, RuntimeStatus
-from runlease.runtime.requests import Request as Pending
 
 DEFAULT_EVENT_CAPACITY = 10_000
 # Where completion-contract paths are resolved: workspace id ("" global) -> directory, or a

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from runlease.actors.requests import Request
 from runlease.core.commands import AnyCommand
 from runlease.core.machine import Outcome
 from runlease.errors import RunleaseError
-from runlease.runtime.requests import Request
 
 Acknowledge = Callable[[Request | None, Outcome[Any]], None]
 

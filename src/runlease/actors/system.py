@@ -1,0 +1,71 @@
+"""The actors of one runtime, wired together: who receives which request.
+
+Claims and session commands go to the scheduler's mailbox; commands on one run are a turn
+of that run's task actor; the lease clock sends expiries through the same routing.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from runlease.actors.apply import Applier
+from runlease.actors.clock import RuntimeClock
+from runlease.actors.commit import Committer
+from runlease.actors.lease_clock import LeaseClock
+from runlease.actors.requests import Request
+from runlease.actors.scheduler import Scheduler, WaiterQueue
+from runlease.actors.task_turn import TaskActors
+from runlease.core.machine import Machine
+from runlease.errors import RunleaseError
+
+
+class ActorSystem:
+    """The actors of one runtime and the state they share: the machine and the clock."""
+
+    def __init__(self, machine: Machine, clock: RuntimeClock, committer: Committer) -> None:
+        self.machine = machine
+        self.clock = clock
+        self.lease_clock = LeaseClock(machine, clock, self.send)
+        self.applier = Applier(machine, clock, committer, on_deadline=self.lease_clock.watch)
+        self.scheduler = Scheduler(self.applier)
+        self.tasks = TaskActors(self.applier, self.scheduler)
+
+    @property
+    def committer(self) -> Committer:
+        return self.applier.committer
+
+    @committer.setter
+    def committer(self, committer: Committer) -> None:
+        self.applier.committer = committer
+
+    @property
+    def waiters(self) -> WaiterQueue[Request]:
+        return self.scheduler.waiters
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.scheduler.run)
+            await nursery.start(self.lease_clock.run)
+            task_status.started()
+
+    async def send(self, request: Request) -> None:
+        """Deliver a request to the actor that owns its command."""
+        if self.tasks.own(request.command):
+            self.tasks.turn(request)
+            return
+        await self.scheduler.send(request)
+
+    def arm_deadlines_of_live_state(self) -> None:
+        """After boot: watch every lease and session TTL the state holds."""
+        self.lease_clock.watch_live_state()
+
+    def after_rollback(self) -> None:
+        """Memory was rolled back to the journal: watch the restored leases and sessions
+        (the ones armed since may be gone or later) and let waiting claimers look again,
+        since runs taken by refused claims are back in the queue."""
+        self.lease_clock.watch_live_state()
+        self.applier.work_queued = True
+        self.scheduler.wake_nowait()
+
+    def fail_waiters(self, error: RunleaseError) -> None:
+        self.scheduler.fail_waiters(error)

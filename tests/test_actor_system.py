@@ -1,0 +1,105 @@
+"""The actors wired together, driven directly with requests and an in-memory committer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+import pytest
+import trio
+import trio.testing
+
+from runlease.actors.clock import RuntimeClock
+from runlease.actors.commit import MemoryCommitter
+from runlease.actors.requests import Request
+from runlease.actors.system import ActorSystem
+from runlease.core.commands import ClaimNext, Command, CreateTask, OpenSession
+from runlease.core.ids import hash_token
+from runlease.core.machine import Machine, Outcome
+from runlease.errors import INTERNAL
+
+START = 1_700_000_000.0
+R = TypeVar("R")
+
+
+class MachineWithBrokenClaims(Machine):
+    """A machine whose claim handler has a bug (raises a plain exception) while ``broken``."""
+
+    broken = False
+
+    def apply(self, command: Command[R]) -> Outcome[R]:
+        if self.broken and isinstance(command, ClaimNext):
+            raise ValueError("a bug in the claim handler")
+        return super().apply(command)
+
+
+def _acknowledge(request: Request | None, outcome: Outcome[Any]) -> None:
+    if request is not None:
+        request.resolve(outcome.reply, outcome.error)
+
+
+def _claim(n: int, *, wait: bool = False) -> Request:
+    command = ClaimNext(now=0.0, session_id="ses_a", claim_token_hash=hash_token(f"tok_{n}"))
+    return Request(command, wait=wait)
+
+
+async def _call(system: ActorSystem, request: Request) -> Any:
+    await system.send(request)
+    with trio.fail_after(5):
+        await request.done.wait()
+    return request.result()
+
+
+async def test_a_bug_in_a_parked_claim_fails_that_claimer_and_the_scheduler_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    machine = MachineWithBrokenClaims()
+    system = ActorSystem(machine, RuntimeClock(lambda: START), MemoryCommitter(_acknowledge))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(system.run)
+        await _call(system, Request(OpenSession(now=0.0, session_id="ses_a", agent="a")))
+
+        parked = _claim(1, wait=True)
+        await system.send(parked)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(system.waiters) == 1
+        assert not parked.done.is_set()
+
+        # New work wakes the waiter, whose claim now hits the bug.
+        machine.broken = True
+        with caplog.at_level(logging.ERROR, logger="runlease"):
+            create = CreateTask(now=0.0, task_id="tsk_a", title="a", start_run_id="run_a")
+            await _call(system, Request(create))
+            with trio.fail_after(5):
+                await parked.done.wait()
+        assert parked.error is not None
+        assert parked.error.code == INTERNAL
+        assert "ClaimNext" in str(parked.error)
+        assert len(system.waiters) == 0
+        assert any("internal error applying ClaimNext" in r.getMessage() for r in caplog.records)
+
+        # The scheduler is still serving: the run it could not hand out is still there.
+        machine.broken = False
+        claim = await _call(system, _claim(2))
+        assert claim.run.id == "run_a"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_bug_in_a_direct_command_fails_only_its_caller() -> None:
+    machine = MachineWithBrokenClaims()
+    system = ActorSystem(machine, RuntimeClock(lambda: START), MemoryCommitter(_acknowledge))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(system.run)
+        await _call(system, Request(OpenSession(now=0.0, session_id="ses_a", agent="a")))
+        machine.broken = True
+        broken = _claim(1)
+        await system.send(broken)
+        with trio.fail_after(5):
+            await broken.done.wait()
+        assert broken.error is not None
+        assert broken.error.code == INTERNAL
+        machine.broken = False
+        create = CreateTask(now=0.0, task_id="tsk_a", title="a", start_run_id="run_a")
+        await _call(system, Request(create))
+        assert (await _call(system, _claim(2))).run.id == "run_a"
+        nursery.cancel_scope.cancel()
