@@ -502,11 +502,8 @@ class GraphModel(RuleBasedStateMachine):
         if t is None:
             return
         mt = self.tasks[t]
-        if with_run and mt.canceled:
-            # Not drawn: the machine enqueues a run for a canceled draft it publishes, and
-            # whether that is refused or published without the run is not settled yet.
-            return
-        expected = None if mt.draft else INVALID_TRANSITION
+        # A canceled task is final: publishing it is refused like any other move.
+        expected = None if mt.draft and not mt.canceled else INVALID_TRANSITION
         command = PublishTask(
             now=self.tick(), task_id=t, run_id=self.new_id("r") if with_run else None
         )
@@ -536,7 +533,7 @@ class GraphModel(RuleBasedStateMachine):
         if t is None:
             return
         mt = self.tasks[t]
-        ok = mt.approval == "pending"
+        ok = mt.approval == "pending" and not mt.canceled
         error = self.apply(RejectTask(now=self.tick(), task_id=t, reason="no"))
         assert (error and error.code) == (None if ok else INVALID_TRANSITION), error
         if ok:
