@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from bench.common import BenchError, short_socket_dir
+from bench.common import BenchError, cpu_model, short_socket_dir
 
 DEFAULT_RUNS: Final = 20
 # The ratio of a command's median to the floor's that the CLI is meant to stay within.
@@ -76,17 +76,6 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     }
     env.update(extra)
     return env
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timeit_figure() -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import math
 import os
+import platform
 import random
 import tempfile
 import time
@@ -260,3 +261,15 @@ def split_evenly(total: int, parts: int) -> list[int]:
     parts = max(1, min(parts, total))
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def cpu_model() -> str:
+    """The CPU's model name, recorded beside every result (ratios move with it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

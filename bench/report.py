@@ -18,23 +18,12 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from bench.common import DURABILITY_MEANING, Row
+from bench.common import DURABILITY_MEANING, Row, cpu_model
 
 PEER_FAMILIES = ("sqlite", "beanstalkd")
 
 
 # ------------------------------------------------------------------------------ machine
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _mem_total_gib() -> float:
     try:
         with open("/proc/meminfo") as f:
@@ -97,7 +86,7 @@ def machine_info(workdir: Path) -> dict[str, Any]:
 
     return {
         "nproc": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "mem_total_gib": round(_mem_total_gib(), 1),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
