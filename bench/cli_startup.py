@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from bench.common import BenchError, cpu_model, short_socket_dir
+from bench.common import BenchError, cpu_model, short_socket_dir, timeit_figure
 
 DEFAULT_RUNS: Final = 20
 # The ratio of a command's median to the floor's that the CLI is meant to stay within.
@@ -76,18 +76,6 @@ def clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     }
     env.update(extra)
     return env
-
-
-def timeit_figure() -> str:
-    """``python -m timeit "sum(range(50))"``'s own summary line: a rough CPU speed."""
-    done = subprocess.run(
-        [sys.executable, "-m", "timeit", "sum(range(50))"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=COMMAND_TIMEOUT,
-    )
-    return done.stdout.strip()
 
 
 @contextmanager

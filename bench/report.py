@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from bench.common import DURABILITY_MEANING, Row, cpu_model
+from bench.common import DURABILITY_MEANING, Row, cpu_model, timeit_figure
 
 PEER_FAMILIES = ("sqlite", "beanstalkd")
 
@@ -87,6 +87,8 @@ def machine_info(workdir: Path) -> dict[str, Any]:
     return {
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model(),
+        # Ratios against C peers move with the interpreter's speed: a rough figure for it.
+        "timeit_sum_range_50": timeit_figure(),
         "mem_total_gib": round(_mem_total_gib(), 1),
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
@@ -267,6 +269,7 @@ def machine_panel(machine: dict[str, Any]) -> Panel:
     text = (
         f"{machine['nproc']} CPUs ({machine['cpu_model']}), {machine['mem_total_gib']} GiB, "
         f"Python {machine['python']}, kernel {machine['kernel']}\n"
+        f"timeit sum(range(50)): {machine.get('timeit_sum_range_50', 'not recorded')}\n"
         f"disk {disk['device']} ({disk['fstype']}) at {disk['mount']}, "
         f"fsync p50 {machine['fsync_p50_ms']} ms; SQLite {machine['sqlite']}, "
         f"{machine['beanstalkd'] or 'beanstalkd not installed'}\n"

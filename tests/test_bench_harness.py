@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import contention, sqlite_queue, timing  # noqa: E402
+from bench import contention, markdown, sqlite_queue, timing  # noqa: E402
 from bench.beanstalk import Beanstalkd  # noqa: E402
 from bench.common import (  # noqa: E402
     BenchError,
@@ -100,6 +100,14 @@ def test_embedded_and_peers_drain_exactly_once(tmp_path: Path) -> None:
     if installed:
         assert any(r["peer"] == "beanstalkd-f0" for r in document["ratios"])
     assert document["machine"]["nproc"] >= 1
+    assert "loops, best of" in document["machine"]["timeit_sum_range_50"]
+    # The Markdown for RESULTS.md carries every measured row and every ratio.
+    text = markdown.render(document)
+    for row in rows:
+        assert f"| `{row['system']}` |" in text
+        assert f"{row['cycles_per_s']:,.0f}" in text
+    for ratio in document["ratios"]:
+        assert f"{ratio['ratio']:.2f}" in text
     charts = list((tmp_path / "results").glob("contention-*.png"))
     try:
         import matplotlib  # noqa: F401
