@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from runlease.core import views
+from runlease.core import stuck
 from runlease.core.commands import (
     AnyCommand,
     CancelRun,
@@ -107,9 +107,9 @@ def test_stuck_refuses_a_threshold_that_is_not_a_finite_count_of_seconds(
 ) -> None:
     _claim(machine, "s1", T0)
     with pytest.raises(InvalidInput):
-        views.stuck(machine, T0 + 200, threshold=threshold)
+        stuck.stuck(machine, T0 + 200, threshold=threshold)
     # A real threshold finds the idle lease.
-    assert [s.kind for s in views.stuck(machine, T0 + 200, threshold=60)] == ["no_progress"]
+    assert [s.kind for s in stuck.stuck(machine, T0 + 200, threshold=60)] == ["no_progress"]
 
 
 def test_a_canceled_draft_cannot_be_published_or_run(machine: Machine) -> None:

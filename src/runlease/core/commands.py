@@ -72,6 +72,8 @@ class CreateTask(Command[Task], tag="create_task"):
     draft: bool = False
     approval_policy: ApprovalPolicy = "none"
     required_artifacts: list[str] = []
+    auto_enqueue_on_ready: bool = False
+    stale_after: float | None = None
 
 
 class StartTask(Command[Run], tag="start_task"):
@@ -161,6 +163,36 @@ class BulkForceRuns(Command[BulkResult], tag="bulk_force"):
     action: str  # "release" or "fail"
     run_ids: list[str]
     reason: str
+
+
+class RecoverRun(Command[Run], tag="recover_run"):
+    """An operator puts a parked (needs_attention) run back in the queue."""
+
+    run_id: str
+    reason: str | None = None
+
+
+class UnblockTask(Command[Run], tag="unblock_task"):
+    """An operator clears the block a session placed on the task's run: back to the queue."""
+
+    task_id: str
+    reason: str | None = None
+
+
+class ReopenTask(Command[Run], tag="reopen_task"):
+    """A completed or failed task gets a new queued run (``run_id``), with fresh attempts."""
+
+    task_id: str
+    run_id: str
+    reason: str | None = None
+
+
+class StarveRun(Command[Run | None], tag="starve_run"):
+    """The starvation watch saw a queued run no live session could take for
+    ``waited_seconds``; parked unless that is no longer true when applied."""
+
+    run_id: str
+    waited_seconds: float
 
 
 class PauseScheduler(Command[SchedulerState], tag="pause_scheduler"):
@@ -328,6 +360,10 @@ AnyCommand = (
     | ResumeScheduler
     | CheckpointTask
     | StealRun
+    | RecoverRun
+    | UnblockTask
+    | ReopenTask
+    | StarveRun
 )
 
 # Commands that act on one run on behalf of the session holding its lease.

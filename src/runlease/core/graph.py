@@ -7,6 +7,8 @@ change here re-checks the gates of the tasks it touches (``State.regate``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from runlease.core import lifecycle, validate
 from runlease.core.commands import (
     AddDependency,
@@ -15,6 +17,7 @@ from runlease.core.commands import (
     RemoveDependency,
     ResumeTask,
 )
+from runlease.core.ids import derived_run_id
 from runlease.core.model import FINAL_RUN_STATUSES, MAX_DEPENDENCIES, MAX_REASON_CHARS, Event, Task
 from runlease.core.outcome import Outcome
 from runlease.core.registry import handles
@@ -86,14 +89,44 @@ def remove_dependency(m: State, cmd: RemoveDependency) -> Outcome[Task]:
         raise NotFound(
             f"task {task.id} does not depend on {cmd.blocked_by}", code=DEPENDENCY_NOT_FOUND
         )
+    was_open = m.tasks[cmd.blocked_by].status != "completed"
     task.blocked_by = tuple(b for b in task.blocked_by if b != cmd.blocked_by)
     forget_dependent(m, cmd.blocked_by, task.id)
     m.resettle(task, cmd.now)
     queued = m.regate([task.id])
-    event = m.event(
-        "dependency_removed", cmd.now, task_id=task.id, data={"blocked_by": cmd.blocked_by}
-    )
-    return Outcome(reply=snapshot_task(task), events=[event], queued=queued)
+    events = [
+        m.event("dependency_removed", cmd.now, task_id=task.id, data={"blocked_by": cmd.blocked_by})
+    ]
+    if was_open:
+        queued = auto_start(m, [task.id], cmd.now, events) or queued
+    return Outcome(reply=snapshot_task(task), events=events, queued=queued)
+
+
+def auto_start(m: State, task_ids: Iterable[str], now: float, events: list[Event]) -> bool:
+    """Start a run of each task in ``task_ids`` that asked to start by itself once ready.
+
+    Callers pass the tasks that just lost an open dependency (it completed, or the edge or
+    the blocker went away). A task starts only if nothing blocks it any more and it never
+    had a run: one that ran, or that someone started while it was blocked, is left alone.
+    The run id is derived from the command's time and the enqueue counter, so the start is
+    part of the triggering command's outcome and replaying that command repeats it.
+    Returns True if a run became claimable.
+    """
+    queued = False
+    for task_id in task_ids:
+        task = m.tasks[task_id]
+        if not task.auto_enqueue_on_ready or task.current_run_id is not None:
+            continue
+        if task.canceled or task.draft or m.open_dependencies(task):
+            continue
+        if task.approval_policy == "manual" and task.approval_state != "approved":
+            continue
+        run_id = derived_run_id(now, m.queue_seq + 1)
+        event = m.enqueue(task, None, run_id, now)
+        event.data["trigger"] = "dependencies_completed"
+        events.append(event)
+        queued |= run_id in m.index
+    return queued
 
 
 def forget_dependent(m: State, blocker_id: str, task_id: str) -> None:

@@ -58,6 +58,14 @@ class IdGenerator:
         return f"{prefix}_{_encode_128(self._next_value(now))}"
 
 
+def derived_run_id(now: float, seq: int) -> str:
+    """A run id the state machine makes itself, for a run no request asked for (a task that
+    starts on its own). Built from the command's time and the machine's enqueue counter, so
+    replaying the journal makes the same id; it has the form and order of generated ids,
+    and the counter cannot repeat where random bits would."""
+    return f"run_{_encode_128((int(now * 1000) << _RANDOM_BITS) | seq)}"
+
+
 def new_secret_token(prefix: str, random_bytes: Callable[[int], bytes] = os.urandom) -> str:
     raw = base64.urlsafe_b64encode(random_bytes(32)).rstrip(b"=").decode("ascii")
     return prefix + raw

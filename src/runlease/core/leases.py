@@ -24,6 +24,7 @@ from runlease.core.commands import (
     ReleaseRun,
     StealRun,
 )
+from runlease.core.graph import auto_start
 from runlease.core.ids import CLAIM_TOKEN_PREFIX, hash_prefix, hash_token, is_token_hash
 from runlease.core.model import (
     ERROR_LEASE_RECOVERY_EXHAUSTED,
@@ -290,7 +291,8 @@ def _unblock_dependents(m: State, task_id: str, now: float, events: list[Event])
                     data={"resolved": task_id, "previous_status": before},
                 )
             )
-    return m.regate(dependents)
+    queued = m.regate(dependents)
+    return auto_start(m, dependents, now, events) or queued
 
 
 @handles(FailRun)

@@ -45,6 +45,9 @@ RunAction = Literal[
     "force_release",
     "force_fail",
     "retry",  # a new run follows this one; this one stays failed
+    "recover",  # an operator puts a parked run back in the queue
+    "unblock",  # an operator clears a block: the parked run goes back to the queue
+    "starve",  # no live session could take the queued run for too long: parked
 ]
 
 _LEASED_MOVES: Final[dict[RunAction, RunStatus]] = {
@@ -67,10 +70,16 @@ RUN_TRANSITIONS: Final[Mapping[RunStatus, Mapping[RunAction, RunStatus]]] = {
         "steal": "claimed",
         "cancel": "canceled",
         "force_fail": "failed",
+        "starve": "needs_attention",
     },
     "claimed": _LEASED_MOVES,
     "running": _LEASED_MOVES,
-    "needs_attention": {"cancel": "canceled", "force_fail": "failed"},
+    "needs_attention": {
+        "cancel": "canceled",
+        "force_fail": "failed",
+        "recover": "queued",
+        "unblock": "queued",
+    },
     "completed": {},
     "failed": {"retry": "failed"},
     "canceled": {},
@@ -84,6 +93,7 @@ TaskAction = Literal[
     "pause",
     "depend",  # gains a blocker
     "change_attempts",  # its attempt budget changes
+    "reopen",  # a finished task gets a new run, with a fresh attempt budget
 ]
 
 
@@ -109,8 +119,9 @@ TASK_TRANSITIONS: Final[Mapping[TaskStatus, Mapping[TaskAction, TaskStatus]]] = 
     "ready": _open_task_row("ready"),
     "in_progress": _open_task_row("in_progress"),
     "needs_attention": _open_task_row("needs_attention"),
-    "completed": {},
-    "failed": {},
+    # Reopening puts the task back in the queue, or behind its blockers if one reopened too.
+    "completed": {"reopen": "ready"},
+    "failed": {"reopen": "ready"},
     "canceled": {},
 }
 

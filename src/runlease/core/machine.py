@@ -15,8 +15,9 @@ claim's own error in ``Outcome.error``. The shell journals such an outcome like 
 Where the rest lives: the records and their bookkeeping in :mod:`~runlease.core.state`, the
 allowed status moves in :mod:`~runlease.core.lifecycle`, and one handler per command,
 grouped by concern, in :mod:`~runlease.core.leases`, :mod:`~runlease.core.sessions`,
-:mod:`~runlease.core.tasks`, :mod:`~runlease.core.graph` and
-:mod:`~runlease.core.operator_actions` (each registers its handlers with ``@handles``).
+:mod:`~runlease.core.tasks`, :mod:`~runlease.core.graph`,
+:mod:`~runlease.core.operator_actions` and :mod:`~runlease.core.starvation` (each registers
+its handlers with ``@handles``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 # Imported for their ``@handles`` registrations: together they handle every command.
-from runlease.core import graph, invariants, leases, operator_actions, sessions, tasks
+from runlease.core import (
+    graph,
+    invariants,
+    leases,
+    operator_actions,
+    sessions,
+    starvation,
+    tasks,
+)
 from runlease.core.commands import Command
 from runlease.core.model import (
     FINAL_RUN_STATUSES,
@@ -37,7 +46,7 @@ from runlease.core.model import (
 )
 from runlease.core.outcome import LEASE_DEADLINE, SESSION_DEADLINE, Deadline, Outcome
 from runlease.core.registry import dispatch
-from runlease.core.state import State, snapshot_run, snapshot_task
+from runlease.core.state import State, awaits_new_holder, snapshot_run, snapshot_task
 
 __all__ = [
     "LEASE_DEADLINE",
@@ -49,7 +58,7 @@ __all__ = [
     "snapshot_task",
 ]
 
-_HANDLER_MODULES = (graph, leases, operator_actions, sessions, tasks)
+_HANDLER_MODULES = (graph, leases, operator_actions, sessions, starvation, tasks)
 
 R = TypeVar("R")
 
@@ -136,6 +145,9 @@ class Machine(State):
                     )
 
         machine.index.add_many(queued())
+        machine.lost_leases = {
+            run.id: None for run in machine.runs.values() if awaits_new_holder(run)
+        }
         machine.leased = dict.fromkeys(leased)
         machine.last_seq = last_seq
         machine.high_water = high_water

@@ -89,6 +89,8 @@ MUTABLE_TASK_FIELDS: Final = frozenset(
         "required_capabilities",
         "preferred_capabilities",
         "owner",
+        "auto_enqueue_on_ready",
+        "stale_after",
     }
 )
 IMMUTABLE_TASK_FIELDS: Final = frozenset(
@@ -102,6 +104,12 @@ REASON_PARENT_STOPPED: Final = "parent_stopped"
 REASON_SESSION_STOPPED: Final = "session_stopped"
 REASON_ORPHANED_ON_BOOT: Final = "orphaned_on_boot"
 ERROR_LEASE_RECOVERY_EXHAUSTED: Final = "lease_recovery_exhausted"
+# A queued run no live session could take for the configured time is parked with this error
+# and reason, so an operator sees it instead of it waiting in the queue forever.
+ERROR_STARVED: Final = "starved"
+# Why an operator put a parked run back in the queue.
+REASON_RECOVERED: Final = "recovered"
+REASON_UNBLOCKED: Final = "unblocked"
 SESSION_RELEASE_REASONS: Final = frozenset(
     {REASON_TTL_EXPIRED, REASON_PARENT_STOPPED, REASON_SESSION_STOPPED}
 )
@@ -172,6 +180,11 @@ class Task(msgspec.Struct, kw_only=True, tag="task", gc=False, omit_defaults=Tru
     checkpoints: tuple[Checkpoint, ...] = ()
     # Force-operation times inside the rate window, by actor key ("kind:ref").
     force_ops: dict[str, list[float]] | None = None
+    # Start a run by itself when its last open dependency completes (or stops blocking it).
+    auto_enqueue_on_ready: bool = False
+    # Seconds without a heartbeat or checkpoint after which ``stuck`` reports its leased
+    # run; None leaves it to the threshold the caller of ``stuck`` gives.
+    stale_after: float | None = None
 
 
 class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True):

@@ -1,4 +1,5 @@
-"""Operator actions on runs and the scheduler: cancel, retry, force release/fail, pause.
+"""Operator actions on runs and the scheduler: cancel, retry, recover, force release/fail,
+pause.
 
 Force operations override a live lease, so each needs a reason and is rate limited per
 actor and task (FORCE_RATE_LIMIT in FORCE_RATE_WINDOW_SECONDS); a bulk force applies the
@@ -18,6 +19,7 @@ from runlease.core.commands import (
     ForceFailRun,
     ForceReleaseRun,
     PauseScheduler,
+    RecoverRun,
     ResumeScheduler,
     RetryRun,
 )
@@ -30,6 +32,7 @@ from runlease.core.model import (
     MAX_BULK_RUN_IDS,
     MAX_REASON_CHARS,
     MAX_RETRY_CHAIN,
+    REASON_RECOVERED,
     BulkItem,
     BulkResult,
     Event,
@@ -115,6 +118,34 @@ def retry_run(m: State, cmd: RetryRun) -> Outcome[RetryResult]:
         events=events,
         queued=new.id in m.index,
     )
+
+
+# ------------------------------------------------------------------------- recover
+@handles(RecoverRun)
+def recover_run(m: State, cmd: RecoverRun) -> Outcome[Run]:
+    """Put a parked run back in the queue, whatever parked it (a block, lost leases, or
+    starvation). It keeps its attempt and its place in the queue; its lease-loss count
+    starts again, so a run parked for losing too many leases gets its full budget back."""
+    run = m.get_run(cmd.run_id)
+    reason = validate.optional_text(cmd.reason, "reason")
+    task = m.tasks[run.task_id]
+    lifecycle.next_run_status(run, "recover")
+    if task.current_run_id != run.id:
+        raise InvalidInput(
+            f"run {run.id} was replaced by run {task.current_run_id} of task {task.id}; "
+            f"recover that one, or close this one with `runlease run cancel {run.id}`",
+            code=INVALID_TRANSITION,
+        )
+    check_startable(task)
+    parked = {"error": run.error, "reason": run.reason, "recovery_count": run.recovery_count}
+    lifecycle.move_run(run, "recover")
+    run.error = None
+    run.recovery_count = 0
+    run.reason = REASON_RECOVERED
+    m.index_run(task, run)
+    m.settle(task, run, cmd.now)
+    event = m.run_event("run_recovered", cmd.now, run, data={"reason": reason, "parked": parked})
+    return Outcome(reply=snapshot_run(run), events=[event], queued=run.id in m.index)
 
 
 # --------------------------------------------------------------------------- force

@@ -25,6 +25,8 @@ from runlease.core.model import (
     CLOSED_TASK_STATUSES,
     LEASED_RUN_STATUSES,
     PRIORITY_RANK,
+    REASON_LEASE_EXPIRED,
+    REASON_ORPHANED_ON_BOOT,
     Actor,
     Event,
     LeaseView,
@@ -63,6 +65,12 @@ def snapshot_run(run: Run) -> Run:
     return copy
 
 
+def awaits_new_holder(run: Run) -> bool:
+    """A queued run that lost its lease to expiry (at run time or at boot) and that nobody
+    has claimed since: what ``steal --if-expired`` may take and ``stuck`` reports."""
+    return run.status == "queued" and run.reason in (REASON_LEASE_EXPIRED, REASON_ORPHANED_ON_BOOT)
+
+
 class State:
     """The whole in-memory state of one runtime."""
 
@@ -97,6 +105,11 @@ class State:
         # (task id, idempotency key) -> run id, from Run.idempotency_key.
         self.idempotency: dict[tuple[str, str], str] = {}
         self.scheduler = SchedulerState()
+        # Runs put back in the queue because their lease ran out, in that order; ``stuck``
+        # lists those nobody has claimed since (see :meth:`lost_lease_runs`). Entries that
+        # were claimed, canceled or deleted since are dropped lazily.
+        self.lost_leases: dict[str, None] = {}
+        self._lost_leases_kept = 0
         # Who is applying the current command and through which surface (stamped on every
         # event it emits).
         self.actor: Actor | None = None
@@ -120,6 +133,8 @@ class State:
         self.held = other.held
         self.idempotency = other.idempotency
         self.scheduler = other.scheduler
+        self.lost_leases = other.lost_leases
+        self._lost_leases_kept = other._lost_leases_kept
 
     # ------------------------------------------------------------------------ reads
     def get_task(self, task_id: str) -> Task:
@@ -255,6 +270,21 @@ class State:
             yield run
             run_id = run.previous_run_id
 
+    def lost_lease_runs(self) -> Iterator[Run]:
+        """Queued runs whose lease ran out and that nobody has claimed since."""
+        for run_id in self.lost_leases:
+            run = self.runs.get(run_id)
+            if run is not None and awaits_new_holder(run):
+                yield run
+
+    def _note_lost_lease(self, run: Run) -> None:
+        """Remember a run the lease clock put back in the queue, and drop the stale entries
+        once they could make up half of the map (amortised O(1) per expiry)."""
+        self.lost_leases[run.id] = None
+        if len(self.lost_leases) > max(64, 2 * self._lost_leases_kept):
+            self.lost_leases = {r.id: None for r in self.lost_lease_runs()}
+            self._lost_leases_kept = len(self.lost_leases)
+
     # ---------------------------------------------------------------------- gating
     # A queued run sits in the claim index only while its task is claimable; a draft,
     # (effectively) paused or dependency-blocked task's queued run waits in ``held``
@@ -327,13 +357,26 @@ class State:
         self.settle(task, self.current_run(task), now)
 
     # ---------------------------------------------------------------------- runs
-    def enqueue(self, task: Task, previous: Run | None, run_id: str, now: float) -> Event:
-        """Create the task's next run, queued (or held, if the task is gated)."""
+    def enqueue(
+        self,
+        task: Task,
+        previous: Run | None,
+        run_id: str,
+        now: float,
+        *,
+        attempt: int | None = None,
+    ) -> Event:
+        """Create the task's next run, queued (or held, if the task is gated).
+
+        The run continues ``previous``'s attempt count unless ``attempt`` says otherwise.
+        """
         self.queue_seq += 1
+        if attempt is None:
+            attempt = 1 if previous is None else previous.attempt + 1
         run = Run(
             id=run_id,
             task_id=task.id,
-            attempt=1 if previous is None else previous.attempt + 1,
+            attempt=attempt,
             previous_run_id=None if previous is None else previous.id,
             queued_at=now,
             queue_seq=self.queue_seq,
@@ -357,6 +400,8 @@ class State:
         task = self.tasks[run.task_id]
         self.index_run(task, run)
         self.settle(task, run, now)
+        if action == "expire":
+            self._note_lost_lease(run)
 
     def grant(
         self,

@@ -1,4 +1,4 @@
-"""Tasks: create, start, publish, approve, reject, update, delete, checkpoint.
+"""Tasks: create, start, publish, approve, reject, update, delete, checkpoint, reopen, unblock.
 
 Every field a task is created or updated with is checked here (sizes, names, the owner, the
 completion contract); the status moves these actions may make are in
@@ -19,10 +19,12 @@ from runlease.core.commands import (
     DeleteTask,
     PublishTask,
     RejectTask,
+    ReopenTask,
     StartTask,
+    UnblockTask,
     UpdateTask,
 )
-from runlease.core.graph import cancel_tree, forget_dependent
+from runlease.core.graph import auto_start, cancel_tree, forget_dependent
 from runlease.core.model import (
     DEFAULT_MAX_ATTEMPTS,
     FINAL_RUN_STATUSES,
@@ -37,10 +39,12 @@ from runlease.core.model import (
     MAX_NAME_CHARS,
     MAX_NOTE_CHARS,
     MAX_REQUIRED_ARTIFACTS,
+    MAX_RETRY_CHAIN,
     MAX_TITLE_CHARS,
     MUTABLE_TASK_FIELDS,
     OWNER_KINDS,
     PRIORITY_RANK,
+    REASON_UNBLOCKED,
     SETTLED_RUN_STATUSES,
     Checkpoint,
     Ownership,
@@ -55,6 +59,7 @@ from runlease.errors import (
     GRAPH_LIMIT_EXCEEDED,
     IMMUTABLE_FIELD,
     INVALID_TRANSITION,
+    RETRY_CHAIN_TOO_DEEP,
     TASK_HAS_ACTIVE_RUNS,
     TASK_HAS_CHILDREN,
     TASK_IS_DRAFT,
@@ -92,6 +97,8 @@ def create_task(m: State, cmd: CreateTask) -> Outcome[Task]:
     artifacts = _artifact_paths(cmd.required_artifacts)
     if cmd.approval_policy not in ("none", "manual"):
         raise InvalidInput(f"approval_policy must be none or manual, not {cmd.approval_policy!r}")
+    auto_enqueue = _auto_enqueue(cmd.auto_enqueue_on_ready, cmd.approval_policy)
+    stale_after = _stale_after(cmd.stale_after)
     if cmd.start_run_id is not None:
         check_new_run_id(m, cmd.start_run_id)
         if cmd.draft:
@@ -141,6 +148,8 @@ def create_task(m: State, cmd: CreateTask) -> Outcome[Task]:
         approval_policy=cmd.approval_policy,
         approval_state="pending" if cmd.approval_policy == "manual" else "not_required",
         required_artifacts=artifacts,
+        auto_enqueue_on_ready=auto_enqueue,
+        stale_after=stale_after,
         created_at=cmd.now,
         updated_at=cmd.now,
     )
@@ -316,6 +325,10 @@ def update_task(m: State, cmd: UpdateTask) -> Outcome[Task]:
             new[field] = validate.json_object(value, "metadata", max_bytes=MAX_METADATA_BYTES)
         elif field in ("required_capabilities", "preferred_capabilities"):
             new[field] = validate.capabilities(value, field)
+        elif field == "auto_enqueue_on_ready":
+            new[field] = _auto_enqueue(value, task.approval_policy)
+        elif field == "stale_after":
+            new[field] = _stale_after(value)
         else:  # owner
             new[field] = _owner(value)
     run = m.current_run(task)
@@ -343,12 +356,20 @@ def delete_task(m: State, cmd: DeleteTask) -> Outcome[Task]:
             code=TASK_HAS_CHILDREN,
         )
     chain = list(m.run_chain(task))
-    active = [r.id for r in chain if r.status not in FINAL_RUN_STATUSES]
+    # A parked run that a later run replaced is history, like a finished one: nothing can
+    # bring it back (recover takes only the current run), so it must not pin the task.
+    active = [
+        r
+        for r in chain
+        if r.status not in FINAL_RUN_STATUSES
+        and (r.status != "needs_attention" or r.id == task.current_run_id)
+    ]
     if active:
         raise InvalidInput(
-            f"task {task.id} has non-terminal run(s) {', '.join(active)}; cancel them first",
+            f"task {task.id} has open run(s) {', '.join(_open_run_remedy(r) for r in active)}",
             code=TASK_HAS_ACTIVE_RUNS,
         )
+    was_open = task.status != "completed"
     for run in chain:
         del m.runs[run.id]
         if run.idempotency_key is not None:
@@ -368,7 +389,84 @@ def delete_task(m: State, cmd: DeleteTask) -> Outcome[Task]:
         dependent.blocked_by = tuple(b for b in dependent.blocked_by if b != task.id)
         m.resettle(dependent, cmd.now)
     queued = m.regate(freed)
+    if was_open:
+        queued = auto_start(m, freed, cmd.now, events) or queued
     return Outcome(reply=snapshot_task(task), events=events, queued=queued)
+
+
+def _open_run_remedy(run: Run) -> str:
+    """An open run and how an operator closes it, for the refusal of a delete."""
+    if run.status == "needs_attention":
+        return (
+            f"{run.id} (parked: `runlease run recover {run.id}` requeues it, "
+            f"`runlease run cancel {run.id}` closes it)"
+        )
+    return f"{run.id} ({run.status}: `runlease run cancel {run.id}` closes it)"
+
+
+# ------------------------------------------------------------------ reopen, unblock
+@handles(ReopenTask)
+def reopen_task(m: State, cmd: ReopenTask) -> Outcome[Run]:
+    """Give a completed or failed task a new queued run with a fresh attempt budget.
+
+    The new run follows the chain of runs (bounded by MAX_RETRY_CHAIN). A completed task
+    that reopens blocks its dependents again until it completes once more; those already
+    running carry on.
+    """
+    task = m.get_task(cmd.task_id)
+    reason = validate.optional_text(cmd.reason, "reason")
+    lifecycle.check_task(task, "reopen")
+    check_startable(task)
+    check_new_run_id(m, cmd.run_id)
+    chain = sum(1 for _ in m.run_chain(task))
+    if chain + 1 > MAX_RETRY_CHAIN:
+        raise InvalidInput(
+            f"task {task.id} already has a chain of {chain} runs; "
+            f"reopening would exceed {MAX_RETRY_CHAIN}",
+            code=RETRY_CHAIN_TOO_DEEP,
+        )
+    previous = m.current_run(task)
+    was = task.status
+    events = [
+        m.event("task_reopened", cmd.now, task_id=task.id, data={"from": was, "reason": reason})
+    ]
+    events.append(m.enqueue(task, previous, cmd.run_id, cmd.now, attempt=1))
+    dependents = sorted(m.dependents.get(task.id, ()))
+    if was == "completed":
+        for dependent_id in dependents:
+            m.resettle(m.tasks[dependent_id], cmd.now)
+        m.regate(dependents)
+    run = m.runs[cmd.run_id]
+    return Outcome(reply=snapshot_run(run), events=events, queued=run.id in m.index)
+
+
+@handles(UnblockTask)
+def unblock_task(m: State, cmd: UnblockTask) -> Outcome[Run]:
+    """Clear the block a session placed on the task's current run: it goes back to the
+    queue with its attempt, and any session may claim it."""
+    task = m.get_task(cmd.task_id)
+    reason = validate.optional_text(cmd.reason, "reason")
+    run = m.current_run(task)
+    if run is None or run.status != "needs_attention" or run.error is not None:
+        state = "no run" if run is None else f"run {run.id} {run.status}"
+        if run is not None and run.status == "needs_attention":
+            state += f" ({run.error}; `runlease run recover {run.id}` requeues it)"
+        raise InvalidInput(
+            f"task {task.id} is not blocked by a session ({state})", code=INVALID_TRANSITION
+        )
+    blocked_by = run.session_id
+    block_reason = run.reason
+    lifecycle.move_run(run, "unblock")
+    run.reason = reason or REASON_UNBLOCKED
+    m.index_run(task, run)
+    m.settle(task, run, cmd.now)
+    event = m.run_event(
+        "run_unblocked",
+        cmd.now,
+        run,
+        data={"reason": reason, "blocked_by": blocked_by, "block_reason": block_reason},
+    )
+    return Outcome(reply=snapshot_run(run), events=[event], queued=run.id in m.index)
 
 
 # --------------------------------------------------------------------- checkpoint
@@ -399,6 +497,21 @@ def checkpoint(m: State, cmd: CheckpointTask) -> Outcome[Task]:
 
 
 # ------------------------------------------------------------------ field checks
+def _auto_enqueue(value: Any, approval_policy: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInput(f"auto_enqueue_on_ready must be true or false; got {value!r}")
+    if value and approval_policy == "manual":
+        raise InvalidInput(
+            "a task with manual approval is started by approving it, not automatically",
+            code=APPROVAL_REQUIRED,
+        )
+    return value
+
+
+def _stale_after(value: Any) -> float | None:
+    return None if value is None else validate.positive_seconds(value, "stale_after")
+
+
 def _priority(value: Any) -> Any:
     if value not in PRIORITY_RANK:
         raise InvalidInput(f"priority must be one of {', '.join(PRIORITY_RANK)}; got {value!r}")

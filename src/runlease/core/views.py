@@ -8,7 +8,6 @@ what it returns, and claim-token hashes appear only as their first 8 hex charact
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable
 from typing import Final, Literal
 
@@ -36,7 +35,10 @@ NextAction = Literal[
     "stranded",
     "terminal",
 ]
-StuckKind = Literal["lease_expired", "no_progress"]
+# lease_expired: leased, past its deadline, not yet expired by the clock; expired_unclaimed:
+# requeued when its lease ran out and claimed by nobody since; no_progress: leased, with no
+# heartbeat or checkpoint for longer than the task's stale_after (or the caller's threshold).
+StuckKind = Literal["lease_expired", "expired_unclaimed", "no_progress"]
 
 RECENT_RUNS: Final = 5
 RECENT_EVENTS: Final = 20
@@ -99,7 +101,9 @@ class DrainResult(msgspec.Struct, kw_only=True, tag="drain_result"):
 
 
 class StuckRun(msgspec.Struct, kw_only=True, tag="stuck_run", omit_defaults=True):
-    """A claimed run that needs a look: its lease ran out, or nothing happened for a while."""
+    """A run that needs a look: its lease ran out, or nothing happened for a while.
+
+    ``session_id`` is the holder, or for expired_unclaimed the session that lost it."""
 
     task_id: str
     run_id: str
@@ -109,6 +113,8 @@ class StuckRun(msgspec.Struct, kw_only=True, tag="stuck_run", omit_defaults=True
     since: float
     seconds: float
     lease_until: float | None = None
+    # The idle limit that applied (no_progress): the task's stale_after or the threshold.
+    threshold: float | None = None
 
 
 class RunSummary(msgspec.Struct, kw_only=True, tag="run_summary", omit_defaults=True):
@@ -293,53 +299,6 @@ def backlog(
             )
         )
     return Backlog(runs=rows, total=total, next_after=next_after)
-
-
-def stuck(machine: State, now: float, *, threshold: float) -> list[StuckRun]:
-    """Leased runs whose lease has run out, and those with no heartbeat or checkpoint for
-    longer than ``threshold`` seconds (longest first within each kind). O(live leases)."""
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, int | float)
-        or not math.isfinite(threshold)
-        or threshold < 0
-    ):
-        raise InvalidInput("threshold must be a finite number of seconds, zero or more")
-    expired: list[StuckRun] = []
-    idle: list[StuckRun] = []
-    for run_id in machine.leased_run_ids():
-        run = machine.runs[run_id]
-        assert run.lease_until is not None
-        if run.lease_until <= now:
-            expired.append(
-                StuckRun(
-                    task_id=run.task_id,
-                    run_id=run.id,
-                    session_id=run.session_id,
-                    kind="lease_expired",
-                    since=run.lease_until,
-                    seconds=now - run.lease_until,
-                    lease_until=run.lease_until,
-                )
-            )
-            continue
-        marks = [t for t in (run.heartbeat_at, run.checkpoint_at, run.claimed_at) if t]
-        last = max(marks) if marks else run.queued_at
-        if now - last > threshold:
-            idle.append(
-                StuckRun(
-                    task_id=run.task_id,
-                    run_id=run.id,
-                    session_id=run.session_id,
-                    kind="no_progress",
-                    since=last,
-                    seconds=now - last,
-                    lease_until=run.lease_until,
-                )
-            )
-    expired.sort(key=lambda s: (-s.seconds, s.run_id))
-    idle.sort(key=lambda s: (-s.seconds, s.run_id))
-    return expired + idle
 
 
 def _eligible_session(machine: State, task: Task) -> bool:

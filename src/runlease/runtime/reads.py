@@ -15,7 +15,7 @@ import msgspec
 
 from runlease.actors.clock import RuntimeClock
 from runlease.actors.system import ActorSystem
-from runlease.core import views
+from runlease.core import stuck, views
 from runlease.core.machine import Machine, snapshot_run, snapshot_task
 from runlease.core.model import Event, Run, Session, Task, TaskStatus
 from runlease.errors import InvalidInput
@@ -131,11 +131,13 @@ class MemoryReads:
         )
 
     def stuck(self, *, threshold: float = DEFAULT_STUCK_THRESHOLD) -> list[views.StuckRun]:
-        """Leased runs whose lease has run out (not yet expired by the clock), then those
-        with no heartbeat or checkpoint for more than ``threshold`` seconds."""
+        """Leased runs whose lease has run out (not yet expired by the clock), runs the
+        clock requeued after their lease ran out and nobody claimed since, then leased runs
+        with no heartbeat or checkpoint for longer than their task's ``stale_after`` (or
+        ``threshold`` seconds for tasks without one). See core/stuck.py."""
         if not math.isfinite(threshold) or threshold < 0:
             raise InvalidInput(f"threshold must be zero or positive seconds, got {threshold}")
-        return views.stuck(self._machine, self._clock.now(), threshold=threshold)
+        return stuck.stuck(self._machine, self._clock.now(), threshold=threshold)
 
     # ---------------------------------------------------------- audit, inspect
     def timeline(
