@@ -103,6 +103,7 @@ GRAPH_EXAMPLES: list[p.Request[Any]] = [
         approval_policy="manual",
         required_artifacts=["out/report.md"],
     ),
+    p.CreateTask(id=66, title="after", auto_enqueue_on_ready=True, stale_after=90.0),
     p.StartTask(id=31, task_id="tsk_1", idempotency_key="k-1"),
     p.ClaimNext(id=32, token="rl_session_x", scope="global", priority_min="high"),
     p.ClaimNext(id=33, token="rl_session_x", workspace="w", scope="workspace", priority_min=30),
@@ -135,6 +136,9 @@ GRAPH_EXAMPLES: list[p.Request[Any]] = [
     p.GetTimeline(id=60, task_id="tsk_1", after_seq=4, limit=20),
     p.InspectTask(id=61, task_id="tsk_1"),
     p.InspectRun(id=62, run_id="run_1"),
+    p.RecoverRun(id=63, run_id="run_1", reason="looked at it"),
+    p.ReopenTask(id=64, task_id="tsk_1"),
+    p.UnblockTask(id=65, task_id="tsk_1", reason="answered"),
 ]
 
 
@@ -189,6 +193,10 @@ def test_the_wire_names_are_stable() -> None:
         "timeline",
         "inspect_task",
         "inspect_run",
+        # operator verbs: recover a parked run, reopen a finished task, clear a block
+        "recover_run",
+        "reopen_task",
+        "unblock_task",
     }
     assert expected_ops == p.OPS
     reply_types: tuple[type[p.Reply], ...] = p.AnyReply.__args__

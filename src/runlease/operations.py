@@ -332,7 +332,9 @@ class CreateTask(Request[Task], tag="create_task"):
     assigns it to one session (kind agent_session) or to a pool of sessions by agent name
     (kind pool): only they may claim it. ``preferred_capabilities`` order claimers after
     priority. ``required_artifacts`` is the completion contract: paths relative to the
-    workspace root that must exist before a run may complete.
+    workspace root that must exist before a run may complete. ``auto_enqueue_on_ready``
+    starts a run by itself once its last open dependency completes; ``stale_after`` is how
+    many seconds without a heartbeat or checkpoint make its leased run show in ``stuck``.
     """
 
     title: str
@@ -350,6 +352,8 @@ class CreateTask(Request[Task], tag="create_task"):
     draft: bool = False
     approval_policy: ApprovalPolicy = "none"
     required_artifacts: list[str] = []
+    auto_enqueue_on_ready: bool = False
+    stale_after: float | None = None
 
     def command(self, call: Call) -> c.CreateTask:
         rt = call.runtime
@@ -371,6 +375,8 @@ class CreateTask(Request[Task], tag="create_task"):
             draft=self.draft,
             approval_policy=self.approval_policy,
             required_artifacts=strings(self.required_artifacts, "required_artifacts"),
+            auto_enqueue_on_ready=self.auto_enqueue_on_ready,
+            stale_after=self.stale_after,
             **self.who(call),
         )
 
@@ -713,8 +719,9 @@ class RejectTask(Request[Task], tag="reject_task"):
 @operation()
 class UpdateTask(Request[Task], tag="update_task"):
     """Change mutable fields (title, description, priority, max_attempts, metadata,
-    required_capabilities, preferred_capabilities, owner); any other raises
-    IMMUTABLE_FIELD. ``owner`` takes {"kind", "ref"} or None."""
+    required_capabilities, preferred_capabilities, owner, auto_enqueue_on_ready,
+    stale_after); any other raises IMMUTABLE_FIELD. ``owner`` takes {"kind", "ref"} or
+    None."""
 
     task_id: str
     changes: dict[str, Any]
@@ -729,7 +736,8 @@ class UpdateTask(Request[Task], tag="update_task"):
 class DeleteTask(Request[Task], tag="delete_task"):
     """Delete a task and its finished runs; answers the deleted record. Refused with
     TASK_HAS_CHILDREN while it has children and TASK_HAS_ACTIVE_RUNS while a run is
-    queued, leased or parked. Its dependents lose the edge."""
+    queued or leased, or its current run is parked (recover or cancel it first; a parked
+    run a later run replaced is history). Its dependents lose the edge."""
 
     task_id: str
 
@@ -793,6 +801,38 @@ class CancelTask(Request[Task], tag="cancel_task"):
         return c.CancelTask(now=0.0, task_id=self.task_id, reason=self.reason, **self.who(call))
 
 
+@operation()
+class ReopenTask(Request[Run], tag="reopen_task"):
+    """Give a completed or failed task a new queued run with a fresh attempt budget
+    (attempt 1, linked to the last run); answers the new run. A reopened task blocks its
+    dependents again until it completes. RETRY_CHAIN_TOO_DEEP past 10 runs."""
+
+    task_id: str
+    reason: str | None = None
+
+    def command(self, call: Call) -> c.ReopenTask:
+        return c.ReopenTask(
+            now=0.0,
+            task_id=self.task_id,
+            run_id=call.runtime.new_id("run"),
+            reason=self.reason,
+            **self.who(call),
+        )
+
+
+@operation(operator=True)
+class UnblockTask(Request[Run], tag="unblock_task"):
+    """Operator: clear the block a session placed on the task's run (``block``); the run
+    goes back to the queue with its attempt. A session asking gets
+    FORBIDDEN_OPERATOR_ACTION unless the host allows agents to force."""
+
+    task_id: str
+    reason: str | None = None
+
+    def command(self, call: Call) -> c.UnblockTask:
+        return c.UnblockTask(now=0.0, task_id=self.task_id, reason=self.reason, **self.who(call))
+
+
 # --------------------------------------------------------------------------- run controls
 @operation(operator=True)
 class CancelRun(Request[Run], tag="cancel_run"):
@@ -814,6 +854,20 @@ class RetryRun(Request[RetryResult], tag="retry_run"):
         return c.RetryRun(
             now=0.0, run_id=self.run_id, new_run_id=call.runtime.new_id("run"), **self.who(call)
         )
+
+
+@operation(operator=True)
+class RecoverRun(Request[Run], tag="recover_run"):
+    """Operator: put the task's parked (needs_attention) run back in the queue, whatever
+    parked it: a block, too many lost leases, or starvation. It keeps its attempt and its
+    place; its lost-lease count starts again. A session asking gets
+    FORBIDDEN_OPERATOR_ACTION unless the host allows agents to force."""
+
+    run_id: str
+    reason: str | None = None
+
+    def command(self, call: Call) -> c.RecoverRun:
+        return c.RecoverRun(now=0.0, run_id=self.run_id, reason=self.reason, **self.who(call))
 
 
 @operation(operator=True)

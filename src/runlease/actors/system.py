@@ -1,7 +1,8 @@
 """The actors of one runtime, wired together: who receives which request.
 
 Claims and session commands go to the scheduler's mailbox; commands on one run are a turn
-of that run's task actor; the lease clock sends expiries through the same routing.
+of that run's task actor; the lease clock sends expiries through the same routing, and so
+does the starvation watch when the host turns it on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from runlease.actors.commit import Committer
 from runlease.actors.lease_clock import LeaseClock
 from runlease.actors.requests import Request
 from runlease.actors.scheduler import Scheduler, WaiterQueue
+from runlease.actors.starvation_watch import StarvationWatch
 from runlease.actors.task_turn import TaskActors
 from runlease.core.machine import Machine
 from runlease.errors import RunleaseError
@@ -22,10 +24,22 @@ from runlease.errors import RunleaseError
 class ActorSystem:
     """The actors of one runtime and the state they share: the machine and the clock."""
 
-    def __init__(self, machine: Machine, clock: RuntimeClock, committer: Committer) -> None:
+    def __init__(
+        self,
+        machine: Machine,
+        clock: RuntimeClock,
+        committer: Committer,
+        *,
+        starve_after: float | None = None,
+    ) -> None:
         self.machine = machine
         self.clock = clock
         self.lease_clock = LeaseClock(machine, clock, self.send)
+        self.starvation_watch = (
+            None
+            if starve_after is None
+            else StarvationWatch(machine, clock, self.send, starve_after)
+        )
         self.applier = Applier(machine, clock, committer, on_deadline=self.lease_clock.watch)
         self.scheduler = Scheduler(self.applier)
         self.tasks = TaskActors(self.applier, self.scheduler)
@@ -46,6 +60,8 @@ class ActorSystem:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.scheduler.run)
             await nursery.start(self.lease_clock.run)
+            if self.starvation_watch is not None:
+                await nursery.start(self.starvation_watch.run)
             task_status.started()
 
     async def send(self, request: Request) -> None:

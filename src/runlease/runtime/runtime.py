@@ -23,6 +23,7 @@ from runlease.actors.clock import RuntimeClock
 from runlease.actors.commit import Committer, MemoryCommitter
 from runlease.actors.lease_clock import LEASE_CLOCK
 from runlease.actors.requests import Request as Pending
+from runlease.actors.starvation_watch import check_starve_after
 from runlease.actors.system import ActorSystem
 from runlease.core.commands import (
     AnyCommand,
@@ -33,9 +34,11 @@ from runlease.core.commands import (
     ForceFailRun,
     ForceReleaseRun,
     PauseScheduler,
+    RecoverRun,
     ReleaseRun,
     ReleaseSessionLeases,
     StealRun,
+    UnblockTask,
 )
 from runlease.core.commands import ClaimNext as ClaimCommand
 from runlease.core.ids import (
@@ -132,6 +135,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         durability: str = "memory",
         workspace_roots: WorkspaceRoots | None = None,
         allow_agent_force: bool = False,
+        starve_after: float | None = None,
     ) -> None:
         self._workspace_roots = workspace_roots
         self._allow_agent_force = allow_agent_force
@@ -140,7 +144,9 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self._ids = IdGenerator()
         self._feed = EventFeed(event_capacity)
         self._committer: Committer = MemoryCommitter(self._acknowledge)
-        self._system = ActorSystem(machine, clock, self._committer)
+        self._system = ActorSystem(
+            machine, clock, self._committer, starve_after=check_starve_after(starve_after)
+        )
         self._inflight: set[Pending] = set()
         self._closed = False
         self.durability = durability
@@ -224,7 +230,9 @@ class Runtime(MemoryReads, AsyncTaskMethods):
     def _check_operator_action(self, command: AnyCommand) -> None:
         """Refuse a force operation asked for by a session, unless the host allows it.
 
-        Force operations override another holder's lease, so they belong to operators.
+        Force operations override another holder's lease, so they belong to operators;
+        recover and unblock overrule a park that is there for a person to decide on, so
+        they go with them.
         This is decided here, before the command reaches the machine, so the journal holds
         only commands that were allowed and replaying it never depends on this setting.
         """
@@ -247,6 +255,9 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         elif isinstance(command, BulkForceRuns):
             what = f"bulk force-{command.action}"
             instead = "run it as the operator (without a session token)"
+        elif isinstance(command, RecoverRun | UnblockTask):
+            what = "recover" if isinstance(command, RecoverRun) else "unblock"
+            instead = "ask an operator to look at the parked run"
         else:
             return
         actor = command.actor
@@ -601,6 +612,7 @@ async def open_runtime(
     workspace_roots: WorkspaceRoots | None = None,
     allow_agent_force: bool = False,
     fresh_store: bool = False,
+    starve_after: float | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -620,7 +632,12 @@ async def open_runtime(
 
     Force operations (``steal(force=True)``, ``force_release``, ``force_fail`` and the bulk
     forms) are operator actions: a session asking for one gets FORBIDDEN_OPERATOR_ACTION
-    unless ``allow_agent_force`` is true.
+    unless ``allow_agent_force`` is true; so are ``recover_run`` and ``unblock_task``.
+
+    ``starve_after`` turns on the starvation backstop: a claimable queued run that no live
+    session could take (capabilities, owner) for that many seconds is parked in
+    ``needs_attention`` with reason ``starved``, for an operator to ``recover_run``. Off
+    (None) by default.
 
     Boot never starts the clock earlier than the newest time the recovered state recorded,
     so a wall clock stepped back while the runtime was down cannot lengthen a lease.
@@ -632,6 +649,7 @@ async def open_runtime(
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
+    starve_after = check_starve_after(starve_after)
     if data_dir is None:
         runtime = Runtime(
             Machine(),
@@ -639,6 +657,7 @@ async def open_runtime(
             event_capacity=event_capacity,
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
+            starve_after=starve_after,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -672,6 +691,7 @@ async def open_runtime(
             durability=durability,
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
+            starve_after=starve_after,
         )
         runtime.boot_report = report
         committer = JournalCommitter(

@@ -77,6 +77,7 @@ def run_server(
     allow_agent_force: bool = False,
     fresh_store: bool = False,
     limits: ServerLimits | None = None,
+    starve_after: float | None = None,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
@@ -84,7 +85,8 @@ def run_server(
     completion-contract artifacts are checked under. ``allow_agent_force`` lets sessions
     use the force operations (see :func:`open_runtime`). ``fresh_store`` is passed to
     :func:`open_runtime` (start empty where the database is missing or empty).
-    ``limits`` bounds what clients may hold (:class:`ServerLimits`). The soft open-file
+    ``limits`` bounds what clients may hold (:class:`ServerLimits`). ``starve_after``
+    turns on the starvation backstop (see :func:`open_runtime`). The soft open-file
     limit is raised towards the hard one first, so the connection cap is not lowered
     needlessly.
 
@@ -103,6 +105,7 @@ def run_server(
             allow_agent_force,
             fresh_store,
             limits,
+            starve_after,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -136,6 +139,7 @@ async def _serve_until_signalled(
     allow_agent_force: bool = False,
     fresh_store: bool = False,
     limits: ServerLimits | None = None,
+    starve_after: float | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -161,6 +165,7 @@ async def _serve_until_signalled(
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
             fresh_store=fresh_store,
+            starve_after=starve_after,
         ) as rt:
             report = getattr(rt, "boot_report", None)
             if report is not None:

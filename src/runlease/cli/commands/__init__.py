@@ -30,7 +30,7 @@ GROUPS: Final[dict[str, str]] = {
         f"{ENV_SESSION_TOKEN} (or --session-token, which other users can see in the process "
         "list)."
     ),
-    "run": "Operator controls on runs: cancel, retry, force release or fail, inspect.",
+    "run": "Operator controls on runs: cancel, retry, recover, force release or fail, inspect.",
     "scheduler": (
         "Pause, resume or drain the scheduler; see its status and the backlog of queued runs."
     ),
@@ -53,6 +53,7 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("session", "list"): f"{_SESSIONS}:session_list",
     ("task", "create"): f"{_TASKS}:task_create",
     ("task", "start"): f"{_TASKS}:task_start",
+    ("task", "reopen"): f"{_TASKS}:task_reopen",
     ("task", "show"): f"{_TASKS}:task_show",
     ("task", "list"): f"{_TASKS}:task_list",
     ("task", "events"): f"{_TASKS}:task_events",
@@ -72,6 +73,7 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("task", "pause"): f"{_GRAPH}:task_pause",
     ("task", "resume"): f"{_GRAPH}:task_resume",
     ("task", "cancel"): f"{_GRAPH}:task_cancel",
+    ("task", "unblock"): f"{_GRAPH}:task_unblock",
     ("task", "checkpoint"): f"{_TASKS}:task_checkpoint",
     ("task", "stuck"): f"{_TASKS}:task_stuck",
     ("task", "steal"): f"{_CLAIMS}:task_steal",
@@ -80,6 +82,7 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("run", "inspect"): f"{_RUNS}:run_inspect",
     ("run", "cancel"): f"{_RUNS}:run_cancel",
     ("run", "retry"): f"{_RUNS}:run_retry",
+    ("run", "recover"): f"{_RUNS}:run_recover",
     ("run", "force-release"): f"{_RUNS}:run_force_release",
     ("run", "force-fail"): f"{_RUNS}:run_force_fail",
     ("run", "bulk-force-release"): f"{_RUNS}:run_bulk_force_release",

@@ -1,9 +1,10 @@
 """``runlease task``: operator changes to tasks and their graph (publish, approve, reject,
-update, delete, depend, undepend, pause, resume, cancel). Each prints the task after it."""
+update, delete, depend, undepend, pause, resume, cancel, unblock). Each prints the task
+after it, or the run it changed."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from runlease.cli.context import connect, json_arg, owner, show
 from runlease.cli.output import plain
@@ -83,6 +84,14 @@ def task_update(
     owner_session: Annotated[str | None, Param(help="Assign it to this SESSION_ID.")] = None,
     owner_agent: Annotated[str | None, Param(help="Assign it to this agent's pool.")] = None,
     no_owner: Annotated[bool, Param(negative=(), help="Remove its assignee.")] = False,
+    auto_enqueue: Annotated[
+        Literal["on", "off"] | None,
+        Param(help="on: start a run by itself once its last dependency completes."),
+    ] = None,
+    stale_after: Annotated[
+        float | None,
+        Param(help="SECONDS without progress before `task stuck` lists it; 0 clears it."),
+    ] = None,
     changes: Annotated[
         str | None,
         Param(help='Raw changes as a JSON object, e.g. \'{"title": "x"}\' (merged first).'),
@@ -107,6 +116,10 @@ def task_update(
         "preferred_capabilities": preferred_capability,
     }
     wanted.update({key: value for key, value in flags.items() if value is not None})
+    if auto_enqueue is not None:
+        wanted["auto_enqueue_on_ready"] = auto_enqueue == "on"
+    if stale_after is not None:
+        wanted["stale_after"] = stale_after or None
     assignee = owner(owner_session, owner_agent)
     if no_owner and assignee is not None:
         raise UsageError("--no-owner cannot be combined with --owner-session or --owner-agent")
@@ -199,6 +212,25 @@ def task_resume(task_id: str, /) -> int:
     with connect() as client:
         task = client.resume_task(task_id)
     return show({"task": plain(task)})
+
+
+def task_unblock(
+    task_id: str,
+    /,
+    *,
+    reason: Annotated[str | None, Param(help="Why the block is cleared.")] = None,
+) -> int:
+    """Operator: clear the block a session placed on the task's run (`task block`); the
+    run goes back to the queue.
+
+    Parameters
+    ----------
+    task_id
+        The blocked task.
+    """
+    with connect() as client:
+        run = client.unblock_task(task_id, reason=reason)
+    return show({"run": plain(run)})
 
 
 def task_cancel(

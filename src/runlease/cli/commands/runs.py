@@ -1,5 +1,5 @@
-"""``runlease run``: operator controls on runs (inspect, cancel, retry, force-release,
-force-fail and their bulk forms)."""
+"""``runlease run``: operator controls on runs (inspect, cancel, retry, recover,
+force-release, force-fail and their bulk forms)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,25 @@ def run_retry(run_id: str, /) -> int:
     with connect() as client:
         result = client.retry_run(run_id)
     return show({"previous_run": plain(result.previous_run), "run": plain(result.run)})
+
+
+def run_recover(
+    run_id: str,
+    /,
+    *,
+    reason: Annotated[str | None, Param(help="Why it goes back to the queue.")] = None,
+) -> int:
+    """Operator: put a parked (needs_attention) run back in the queue: blocked, lost its
+    lease too often, or starved.
+
+    Parameters
+    ----------
+    run_id
+        The parked run.
+    """
+    with connect() as client:
+        run = client.recover_run(run_id, reason=reason)
+    return show({"run": plain(run)})
 
 
 ForceReason = Annotated[str, Param(help="Why (required; kept in the audit trail).")]

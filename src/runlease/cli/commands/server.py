@@ -65,6 +65,14 @@ def serve(
             "SECONDS (a waiting claim, an event stream or a drain is never idle); 0: never."
         ),
     ] = 300.0,
+    starve_after: Annotated[
+        float | None,
+        Param(
+            help="Park a queued run that no live session could take (capabilities, owner) "
+            "for SECONDS in needs_attention with reason starved, for `run recover`. "
+            "Off by default."
+        ),
+    ] = None,
     max_buffered_bytes: Annotated[
         int,
         Param(
@@ -92,6 +100,8 @@ def serve(
         )
     except InvalidInput as exc:
         raise UsageError(exc.message.replace("_", "-")) from None
+    if starve_after is not None and not 0 < starve_after < float("inf"):
+        raise UsageError(f"--starve-after takes a positive number of seconds, got {starve_after}")
 
     directory = data_dir.expanduser() if data_dir is not None else default_data_dir()
     socket_path = GLOBALS.socket or default_socket_path(directory)
@@ -110,6 +120,7 @@ def serve(
         allow_agent_force=allow_agent_force,
         fresh_store=fresh_store,
         limits=limits,
+        starve_after=starve_after,
     )
     return 0
 

@@ -1,5 +1,5 @@
-"""``runlease task``: create, start and read tasks (create, start, show, list, events,
-timeline, inspect, stuck, checkpoint)."""
+"""``runlease task``: create, start and read tasks (create, start, reopen, show, list,
+events, timeline, inspect, stuck, checkpoint)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ def task_create(
         list[str] | None,
         Param(help="A PATH (relative to the workspace root) required to complete (repeatable)."),
     ] = None,
+    auto_enqueue: Annotated[
+        bool,
+        Param(negative=(), help="Start a run by itself once its last dependency completes."),
+    ] = False,
+    stale_after: Annotated[
+        float | None,
+        Param(help="SECONDS without heartbeat or checkpoint after which `task stuck` lists it."),
+    ] = None,
 ) -> int:
     """Create a task.
 
@@ -70,6 +78,8 @@ def task_create(
             draft=draft,
             approval_policy=approval,
             required_artifacts=artifact or [],
+            auto_enqueue_on_ready=auto_enqueue,
+            stale_after=stale_after,
         )
     return show({"task": plain(task)})
 
@@ -91,6 +101,24 @@ def task_start(
     """
     with connect() as client:
         run = client.start_task(task_id, idempotency_key=idempotency_key)
+    return show({"run": plain(run)})
+
+
+def task_reopen(
+    task_id: str,
+    /,
+    *,
+    reason: Annotated[str | None, Param(help="Why it runs again.")] = None,
+) -> int:
+    """Give a completed or failed task a new queued run, with a fresh attempt budget.
+
+    Parameters
+    ----------
+    task_id
+        The task to reopen.
+    """
+    with connect() as client:
+        run = client.reopen_task(task_id, reason=reason)
     return show({"run": plain(run)})
 
 
@@ -183,10 +211,14 @@ def task_stuck(
     *,
     threshold: Annotated[
         float | None,
-        Param(help="Seconds without heartbeat or checkpoint that count as stuck (600)."),
+        Param(
+            help="Seconds without heartbeat or checkpoint that count as stuck (600), for "
+            "tasks without their own --stale-after."
+        ),
     ] = None,
 ) -> int:
-    """List runs whose lease ran out, then leased runs idle past the threshold."""
+    """List runs whose lease ran out (still leased, or requeued and not claimed since),
+    then leased runs idle past their task's stale-after or the threshold."""
     with connect() as client:
         runs = client.stuck(threshold=threshold)
     return show({"stuck": plain(runs)})
