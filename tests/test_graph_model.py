@@ -3,8 +3,11 @@
 The model knows the hierarchy, the dependency edges, pause flags, drafts and approvals, the
 scheduler switch, each task's run phase and its holder, and from those alone decides which
 tasks are claimable, which commands must be refused (and with which code), what a cancel
-must reach and what a force, a steal or a delete leaves behind. After every step the
-machine's claim index must hold exactly the runs the model calls claimable.
+must reach and what a force, a steal or a delete leaves behind. It also knows the operator
+verbs: a blocked or starved run is parked until recovered (or unblocked, for a block), a
+finished task can be reopened with a fresh attempt budget, and a task created to start on
+its own gets its run the moment its last open dependency stops blocking it. After every
+step the machine's claim index must hold exactly the runs the model calls claimable.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from runlease.core.commands import (
     AddDependency,
     ApproveTask,
+    BlockRun,
     BulkForceRuns,
     CancelRun,
     CancelTask,
@@ -34,13 +38,17 @@ from runlease.core.commands import (
     PauseScheduler,
     PauseTask,
     PublishTask,
+    RecoverRun,
     RejectTask,
     RemoveDependency,
+    ReopenTask,
     ResumeScheduler,
     ResumeTask,
     RetryRun,
     StartTask,
+    StarveRun,
     StealRun,
+    UnblockTask,
     UpdateTask,
 )
 from runlease.core.ids import CLAIM_TOKEN_PREFIX, new_secret_token
@@ -85,8 +93,14 @@ class ModelTask:
     deps: list[str] = field(default_factory=list)
     paused: bool = False
     canceled: bool = False
-    # none, queued, leased, completed, failed, canceled
+    # none, queued, leased, parked, completed, failed, canceled
     phase: str = "none"
+    # Why a parked run is parked: blocked (by its session) or starved.
+    parked_by: str | None = None
+    # Starts a run by itself once its last open dependency stops blocking it.
+    auto: bool = False
+    # Requires a capability no session of the model offers: claimable by nobody.
+    needs_gpu: bool = False
     attempt: int = 0
     runs: int = 0
     holder: str | None = None
@@ -130,6 +144,14 @@ class GraphModel(RuleBasedStateMachine):
         if not self.order:
             return None
         return data.draw(st.sampled_from(self.order))
+
+    def pick_mostly(self, data: st.DataObject, *phases: str) -> str | None:
+        """A task in one of ``phases`` most of the time (when there is one), else any task:
+        the verbs that act on a phase few tasks are in still reach it often."""
+        fitting = [t for t in self.order if self.tasks[t].phase in phases]
+        if fitting and data.draw(st.integers(0, 3)) > 0:
+            return data.draw(st.sampled_from(fitting))
+        return self.pick(data)
 
     def depth(self, task_id: str) -> int:
         depth = 1
@@ -202,13 +224,14 @@ class GraphModel(RuleBasedStateMachine):
         with_parent=st.booleans(),
         start=st.booleans(),
         max_attempts=st.sampled_from([1, 3, 10]),
-        kind=st.sampled_from(["plain"] * 4 + ["draft", "manual"]),
+        kind=st.sampled_from(["plain"] * 4 + ["draft", "manual", "auto", "gpu"]),
     )
     def create(
         self, data: st.DataObject, with_parent: bool, start: bool, max_attempts: int, kind: str
     ) -> None:
         parent = self.pick(data) if with_parent else None
-        start = start and kind == "plain"  # drafts and manual tasks are started otherwise
+        # Drafts and manual tasks are started otherwise, auto ones by their dependencies.
+        start = start and kind in ("plain", "gpu")
         task_id = self.new_id("t")
         expected = None
         if parent is not None:
@@ -226,6 +249,8 @@ class GraphModel(RuleBasedStateMachine):
                 start_run_id=self.new_id("r") if start else None,
                 draft=kind == "draft",
                 approval_policy="manual" if kind == "manual" else "none",
+                auto_enqueue_on_ready=kind == "auto",
+                required_capabilities=["gpu"] if kind == "gpu" else [],
             )
         )
         assert (error and error.code) == expected, error
@@ -235,6 +260,8 @@ class GraphModel(RuleBasedStateMachine):
                 max_attempts=max_attempts,
                 draft=kind == "draft",
                 approval="pending" if kind == "manual" else "not_required",
+                auto=kind == "auto",
+                needs_gpu=kind == "gpu",
             )
             self.order.append(task_id)
             if start:
@@ -247,6 +274,9 @@ class GraphModel(RuleBasedStateMachine):
         a, b = self.pick(data), self.pick(data)
         if a is None or b is None:
             return
+        waiting = [t for t in self.order if self.tasks[t].auto and self.tasks[t].runs == 0]
+        if waiting and data.draw(st.booleans()):
+            a = data.draw(st.sampled_from(waiting))  # often a task that starts on its own
         ta = self.tasks[a]
         if a == b:
             expected: str | None = DEPENDENCY_CYCLE
@@ -262,6 +292,24 @@ class GraphModel(RuleBasedStateMachine):
         assert (error and error.code) == expected, error
         if error is None:
             ta.deps.append(b)
+
+    @rule(data=st.data())
+    def create_waiter(self, data: st.DataObject) -> None:
+        """A task that starts on its own, created waiting for an existing task."""
+        blocker = self.pick(data)
+        if blocker is None:
+            return
+        task_id = self.new_id("t")
+        now = self.tick()
+        self.machine.apply(
+            CreateTask(now=now, task_id=task_id, title="w", auto_enqueue_on_ready=True)
+        )
+        self.tasks[task_id] = ModelTask(parent=None, max_attempts=3, auto=True)
+        self.order.append(task_id)
+        self.machine.apply(AddDependency(now=now, task_id=task_id, blocked_by=blocker))
+        self.tasks[task_id].deps.append(blocker)
+        # Waiting on a task that already completed: nothing will start it any more.
+        assert self.machine.tasks[task_id].current_run_id is None
 
     @rule(data=st.data())
     def pause(self, data: st.DataObject) -> None:
@@ -303,7 +351,7 @@ class GraphModel(RuleBasedStateMachine):
             if task_id != t and self.closed(task_id):
                 continue
             mt = self.tasks[task_id]
-            if mt.phase in ("queued", "leased"):
+            if mt.phase in ("queued", "leased", "parked"):
                 mt.phase = "canceled"
             if mt.holder is not None:
                 self.lease_of[mt.holder] = None
@@ -322,10 +370,12 @@ class GraphModel(RuleBasedStateMachine):
             expected = TASK_IS_DRAFT
         elif mt.approval in ("pending", "rejected"):
             expected = APPROVAL_REQUIRED
-        elif mt.phase not in ("none", "failed") or (
-            mt.phase == "failed" and mt.attempt >= mt.max_attempts
+        elif mt.phase not in ("none", "failed", "parked") or (
+            mt.phase in ("failed", "parked") and mt.attempt >= mt.max_attempts
         ):
             expected = INVALID_TRANSITION
+        elif mt.runs + 1 > MAX_RETRY_CHAIN:  # only after a reopen restarted the attempts
+            expected = RETRY_CHAIN_TOO_DEEP
         else:
             expected = None
         error = self.apply(StartTask(now=self.tick(), task_id=t, run_id=self.new_id("r")))
@@ -338,6 +388,7 @@ class GraphModel(RuleBasedStateMachine):
         if self.lease_of[session] is not None:
             return
         claimable = set() if self.scheduler_paused else self.claimable()
+        claimable = {t for t in claimable if not self.tasks[t].needs_gpu}
         before = set(self.machine.index.run_ids())
         command = ClaimNext(
             now=self.tick(),
@@ -375,6 +426,17 @@ class GraphModel(RuleBasedStateMachine):
         mt.phase = "completed" if succeed else "failed"
         mt.holder = None
         self.lease_of[session] = None
+        if succeed:
+            self.auto_start([t for t in self.order if task_id in self.tasks[t].deps])
+
+    def auto_start(self, task_ids: list[str]) -> None:
+        """The tasks that just lost an open dependency: those created to start on their
+        own, never run and blocked by nothing now get their first run."""
+        for t in task_ids:
+            mt = self.tasks[t]
+            deps_open = any(self.tasks[d].phase != "completed" for d in mt.deps)
+            if mt.auto and mt.runs == 0 and not (mt.canceled or mt.draft or deps_open):
+                mt.phase, mt.attempt, mt.runs = "queued", 1, 1
 
     @rule(data=st.data())
     def retry(self, data: st.DataObject) -> None:
@@ -417,7 +479,7 @@ class GraphModel(RuleBasedStateMachine):
             return FORCE_RATE_LIMITED
         if release:
             return None if mt.phase == "leased" else INVALID_TRANSITION
-        return None if mt.phase in ("queued", "leased") else INVALID_TRANSITION
+        return None if mt.phase in ("queued", "leased", "parked") else INVALID_TRANSITION
 
     def forced(self, t: str, release: bool, now: float) -> None:
         mt = self.tasks[t]
@@ -476,12 +538,16 @@ class GraphModel(RuleBasedStateMachine):
         a, b = self.pick(data), self.pick(data)
         if a is None or b is None:
             return
+        if self.tasks[a].deps and data.draw(st.booleans()):
+            b = data.draw(st.sampled_from(self.tasks[a].deps))  # mostly an edge that exists
         ta = self.tasks[a]
         expected = None if b in ta.deps else DEPENDENCY_NOT_FOUND
         error = self.apply(RemoveDependency(now=self.tick(), task_id=a, blocked_by=b))
         assert (error and error.code) == expected, error
         if error is None:
             ta.deps.remove(b)
+            if self.tasks[b].phase != "completed":
+                self.auto_start([a])
 
     @rule(data=st.data())
     def cancel_run(self, data: st.DataObject) -> None:
@@ -489,7 +555,7 @@ class GraphModel(RuleBasedStateMachine):
         if t is None or self.tasks[t].runs == 0:
             return
         mt = self.tasks[t]
-        ok = mt.phase in ("queued", "leased")
+        ok = mt.phase in ("queued", "leased", "parked")
         error = self.apply(CancelRun(now=self.tick(), run_id=self.run_id(t), reason="no"))
         assert (error and error.code) == (None if ok else INVALID_TRANSITION), error
         if ok:
@@ -547,18 +613,21 @@ class GraphModel(RuleBasedStateMachine):
             return
         if self.children(t):
             expected: str | None = TASK_HAS_CHILDREN
-        elif self.tasks[t].phase in ("queued", "leased"):
+        elif self.tasks[t].phase in ("queued", "leased", "parked"):
             expected = TASK_HAS_ACTIVE_RUNS
         else:
             expected = None
         error = self.apply(DeleteTask(now=self.tick(), task_id=t))
         assert (error and error.code) == expected, error
         if error is None:
+            was_open = self.tasks[t].phase != "completed"
             del self.tasks[t]
             self.order.remove(t)
-            for mt in self.tasks.values():
-                if t in mt.deps:
-                    mt.deps.remove(t)
+            freed = [d for d in self.order if t in self.tasks[d].deps]
+            for d in freed:
+                self.tasks[d].deps.remove(t)
+            if was_open:
+                self.auto_start(freed)
             assert t not in self.machine.tasks
 
     @rule(
@@ -625,6 +694,8 @@ class GraphModel(RuleBasedStateMachine):
             expected: str | None = INVALID_TRANSITION
         elif self.lease_of[session] is not None:
             expected = AUTONOMY_LEASE_ALREADY_HELD
+        elif mt.needs_gpu:
+            expected = INVALID_TRANSITION  # no session offers the capability
         elif mt.phase == "queued" and self.gated(t):
             expected = INVALID_TRANSITION
         elif not force:
@@ -650,7 +721,104 @@ class GraphModel(RuleBasedStateMachine):
             run = self.machine.runs[self.run_id(t)]
             assert (run.status, run.session_id, run.checkpoint_at) == ("claimed", session, None)
 
-    @rule(on=st.booleans())
+    @rule(session=st.sampled_from(SESSIONS))
+    def claim_and_block(self, session: str) -> None:
+        """A session claims and at once parks its run for a person (a frequent pair, so
+        recover and unblock find blocked runs)."""
+        self.claim(session)
+        self.block(session)
+
+    @rule(session=st.sampled_from(SESSIONS), succeed=st.booleans())
+    def claim_and_finish(self, session: str, succeed: bool) -> None:
+        """Claim and finish in one rule, so completed and failed tasks (what reopen and the
+        tasks that start on their own wait for) are reached often."""
+        self.claim(session)
+        self.finish(session, succeed)
+
+    @rule(session=st.sampled_from(SESSIONS))
+    def block(self, session: str) -> None:
+        task_id = self.lease_of[session]
+        if task_id is None:
+            return
+        command = BlockRun(
+            now=self.tick(), session_id=session, run_id=self.run_id(task_id), reason="ask"
+        )
+        assert self.apply(command) is None
+        mt = self.tasks[task_id]
+        mt.phase, mt.parked_by, mt.holder = "parked", "blocked", None
+        self.lease_of[session] = None
+
+    @rule(data=st.data())
+    def starve(self, data: st.DataObject) -> None:
+        """The watch's command: it parks the run only if nobody could take it right now."""
+        t = self.pick_mostly(data, "queued")
+        if t is None or self.tasks[t].runs == 0:
+            return
+        mt = self.tasks[t]
+        starving = (
+            mt.phase == "queued" and not self.gated(t) and not self.scheduler_paused
+        ) and mt.needs_gpu
+        outcome = self.machine.apply(
+            StarveRun(now=self.tick(), run_id=self.run_id(t), waited_seconds=100.0)
+        )
+        assert (outcome.reply is not None) == starving
+        assert bool(outcome.events) == starving
+        if starving:
+            mt.phase, mt.parked_by = "parked", "starved"
+            run = self.machine.runs[self.run_id(t)]
+            assert (run.error, run.reason) == ("starved", "starved")
+
+    @rule(data=st.data())
+    def recover(self, data: st.DataObject) -> None:
+        t = self.pick_mostly(data, "parked")
+        if t is None or self.tasks[t].runs == 0:
+            return
+        mt = self.tasks[t]
+        ok = mt.phase == "parked"
+        error = self.apply(RecoverRun(now=self.tick(), run_id=self.run_id(t), actor=OPERATOR))
+        assert (error and error.code) == (None if ok else INVALID_TRANSITION), error
+        if ok:
+            mt.phase, mt.parked_by = "queued", None
+            assert self.machine.runs[self.run_id(t)].attempt == mt.attempt
+
+    @rule(data=st.data())
+    def unblock(self, data: st.DataObject) -> None:
+        t = self.pick_mostly(data, "parked")
+        if t is None:
+            return
+        mt = self.tasks[t]
+        ok = mt.phase == "parked" and mt.parked_by == "blocked"
+        error = self.apply(UnblockTask(now=self.tick(), task_id=t, actor=OPERATOR))
+        assert (error and error.code) == (None if ok else INVALID_TRANSITION), error
+        if ok:
+            mt.phase, mt.parked_by = "queued", None
+
+    @rule(data=st.data())
+    def reopen(self, data: st.DataObject) -> None:
+        t = self.pick_mostly(data, "completed", "failed")
+        if t is None:
+            return
+        mt = self.tasks[t]
+        finished = mt.phase == "completed" or (
+            mt.phase == "failed" and mt.attempt >= mt.max_attempts
+        )
+        under_cancel = any(self.tasks[a].canceled for a in self.ancestors(t))
+        if mt.canceled or not finished or under_cancel:
+            expected: str | None = INVALID_TRANSITION
+        elif mt.runs + 1 > MAX_RETRY_CHAIN:
+            expected = RETRY_CHAIN_TOO_DEEP
+        else:
+            expected = None
+        run_id = self.new_id("r")
+        error = self.apply(ReopenTask(now=self.tick(), task_id=t, run_id=run_id))
+        assert (error and error.code) == expected, error
+        if error is None:
+            mt.phase, mt.attempt, mt.runs = "queued", 1, mt.runs + 1
+            assert self.machine.runs[run_id].attempt == 1
+
+    # Pausing is drawn less often than resuming, so the scheduler runs most of the time and
+    # claims, finishes and the verbs that follow them are reached.
+    @rule(on=st.sampled_from([True, False, False]))
     def scheduler(self, on: bool) -> None:
         if on:
             error = self.apply(PauseScheduler(now=self.tick()))
@@ -686,6 +854,8 @@ class GraphModel(RuleBasedStateMachine):
                 assert status == "canceled"
             elif mt.phase == "leased":
                 assert status == "in_progress"
+            elif mt.phase == "parked":
+                assert status == "needs_attention"
             elif mt.phase in ("completed", "canceled"):
                 assert status == mt.phase
             elif mt.draft:

@@ -202,6 +202,8 @@ def start_task(m: State, cmd: StartTask) -> Outcome[Run]:
                 f"task {task.id} has used all {task.max_attempts} attempts",
                 code=INVALID_TRANSITION,
             )
+        # Attempts bound the chain of runs, except after a reopen restarted the count.
+        check_chain_room(m, task, "a new run")
     event = m.enqueue(task, current, cmd.run_id, cmd.now)
     run = m.runs[cmd.run_id]
     if cmd.idempotency_key is not None:
@@ -223,6 +225,17 @@ def check_startable(task: Task) -> None:
             f"task {task.id} needs approval (approval_state={task.approval_state}); "
             "approve it to enqueue a run",
             code=APPROVAL_REQUIRED,
+        )
+
+
+def check_chain_room(m: State, task: Task, what: str) -> None:
+    """Refuse one more run when the task's chain of runs is already at MAX_RETRY_CHAIN."""
+    chain = sum(1 for _ in m.run_chain(task))
+    if chain + 1 > MAX_RETRY_CHAIN:
+        raise InvalidInput(
+            f"task {task.id} already has a chain of {chain} runs; "
+            f"{what} would exceed {MAX_RETRY_CHAIN}",
+            code=RETRY_CHAIN_TOO_DEEP,
         )
 
 
@@ -409,22 +422,23 @@ def _open_run_remedy(run: Run) -> str:
 def reopen_task(m: State, cmd: ReopenTask) -> Outcome[Run]:
     """Give a completed or failed task a new queued run with a fresh attempt budget.
 
-    The new run follows the chain of runs (bounded by MAX_RETRY_CHAIN). A completed task
-    that reopens blocks its dependents again until it completes once more; those already
-    running carry on.
+    The new run follows the chain of runs (bounded by MAX_RETRY_CHAIN). A task below a
+    canceled one stays closed. A completed task that reopens blocks its dependents again
+    until it completes once more; those already running carry on.
     """
     task = m.get_task(cmd.task_id)
     reason = validate.optional_text(cmd.reason, "reason")
     lifecycle.check_task(task, "reopen")
     check_startable(task)
-    check_new_run_id(m, cmd.run_id)
-    chain = sum(1 for _ in m.run_chain(task))
-    if chain + 1 > MAX_RETRY_CHAIN:
+    canceled = m.canceled_ancestor(task)
+    if canceled is not None:
+        # A cancel closes everything below it for good; reopening would undo that.
         raise InvalidInput(
-            f"task {task.id} already has a chain of {chain} runs; "
-            f"reopening would exceed {MAX_RETRY_CHAIN}",
-            code=RETRY_CHAIN_TOO_DEEP,
+            f"task {canceled} above task {task.id} is canceled; it cannot run again",
+            code=INVALID_TRANSITION,
         )
+    check_new_run_id(m, cmd.run_id)
+    check_chain_room(m, task, "reopening")
     previous = m.current_run(task)
     was = task.status
     events = [
