@@ -275,7 +275,7 @@ class GraphModel(RuleBasedStateMachine):
         if a is None or b is None:
             return
         waiting = [t for t in self.order if self.tasks[t].auto and self.tasks[t].runs == 0]
-        if waiting and data.draw(st.booleans()):
+        if len(waiting) > 0 and data.draw(st.booleans()):
             a = data.draw(st.sampled_from(waiting))  # often a task that starts on its own
         ta = self.tasks[a]
         if a == b:
@@ -538,7 +538,7 @@ class GraphModel(RuleBasedStateMachine):
         a, b = self.pick(data), self.pick(data)
         if a is None or b is None:
             return
-        if self.tasks[a].deps and data.draw(st.booleans()):
+        if len(self.tasks[a].deps) > 0 and data.draw(st.booleans()):
             b = data.draw(st.sampled_from(self.tasks[a].deps))  # mostly an edge that exists
         ta = self.tasks[a]
         expected = None if b in ta.deps else DEPENDENCY_NOT_FOUND
