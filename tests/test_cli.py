@@ -61,6 +61,9 @@ TASK_FIELDS = {
     "paused_at",
     "paused_reason",
     "checkpoints",
+    # Operator verbs: start on its own once ready; idle time before `task stuck` lists it.
+    "auto_enqueue_on_ready",
+    "stale_after",
 }
 RUN_FIELDS = {
     "id",

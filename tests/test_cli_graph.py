@@ -382,3 +382,41 @@ def test_scheduler_pause_status_backlog_drain_resume(cli: Cli, ws: str) -> None:
         resumed = cli.ok("scheduler", "resume")["scheduler"]
     assert resumed["paused"] is False
     assert claim(cli, token, ws)["task"]["id"] == task["id"]
+
+
+def test_operator_verbs_unblock_recover_reopen_and_auto_enqueue(cli: Cli, ws: str) -> None:
+    _, token = cli.session("worker")
+    blocker = create(cli, ws, "blocker", "--start")
+    waiter = create(cli, ws, "waiter", "--auto-enqueue", "--stale-after", "30")
+    assert (waiter["auto_enqueue_on_ready"], waiter["stale_after"]) == (True, 30.0)
+    cli.ok("task", "depend", waiter["id"], "--on", blocker["id"])
+    run = claim(cli, token, ws)["run"]
+    assert run["task_id"] == blocker["id"]
+    cli.ok("task", "complete", run["id"], token=token)
+    # The waiter started by itself the moment its blocker completed.
+    started = claim(cli, token, ws)["run"]
+    assert started["task_id"] == waiter["id"]
+
+    # A block waits for a person, who clears it (operator commands carry no session).
+    cli.ok("task", "block", started["id"], "--reason", "which region?", token=token)
+    unblocked = cli.ok("task", "unblock", waiter["id"], "--reason", "eu-west")["run"]
+    assert (unblocked["id"], unblocked["status"]) == (started["id"], "queued")
+    again = claim(cli, token, ws)["run"]
+    cli.ok("task", "block", again["id"], "--reason", "still unsure", token=token)
+    recovered = cli.ok("run", "recover", again["id"])["run"]
+    assert (recovered["status"], recovered["reason"]) == ("queued", "recovered")
+    cli.fails("run", "recover", again["id"], code="INVALID_TRANSITION", exit=3)
+    cli.fails("task", "unblock", waiter["id"], code="INVALID_TRANSITION", exit=3)
+
+    # A completed task can be reopened; an open one cannot.
+    cli.fails("task", "reopen", waiter["id"], code="INVALID_TRANSITION", exit=3)
+    cli.ok("task", "complete", claim(cli, token, ws)["run"]["id"], token=token)
+    reopened = cli.ok("task", "reopen", waiter["id"], "--reason", "redo")["run"]
+    assert (reopened["status"], reopened["attempt"]) == ("queued", 1)
+    assert reopened["previous_run_id"] == started["id"]
+
+    updated = cli.ok("task", "update", waiter["id"], "--auto-enqueue", "off", "--stale-after", "0")[
+        "task"
+    ]
+    assert (updated["auto_enqueue_on_ready"], updated["stale_after"]) == (False, None)
+    cli.fails("task", "reopen", "tsk_missing", code="TASK_NOT_FOUND", exit=4)

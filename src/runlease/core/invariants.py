@@ -12,7 +12,7 @@ from runlease.core.model import (
     MAX_HIERARCHY_DEPTH,
     MAX_RETRY_CHAIN,
 )
-from runlease.core.state import State
+from runlease.core.state import State, awaits_new_holder
 
 
 def check(m: State) -> None:
@@ -53,3 +53,6 @@ def check(m: State) -> None:
                 closed = lifecycle.is_closed(m.tasks[below])
                 assert closed, f"{below} is open under canceled {task.id}"
     assert len(m.index) + len(m.held) == sum(1 for r in m.runs.values() if r.status == "queued")
+    # ``stuck`` finds every run that lost its lease and waits unclaimed, and only those.
+    lost = {r.id for r in m.lost_lease_runs()}
+    assert lost == {r.id for r in m.runs.values() if awaits_new_holder(r)}, "lost leases"
