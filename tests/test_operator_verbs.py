@@ -84,6 +84,26 @@ async def test_recover_gives_a_run_that_lost_too_many_leases_its_budget_back(
         assert (await agent.claim_next()).run.id == parked.id
 
 
+async def test_recover_wakes_a_claimer_that_waits_for_work(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_runtime() as rt, trio.open_nursery() as nursery:
+        task_id, run_id, _ = await blocked_run(rt)
+        waiter = await rt.open_session(agent="waiter")
+        claimed: list[str] = []
+
+        async def wait_for_work() -> None:
+            claimed.append((await waiter.claim_next(wait=True, timeout=600)).run.id)
+
+        nursery.start_soon(wait_for_work)
+        await trio.sleep(30)  # the claimer is parked: nothing is queued
+        assert claimed == []
+        await rt.recover_run(run_id)
+        await trio.sleep(1)
+        assert claimed == [run_id]
+        assert rt.get_task(task_id).status == "in_progress"
+
+
 async def test_a_session_may_not_recover_or_unblock_unless_the_host_allows_it() -> None:
     async with open_runtime() as rt:
         task_id, run_id, agent = await blocked_run(rt)
