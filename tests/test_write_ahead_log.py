@@ -14,13 +14,17 @@ import zlib
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runlease import open_runtime
 from runlease.errors import STORAGE_CORRUPT, InvalidInput, Unavailable
 from runlease.persistence import store as store_module
 from runlease.persistence import wal
 from runlease.persistence.store import Store
+from runlease.runtime import Runtime
+from runlease.runtime.journal import JournalCommitter
 
 MAP_SIZE = 1 << 20
 
@@ -109,6 +113,60 @@ def test_a_snapshot_checkpoints_the_records_it_covers(data_dir: Path) -> None:
         assert store.records_only_in_log == 0
         with store._env.begin() as txn:
             assert txn.get((5).to_bytes(8, "big"), db=store._journal) is not None
+
+
+def store_of(rt: Runtime) -> Store:
+    committer = rt._committer
+    assert isinstance(committer, JournalCommitter)
+    return committer._store
+
+
+def signal_after(monkeypatch: pytest.MonkeyPatch, name: str) -> trio.Event:
+    """An event set (from the worker thread) once ``Store.<name>`` has done its work."""
+    done = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    real = getattr(Store, name)
+
+    def wrapped(self: Store) -> object:
+        result = real(self)
+        if result:
+            trio.from_thread.run_sync(done.set, trio_token=token)
+        return result
+
+    monkeypatch.setattr(Store, name, wrapped)
+    return done
+
+
+async def test_relaxed_mode_flushes_the_log_soon_after_a_write(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushed = signal_after(monkeypatch, "sync_log")
+    async with open_runtime(data_dir=data_dir, durability="relaxed") as rt:
+        store = store_of(rt)
+        await rt.create_task("written, flushed later", start=True)
+        # No further write comes: the flush must happen on its own, off the commit path.
+        with trio.fail_after(30):
+            await flushed.wait()
+        assert not store.log_unsynced
+        stats = store.stats()
+        assert stats.log_syncs >= 1
+        assert stats.fsyncs == 0
+
+
+async def test_the_runtime_checkpoints_the_log_when_records_pile_up(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "CHECKPOINT_RECORDS", 3)
+    checkpointed = signal_after(monkeypatch, "checkpoint")
+    async with open_runtime(data_dir=data_dir) as rt:
+        store = store_of(rt)
+        for i in range(3):
+            await rt.create_task(f"t{i}", start=True)
+        with trio.fail_after(30):
+            await checkpointed.wait()
+        assert store.stats().checkpoints >= 1
+        with store._env.begin() as txn:
+            assert txn.get((1).to_bytes(8, "big"), db=store._journal) is not None
 
 
 # ------------------------------------------------------------------------- replay

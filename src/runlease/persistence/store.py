@@ -76,14 +76,18 @@ flushes the kernel may write LMDB's meta page before the pages it points to, and
 crash could then corrupt the database instead of just losing the newest commits. Without
 it, a full disk fails the commit's own writes, which LMDB rolls back.
 
-Failures: whenever a write raises ``STORAGE_FAILED`` the batch is absent, except in one
-case LMDB cannot resolve: the final flush of the commit itself failing. Then LMDB marks the
-environment unusable, the store refuses all further work, and the batch may or may not be
-present after a restart (it is never partly present). Callers must treat an unacknowledged
-batch as "unknown", which replay handles because every journaled command was valid.
+Failures: an append that fails before writing (no room for a new log segment: a full disk
+is ``STORAGE_FAILED``, a descriptor shortage ``RESOURCE_EXHAUSTED``) leaves the batch absent
+and the store usable. A write or flush of the log that fails midway leaves the batch
+unknown: the store takes no more appends, and after a restart the batch may be present, or
+a prefix of it (each record was valid after the ones before it). Callers must treat an
+unacknowledged batch as "unknown", which replay handles. A checkpoint that fails loses
+nothing (the log still holds its records) and is retried; an LMDB failure it cannot
+resolve (a failed remap, a panic) makes the store refuse all further work.
 
-All methods are thread-safe (one internal lock), but the store is designed for one writer
-thread: the runtime hands it everything that accumulated while the previous commit ran.
+All methods are thread-safe (a mutex for LMDB and a lock for the log, taken in that order,
+so appends never wait for a checkpoint), but the store is designed for one writer thread:
+the runtime hands it everything that accumulated while the previous commit ran.
 """
 
 from __future__ import annotations

@@ -62,6 +62,8 @@ _FRAME_MAGIC: Final = b"RLFR"
 # magic, body length, sequence, synced-through, crc32 of the bytes before it and the body.
 _FRAME_HEADER: Final = struct.Struct(">4sIQQI")
 _FRAME_CHECKED: Final = _FRAME_HEADER.size - 4
+# The checked part of the header alone: a group commit packs it once per record.
+_FRAME_HEAD: Final = struct.Struct(">4sIQQ")
 _SEGMENT_NAME: Final = re.compile(r"^([0-9a-f]{16})\.log$")
 _ZEROS: Final = bytes(MiB)
 
@@ -75,9 +77,12 @@ def segment_path(directory: Path, number: int) -> Path:
 
 
 def frame(seq: int, synced_through: int, body: bytes) -> bytes:
-    header = _FRAME_HEADER.pack(_FRAME_MAGIC, len(body), seq, synced_through, 0)
-    crc = zlib.crc32(body, zlib.crc32(header[:_FRAME_CHECKED]))
-    return b"".join((header[:_FRAME_CHECKED], crc.to_bytes(4, "big"), body))
+    return b"".join(_frame_parts(seq, synced_through, body))
+
+
+def _frame_parts(seq: int, synced_through: int, body: bytes) -> tuple[bytes, bytes, bytes]:
+    head = _FRAME_HEAD.pack(_FRAME_MAGIC, len(body), seq, synced_through)
+    return head, zlib.crc32(body, zlib.crc32(head)).to_bytes(4, "big"), body
 
 
 def _segment_header(number: int, store_id: bytes, first_seq: int) -> bytes:
@@ -385,10 +390,12 @@ class LogWriter:
         assert active is not None
         assert active.fd is not None
         synced = self.synced_seq
-        parts = [frame(first_seq + i, synced, body) for i, body in enumerate(records)]
+        parts: list[bytes] = []
         if active.first_seq is None:
-            parts.insert(0, _segment_header(active.number, self._store_id, first_seq))
+            parts.append(_segment_header(active.number, self._store_id, first_seq))
             active.first_seq = first_seq
+        for i, body in enumerate(records):
+            parts.extend(_frame_parts(first_seq + i, synced, body))
         data = b"".join(parts)
         view = memoryview(data)
         offset = active.used
