@@ -605,9 +605,10 @@ async def open_runtime(
     """Run a lease runtime for the duration of the block.
 
     Without ``data_dir`` all state is in memory and lost at exit. With it, every change is
-    journaled to LMDB before it is acknowledged: ``durable`` syncs each group commit to disk
-    (survives an OS crash or power loss); ``relaxed`` skips the sync (survives a crash of
-    this process, not of the machine). Boot loads the newest valid snapshot, replays the
+    journaled (a write-ahead log, checkpointed into LMDB) before it is acknowledged:
+    ``durable`` flushes each group commit to disk (survives an OS crash or power loss);
+    ``relaxed`` flushes shortly after the reply (survives a crash of this process, not of
+    the machine). Boot loads the newest valid snapshot, replays the
     journal, expires leases that ran out while it was down (reason ``orphaned_on_boot``)
     and stops sessions whose TTL passed, all before the block starts.
 
