@@ -44,8 +44,9 @@ TIME_FIELDS: Final = frozenset(
         "as_of",
     }
 )
-# Internal bookkeeping of the core, never shown (the force-operation rate window).
-HIDDEN_FIELDS: Final = frozenset({"force_ops"})
+# Internal bookkeeping of the core, never shown (the force-operation rate window, whether
+# a task ever had a dependency).
+HIDDEN_FIELDS: Final = frozenset({"force_ops", "had_dependencies"})
 # Caller-owned JSON: passed through exactly as stored, never reinterpreted.
 OPAQUE_FIELDS: Final = frozenset({"metadata", "result", "failure_metadata"})
 
