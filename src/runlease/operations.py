@@ -897,8 +897,8 @@ class DrainScheduler(Request[DrainResult], tag="drain_scheduler"):
     def patience(self) -> float | None:
         return DEFAULT_DRAIN_TIMEOUT if self.timeout is None else self.timeout
 
-    def command(self, call: Call) -> c.PauseScheduler:
-        return c.PauseScheduler(now=0.0, reason=self.reason or "drain", **self.who(call))
+    def command(self, call: Call) -> c.StartDrain:
+        return c.StartDrain(now=0.0, reason=self.reason or "drain", **self.who(call))
 
     async def execute(self, call: Call) -> DrainResult:
         timeout = DEFAULT_DRAIN_TIMEOUT if self.timeout is None else self.timeout
