@@ -1005,7 +1005,8 @@ class GetTimeline(ReadRequest[EventPage], tag="timeline"):
 
 @operation(read=True)
 class InspectTask(ReadRequest[InspectView], tag="inspect_task"):
-    """Current run, bound session, recent runs and events, and the ``next_action``."""
+    """Current run, bound session, recent runs and events (claim hashes as 8-hex
+    prefixes), ``diagnostics`` each with its remedy, and the ``next_action``."""
 
     task_id: str
 
@@ -1015,6 +1016,8 @@ class InspectTask(ReadRequest[InspectView], tag="inspect_task"):
 
 @operation(read=True)
 class InspectRun(ReadRequest[InspectView], tag="inspect_run"):
+    """Inspect of the run's task, with this run as the target and only its events."""
+
     run_id: str
 
     def answer(self, call: Call) -> InspectView:

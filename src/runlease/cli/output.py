@@ -145,6 +145,18 @@ LIST_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "stuck": ("task_id", "run_id", "session_id", "kind", "since", "seconds"),
     "items": ("run_id", "ok", "code", "message"),
     "backlog": ("gate", "effective_paused", "task", "run"),
+    # Inspect.
+    "diagnostics": ("kind", "run_id", "message", "remedy"),
+    "recent_runs": (
+        "run_id",
+        "status",
+        "attempt",
+        "bound_session_id",
+        "lease_until",
+        "heartbeat_age_seconds",
+        "claim_token_hash_prefix",
+    ),
+    "recent_events": ("seq", "at", "kind", "run_id", "session_id", "data"),
 }
 
 
