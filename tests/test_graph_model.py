@@ -28,6 +28,7 @@ from runlease.core.commands import (
     CreateTask,
     DeleteTask,
     FailRun,
+    FinishDrain,
     ForceFailRun,
     ForceReleaseRun,
     OpenSession,
@@ -39,6 +40,7 @@ from runlease.core.commands import (
     ResumeScheduler,
     ResumeTask,
     RetryRun,
+    StartDrain,
     StartTask,
     StealRun,
     UpdateTask,
@@ -673,6 +675,26 @@ class GraphModel(RuleBasedStateMachine):
             error = self.apply(ResumeScheduler(now=self.tick()))
             assert (error is None) == self.scheduler_paused
             self.scheduler_paused = False
+
+    @rule(finish=st.booleans())
+    def drain(self, finish: bool) -> None:
+        """A drain's two records: the start pauses the scheduler if it runs (never refused),
+        the end changes nothing but says how many leases remain."""
+        now = self.tick()
+        if finish:
+            outcome = self.machine.apply(FinishDrain(now=now, started_at=now - 1))
+            [event] = outcome.events
+            remaining = sum(1 for holder in self.lease_of.values() if holder is not None)
+            assert event.kind == "scheduler_drain_completed"
+            assert event.data["remaining_claims"] == remaining
+            assert event.data["completed"] == (remaining == 0)
+        else:
+            outcome = self.machine.apply(StartDrain(now=now, reason="drain"))
+            kinds = [e.kind for e in outcome.events]
+            paused_now = [] if self.scheduler_paused else ["scheduler_paused"]
+            assert kinds == [*paused_now, "scheduler_drain_started"]
+            self.scheduler_paused = True
+        assert outcome.reply.paused == self.scheduler_paused
 
     # --------------------------------------------------------------- invariants
     @invariant()
