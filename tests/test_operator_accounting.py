@@ -30,7 +30,9 @@ from runlease.core.machine import Machine
 from runlease.core.model import FORCE_RATE_LIMIT, Event
 from runlease.core.snapshot import decode_snapshot, encode_snapshot
 from runlease.errors import FORCE_RATE_LIMITED, RunleaseError
+from runlease.runtime.client import open_client
 from runlease.runtime.runtime import OPERATOR
+from socket_helpers import Served
 
 
 def _kinds(events: list[Event], prefix: str) -> list[Event]:
@@ -126,6 +128,26 @@ async def test_drain_records_started_and_completed_events(
         assert after[1].data["completed"] is True
         assert after[1].data["timed_out"] is False
         assert rt.scheduler_status().paused  # a drain leaves the scheduler paused
+
+
+async def test_drain_events_and_retry_limit_over_the_socket(served: Served) -> None:
+    rt = served.rt
+    agent = await rt.open_session(agent="a")
+    await rt.create_task("t", max_attempts=10, start=True)
+    async with open_client(served.path) as client:
+        drained = await client.drain_scheduler(timeout=0, reason="upgrade")
+        assert drained.completed
+        kinds = [e.kind for e in await client.events() if e.kind.startswith("scheduler_")]
+        assert kinds == ["scheduler_paused", "scheduler_drain_started", "scheduler_drain_completed"]
+        await client.resume_scheduler()
+        claim = await agent.claim_next()
+        for i in range(FORCE_RATE_LIMIT):
+            await client.force_release(claim.run.id, reason=f"r{i}")
+            claim = await agent.claim_next()
+        failed = await agent.fail(claim.run.id, error="x")
+        with pytest.raises(RunleaseError) as info:
+            await client.retry_run(failed.id)  # the socket's operator spent its allowance
+        assert info.value.code == FORCE_RATE_LIMITED
 
 
 async def test_drain_is_journaled_and_replayed(tmp_path: Path) -> None:
