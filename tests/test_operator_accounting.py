@@ -130,6 +130,22 @@ async def test_drain_records_started_and_completed_events(
         assert rt.scheduler_status().paused  # a drain leaves the scheduler paused
 
 
+async def test_a_drain_cut_short_still_records_its_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with runlease.open_runtime() as rt:
+        agent = await rt.open_session(agent="a")
+        await rt.create_task("t", start=True)
+        await agent.claim_next(lease_seconds=600)
+        with trio.move_on_after(2) as cut:
+            await rt.drain_scheduler(timeout=30)
+        assert cut.cancelled_caught
+        events = _kinds(rt.events(), "scheduler_drain")
+        assert [e.kind for e in events] == ["scheduler_drain_started", "scheduler_drain_completed"]
+        assert events[1].data["remaining_claims"] == 1
+        assert events[1].at - events[0].at == pytest.approx(2, abs=0.01)
+
+
 async def test_drain_events_and_retry_limit_over_the_socket(served: Served) -> None:
     rt = served.rt
     agent = await rt.open_session(agent="a")

@@ -386,13 +386,20 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         report how many leases remain. Both ends are journaled, each with its event."""
         started = self._clock.now()
         await self.submit(start)
-        with trio.move_on_after(timeout):
-            while self._machine.leased_count():
-                self._check_open()
-                await self._feed.wait_changed()
-        await self.submit(
-            FinishDrain(now=0.0, started_at=started, actor=start.actor, origin=start.origin)
-        )
+        finish = FinishDrain(now=0.0, started_at=started, actor=start.actor, origin=start.origin)
+        try:
+            with trio.move_on_after(timeout):
+                while self._machine.leased_count():
+                    self._check_open()
+                    await self._feed.wait_changed()
+        except BaseException:
+            # Cut short (the caller left, the server is stopping): the drain still ends on
+            # record, so every start has its end; a runtime too far gone to record it
+            # keeps the original error.
+            with trio.CancelScope(shield=True), contextlib.suppress(RunleaseError):
+                await self.submit(finish)
+            raise
+        await self.submit(finish)
 
         def result() -> DrainResult:
             remaining = self._machine.leased_count()
