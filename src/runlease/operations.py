@@ -897,8 +897,8 @@ class DrainScheduler(Request[DrainResult], tag="drain_scheduler"):
     def patience(self) -> float | None:
         return DEFAULT_DRAIN_TIMEOUT if self.timeout is None else self.timeout
 
-    def command(self, call: Call) -> c.PauseScheduler:
-        return c.PauseScheduler(now=0.0, reason=self.reason or "drain", **self.who(call))
+    def command(self, call: Call) -> c.StartDrain:
+        return c.StartDrain(now=0.0, reason=self.reason or "drain", **self.who(call))
 
     async def execute(self, call: Call) -> DrainResult:
         timeout = DEFAULT_DRAIN_TIMEOUT if self.timeout is None else self.timeout
@@ -1005,7 +1005,8 @@ class GetTimeline(ReadRequest[EventPage], tag="timeline"):
 
 @operation(read=True)
 class InspectTask(ReadRequest[InspectView], tag="inspect_task"):
-    """Current run, bound session, recent runs and events, and the ``next_action``."""
+    """Current run, bound session, recent runs and events (claim hashes as 8-hex
+    prefixes), ``diagnostics`` each with its remedy, and the ``next_action``."""
 
     task_id: str
 
@@ -1015,6 +1016,8 @@ class InspectTask(ReadRequest[InspectView], tag="inspect_task"):
 
 @operation(read=True)
 class InspectRun(ReadRequest[InspectView], tag="inspect_run"):
+    """Inspect of the run's task, with this run as the target and only its events."""
+
     run_id: str
 
     def answer(self, call: Call) -> InspectView:

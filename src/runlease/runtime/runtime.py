@@ -30,11 +30,12 @@ from runlease.core.commands import (
     CompleteRun,
     FailRun,
     FinishAndClaim,
+    FinishDrain,
     ForceFailRun,
     ForceReleaseRun,
-    PauseScheduler,
     ReleaseRun,
     ReleaseSessionLeases,
+    StartDrain,
     StealRun,
 )
 from runlease.core.commands import ClaimNext as ClaimCommand
@@ -379,16 +380,26 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         error = pending.error
         return Finished(run=alone.run, no_claim=NoClaim(code=error.code, message=error.message))
 
-    async def drain(self, pause: PauseScheduler, timeout: float) -> DrainResult:
-        """Apply ``pause`` unless the scheduler is paused already, then wait until no lease
-        is active or ``timeout`` seconds pass; report how many leases remain."""
+    async def drain(self, start: StartDrain, timeout: float) -> DrainResult:
+        """Apply ``start`` (it pauses the scheduler unless it is paused already), wait until
+        no lease is active or ``timeout`` seconds pass, record the end of the drain and
+        report how many leases remain. Both ends are journaled, each with its event."""
         started = self._clock.now()
-        if not self._machine.scheduler.paused:
-            await self.submit(pause)
-        with trio.move_on_after(timeout):
-            while self._machine.leased_count():
-                self._check_open()
-                await self._feed.wait_changed()
+        await self.submit(start)
+        finish = FinishDrain(now=0.0, started_at=started, actor=start.actor, origin=start.origin)
+        try:
+            with trio.move_on_after(timeout):
+                while self._machine.leased_count():
+                    self._check_open()
+                    await self._feed.wait_changed()
+        except BaseException:
+            # Cut short (the caller left, the server is stopping): the drain still ends on
+            # record, so every start has its end; a runtime too far gone to record it
+            # keeps the original error.
+            with trio.CancelScope(shield=True), contextlib.suppress(RunleaseError):
+                await self.submit(finish)
+            raise
+        await self.submit(finish)
 
         def result() -> DrainResult:
             remaining = self._machine.leased_count()
