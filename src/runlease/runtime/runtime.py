@@ -143,6 +143,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self._system = ActorSystem(machine, clock, self._committer)
         self._inflight: set[Pending] = set()
         self._closed = False
+        self._call = Call(self)
         self.durability = durability
         self.boot_report: BootReport | None = None
 
@@ -192,7 +193,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
     # --------------------------------------------------------------- operations
     async def call(self, request: Request[R]) -> R:
         """Carry out ``request`` in this process (see :mod:`runlease.operations`)."""
-        return await request.execute(Call(self))
+        return await request.execute(self._call)
 
     def acting_as(self, actor: Actor, *, origin: Origin = EMBEDDED) -> ActingRuntime:
         """The same operations, stamped with ``actor`` (and ``origin``)."""
@@ -273,7 +274,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self._inflight.add(pending)
         try:
             await self._system.send(pending)
-            await pending.done.wait()
+            await pending.outcome()
         finally:
             self._inflight.discard(pending)
         return pending.result()
@@ -288,11 +289,11 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         try:
             await self._system.send(pending)
             if not wait or timeout is None:
-                await pending.done.wait()
+                await pending.outcome()
             else:
                 with trio.move_on_after(timeout):
-                    await pending.done.wait()
-            if not pending.done.is_set():
+                    await pending.outcome()
+            if not pending.resolved:
                 if not pending.assigned:
                     pending.abandoned = True
                     raise _no_claim_within(timeout)
@@ -300,7 +301,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
                 with trio.CancelScope(shield=True):
                     await pending.done.wait()
         finally:
-            if not pending.done.is_set() and not pending.assigned:
+            if not pending.resolved and not pending.assigned:
                 pending.abandoned = True
             self._inflight.discard(pending)
         claim: Claim = pending.result()
@@ -329,18 +330,18 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             await self._system.send(pending)
             gave_up: RunleaseError | None = None
             if not wait:
-                await pending.done.wait()
+                await pending.outcome()
             else:
                 with stop_waiting or contextlib.nullcontext():
                     with trio.move_on_after(math.inf if timeout is None else timeout):
-                        await pending.done.wait()
-                if not pending.done.is_set():
+                        await pending.outcome()
+                if not pending.resolved:
                     gave_up = (
                         _no_claim_within(timeout)
                         if stop_waiting is None or not stop_waiting.cancel_called
                         else Unavailable("the wait was cancelled", code=REQUEST_CANCELLED)
                     )
-            if not pending.done.is_set():
+            if not pending.resolved:
                 part = pending.finish_part
                 if part is not None and not pending.assigned:
                     # Parked and nothing claimed yet: leave the queue of waiters (it skips
@@ -355,7 +356,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
                     await pending.done.wait()
             return await self._finished(pending)
         finally:
-            if not pending.done.is_set() and not pending.assigned:
+            if not pending.resolved and not pending.assigned:
                 pending.abandoned = True  # the caller is gone: do not wait on its behalf
             self._inflight.discard(pending)
 
@@ -510,10 +511,10 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         error = Unavailable("the runtime closed before answering", code=RUNTIME_CLOSED)
         self._system.fail_waiters(error)
         for pending in list(self._inflight):
-            if not pending.done.is_set():
+            if not pending.resolved:
                 pending.resolve(None, error)
             part = pending.finish_part
-            if part is not None and not part.done.is_set():
+            if part is not None and not part.resolved:
                 part.resolve(None, error)
         self._feed.close()
 
@@ -525,9 +526,10 @@ class ActingRuntime(AsyncTaskMethods):
         self._runtime = runtime
         self.actor = actor
         self.origin = origin
+        self._call = Call(runtime, actor=actor, origin=origin)
 
     async def call(self, request: Request[R]) -> R:
-        return await request.execute(Call(self._runtime, actor=self.actor, origin=self.origin))
+        return await request.execute(self._call)
 
 
 class SessionHandle(AsyncLeaseMethods):
@@ -549,18 +551,16 @@ class SessionHandle(AsyncLeaseMethods):
         self.id = session_id
         self._actor = actor
         self._origin = origin
+        self._call = Call(runtime, actor=actor, origin=origin, session_id=session_id)
 
     def __repr__(self) -> str:
         return f"SessionHandle(id={self.id!r})"
 
-    def _context(self) -> Call:
-        return Call(self._runtime, actor=self._actor, origin=self._origin, session_id=self.id)
-
     async def call(self, request: Request[R]) -> R:
-        return await request.execute(self._context())
+        return await request.execute(self._call)
 
     async def finish_and_claim(self, finish: FinishRequest, then: ClaimNext) -> Finished:
-        return await finish.then_claim(self._context(), then)
+        return await finish.then_claim(self._call, then)
 
     def acting_as(self, actor: Actor, *, origin: Origin = EMBEDDED) -> SessionHandle:
         """The same session's operations, stamped with ``actor`` (and ``origin``)."""
