@@ -95,19 +95,26 @@ class Scheduler:
         self._mail = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
 
+    def deliver_nowait(self, request: Request) -> bool:
+        """Handle ``request`` now if the scheduler is idle, else queue it; False (and
+        nothing done) if the mailbox is full."""
+        if self._idle:
+            self._turn(request)
+            return True
+        if len(self._mailbox) >= SCHEDULER_MAILBOX_SIZE:
+            return False
+        self._mailbox.append(request)
+        self._wake_up()
+        return True
+
     async def send(self, request: Request) -> None:
-        """Deliver ``request``: handled now if the scheduler is idle, else queued.
+        """Deliver ``request``, waiting for room in the mailbox if it is full.
 
         Like a channel send: a caller cancelled beforehand delivers nothing; once past the
         check the request is delivered whatever happens to the caller."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._idle:
-            self._turn(request)
-            return
-        while len(self._mailbox) >= SCHEDULER_MAILBOX_SIZE:
+        while not self.deliver_nowait(request):
             await self._space.park()
-        self._mailbox.append(request)
-        self._wake_up()
 
     def wake_nowait(self) -> None:
         """Ask the scheduler to offer the queue to its waiters again, on its own task.

@@ -14,6 +14,8 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from hashlib import sha256
+from os import urandom
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -39,7 +41,6 @@ from runlease.core.commands import (
 )
 from runlease.core.commands import ClaimNext as ClaimCommand
 from runlease.core.ids import (
-    CLAIM_TOKEN_PREFIX,
     SESSION_TOKEN_PREFIX,
     IdGenerator,
     hash_token,
@@ -89,6 +90,8 @@ from runlease.runtime.journal import (
 from runlease.runtime.reads import MemoryReads, RuntimeStatus
 
 DEFAULT_EVENT_CAPACITY = 10_000
+# The commands that may override another holder's lease (see _check_operator_action).
+_FORCE_COMMANDS = (StealRun, ForceReleaseRun, ForceFailRun, BulkForceRuns)
 # Where completion-contract paths are resolved: workspace id ("" global) -> directory, or a
 # function of the workspace id (None global) -> directory or None.
 WorkspaceRoots = (
@@ -208,9 +211,11 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         """The hash of a fresh claim token; the token itself is dropped here.
 
         Callers are resolved by (session, run id), so nothing needs the raw token after
-        the grant: only its hash goes into the command, the journal and the snapshot.
+        the grant: only its hash goes into the command, the journal and the snapshot. The
+        token is never shown either, so it is hashed as its 32 random bytes, without the
+        text form a holder would be given (that encoding cost more than the hash).
         """
-        return hash_token(new_secret_token(CLAIM_TOKEN_PREFIX))
+        return "sha256:" + sha256(urandom(32)).hexdigest()
 
     @staticmethod
     def new_session_token() -> tuple[str, str]:
@@ -229,7 +234,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         This is decided here, before the command reaches the machine, so the journal holds
         only commands that were allowed and replaying it never depends on this setting.
         """
-        if self._allow_agent_force:
+        if self._allow_agent_force or not isinstance(command, _FORCE_COMMANDS):
             return
         if isinstance(command, StealRun):
             if not command.force:
@@ -268,7 +273,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self._check_operator_action(command)
         if command.origin is None:
             command.origin = EMBEDDED
-        if isinstance(command, CompleteRun):
+        if isinstance(command, CompleteRun) and self._has_contract(command):
             command = await self._with_artifacts(command)
         pending = Pending(command)
         self._inflight.add(pending)
@@ -321,7 +326,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         the finish is then still reported, with ``no_claim`` REQUEST_CANCELLED.
         """
         self._check_open()
-        if isinstance(finish, CompleteRun):
+        if isinstance(finish, CompleteRun) and self._has_contract(finish):
             finish = await self._with_artifacts(finish)
         wait, timeout = options.wait, options.timeout
         pending = Pending(FinishAndClaim(now=0.0, finish=finish, claim=claim), wait=wait)
@@ -460,6 +465,11 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         return result
 
     # ------------------------------------------------------ completion contracts
+    def _has_contract(self, command: CompleteRun) -> bool:
+        """Whether the run's task declares artifacts to check before it may complete."""
+        run = self._machine.runs.get(command.run_id)
+        return run is not None and bool(self._machine.tasks[run.task_id].required_artifacts)
+
     async def _with_artifacts(self, command: CompleteRun) -> CompleteRun:
         """Check the task's completion contract on disk and record the result in the
         command (the core refuses to complete without it). No contract: unchanged."""
