@@ -303,7 +303,7 @@ class ClaimNext(SessionRequest[Claim], tag="claim_next"):
         return claim_command(self, call.session_id(), call)
 
     async def execute(self, call: Call) -> Claim:
-        return await call.runtime.claim(self.command(call), self)
+        return await call.runtime.claim(claim_command(self, call.session_id(), call), self)
 
 
 # The ``next`` of a finish: the same options.
@@ -582,7 +582,8 @@ class FinishRequest(SessionRequest[Run], kw_only=True):
                 "a finish with next answers a Finished: use complete_and_next, fail_and_next "
                 "or release_and_next"
             )
-        return await super().execute(call)
+        run: Run = await call.runtime.submit(self.finish_command(call))
+        return run
 
     async def serve(self, call: Call) -> object:
         if self.next is None:
