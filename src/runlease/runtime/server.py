@@ -194,8 +194,10 @@ def raise_fd_limit() -> tuple[int, int]:
 class _InFlight:
     __slots__ = ("ended", "long", "scope", "why")
 
-    def __init__(self, *, long: bool) -> None:
-        self.scope = trio.CancelScope()
+    def __init__(self, *, long: bool, cancellable: bool = True) -> None:
+        # None for a request the reading task answers itself: no cancel can reach it, as
+        # that task reads the next frame only once the answer is out.
+        self.scope = trio.CancelScope() if cancellable else None
         self.long = long
         self.why: str | None = None  # why its scope was cancelled: cancelled, shutdown, ...
         self.ended: trio.Event | None = None  # made by whoever waits for it to end
@@ -315,7 +317,7 @@ class _Connection:
             # shielded, so the server's grace period still bounds it.
             self.read_scope.cancel()
         for flight in self.inflight.values():
-            if flight.long and flight.why is None:
+            if flight.long and flight.scope is not None and flight.why is None:
                 flight.why = why
                 flight.scope.cancel()
 
@@ -693,7 +695,7 @@ class SocketServer:
         if isinstance(request, p.Cancel):
             conn.post(p.Ok(id=request.id))
             flight = conn.inflight.get(request.target)
-            if flight is not None and flight.why is None:
+            if flight is not None and flight.scope is not None and flight.why is None:
                 flight.why = "cancelled"
                 flight.scope.cancel()
                 # Frames after the cancel see the request over: a waiting claim that was
@@ -721,9 +723,10 @@ class SocketServer:
             conn.slots.release()
             return
         long = request.long()
-        flight = _InFlight(long=long)
+        inline = not long and len(conn.buffer) == 0
+        flight = _InFlight(long=long, cancellable=not inline)
         conn.inflight[request.id] = flight
-        if not long and len(conn.buffer) == 0:
+        if inline:
             # A drain that starts while the answer is worked out lets it finish (within the
             # grace period), then stops the reading.
             await conn.flush()
@@ -758,21 +761,11 @@ class SocketServer:
             reply: p.Reply | None = None
             # A finish that claims next is never cut short: its scope only ends the wait of
             # the claim part (the runtime enters it), so the finish is always reported.
-            with contextlib.nullcontext() if request.claims_after_finish() else flight.scope:
-                try:
-                    reply = await self._execute(conn, request, flight)
-                except RunleaseError as exc:
-                    reply = p.ErrorReply(id=request.id, code=exc.code, message=exc.message)
-                except Exception:
-                    log.exception(
-                        "request_failed",
-                        extra={"fields": conn.fields(op=type(request).__name__)},
-                    )
-                    reply = p.ErrorReply(
-                        id=request.id,
-                        code=INTERNAL,
-                        message="internal error while handling the request; see the server log",
-                    )
+            if flight.scope is None or request.claims_after_finish():
+                reply = await self._answer(conn, request, flight)
+            else:
+                with flight.scope:
+                    reply = await self._answer(conn, request, flight)
             if reply is None:
                 reply = self._interrupted_reply(request, flight.why)
             await conn.send(reply)
@@ -782,6 +775,22 @@ class SocketServer:
             conn.idle_since = trio.current_time()
             if flight.ended is not None:
                 flight.ended.set()
+
+    async def _answer(self, conn: _Connection, request: p.AnyRequest, flight: _InFlight) -> p.Reply:
+        """The reply to ``request``: its value, or the error it raised."""
+        try:
+            return await self._execute(conn, request, flight)
+        except RunleaseError as exc:
+            return p.ErrorReply(id=request.id, code=exc.code, message=exc.message)
+        except Exception:
+            log.exception(
+                "request_failed", extra={"fields": conn.fields(op=type(request).__name__)}
+            )
+            return p.ErrorReply(
+                id=request.id,
+                code=INTERNAL,
+                message="internal error while handling the request; see the server log",
+            )
 
     @staticmethod
     def _interrupted_reply(request: p.AnyRequest, why: str | None) -> p.Reply:
