@@ -82,6 +82,8 @@ async def test_a_receive_on_a_closed_socket_is_closed_resource_error() -> None:
 async def test_a_reader_that_always_finds_bytes_still_lets_others_run() -> None:
     async with pair() as (wire, peer):
         peer.sendall(b"x" * (READY_STREAK * 4))
+        # A full read: the next ones try the socket at once, without waiting.
+        assert await wire.receive_some(1) == b"x"
         ran = trio.Event()
 
         async def other() -> None:
@@ -89,12 +91,15 @@ async def test_a_reader_that_always_finds_bytes_still_lets_others_run() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(other)
-            # Byte by byte the data lasts many receives, none of which has to wait.
-            for _ in range(READY_STREAK * 2):
+            # Byte by byte the data lasts many receives, none of which has to wait; after a
+            # streak of them the reader yields, and the other task runs in that turn of the
+            # run loop (trio may run it just before or just after the reader's next step).
+            receives = 0
+            while not ran.is_set():
+                assert receives <= 2 * READY_STREAK, "the reader never yielded"
                 await wire.receive_some(1)
-                if ran.is_set():
-                    break
-            assert ran.is_set()
+                receives += 1
+            assert receives >= 1
 
 
 async def test_frames_queued_together_leave_in_one_send() -> None:
