@@ -171,7 +171,7 @@ async def test_reopen_a_completed_task_blocks_its_dependents_again() -> None:
         after = await rt.create_task("deploy")
         await rt.add_dependency(after.id, first.id)
         done = await agent.complete((await agent.claim_next()).run.id)
-        assert rt.get_task(after.id).status == "pending"
+        assert rt.get_task(after.id).status == "ready"  # its dependency is satisfied
         await rt.start_task(after.id)
         run = await rt.reopen_task(first.id, reason="flaky artifact")
         assert (run.status, run.attempt, run.previous_run_id) == ("queued", 1, done.id)

@@ -65,11 +65,17 @@ class ActorSystem:
             task_status.started()
 
     async def send(self, request: Request) -> None:
-        """Deliver a request to the actor that owns its command."""
+        """Deliver a request to the actor that owns its command.
+
+        A caller cancelled beforehand delivers nothing. Past that check the request is
+        delivered: a task actor's turn, or the scheduler's, runs right here on the caller's
+        task (the scheduler's only while it is idle; otherwise the request waits in its
+        mailbox), so the outcome may already be there when this returns."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self.tasks.own(request.command):
             self.tasks.turn(request)
-            return
-        await self.scheduler.send(request)
+        elif not self.scheduler.deliver_nowait(request):
+            await self.scheduler.send(request)  # the mailbox is full: wait for room
 
     def arm_deadlines_of_live_state(self) -> None:
         """After boot: watch every lease and session TTL the state holds."""

@@ -30,6 +30,7 @@ from runlease.core import (
     graph,
     invariants,
     leases,
+    lifecycle,
     operator_actions,
     sessions,
     starvation,
@@ -113,6 +114,11 @@ class Machine(State):
                 machine.dependents.setdefault(blocker, set()).add(task.id)
             if task.paused:
                 machine.paused_tasks.add(task.id)
+            if task.status == "pending":
+                # Records written before awaiting approval was derived as blocked, and a
+                # failed run with attempts left as ready, stored pending for both; only
+                # that status can differ from today's derivation, so only it is redone.
+                task.status = lifecycle.task_status(task, machine.current_run(task), machine.tasks)
         machine.queue_seq = queue_seq
         unnumbered: list[Run] = []
         for run in machine.runs.values():
