@@ -76,6 +76,7 @@ class WorkAvailable(msgspec.Struct, tag="work_available"):
 
 
 SchedulerMessage = Request | WorkAvailable
+_WORK_AVAILABLE = WorkAvailable()
 
 
 class Scheduler:
@@ -85,6 +86,9 @@ class Scheduler:
         self._send, self._receive = trio.open_memory_channel[SchedulerMessage](
             SCHEDULER_MAILBOX_SIZE
         )
+        # True while a WorkAvailable sits in the mailbox: one is enough to make the
+        # scheduler serve its waiters, however many runs entered the queue meanwhile.
+        self._wake_pending = False
 
     async def send(self, request: Request) -> None:
         await self._send.send(request)
@@ -93,9 +97,13 @@ class Scheduler:
         """Ask the scheduler to offer the queue to its waiters again.
 
         If the mailbox is full the scheduler is busy and checks ``work_queued`` after its
-        current batch anyway, so the wake-up can be dropped."""
+        current batch anyway, so the wake-up can be dropped; so can one asked for while an
+        earlier one is still in the mailbox."""
+        if self._wake_pending:
+            return
         with contextlib.suppress(trio.WouldBlock):
-            self._send.send_nowait(WorkAvailable())
+            self._send.send_nowait(_WORK_AVAILABLE)
+            self._wake_pending = True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         receive = self._receive
@@ -115,6 +123,7 @@ class Scheduler:
 
     def _handle(self, message: SchedulerMessage) -> None:
         if isinstance(message, WorkAvailable):
+            self._wake_pending = False
             self._applier.work_queued = True
             return
         if isinstance(message.command, ClaimNext) and message.wait:
