@@ -10,7 +10,7 @@ as long as the runtime, so scanning it again and again finds nothing to free.
 (``gc.freeze()``):
 
 - once boot has recovered the state (``freeze_after_boot``);
-- after any full collection that paused longer than ``freeze_after_pause`` seconds: its
+- after any full collection that took ``freeze_after_pause`` seconds of CPU or more: its
   survivors are long-lived by then (a large preload, a state that kept growing), so the
   next full collections only walk what was allocated since. Frozen objects are still freed
   by reference counting; only a reference cycle among them is never collected. Freezes
@@ -50,8 +50,8 @@ class GcTuning:
 
     ``thresholds``: passed to ``gc.set_threshold`` while the runtime runs (None: leave
     them). ``freeze_after_boot``: freeze the recovered state once boot has finished.
-    ``freeze_after_pause``: freeze the survivors of a full collection that took longer than
-    this many seconds (None: never).
+    ``freeze_after_pause``: freeze the survivors of a full collection that took at least
+    this many seconds of CPU time (None: never).
     """
 
     thresholds: tuple[int, int, int] | None = None
@@ -64,8 +64,11 @@ class CollectorStats:
     """What the collector did while a tuned runtime ran (full collections only)."""
 
     full_collections: int = 0
+    # Wall time the event loop stood still, and the CPU time the collection itself took
+    # (they differ when the machine is busy and the process waits for a core).
     full_pause_total: float = 0.0
     full_pause_max: float = 0.0
+    full_cpu_max: float = 0.0
     freezes: int = 0
     frozen: int = 0
     # The longest pause of a young (generation 0 or 1) collection.
@@ -86,6 +89,7 @@ class TunedCollector:
         self._previous_thresholds: tuple[int, int, int] | None = None
         self._frozen_before = 0
         self._started_at: float | None = None
+        self._started_cpu = 0.0
         self._running = False
 
     def start(self) -> None:
@@ -123,25 +127,32 @@ class TunedCollector:
         self.stats.frozen = gc.get_freeze_count()
 
     def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
+        full = info["generation"] == 2
         if phase == "start":
             self._started_at = time.perf_counter()
+            if full:
+                self._started_cpu = time.thread_time()
             return
         started, self._started_at = self._started_at, None
         if started is None:
             return
         pause = time.perf_counter() - started
         stats = self.stats
-        if info["generation"] != 2:
+        if not full:
             stats.young_pause_max = max(stats.young_pause_max, pause)
             return
+        cpu = time.thread_time() - self._started_cpu
         stats.full_collections += 1
         stats.full_pause_total += pause
         stats.full_pause_max = max(stats.full_pause_max, pause)
+        stats.full_cpu_max = max(stats.full_cpu_max, cpu)
         stats.pauses.append(pause)
         if len(stats.pauses) > KEPT_PAUSES:
             del stats.pauses[: len(stats.pauses) - KEPT_PAUSES]
+        # Judged on CPU time: on a busy machine a short collection can take long on the
+        # wall clock, and freezing is only worth it for a heap that is itself costly.
         limit = self.tuning.freeze_after_pause
-        if limit is not None and pause > limit:
+        if limit is not None and cpu >= limit:
             # Right after a full collection every tracked object is a survivor: freezing
             # now pins no garbage.
             self._freeze_survivors()
