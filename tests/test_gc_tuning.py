@@ -84,7 +84,6 @@ async def test_a_long_full_collection_freezes_what_survived_it() -> None:
         assert stats.freezes == 1
         assert stats.full_pause_max >= 0.0
         assert gc.get_freeze_count() > 0
-        assert stats.frozen == gc.get_freeze_count()
     assert gc.get_freeze_count() == 0
 
 

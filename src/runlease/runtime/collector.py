@@ -70,7 +70,6 @@ class CollectorStats:
     full_pause_max: float = 0.0
     full_cpu_max: float = 0.0
     freezes: int = 0
-    frozen: int = 0
     # The longest pause of a young (generation 0 or 1) collection.
     young_pause_max: float = 0.0
     pauses: list[float] = field(default_factory=list, repr=False)
@@ -122,9 +121,9 @@ class TunedCollector:
             gc.unfreeze()
 
     def _freeze_survivors(self) -> None:
+        # gc.get_freeze_count() would walk every frozen object: not counted here.
         gc.freeze()
         self.stats.freezes += 1
-        self.stats.frozen = gc.get_freeze_count()
 
     def _on_collection(self, phase: str, info: dict[str, Any]) -> None:
         full = info["generation"] == 2
