@@ -42,12 +42,12 @@ from runlease.runtime.client import open_client
 from runlease.runtime.collector import GcTuning
 from runlease.runtime.runtime import Runtime, open_runtime
 from runlease.runtime.server import SocketServer, bind_unix_socket, serve_socket
+from runlease.runtime.wire import Wire
 
 Mode = Literal["memory", "relaxed", "durable"]
 PRELOAD_WRITERS: Final = 64
 CLIENT_PROCESSES: Final = 2
 SERVER_START_TIMEOUT: Final = 600.0
-RECEIVE_BYTES: Final = 64 * 1024
 
 
 class Claimer(Protocol):
@@ -382,22 +382,25 @@ class EchoState:
 
 
 async def _echo_connection(state: EchoState, stream: trio.SocketStream) -> None:
+    # The real server's framing and IO: every frame of a wake-up decoded, the replies
+    # queued and sent together (runlease.runtime.server._read_loop, minus the runtime).
+    wire = Wire(stream.socket)
     buffer = p.FrameBuffer()
     async with stream:
         while True:
             try:
-                data = await stream.receive_some(RECEIVE_BYTES)
+                data = await wire.receive_some()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
                 return
             buffer.feed(data)
             for body in buffer.frames():
-                reply = state.reply(p.decode_request(body))
-                try:
-                    await stream.send_all(p.encode_frame(reply))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
+                p.append_frame(wire.outbox, state.reply(p.decode_request(body)))
+            try:
+                await wire.flush()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
 
 async def _serve_echo(socket_path: Path, workload: Workload, conn: Connection) -> None:

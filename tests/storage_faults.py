@@ -6,7 +6,7 @@ in flight); ``release()`` lets it write, ``release(error)`` makes it raise ``err
 instead, leaving the store untouched. ``fail_next`` raises once without holding.
 
 A held append waits on a ``threading.Event``, so the runtime must run its appends on a
-worker thread (durability "durable"); ``fail_next`` works in either mode.
+thread of their own (durability "durable"); ``fail_next`` works in either mode.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class AppendGate:
         self._real = Store.append
         self._go = threading.Event()
         self._armed = False
+        self._token: trio.lowlevel.TrioToken | None = None
         self._error: Exception | None = None
         self.entered = trio.Event()
         self.fail_next: Exception | None = None
@@ -40,6 +41,8 @@ class AppendGate:
         monkeypatch.setattr(Store, "append", append)
 
     def hold_next(self) -> None:
+        # Called from the test's trio run; the append runs on the runtime's commit thread.
+        self._token = trio.lowlevel.current_trio_token()
         self.entered = trio.Event()
         self._go.clear()
         self._error = None
@@ -55,7 +58,7 @@ class AppendGate:
             raise error
         if self._armed:
             self._armed = False
-            trio.from_thread.run_sync(self.entered.set)
+            trio.from_thread.run_sync(self.entered.set, trio_token=self._token)
             if not self._go.wait(THREAD_WAIT):
                 raise RuntimeError("the test never released the held commit")
             if self._error is not None:

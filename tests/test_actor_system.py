@@ -103,3 +103,74 @@ async def test_a_bug_in_a_direct_command_fails_only_its_caller() -> None:
         await _call(system, Request(create))
         assert (await _call(system, _claim(2))).run.id == "run_a"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_claim_that_finds_the_scheduler_idle_is_answered_during_its_delivery() -> None:
+    machine = Machine()
+    system = ActorSystem(machine, RuntimeClock(lambda: START), MemoryCommitter(_acknowledge))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(system.run)
+        await trio.testing.wait_all_tasks_blocked()
+        await _call(system, Request(OpenSession(now=0.0, session_id="ses_a", agent="a")))
+        create = CreateTask(now=0.0, task_id="tsk_a", title="a", start_run_id="run_a")
+        await _call(system, Request(create))
+        await trio.testing.wait_all_tasks_blocked()
+
+        claim = _claim(1)
+        await system.send(claim)
+        # No other task ran in between: the claim was one scheduler turn on this task.
+        assert claim.resolved
+        assert claim.result().run.id == "run_a"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_sender_delivers_nothing() -> None:
+    machine = Machine()
+    system = ActorSystem(machine, RuntimeClock(lambda: START), MemoryCommitter(_acknowledge))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(system.run)
+        await _call(system, Request(OpenSession(now=0.0, session_id="ses_a", agent="a")))
+        create = CreateTask(now=0.0, task_id="tsk_a", title="a", start_run_id="run_a")
+        await _call(system, Request(create))
+        await trio.testing.wait_all_tasks_blocked()
+
+        claim = _claim(1)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await system.send(claim)
+        assert scope.cancelled_caught
+        assert not claim.resolved
+        assert machine.runs["run_a"].status == "queued"
+        nursery.cancel_scope.cancel()
+
+
+async def test_messages_for_a_busy_scheduler_wait_in_order_for_its_next_batch() -> None:
+    machine = Machine()
+    system = ActorSystem(machine, RuntimeClock(lambda: START), MemoryCommitter(_acknowledge))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(system.run)
+        for name in ("a", "b"):
+            await _call(system, Request(OpenSession(now=0.0, session_id=f"ses_{name}", agent=name)))
+        for n in (1, 2):
+            create = CreateTask(now=0.0, task_id=f"tsk_{n}", title="t", start_run_id=f"run_{n}")
+            await _call(system, Request(create))
+        await trio.testing.wait_all_tasks_blocked()
+
+        # Woken but not yet run: the scheduler is busy, so claims queue behind the wake-up.
+        system.scheduler.wake_nowait()
+        first = Request(
+            ClaimNext(now=0.0, session_id="ses_a", claim_token_hash=hash_token("tok_a"))
+        )
+        second = Request(
+            ClaimNext(now=0.0, session_id="ses_b", claim_token_hash=hash_token("tok_b"))
+        )
+        await system.send(first)
+        await system.send(second)
+        assert not first.resolved
+        assert not second.resolved
+        with trio.fail_after(5):
+            await second.done.wait()
+        # Applied in the order they were sent: the first claimer got the older run.
+        assert first.result().run.id == "run_1"
+        assert second.result().run.id == "run_2"
+        nursery.cancel_scope.cancel()

@@ -325,7 +325,7 @@ def test_fail_release_and_block(cli: Cli, ws: str) -> None:
     assert failed["run"]["status"] == "failed"
     assert failed["run"]["error"] == "tests failed"
     assert failed["run"]["failure_metadata"] == {"command": "make test"}
-    assert cli.ok("task", "show", task["id"])["task"]["status"] == "pending"
+    assert cli.ok("task", "show", task["id"])["task"]["status"] == "ready"
 
     second = cli.ok("task", "start", task["id"])["run"]
     assert second["attempt"] == 2

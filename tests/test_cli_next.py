@@ -61,7 +61,7 @@ def test_complete_next_finishes_and_claims_in_one_command(cli: Cli, ws: str) -> 
     assert out["run"]["status"] == "failed"
     assert out["next"] is None
     assert out["no_claim"]["code"] == "NO_CLAIMABLE_RUN"
-    assert cli.ok("task", "show", second["id"])["task"]["status"] == "pending"
+    assert cli.ok("task", "show", second["id"])["task"]["status"] == "ready"
     assert cli.ok("session", "list")["sessions"]  # the server is still fine
 
 

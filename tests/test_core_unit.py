@@ -706,7 +706,7 @@ def test_fail_with_attempts_left_then_start_again(m: Machine) -> None:
     outcome = m.apply(FailRun(now=T0, session_id="s", run_id=run_id, error="boom"))
     assert outcome.events[0].data["attempts_left"] == 1
     assert m.runs[run_id].status == "failed"
-    assert status_of(m, "t") == "pending"
+    assert status_of(m, "t") == "ready"  # it can be started again
     assert m.sessions["s"].lease_run_id is None
 
     reply = m.apply(StartTask(now=T0 + 1, task_id="t", run_id="run_2")).reply

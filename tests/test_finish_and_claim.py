@@ -88,7 +88,7 @@ async def test_nothing_to_claim_is_reported_and_the_finish_stands() -> None:
         assert finished.claim is None
         assert finished.no_claim is not None
         assert finished.no_claim.code == NO_CLAIMABLE_RUN
-        assert rt.get_task(task_id).status == "pending"
+        assert rt.get_task(task_id).status == "ready"  # failed with attempts left
         assert session.info().lease_run_id is None
 
 

@@ -28,6 +28,7 @@ from runlease.core.commands import (
     CreateTask,
     DeleteTask,
     FailRun,
+    FinishDrain,
     ForceFailRun,
     ForceReleaseRun,
     OpenSession,
@@ -39,6 +40,7 @@ from runlease.core.commands import (
     ResumeScheduler,
     ResumeTask,
     RetryRun,
+    StartDrain,
     StartTask,
     StealRun,
     UpdateTask,
@@ -95,6 +97,8 @@ class ModelTask:
     # Manual approval: not_required, pending, approved or rejected.
     approval: str = "not_required"
     priority: str = "medium"
+    # It gained a dependency at some point (removing it later does not undo that).
+    had_deps: bool = False
 
 
 class GraphModel(RuleBasedStateMachine):
@@ -262,6 +266,7 @@ class GraphModel(RuleBasedStateMachine):
         assert (error and error.code) == expected, error
         if error is None:
             ta.deps.append(b)
+            ta.had_deps = True
 
     @rule(data=st.data())
     def pause(self, data: st.DataObject) -> None:
@@ -390,12 +395,16 @@ class GraphModel(RuleBasedStateMachine):
             expected = INVALID_TRANSITION
         else:
             expected = None
+        now = self.tick()
+        if expected is None and self.rate_limited(t, now):
+            expected = FORCE_RATE_LIMITED  # a retry counts toward the force rate limit
         error = self.apply(
-            RetryRun(now=self.tick(), run_id=self.run_id(t), new_run_id=self.new_id("r"))
+            RetryRun(now=now, run_id=self.run_id(t), new_run_id=self.new_id("r"), actor=OPERATOR)
         )
         assert (error and error.code) == expected, error
         if error is None:
             mt.phase, mt.attempt, mt.runs = "queued", mt.attempt + 1, mt.runs + 1
+            self.count_force(mt, now)
 
     @rule(data=st.data(), release=st.booleans())
     def force(self, data: st.DataObject, release: bool) -> None:
@@ -410,10 +419,17 @@ class GraphModel(RuleBasedStateMachine):
         if error is None:
             self.forced(t, release, now)
 
+    def rate_limited(self, t: str, now: float) -> bool:
+        recent = [x for x in self.tasks[t].force_times if x > now - FORCE_RATE_WINDOW_SECONDS]
+        return len(recent) >= FORCE_RATE_LIMIT
+
+    def count_force(self, mt: ModelTask, now: float) -> None:
+        window_start = now - FORCE_RATE_WINDOW_SECONDS
+        mt.force_times = [*(x for x in mt.force_times if x > window_start), now]
+
     def force_refusal(self, t: str, release: bool, now: float) -> str | None:
         mt = self.tasks[t]
-        recent = [x for x in mt.force_times if x > now - FORCE_RATE_WINDOW_SECONDS]
-        if len(recent) >= FORCE_RATE_LIMIT:
+        if self.rate_limited(t, now):
             return FORCE_RATE_LIMITED
         if release:
             return None if mt.phase == "leased" else INVALID_TRANSITION
@@ -421,8 +437,7 @@ class GraphModel(RuleBasedStateMachine):
 
     def forced(self, t: str, release: bool, now: float) -> None:
         mt = self.tasks[t]
-        window_start = now - FORCE_RATE_WINDOW_SECONDS
-        mt.force_times = [*(x for x in mt.force_times if x > window_start), now]
+        self.count_force(mt, now)
         self.drop_holder(mt)
         mt.phase = "queued" if release else "failed"
 
@@ -661,6 +676,26 @@ class GraphModel(RuleBasedStateMachine):
             assert (error is None) == self.scheduler_paused
             self.scheduler_paused = False
 
+    @rule(finish=st.booleans())
+    def drain(self, finish: bool) -> None:
+        """A drain's two records: the start pauses the scheduler if it runs (never refused),
+        the end changes nothing but says how many leases remain."""
+        now = self.tick()
+        if finish:
+            outcome = self.machine.apply(FinishDrain(now=now, started_at=now - 1))
+            [event] = outcome.events
+            remaining = sum(1 for holder in self.lease_of.values() if holder is not None)
+            assert event.kind == "scheduler_drain_completed"
+            assert event.data["remaining_claims"] == remaining
+            assert event.data["completed"] == (remaining == 0)
+        else:
+            outcome = self.machine.apply(StartDrain(now=now, reason="drain"))
+            kinds = [e.kind for e in outcome.events]
+            paused_now = [] if self.scheduler_paused else ["scheduler_paused"]
+            assert kinds == [*paused_now, "scheduler_drain_started"]
+            self.scheduler_paused = True
+        assert outcome.reply.paused == self.scheduler_paused
+
     # --------------------------------------------------------------- invariants
     @invariant()
     def machine_invariants(self) -> None:
@@ -690,12 +725,18 @@ class GraphModel(RuleBasedStateMachine):
                 assert status == mt.phase
             elif mt.draft:
                 assert status == "draft"
+            elif mt.phase == "none" and mt.approval in ("pending", "rejected"):
+                assert status == "blocked"  # awaiting a decision
             elif mt.phase in ("queued", "none") or (
                 mt.phase == "failed" and mt.attempt < mt.max_attempts
             ):
                 deps_open = any(self.tasks[d].phase != "completed" for d in mt.deps)
                 if deps_open:
                     assert status == "blocked"
+                elif mt.phase == "none" and not mt.had_deps:
+                    assert status == "pending"  # never started, nothing said it may run
+                else:
+                    assert status == "ready"  # queued, retryable, or its dependencies met
 
     @invariant()
     def retry_chains_are_bounded(self) -> None:

@@ -74,16 +74,16 @@ async def test_a_batch_of_requeues_wakes_the_scheduler_once(
     async with runlease.open_runtime() as rt:
         await _claims(rt, LEASES, 30)
         scheduler: Scheduler = rt._system.scheduler
-        sent: list[object] = []
-        send_nowait = scheduler._send.send_nowait
+        wakes: list[None] = []
+        wake_nowait = scheduler.wake_nowait
 
-        def counting_send(message: object) -> None:
-            sent.append(message)
-            send_nowait(message)  # type: ignore[arg-type]
+        def counting_wake() -> None:
+            wakes.append(None)
+            wake_nowait()
 
-        scheduler._send.send_nowait = counting_send  # type: ignore[method-assign,assignment]
+        scheduler.wake_nowait = counting_wake  # type: ignore[method-assign]
         await trio.sleep(31)
-        assert len(sent) == 1
+        assert len(wakes) == 1
         assert rt.status().queued_runs == LEASES
 
 

@@ -124,7 +124,7 @@ def test_the_status_groups_agree_with_the_tables() -> None:
         ("queued", 1, True, "blocked"),
         ("claimed", 1, True, "in_progress"),
         ("running", 1, False, "in_progress"),
-        ("failed", 1, False, "pending"),  # attempts left: can be started again
+        ("failed", 1, False, "ready"),  # attempts left: can be started again
         ("failed", 1, True, "blocked"),
         ("failed", 3, False, "failed"),
         ("completed", 1, True, "completed"),
@@ -155,6 +155,36 @@ def test_task_status_follows_its_run_and_blockers(
     assert lifecycle.task_status(task, run, tasks) == "draft"
     task.canceled = True
     assert lifecycle.task_status(task, run, tasks) == "canceled"
+
+
+def _task(**fields: object) -> Task:
+    return Task(id="t", title="t", created_at=0.0, updated_at=0.0, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("approval_state", ["pending", "rejected"])
+def test_a_task_awaiting_approval_is_blocked(approval_state: str) -> None:
+    task = _task(approval_policy="manual", approval_state=approval_state)
+    assert lifecycle.task_status(task, None, {"t": task}) == "blocked"
+    task.approval_state = "approved"
+    queued = Run(id="r", task_id="t", queued_at=0.0)
+    assert lifecycle.task_status(task, queued, {"t": task}) == "ready"
+    task.draft = True  # a draft is a draft first, whatever its approval
+    assert lifecycle.task_status(task, None, {"t": task}) == "draft"
+
+
+def test_a_task_with_no_run_is_ready_once_its_dependencies_are_satisfied() -> None:
+    blocker = _task(status="in_progress")
+    blocker.id = "b"
+    task = _task(blocked_by=("b",), had_dependencies=True)
+    tasks = {"b": blocker, "t": task}
+    assert lifecycle.task_status(task, None, tasks) == "blocked"
+    blocker.status = "completed"
+    assert lifecycle.task_status(task, None, tasks) == "ready"
+    task.blocked_by = ()  # the dependency removed instead
+    blocker.status = "in_progress"
+    assert lifecycle.task_status(task, None, tasks) == "ready"
+    never = _task()  # never had a dependency and never started: nothing said it may run
+    assert lifecycle.task_status(never, None, {"t": never}) == "pending"
 
 
 # ----------------------------------------------------------------- the command table

@@ -125,7 +125,7 @@ class Model:
             return "pending"
         run = self.runs[task.current_run]
         if run.status == "failed":
-            return "failed" if run.attempt >= task.max_attempts else "pending"
+            return "failed" if run.attempt >= task.max_attempts else "ready"
         return {
             "queued": "ready",
             "claimed": "in_progress",

@@ -203,6 +203,7 @@ def test_map_grows_transparently(tmp_path: Path) -> None:
             store.append(records(10, start=i * 10, size=2 * KiB))
         store.append(records(200, start=200, size=8 * KiB))
         assert store.last_seq() == 400
+        assert store.checkpoint() == 400  # the records reach LMDB here
         assert store.stats().map_grows > 0
         assert store.stats().map_size > 2 * 1024 * KiB
         assert len(journal(store)) == 400
@@ -261,7 +262,7 @@ class _FailingEnv:
         ("commit", OSError(errno.EIO, "Input/output error"), False),
     ],
 )
-def test_disk_full_fails_the_whole_batch_and_keeps_the_store_readable(
+def test_a_disk_full_checkpoint_loses_nothing_and_keeps_the_store_readable(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     fail_on: str,
@@ -271,27 +272,30 @@ def test_disk_full_fails_the_whole_batch_and_keeps_the_store_readable(
     data_dir = tmp_path / "d"
     with Store.open(data_dir, durability="durable") as store:
         store.append(records(3))
+        store.checkpoint()
         real_env = store._env
         monkeypatch.setattr(store, "_env", _FailingEnv(real_env, fail_on, exc))
+        assert store.append(records(4, start=3)) == 7  # the log takes it
         with pytest.raises(Unavailable) as info:
-            store.append(records(4, start=3))
+            store.checkpoint()
         assert info.value.code == STORAGE_FAILED
         assert str(data_dir) in info.value.message
         assert ("disk is full" in info.value.message) == disk_full
-        # Nothing of the batch is visible, and reads still work.
-        assert store.last_seq() == 3
-        assert journal(store) == [(i + 1, f"record-{i}".encode()) for i in range(3)]
+        # Nothing is lost, and reads still work.
+        assert store.last_seq() == 7
+        assert journal(store) == [(i + 1, f"record-{i}".encode()) for i in range(7)]
         with pytest.raises(Unavailable):
-            store.write_snapshot(3, b"image")
+            store.write_snapshot(7, b"image")
         assert store.load_snapshots() == []
-        # Once space is back, the same batch goes in under the same sequences.
+        # Once space is back, the checkpoint goes through.
         monkeypatch.setattr(store, "_env", real_env)
-        assert store.append(records(4, start=3)) == 7
+        assert store.checkpoint() == 7
+        assert store.records_only_in_log == 0
     with Store.open(data_dir, durability="durable") as store:
         assert [seq for seq, _ in journal(store)] == list(range(1, 8))
 
 
-def test_failed_batch_leaves_nothing_on_disk(
+def test_a_checkpoint_failing_until_close_leaves_the_log_to_replay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data_dir = tmp_path / "d"
@@ -300,12 +304,13 @@ def test_failed_batch_leaves_nothing_on_disk(
         monkeypatch.setattr(
             store, "_env", _FailingEnv(store._env, "commit", lmdb.DiskError("full", errno.ENOSPC))
         )
+        store.append(records(100, start=2))
         with pytest.raises(Unavailable):
-            store.append(records(100, start=2))
-        monkeypatch.undo()
+            store.checkpoint()
+    monkeypatch.undo()
     with Store.open(data_dir, durability="durable") as store:
-        assert store.last_seq() == 2
-        assert len(journal(store)) == 2
+        assert store.last_seq() == 102
+        assert journal(store) == [(i + 1, f"record-{i}".encode()) for i in range(102)]
 
 
 _REAL_WRITE_FAILURE = """
@@ -318,8 +323,9 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 data_dir = Path(sys.argv[1])
 with Store.open(data_dir, durability=sys.argv[2], map_size=256 * 1024) as store:
     store.append([b"before"] * 10)
-    size = os.path.getsize(data_dir / "db" / "data.mdb")
-    # The kernel now refuses to grow data.mdb much, as a nearly full disk would.
+    files = [data_dir / "db" / "data.mdb", *(data_dir / "db" / "wal").iterdir()]
+    size = max(os.path.getsize(path) for path in files)
+    # The kernel now refuses to grow files much, as a nearly full disk would.
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + 64 * 1024, resource.RLIM_INFINITY))
     try:
         for _ in range(100):
@@ -337,8 +343,8 @@ with Store.open(data_dir, durability=sys.argv[2], map_size=256 * 1024) as store:
 def test_a_real_failed_write_rolls_back_the_batch(tmp_path: Path, durability: str) -> None:
     """The kernel refuses the write; the batch is absent and the store keeps working.
 
-    Durable mode meets the refusal when it reserves disk for a bigger map; relaxed mode
-    when LMDB writes the commit's pages.
+    Both modes meet the refusal when the log makes its next (bigger) segment, before any
+    byte of the batch is written.
     """
     data_dir = tmp_path / "d"
     result = subprocess.run(
@@ -371,15 +377,16 @@ def test_a_disk_too_full_to_grow_the_map_fails_cleanly(
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(os, "posix_fallocate", no_space)
+        store.append(records(100, start=3, size=4 * KiB))  # the log takes it
         with pytest.raises(Unavailable) as info:
-            store.append(records(100, start=3, size=4 * KiB))
+            store.checkpoint()
         assert info.value.code == STORAGE_FAILED
         assert "disk is full" in info.value.message
-        assert store.last_seq() == 3
-        assert len(journal(store)) == 3
-        assert store.append([b"fits in the map"]) == 4
+        assert store.last_seq() == 103
+        assert len(journal(store)) == 103
+        assert store.append([b"still taken by the log"]) == 104
         monkeypatch.undo()
-        assert store.append(records(100, start=4, size=4 * KiB)) == 104
+        assert store.checkpoint() == 104
 
 
 def test_a_failed_remap_retires_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -398,8 +405,9 @@ def test_a_failed_remap_retires_the_store(tmp_path: Path, monkeypatch: pytest.Mo
                 raise lmdb.Error("mdb_env_set_mapsize", errno.ENOMEM)
 
         monkeypatch.setattr(store, "_env", _NoRemap(store._env))
+        store.append(records(100, start=3, size=4 * KiB))  # the log takes it
         with pytest.raises(Unavailable) as info:
-            store.append(records(100, start=3, size=4 * KiB))
+            store.checkpoint()
         assert info.value.code == STORAGE_FAILED
         # From now on nothing touches LMDB in this process.
         for call in (lambda: store.append([b"x"]), lambda: journal(store), store.load_snapshots):
@@ -408,7 +416,7 @@ def test_a_failed_remap_retires_the_store(tmp_path: Path, monkeypatch: pytest.Mo
             assert again.value.code == STORAGE_FAILED
         monkeypatch.undo()
     with Store.open(data_dir, durability="durable") as store:
-        assert store.last_seq() == 3
+        assert store.last_seq() == 103  # the log kept what LMDB could not take
 
 
 # ---------------------------------------------------------------------------- locking

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from runlease import client_common as common
 from runlease import protocol as p
 from runlease.core.model import (
     Actor,
@@ -553,3 +554,22 @@ def test_version_choice() -> None:
     assert p.choose_version([0, 1, 7]) == 1
     assert p.choose_version([2, 3]) is None
     assert p.choose_version([]) is None
+
+
+@pytest.mark.parametrize(
+    "request_", EXAMPLES + FINISH_AND_NEXT + GRAPH_EXAMPLES, ids=lambda r: type(r).__name__
+)
+def test_clients_expect_the_reply_that_carries_the_answer(request_: p.Request[Any]) -> None:
+    if isinstance(request_, p.Hello | p.Cancel | p.FollowEvents):
+        return  # answered by Welcome, Ok or a stream: no value reply
+    expected = p.reply_class(request_.answers_with())
+    assert common.expected_reply(request_) is expected
+    assert common.expected_reply(request_) is expected  # and again, once remembered
+
+
+def test_the_expected_reply_follows_the_instance_where_it_matters() -> None:
+    # Asked in this order, a per-class cache would hand the second the first's answer.
+    with_next = p.CompleteRun(run_id="r", next=p.ClaimNext())
+    assert common.expected_reply(with_next) is p.FinishedReply
+    assert common.expected_reply(p.CompleteRun(run_id="r")) is p.RunReply
+    assert common.expected_reply(with_next) is p.FinishedReply

@@ -240,6 +240,42 @@ async def test_waiting_claims_and_event_streams_are_never_idle(
         await follower.close()
 
 
+async def test_the_idle_clock_starts_at_hello_and_after_the_last_request_ends(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    idle = 2.0
+    async with serving(tmp_path, handshake_timeout=HANDSHAKE, idle_timeout=idle) as (
+        _,
+        _server,
+        path,
+    ):
+        # A hello late in the handshake window: from then on the (shorter) idle clock rules.
+        raw = await Raw.open(path, hello=False)
+        await trio.sleep(HANDSHAKE / 2)
+        await raw.send(p.Hello(id=1, versions=[1]))
+        assert isinstance(await raw.reply(), p.Welcome)
+        hello_at = trio.current_time()
+        rid, code, _ = error_of(await raw.reply(HANDSHAKE))
+        assert (rid, code) == (p.CONNECTION_ID, CONNECTION_TIMEOUT)
+        assert trio.current_time() - hello_at == pytest.approx(idle, abs=0.01)
+        await raw.close()
+
+        # A waiting claim holds the connection past the idle timeout; once it is answered
+        # the connection has the whole idle timeout again.
+        raw = await Raw.open(path)
+        await raw.send(p.OpenSession(id=2, agent="patient"))
+        opened = await raw.reply()
+        assert isinstance(opened, p.SessionOpened)
+        await raw.send(p.ClaimNext(id=3, token=opened.token, wait=True, timeout=idle * 5))
+        claimed = await raw.reply(idle * 10)
+        assert error_of(claimed)[1] == "NO_CLAIMABLE_RUN"
+        answered_at = trio.current_time()
+        rid, code, _ = error_of(await raw.reply(HANDSHAKE))
+        assert (rid, code) == (p.CONNECTION_ID, CONNECTION_TIMEOUT)
+        assert trio.current_time() - answered_at == pytest.approx(idle, abs=0.01)
+        await raw.close()
+
+
 def test_zero_idle_timeout_means_never() -> None:
     assert ServerLimits(idle_timeout=0).idle_seconds == float("inf")
     with pytest.raises(Exception, match="handshake_timeout"):

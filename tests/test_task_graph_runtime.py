@@ -176,7 +176,9 @@ async def test_paused_ancestor_pauses_descendants() -> None:
         assert not state.paused
         assert rt.scheduler_status().paused_task_count == 1
         assert await _claim_code(agent) == NO_CLAIMABLE_RUN
-        assert rt.inspect_task(leaf.id).next_action == "stranded"
+        # Held back, but queued for less than five minutes: not stranded yet.
+        assert rt.inspect_task(leaf.id).next_action == "waiting_for_session"
+        assert rt.inspect_task(leaf.id).gate == "paused"
         await rt.resume_task(root.id)
         assert rt.inspect_task(leaf.id).next_action == "claim_available"
         claim = await agent.claim_next()
@@ -455,7 +457,7 @@ async def test_checkpoint_stuck_steal_show_inspect(autojump_clock: trio.testing.
 async def test_next_action_values(autojump_clock: trio.testing.MockClock) -> None:
     async with runlease.open_runtime() as rt:
         task = await rt.create_task("t")
-        assert rt.inspect_task(task.id).next_action == "stranded"
+        assert rt.inspect_task(task.id).next_action == "waiting_for_session"
         await rt.start_task(task.id)
         assert rt.inspect_task(task.id).next_action == "waiting_for_session"
         agent = await rt.open_session(agent="a")

@@ -191,11 +191,15 @@ class Client(ClientMethods):
         sock = self._sock
         assert sock is not None
         timeout = sock.gettimeout()
-        sock.settimeout(0.0)  # with a timeout, recv would first wait for data
+        # A blocking socket reads without waiting when asked to (no mode switch, which
+        # costs system calls); with a timeout, recv would first wait for data, so switch.
+        flags = socket.MSG_DONTWAIT if timeout is None else 0
+        if timeout is not None:
+            sock.settimeout(0.0)
         try:
             while True:
                 try:
-                    data = sock.recv(RECEIVE_BYTES)
+                    data = sock.recv(RECEIVE_BYTES, flags)
                 except (BlockingIOError, InterruptedError):
                     return False  # still open, nothing more to read now
                 except OSError:
@@ -207,7 +211,8 @@ class Client(ClientMethods):
                 # the stream.
                 self._buffer.feed(data)
         finally:
-            sock.settimeout(timeout)
+            if timeout is not None:
+                sock.settimeout(timeout)
 
     def _break(self, error: RunleaseError) -> RunleaseError:
         self._broken = error
@@ -230,7 +235,8 @@ class Client(ClientMethods):
                 return reply
             sock = self._socket()
             try:
-                sock.settimeout(timeout)
+                if sock.gettimeout() != timeout:
+                    sock.settimeout(timeout)
                 data = sock.recv(RECEIVE_BYTES)
             except TimeoutError:
                 raise self._break(

@@ -148,9 +148,25 @@ def outgoing(
     return msgspec.structs.replace(request, **changes)
 
 
+# The reply class answering each request class whose answer does not depend on the
+# instance, found once: reading it off the generic base walks the class's MRO.
+_EXPECTED_REPLY: dict[type, type[p.Reply]] = {}
+
+
+def expected_reply(request: Request[Any]) -> type[p.Reply]:
+    """The reply class that carries ``request``'s answer."""
+    cls = type(request)
+    found = _EXPECTED_REPLY.get(cls)
+    if found is None:
+        found = p.reply_class(request.answers_with())
+        if cls.answers_with is Request.answers_with:  # the class's own answer type
+            _EXPECTED_REPLY[cls] = found
+    return found
+
+
 def answer(reply: p.AnyReply, request: Request[R]) -> R:
     """The value of ``request``'s type that ``reply`` carries (or the error it reports)."""
-    carried = p.value_of(check_reply(reply, p.reply_class(request.answers_with())))
+    carried = p.value_of(check_reply(reply, expected_reply(request)))
     # reply_class picked the reply that carries exactly the type the request declares.
     return cast(R, carried)
 
@@ -161,6 +177,7 @@ __all__ = [
     "answer",
     "check_reply",
     "closed_by_server",
+    "expected_reply",
     "hello",
     "outgoing",
     "resolve_socket",

@@ -114,6 +114,9 @@ class Operation:
 
 
 OPERATIONS: dict[str, Operation] = {}
+# The request types whose actor defaults to the operator (Operation.operator), by type: a
+# lookup on every write.
+_OPERATOR_DEFAULT: set[type] = set()
 
 
 def operation(
@@ -126,6 +129,8 @@ def operation(
         if entry.tag in OPERATIONS:
             raise TypeError(f"two operations are tagged {entry.tag!r}")
         OPERATIONS[entry.tag] = entry
+        if operator:
+            _OPERATOR_DEFAULT.add(cls)
         return cls
 
     return register
@@ -180,8 +185,8 @@ class Request(msgspec.Struct, Generic[R], kw_only=True, tag_field="op", omit_def
 
     def who(self, call: Call) -> _Who:
         """Actor and origin stamped on its command (and so on every event it emits)."""
-        operator = OPERATIONS[str(self.__struct_config__.tag)].operator
-        return {"actor": call.actor(OPERATOR if operator else None), "origin": call.origin}
+        default = OPERATOR if type(self) in _OPERATOR_DEFAULT else None
+        return {"actor": call.actor(default), "origin": call.origin}
 
 
 class SessionRequest(Request[R], kw_only=True):
@@ -298,7 +303,7 @@ class ClaimNext(SessionRequest[Claim], tag="claim_next"):
         return claim_command(self, call.session_id(), call)
 
     async def execute(self, call: Call) -> Claim:
-        return await call.runtime.claim(self.command(call), self)
+        return await call.runtime.claim(claim_command(self, call.session_id(), call), self)
 
 
 # The ``next`` of a finish: the same options.
@@ -577,7 +582,8 @@ class FinishRequest(SessionRequest[Run], kw_only=True):
                 "a finish with next answers a Finished: use complete_and_next, fail_and_next "
                 "or release_and_next"
             )
-        return await super().execute(call)
+        run: Run = await call.runtime.submit(self.finish_command(call))
+        return run
 
     async def serve(self, call: Call) -> object:
         if self.next is None:
@@ -897,8 +903,8 @@ class DrainScheduler(Request[DrainResult], tag="drain_scheduler"):
     def patience(self) -> float | None:
         return DEFAULT_DRAIN_TIMEOUT if self.timeout is None else self.timeout
 
-    def command(self, call: Call) -> c.PauseScheduler:
-        return c.PauseScheduler(now=0.0, reason=self.reason or "drain", **self.who(call))
+    def command(self, call: Call) -> c.StartDrain:
+        return c.StartDrain(now=0.0, reason=self.reason or "drain", **self.who(call))
 
     async def execute(self, call: Call) -> DrainResult:
         timeout = DEFAULT_DRAIN_TIMEOUT if self.timeout is None else self.timeout
@@ -1005,7 +1011,8 @@ class GetTimeline(ReadRequest[EventPage], tag="timeline"):
 
 @operation(read=True)
 class InspectTask(ReadRequest[InspectView], tag="inspect_task"):
-    """Current run, bound session, recent runs and events, and the ``next_action``."""
+    """Current run, bound session, recent runs and events (claim hashes as 8-hex
+    prefixes), ``diagnostics`` each with its remedy, and the ``next_action``."""
 
     task_id: str
 
@@ -1015,6 +1022,8 @@ class InspectTask(ReadRequest[InspectView], tag="inspect_task"):
 
 @operation(read=True)
 class InspectRun(ReadRequest[InspectView], tag="inspect_run"):
+    """Inspect of the run's task, with this run as the target and only its events."""
+
     run_id: str
 
     def answer(self, call: Call) -> InspectView:

@@ -416,12 +416,12 @@ def reply_to(request_id: int, value: object) -> Reply:
     cls, field = _CARRIERS[type(value)]
     if field is not None:
         return cls(id=request_id, **{field: value})
-    return cls(id=request_id, **{name: getattr(value, name) for name in _carried_fields(cls)})
+    return cls(id=request_id, **{name: getattr(value, name) for name in _CARRIED[cls]})
 
 
 def value_of(reply: Reply) -> object:
     """The value a reply carries (the inverse of :func:`reply_to`)."""
-    names = _carried_fields(type(reply))
+    names = _CARRIED[type(reply)]
     if reply.spreads is not None:
         return reply.spreads(**{name: getattr(reply, name) for name in names})
     (field,) = names
@@ -434,6 +434,12 @@ def _carried_fields(cls: type[Reply]) -> tuple[str, ...]:
     return tuple(name for name in cls.__struct_fields__ if name != "id")
 
 
+# What each reply carries, worked out once: a reply is decoded on every call.
+_CARRIED: Final[dict[type[Reply], tuple[str, ...]]] = {
+    cls: _carried_fields(cls) for cls in _VALUE_REPLIES
+}
+
+
 # One encoder and one typed decoder per direction, built once and reused.
 _encoder = msgspec.msgpack.Encoder()
 _request_decoder: msgspec.msgpack.Decoder[AnyRequest] = msgspec.msgpack.Decoder(
@@ -444,18 +450,38 @@ _any_decoder = msgspec.msgpack.Decoder()
 
 
 # ------------------------------------------------------------------------------- framing
+_NO_HEADER: Final = bytes(HEADER_BYTES)
+
+
+def append_frame(out: bytearray, message: Request[Any] | Reply) -> None:
+    """Append ``message`` to ``out`` as one frame, encoded in place.
+
+    Replies bound for one peer go into one buffer and leave in one send; encoding straight
+    into it costs no intermediate body and no concatenation. Raises
+    InvalidInput(PAYLOAD_TOO_LARGE), leaving ``out`` as it was, rather than produce a frame
+    the peer must refuse.
+    """
+    start = len(out)
+    out += _NO_HEADER
+    _encoder.encode_into(message, out, start + HEADER_BYTES)
+    size = len(out) - start - HEADER_BYTES
+    if size > MAX_FRAME_BYTES:
+        del out[start:]
+        raise InvalidInput(
+            f"message is {size} bytes; a frame may hold at most {MAX_FRAME_BYTES}",
+            code=PAYLOAD_TOO_LARGE,
+        )
+    HEADER.pack_into(out, start, size)
+
+
 def encode_frame(message: Request[Any] | Reply) -> bytes:
     """One message as a frame: length prefix plus msgpack body.
 
     Raises InvalidInput(FRAME_TOO_LARGE) rather than produce a frame the peer must refuse.
     """
-    body = _encoder.encode(message)
-    if len(body) > MAX_FRAME_BYTES:
-        raise InvalidInput(
-            f"message is {len(body)} bytes; a frame may hold at most {MAX_FRAME_BYTES}",
-            code=PAYLOAD_TOO_LARGE,
-        )
-    return HEADER.pack(len(body)) + body
+    out = bytearray()
+    append_frame(out, message)
+    return bytes(out)
 
 
 def frame_bytes(body: bytes) -> bytes:
@@ -479,19 +505,24 @@ class FramingLost(InvalidInput):
 class FrameBuffer:
     """Sans-IO reassembly: feed received bytes, take complete frame bodies out.
 
-    Once framing is lost every further :meth:`next_frame` raises :class:`FramingLost`
-    again; the owner is expected to close the connection.
+    Frames are read in place from a start offset; the consumed head is dropped once per
+    feed rather than once per frame, so a feed holding many frames costs no quadratic
+    shuffling. Once framing is lost every further :meth:`next_frame` raises
+    :class:`FramingLost` again; the owner is expected to close the connection.
     """
+
+    __slots__ = ("_data", "_lost", "_max", "_start", "_why")
 
     def __init__(self, max_frame: int = MAX_FRAME_BYTES) -> None:
         self._data = bytearray()
+        self._start = 0  # where the unread bytes begin in _data
         self._max = max_frame
         self._why = ""
         self._lost: FramingLost | None = None
 
     def __len__(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._data)
+        return len(self._data) - self._start
 
     @property
     def max_frame(self) -> int:
@@ -513,10 +544,11 @@ class FrameBuffer:
         Known as soon as its length prefix has arrived: what the frame will hold once
         complete, so an owner can budget memory before the body comes in.
         """
-        if self._lost is not None or len(self._data) < HEADER_BYTES:
+        start = self._start
+        if self._lost is not None or len(self._data) - start < HEADER_BYTES:
             return 0
-        (size,) = HEADER.unpack_from(self._data)
-        if size > self._max or len(self._data) >= HEADER_BYTES + size:
+        (size,) = HEADER.unpack_from(self._data, start)
+        if size > self._max or len(self._data) - start >= HEADER_BYTES + size:
             return 0
         return int(size)
 
@@ -525,25 +557,36 @@ class FrameBuffer:
         return self._lost is not None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if self._lost is None:
-            self._data += data
+        if self._lost is not None:
+            return
+        if self._start:
+            del self._data[: self._start]
+            self._start = 0
+        self._data += data
 
     def next_frame(self) -> bytes | None:
         """The next complete frame body, or None until more bytes arrive."""
         if self._lost is not None:
             raise self._lost
-        if len(self._data) < HEADER_BYTES:
+        data = self._data
+        start = self._start
+        available = len(data) - start
+        if available < HEADER_BYTES:
+            if not available and start:
+                data.clear()
+                self._start = 0
             return None
-        (size,) = HEADER.unpack_from(self._data)
+        (size,) = HEADER.unpack_from(data, start)
         if size > self._max:
             self._lost = FramingLost(size, self._max, why=self._why)
-            self._data.clear()
+            data.clear()
+            self._start = 0
             raise self._lost
-        end = HEADER_BYTES + size
-        if len(self._data) < end:
+        end = start + HEADER_BYTES + size
+        if len(data) < end:
             return None
-        body = bytes(self._data[HEADER_BYTES:end])
-        del self._data[:end]
+        body = bytes(data[start + HEADER_BYTES : end])
+        self._start = end
         return body
 
     def frames(self) -> list[bytes]:
@@ -745,6 +788,7 @@ __all__ = [
     "UpdateTask",
     "Welcome",
     "WhoAmI",
+    "append_frame",
     "choose_version",
     "decode_reply",
     "decode_request",

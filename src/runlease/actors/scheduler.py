@@ -9,16 +9,24 @@ with its own filters. Whenever a run enters the queue the scheduler walks the wa
 arrival order and lets each try a claim; a waiter whose filters match nothing stays where it
 is, so a picky early waiter never starves a later one that can take the run. Waiters that
 gave up (timeout, cancellation) are dropped lazily.
+
+A message that finds the scheduler idle (parked on an empty mailbox) is not queued: it is
+handled at once, as one turn of the scheduler, on the trio task that delivered it. That is
+still an actor turn in the strict sense: the scheduler's state is touched only by its own
+synchronous code, trio runs one task at a time, and a turn never awaits, so it cannot
+interleave with another turn (the same rule that lets task actors run on the delivering
+task, see ``task_turn``). Only when the scheduler is busy (woken with mail it has not
+handled yet) do messages wait in the mailbox, in order, and get handled in one batch. So a
+claim that arrives alone costs no task switch and no mailbox round trip, while claims
+arriving together still batch, and waiters are still offered new work oldest first.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
-import msgspec
 import trio
 
 from runlease.actors.apply import Applier
@@ -53,8 +61,10 @@ class WaiterQueue(Generic[W]):
         ``attempt(waiter)`` returns True once the waiter is settled (it got a claim or an
         error) and False if it should keep waiting. Stops as soon as ``has_work()`` is false.
         """
-        kept: deque[W] = deque()
         waiters = self._waiters
+        if not waiters:
+            return
+        kept: deque[W] = deque()
         while waiters and has_work():
             waiter = waiters.popleft()
             if waiter.abandoned:
@@ -71,61 +81,80 @@ class WaiterQueue(Generic[W]):
         return waiters
 
 
-class WorkAvailable(msgspec.Struct, tag="work_available"):
-    """Tells the scheduler that a run entered the queue, so waiters should try again."""
-
-
-SchedulerMessage = Request | WorkAvailable
-_WORK_AVAILABLE = WorkAvailable()
+SchedulerMessage = Request
 
 
 class Scheduler:
     def __init__(self, applier: Applier) -> None:
         self._applier = applier
         self.waiters: WaiterQueue[Request] = WaiterQueue()
-        self._send, self._receive = trio.open_memory_channel[SchedulerMessage](
-            SCHEDULER_MAILBOX_SIZE
-        )
-        # True while a WorkAvailable sits in the mailbox: one is enough to make the
-        # scheduler serve its waiters, however many runs entered the queue meanwhile.
-        self._wake_pending = False
+        self._mailbox: deque[SchedulerMessage] = deque()
+        # True only while the scheduler's task is parked on an empty mailbox (its loop
+        # runs and has nothing in hand): a message may then be handled on the sender's task.
+        self._idle = False
+        self._mail = trio.lowlevel.ParkingLot()
+        self._space = trio.lowlevel.ParkingLot()
+
+    def deliver_nowait(self, request: Request) -> bool:
+        """Handle ``request`` now if the scheduler is idle, else queue it; False (and
+        nothing done) if the mailbox is full."""
+        if self._idle:
+            self._turn(request)
+            return True
+        if len(self._mailbox) >= SCHEDULER_MAILBOX_SIZE:
+            return False
+        self._mailbox.append(request)
+        self._wake_up()
+        return True
 
     async def send(self, request: Request) -> None:
-        await self._send.send(request)
+        """Deliver ``request``, waiting for room in the mailbox if it is full.
+
+        Like a channel send: a caller cancelled beforehand delivers nothing; once past the
+        check the request is delivered whatever happens to the caller."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.deliver_nowait(request):
+            await self._space.park()
 
     def wake_nowait(self) -> None:
-        """Ask the scheduler to offer the queue to its waiters again.
+        """Ask the scheduler to offer the queue to its waiters again, on its own task.
 
-        If the mailbox is full the scheduler is busy and checks ``work_queued`` after its
-        current batch anyway, so the wake-up can be dropped; so can one asked for while an
-        earlier one is still in the mailbox."""
-        if self._wake_pending:
-            return
-        with contextlib.suppress(trio.WouldBlock):
-            self._send.send_nowait(_WORK_AVAILABLE)
-            self._wake_pending = True
+        Deferred rather than run here because the caller may be mid-way through its own
+        bookkeeping (a roll back of memory, a task turn)."""
+        self._applier.work_queued = True
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        if self._idle:
+            self._idle = False
+            self._mail.unpark()
+
+    def _turn(self, request: Request) -> None:
+        """One turn of the scheduler on the delivering task (it was idle: nothing queued)."""
+        self._handle(request)
+        if self._applier.work_queued:
+            self._serve_waiters()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        receive = self._receive
+        mailbox = self._mailbox
         task_status.started()
-        while True:
-            message = await receive.receive()
-            self._handle(message)
-            # Drain whatever else is queued before yielding, so claims batch up.
+        try:
             while True:
-                try:
-                    message = receive.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                self._handle(message)
-            if self._applier.work_queued:
-                self._serve_waiters()
+                # Drain everything queued before yielding, so claims that arrived together
+                # are applied together, then offer new work to the waiters.
+                while mailbox:
+                    self._handle(mailbox.popleft())
+                if self._space:
+                    self._space.unpark_all()
+                if self._applier.work_queued:
+                    self._serve_waiters()
+                if not mailbox:
+                    self._idle = True
+                    await self._mail.park()
+        finally:
+            self._idle = False
 
     def _handle(self, message: SchedulerMessage) -> None:
-        if isinstance(message, WorkAvailable):
-            self._wake_pending = False
-            self._applier.work_queued = True
-            return
         if isinstance(message.command, ClaimNext) and message.wait:
             if not self._try_claim_for(message):
                 self.waiters.park(message)

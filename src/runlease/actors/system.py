@@ -49,25 +49,31 @@ class ActorSystem:
             task_status.started()
 
     async def send(self, request: Request) -> None:
-        """Deliver a request to the actor that owns its command."""
+        """Deliver a request to the actor that owns its command.
+
+        A caller cancelled beforehand delivers nothing. Past that check the request is
+        delivered: a task actor's turn, or the scheduler's, runs right here on the caller's
+        task (the scheduler's only while it is idle; otherwise the request waits in its
+        mailbox), so the outcome may already be there when this returns."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self.tasks.own(request.command):
             self.tasks.turn(request)
-            return
-        await self.scheduler.send(request)
+        elif not self.scheduler.deliver_nowait(request):
+            await self.scheduler.send(request)  # the mailbox is full: wait for room
 
     async def send_batch(self, requests: list[Request]) -> None:
         """Deliver requests that fell due together (the lease clock's expiries).
 
-        Task actors' turns run back to back, and the waiting claimers are offered the runs
-        they put back in the queue once, after the whole batch."""
-        tasks, applier = self.tasks, self.applier
+        Task actors' turns run back to back on this task, and the waiting claimers are
+        offered the runs they put back in the queue once, after the whole batch."""
+        tasks, applier, scheduler = self.tasks, self.applier, self.scheduler
         for request in requests:
             if tasks.own(request.command):
                 applier.execute(request)
-            else:
-                await self.scheduler.send(request)
+            elif not scheduler.deliver_nowait(request):
+                await scheduler.send(request)  # the mailbox is full: wait for room
         if applier.work_queued:
-            self.scheduler.wake_nowait()
+            scheduler.wake_nowait()
 
     def arm_deadlines_of_live_state(self) -> None:
         """After boot: watch every lease and session TTL the state holds."""

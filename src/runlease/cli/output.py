@@ -44,8 +44,9 @@ TIME_FIELDS: Final = frozenset(
         "as_of",
     }
 )
-# Internal bookkeeping of the core, never shown (the force-operation rate window).
-HIDDEN_FIELDS: Final = frozenset({"force_ops"})
+# Internal bookkeeping of the core, never shown (the force-operation rate window, whether
+# a task ever had a dependency).
+HIDDEN_FIELDS: Final = frozenset({"force_ops", "had_dependencies"})
 # Caller-owned JSON: passed through exactly as stored, never reinterpreted.
 OPAQUE_FIELDS: Final = frozenset({"metadata", "result", "failure_metadata"})
 
@@ -144,6 +145,18 @@ LIST_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "stuck": ("task_id", "run_id", "session_id", "kind", "since", "seconds"),
     "items": ("run_id", "ok", "code", "message"),
     "backlog": ("gate", "effective_paused", "task", "run"),
+    # Inspect.
+    "diagnostics": ("kind", "run_id", "message", "remedy"),
+    "recent_runs": (
+        "run_id",
+        "status",
+        "attempt",
+        "bound_session_id",
+        "lease_until",
+        "heartbeat_age_seconds",
+        "claim_token_hash_prefix",
+    ),
+    "recent_events": ("seq", "at", "kind", "run_id", "session_id", "data"),
 }
 
 

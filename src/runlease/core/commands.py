@@ -171,6 +171,18 @@ class ResumeScheduler(Command[SchedulerState], tag="resume_scheduler"):
     reason: str | None = None
 
 
+class StartDrain(Command[SchedulerState], tag="start_drain"):
+    """A drain begins: pause the scheduler unless it is paused already."""
+
+    reason: str | None = None
+
+
+class FinishDrain(Command[SchedulerState], tag="finish_drain"):
+    """A drain ended: every lease gone, or its wait over; ``started_at`` is when it began."""
+
+    started_at: float
+
+
 class CheckpointTask(Command[Task], tag="checkpoint"):
     task_id: str
     note: str
@@ -326,6 +338,8 @@ AnyCommand = (
     | BulkForceRuns
     | PauseScheduler
     | ResumeScheduler
+    | StartDrain
+    | FinishDrain
     | CheckpointTask
     | StealRun
 )

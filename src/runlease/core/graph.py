@@ -53,6 +53,7 @@ def add_dependency(m: State, cmd: AddDependency) -> Outcome[Task]:
             code=DEPENDENCY_CYCLE,
         )
     task.blocked_by = (*task.blocked_by, blocker.id)
+    task.had_dependencies = True
     m.dependents.setdefault(blocker.id, set()).add(task.id)
     m.resettle(task, cmd.now)
     m.regate([task.id])

@@ -276,7 +276,10 @@ def complete(m: State, cmd: CompleteRun) -> Outcome[Run]:
 
 def _unblock_dependents(m: State, task_id: str, now: float, events: list[Event]) -> bool:
     """After a task completed: settle its dependents and open the ones now free."""
-    dependents = sorted(m.dependents.get(task_id, ()))
+    waiting = m.dependents.get(task_id)
+    if not waiting:
+        return False  # the common case: nothing depends on it
+    dependents = sorted(waiting)
     for dependent_id in dependents:
         dependent = m.tasks[dependent_id]
         before = dependent.status

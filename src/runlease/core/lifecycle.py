@@ -103,9 +103,11 @@ def _open_task_row(
 
 TASK_TRANSITIONS: Final[Mapping[TaskStatus, Mapping[TaskAction, TaskStatus]]] = {
     "draft": _open_task_row("draft", {"publish": "pending", "reject": "canceled"}),
-    "pending": _open_task_row("pending", {"approve": "ready", "reject": "canceled"}),
-    # A blocked task awaiting approval gets its run, held until its blockers complete.
-    "blocked": _open_task_row("blocked", {"approve": "blocked", "reject": "canceled"}),
+    # Never started: a task awaiting approval is blocked, not pending.
+    "pending": _open_task_row("pending"),
+    # A task awaiting approval is blocked; approving it queues its run, which is ready
+    # unless a dependency is still open (then it stays blocked until that completes).
+    "blocked": _open_task_row("blocked", {"approve": "ready", "reject": "canceled"}),
     "ready": _open_task_row("ready"),
     "in_progress": _open_task_row("in_progress"),
     "needs_attention": _open_task_row("needs_attention"),
@@ -169,9 +171,13 @@ def task_status(task: Task, run: Run | None, tasks: Mapping[str, Task]) -> TaskS
     """A task's status, from its flags, its current run and its blockers (looked up in
     ``tasks``). The only place a task status is computed.
 
-    ``canceled`` and ``draft`` come first; then the run decides. A failed run with attempts
-    left leaves the task ``pending`` (it can be started again), and a pending or ready task
-    with a blocker that has not completed is ``blocked``.
+    ``canceled`` and ``draft`` come first; then the run decides, as AGH derives it:
+
+    - no run: ``blocked`` while a manual approval is outstanding (nothing moves until someone
+      decides); ``ready`` once its dependencies are satisfied (it had some, and each has
+      completed or was removed); ``pending`` otherwise (never started, nothing said it may);
+    - a failed run with attempts left: ``ready`` (it can be started or retried now);
+    - any ``ready`` or ``pending`` task with a blocker that has not completed is ``blocked``.
     """
     if task.canceled:
         return "canceled"
@@ -179,11 +185,11 @@ def task_status(task: Task, run: Run | None, tasks: Mapping[str, Task]) -> TaskS
         return "draft"
     status: TaskStatus
     if run is None:
-        status = "pending"
-    elif run.status == "queued":
+        if awaiting_approval(task):
+            return "blocked"
+        status = "ready" if task.had_dependencies else "pending"
+    elif run.status == "queued" or (run.status == "failed" and run.attempt < task.max_attempts):
         status = "ready"
-    elif run.status == "failed" and run.attempt < task.max_attempts:
-        status = "pending"
     elif run.status in LEASED_RUN_STATUSES:
         return "in_progress"
     elif run.status == "completed":
@@ -197,6 +203,12 @@ def task_status(task: Task, run: Run | None, tasks: Mapping[str, Task]) -> TaskS
     if task.blocked_by and open_blockers(task, tasks):
         return "blocked"
     return status
+
+
+def awaiting_approval(task: Task) -> bool:
+    """A manual-approval task nobody has approved yet (pending, or rejected and open to
+    a new decision)."""
+    return task.approval_policy == "manual" and task.approval_state != "approved"
 
 
 def open_blockers(task: Task, tasks: Mapping[str, Task]) -> list[str]:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 # Imported for their ``@handles`` registrations: together they handle every command.
-from runlease.core import graph, invariants, leases, operator_actions, sessions, tasks
+from runlease.core import graph, invariants, leases, lifecycle, operator_actions, sessions, tasks
 from runlease.core.commands import Command
 from runlease.core.model import (
     FINAL_RUN_STATUSES,
@@ -104,6 +104,11 @@ class Machine(State):
                 machine.dependents.setdefault(blocker, set()).add(task.id)
             if task.paused:
                 machine.paused_tasks.add(task.id)
+            if task.status == "pending":
+                # Records written before awaiting approval was derived as blocked, and a
+                # failed run with attempts left as ready, stored pending for both; only
+                # that status can differ from today's derivation, so only it is redone.
+                task.status = lifecycle.task_status(task, machine.current_run(task), machine.tasks)
         machine.queue_seq = queue_seq
         unnumbered: list[Run] = []
         for run in machine.runs.values():

@@ -156,6 +156,9 @@ class Task(msgspec.Struct, kw_only=True, tag="task", gc=False, omit_defaults=Tru
     parent_task_id: str | None = None
     # Dependency edges of kind "blocks": this task waits until each of these completes.
     blocked_by: tuple[str, ...] = ()
+    # Set once the task gains a dependency and never cleared: with no run, a task whose
+    # dependencies are all satisfied (completed or removed) is ready, not pending.
+    had_dependencies: bool = False
     preferred_capabilities: tuple[str, ...] = ()
     owner: Ownership | None = None
     draft: bool = False

@@ -1,8 +1,11 @@
-"""Operator actions on runs and the scheduler: cancel, retry, force release/fail, pause.
+"""Operator actions on runs and the scheduler: cancel, retry, force release/fail, pause,
+and the start and end of a drain.
 
 Force operations override a live lease, so each needs a reason and is rate limited per
-actor and task (FORCE_RATE_LIMIT in FORCE_RATE_WINDOW_SECONDS); a bulk force applies the
-single operation to each run and reports every run's outcome instead of failing whole.
+actor and task (FORCE_RATE_LIMIT in FORCE_RATE_WINDOW_SECONDS); a retry spends from the
+same allowance, since a retry loop hammers a task as surely as a force loop does. A bulk
+force applies the single operation to each run and reports every run's outcome instead of
+failing whole.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from runlease.core import lifecycle, validate
 from runlease.core.commands import (
     BulkForceRuns,
     CancelRun,
+    FinishDrain,
     ForceFailRun,
     ForceReleaseRun,
     PauseScheduler,
     ResumeScheduler,
     RetryRun,
+    StartDrain,
 )
 from runlease.core.ids import hash_prefix
 from runlease.core.model import (
@@ -100,7 +105,9 @@ def retry_run(m: State, cmd: RetryRun) -> Outcome[RetryResult]:
         )
     check_startable(task)
     check_new_run_id(m, cmd.new_run_id)
+    key, stamps = _check_rate(m, task, cmd.now)
     events = [m.enqueue(task, run, cmd.new_run_id, cmd.now)]
+    _record_force(task, key, stamps, cmd.now)
     new = m.runs[cmd.new_run_id]
     events.append(
         m.run_event(
@@ -123,17 +130,24 @@ def _check_force(m: State, run: Run, reason: str, now: float) -> tuple[Task, str
     _check_force_reason(reason)
     validate.text(reason, "reason", max_chars=MAX_REASON_CHARS)
     task = m.tasks[run.task_id]
+    key, stamps = _check_rate(m, task, now)
+    return task, key, stamps
+
+
+def _check_rate(m: State, task: Task, now: float) -> tuple[str, list[float]]:
+    """Refuse a force or a retry past the actor's allowance on this task; otherwise the
+    actor's key and its stamps still inside the window (to store with the new one)."""
     actor = m.actor
     key = "unknown" if actor is None else f"{actor.kind}:{actor.ref}"
     window_start = now - FORCE_RATE_WINDOW_SECONDS
     stamps = [t for t in (task.force_ops or {}).get(key, ()) if t > window_start]
     if len(stamps) >= FORCE_RATE_LIMIT:
         raise InvalidInput(
-            f"{key} already forced {FORCE_RATE_LIMIT} operations on task {task.id} in the "
-            f"last {FORCE_RATE_WINDOW_SECONDS:.0f} s; wait and retry",
+            f"{key} already forced or retried {FORCE_RATE_LIMIT} runs of task {task.id} in "
+            f"the last {FORCE_RATE_WINDOW_SECONDS:.0f} s; wait and try again",
             code=FORCE_RATE_LIMITED,
         )
-    return task, key, stamps
+    return key, stamps
 
 
 def _check_force_reason(reason: object) -> None:
@@ -241,3 +255,40 @@ def resume_scheduler(m: State, cmd: ResumeScheduler) -> Outcome[SchedulerState]:
         events=[event],
         queued=len(m.index) > 0,
     )
+
+
+@handles(StartDrain)
+def start_drain(m: State, cmd: StartDrain) -> Outcome[SchedulerState]:
+    """Pause the scheduler for a drain (a scheduler paused already stays as it is) and
+    record that the drain began, with the leases it waits for."""
+    reason = validate.optional_text(cmd.reason, "reason")
+    events: list[Event] = []
+    if not m.scheduler.paused:
+        events = pause_scheduler(m, PauseScheduler(now=cmd.now, reason=reason)).events
+    events.append(
+        m.event(
+            "scheduler_drain_started",
+            cmd.now,
+            data={"reason": reason, "active_claims": m.leased_count()},
+        )
+    )
+    return Outcome(reply=msgspec.structs.replace(m.scheduler), events=events)
+
+
+@handles(FinishDrain)
+def finish_drain(m: State, cmd: FinishDrain) -> Outcome[SchedulerState]:
+    """Record how a drain ended: every lease gone, or the wait over with some remaining.
+    The scheduler stays paused either way; resuming it is a separate decision."""
+    remaining = m.leased_count()
+    event = m.event(
+        "scheduler_drain_completed",
+        cmd.now,
+        data={
+            "completed": remaining == 0,
+            # Leases still held mean the wait ran out before they ended.
+            "timed_out": remaining > 0,
+            "remaining_claims": remaining,
+            "started_at": cmd.started_at,
+        },
+    )
+    return Outcome(reply=msgspec.structs.replace(m.scheduler), events=[event])

@@ -2,7 +2,8 @@
 
 Pure functions over the machine's :class:`~runlease.core.state.State` and a ``now`` the caller
 passes in; nothing here changes state, reads a clock or does IO. Every projection copies
-what it returns, and claim-token hashes appear only as their first 8 hex characters.
+what it returns. Inspect shows claim-token hashes only as their first 8 hex characters, in
+its recent events too.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Final, Literal
 
 import msgspec
 
-from runlease.core.ids import hash_prefix
+from runlease.core.ids import hash_prefix, is_token_hash
 from runlease.core.lifecycle import is_closed
 from runlease.core.model import (
+    ERROR_LEASE_RECOVERY_EXHAUSTED,
     LEASED_RUN_STATUSES,
     PRIORITY_RANK,
     Checkpoint,
@@ -37,10 +39,17 @@ NextAction = Literal[
     "terminal",
 ]
 StuckKind = Literal["lease_expired", "no_progress"]
+DiagnosticKind = Literal["stuck", "stale_lease", "orphaned", "stranded", "crashed"]
 
 RECENT_RUNS: Final = 5
 RECENT_EVENTS: Final = 20
 MAX_PAGE: Final = 1000
+# A holder silent for longer than this is presumed gone, whatever its lease still says.
+HEARTBEAT_STALE_SECONDS: Final = 120.0
+# A queued run nobody could take for longer than this will not move without a person.
+STRANDED_AFTER_SECONDS: Final = 300.0
+# The reason a starved run is parked with (the starvation backstop).
+REASON_STARVED: Final = "starved"
 
 
 class PauseState(msgspec.Struct, kw_only=True, tag="pause_state", omit_defaults=True):
@@ -145,6 +154,19 @@ class SessionSummary(msgspec.Struct, kw_only=True, tag="session_summary", omit_d
     lease_run_id: str | None = None
 
 
+class Diagnostic(msgspec.Struct, kw_only=True, tag="diagnostic", omit_defaults=True):
+    """One problem inspect found, and the command line that remedies it."""
+
+    kind: DiagnosticKind
+    message: str
+    # A runlease command line; UPPER-CASE words are for the operator to fill in.
+    remedy: str
+    run_id: str | None = None
+    session_id: str | None = None
+    # Since when the problem holds (lease end, last heartbeat, entering the queue, ...).
+    since: float | None = None
+
+
 class InspectView(msgspec.Struct, kw_only=True, tag="inspect", omit_defaults=True):
     target: Literal["task", "run"]
     task: Task
@@ -158,6 +180,8 @@ class InspectView(msgspec.Struct, kw_only=True, tag="inspect", omit_defaults=Tru
     pause: PauseState
     open_dependencies: list[str] = []
     gate: str | None = None
+    # Problems found, each with its remedy; empty when nothing needs a person.
+    diagnostics: list[Diagnostic] = []
     next_action: NextAction
     as_of: float
 
@@ -342,22 +366,42 @@ def stuck(machine: State, now: float, *, threshold: float) -> list[StuckRun]:
     return expired + idle
 
 
-def _eligible_session(machine: State, task: Task) -> bool:
-    """A live session holding no lease that may take this task's run (caps, owner)."""
-    required = set(task.required_capabilities)
+def _eligible(session: Session, task: Task) -> bool:
+    """A live session that may take this task's run: it offers every required capability
+    and the task's owner, if any, admits it."""
+    if session.state != "live":
+        return False
+    if task.required_capabilities and not set(task.required_capabilities) <= set(
+        session.capabilities
+    ):
+        return False
     owner = task.owner
-    for session in machine.sessions.values():
-        if session.state != "live" or session.lease_run_id is not None:
-            continue
-        if not required <= set(session.capabilities):
-            continue
-        if owner is not None:
-            if owner.kind == "agent_session" and owner.ref != session.id:
-                continue
-            if owner.kind == "pool" and owner.ref != session.agent:
-                continue
+    if owner is None:
         return True
-    return False
+    if owner.kind == "agent_session":
+        return owner.ref == session.id
+    return owner.ref == session.agent
+
+
+def _eligible_sessions(machine: State, task: Task) -> tuple[int, int]:
+    """Live sessions that may take the task's run: how many, and how many hold no lease."""
+    eligible = idle = 0
+    for session in machine.sessions.values():
+        if _eligible(session, task):
+            eligible += 1
+            idle += session.lease_run_id is None
+    return eligible, idle
+
+
+def _waiting_since(run: Run) -> float:
+    """When a queued run last entered the queue, as closely as the record tells: a run
+    put back after a lease entered it no earlier than its last sign of life."""
+    return max(t for t in (run.queued_at, run.claimed_at, run.heartbeat_at) if t is not None)
+
+
+def _silent_since(run: Run) -> float:
+    """The last heartbeat of a leased run (the claim counts as the first)."""
+    return run.heartbeat_at if run.heartbeat_at is not None else run.claimed_at or run.queued_at
 
 
 def next_action(machine: State, task: Task, now: float) -> NextAction:
@@ -365,38 +409,234 @@ def next_action(machine: State, task: Task, now: float) -> NextAction:
 
     ``terminal``
         The task is closed: completed, canceled, or failed with no attempt left.
-    ``running``
-        Its current run is claimed or running under a lease that has not run out.
     ``recovery_required``
-        Someone must act on the current run: its lease ran out and the clock has not
-        requeued it yet (steal --if-expired or wait for expiry), it is parked in
+        Someone must act on the current run: it is claimed but its lease ran out or its
+        holder has not heartbeat for more than two minutes, it is parked in
         needs_attention, or it failed with attempts left (retry or start it).
-    ``stranded``
-        Nothing will move on its own: the task has no run (draft, awaiting approval, never
-        started), or its queued run is held back by a pause (own, ancestor's, or the
-        scheduler's) or by a dependency that has not completed.
-    ``claim_available``
-        The current run is queued, claimable, and some live session holding no lease
-        matches its capabilities and owner: the next matching claim takes it.
+    ``running``
+        Its current run is under a live lease with a recent heartbeat.
     ``waiting_for_session``
-        The current run is queued and claimable, but no live idle session matches it.
+        Nothing to do yet: the task was never started (or is a draft, or awaits approval:
+        its status says which), the scheduler is paused, or its queued run waits for a
+        session that can take it and has waited less than five minutes.
+    ``claim_available``
+        The current run is queued, claimable, and a live session holding no lease
+        matches its capabilities and owner: the next matching claim takes it.
+    ``stranded``
+        The current run has been queued for more than five minutes and no live session
+        could take it: none matches it, or it is held back by a pause or a dependency.
     """
     if is_closed(task):
         return "terminal"
     run = machine.runs.get(task.current_run_id) if task.current_run_id else None
     if run is None:
-        return "stranded"
+        return "waiting_for_session"
     if run.status in LEASED_RUN_STATUSES:
         assert run.lease_until is not None
-        return "running" if run.lease_until > now else "recovery_required"
-    if run.status in ("needs_attention", "failed", "canceled"):
-        return "recovery_required"
+        if run.lease_until <= now or now - _silent_since(run) > HEARTBEAT_STALE_SECONDS:
+            return "recovery_required"
+        return "running"
     if run.status == "completed":
         return "terminal"
-    # queued
-    if machine.scheduler.paused or run.id not in machine.index:
+    if run.status != "queued":
+        return "recovery_required"
+    if machine.scheduler.paused:
+        return "waiting_for_session"
+    eligible, idle = _eligible_sessions(machine, task)
+    claimable = run.id in machine.index
+    if claimable and idle:
+        return "claim_available"
+    if (not claimable or not eligible) and now - _waiting_since(run) > STRANDED_AFTER_SECONDS:
         return "stranded"
-    return "claim_available" if _eligible_session(machine, task) else "waiting_for_session"
+    return "waiting_for_session"
+
+
+def diagnostics(machine: State, task: Task, now: float) -> list[Diagnostic]:
+    """What is wrong with the task's current run, each finding with its remedy.
+
+    ``stale_lease``
+        The lease ran out and the lease clock has not put the run back yet.
+    ``orphaned``
+        The run is leased by a session that is no longer live, or it is queued for a
+        session (its owner) that is no longer live, so nobody may take it.
+    ``stuck``
+        The holder has not heartbeat for more than two minutes though its lease still
+        runs, or the holder parked the run for a person (block).
+    ``crashed``
+        The run lost its lease as often as the task allows attempts (its holders kept
+        vanishing) and was parked.
+    ``stranded``
+        The run has been queued for more than five minutes and no live session could take
+        it (or the starvation backstop parked it for that).
+    """
+    run = machine.runs.get(task.current_run_id) if task.current_run_id else None
+    if run is None or is_closed(task):
+        return []
+    if run.status in LEASED_RUN_STATUSES:
+        return _leased_diagnostics(machine, task, run, now)
+    if run.status == "needs_attention":
+        return [_parked_diagnostic(task, run)]
+    if run.status == "queued":
+        return _queued_diagnostics(machine, task, run, now)
+    return []
+
+
+def _leased_diagnostics(machine: State, task: Task, run: Run, now: float) -> list[Diagnostic]:
+    assert run.lease_until is not None
+    holder = machine.sessions.get(run.session_id or "")
+    force_release = f'runlease run force-release {run.id} --reason "REASON"'
+    if run.lease_until <= now:
+        return [
+            Diagnostic(
+                kind="stale_lease",
+                message=(
+                    f"the lease of session {run.session_id} ran out "
+                    f"{now - run.lease_until:.0f} s ago and the run is not back in the queue"
+                ),
+                remedy=f"runlease task steal {task.id} --if-expired",
+                run_id=run.id,
+                session_id=run.session_id,
+                since=run.lease_until,
+            )
+        ]
+    if holder is None or holder.state != "live":
+        why = "is gone" if holder is None else f"stopped ({holder.stop_reason})"
+        return [
+            Diagnostic(
+                kind="orphaned",
+                message=f"the run is leased by session {run.session_id}, which {why}",
+                remedy=force_release,
+                run_id=run.id,
+                session_id=run.session_id,
+                since=holder.stopped_at if holder is not None else None,
+            )
+        ]
+    silent = _silent_since(run)
+    if now - silent > HEARTBEAT_STALE_SECONDS:
+        return [
+            Diagnostic(
+                kind="stuck",
+                message=(
+                    f"session {run.session_id} has not heartbeat for {now - silent:.0f} s "
+                    f"(more than {HEARTBEAT_STALE_SECONDS:.0f}); its lease runs "
+                    f"{run.lease_until - now:.0f} s more"
+                ),
+                remedy=force_release,
+                run_id=run.id,
+                session_id=run.session_id,
+                since=silent,
+            )
+        ]
+    return []
+
+
+def _parked_diagnostic(task: Task, run: Run) -> Diagnostic:
+    if run.error == ERROR_LEASE_RECOVERY_EXHAUSTED:
+        return Diagnostic(
+            kind="crashed",
+            message=(
+                f"the run lost its lease {run.recovery_count} times without being finished "
+                f"and was parked ({run.reason})"
+            ),
+            remedy=f"runlease run recover {run.id}",
+            run_id=run.id,
+            session_id=run.session_id,
+        )
+    if run.reason == REASON_STARVED:
+        return Diagnostic(
+            kind="stranded",
+            message="no live session could claim the run for too long, so it was parked",
+            remedy=f"runlease run recover {run.id}",
+            run_id=run.id,
+        )
+    return Diagnostic(
+        kind="stuck",
+        message=f"session {run.session_id} blocked the run for a person: {run.reason}",
+        remedy=f"runlease task unblock {task.id}",
+        run_id=run.id,
+        session_id=run.session_id,
+    )
+
+
+def _queued_diagnostics(machine: State, task: Task, run: Run, now: float) -> list[Diagnostic]:
+    found: list[Diagnostic] = []
+    owner = task.owner
+    if owner is not None and owner.kind == "agent_session":
+        session = machine.sessions.get(owner.ref)
+        if session is None or session.state != "live":
+            found.append(
+                Diagnostic(
+                    kind="orphaned",
+                    message=(
+                        f"the task is assigned to session {owner.ref}, which is no longer "
+                        "live; no other session may claim it"
+                    ),
+                    remedy=f"runlease task update {task.id} --no-owner",
+                    run_id=run.id,
+                    session_id=owner.ref,
+                )
+            )
+    if found or machine.scheduler.paused:
+        return found  # an orphaned owner is the cause; a paused scheduler is no fault
+    eligible, _ = _eligible_sessions(machine, task)
+    claimable = run.id in machine.index
+    since = _waiting_since(run)
+    if (claimable and eligible) or now - since <= STRANDED_AFTER_SECONDS:
+        return found
+    why, remedy = _stranded_cause(machine, task)
+    found.append(
+        Diagnostic(
+            kind="stranded",
+            message=f"queued for {now - since:.0f} s and {why}",
+            remedy=remedy,
+            run_id=run.id,
+            since=since,
+        )
+    )
+    return found
+
+
+def _stranded_cause(machine: State, task: Task) -> tuple[str, str]:
+    """Why no session can take the task's queued run, and the command that changes it."""
+    gate = machine.gate(task)
+    if gate == "draft":
+        return "the task is a draft", f"runlease task publish {task.id}"
+    if gate == "paused":
+        pauser = machine.pauser_of(task) or task.id
+        return f"task {pauser} is paused", f"runlease task resume {pauser}"
+    if gate == "blocked":
+        blocker = machine.open_dependencies(task)[0]
+        return (
+            f"it waits for task {blocker} to complete",
+            f"runlease task undepend {task.id} --on {blocker}",
+        )
+    owner = task.owner
+    if owner is not None and owner.kind == "agent_session":
+        return (
+            f"only session {owner.ref} may claim it",
+            f"runlease task update {task.id} --no-owner",
+        )
+    agent = owner.ref if owner is not None else "AGENT"
+    capabilities = "".join(f" --capability {c}" for c in task.required_capabilities)
+    needs = f" with {', '.join(task.required_capabilities)}" if capabilities else ""
+    return (
+        f"no live session{needs} may claim it",
+        f"runlease session open --agent {agent}{capabilities}",
+    )
+
+
+def _redacted(event: Event) -> Event:
+    """An event for inspect: any claim-token hash in its data shortened to 8 hex digits,
+    under the key with ``_prefix`` added."""
+    if not any(is_token_hash(value) for value in event.data.values()):
+        return event
+    data = {
+        (f"{key}_prefix" if is_token_hash(value) else key): (
+            hash_prefix(value) if is_token_hash(value) else value
+        )
+        for key, value in event.data.items()
+    }
+    return msgspec.structs.replace(event, data=data)
 
 
 def inspect(
@@ -414,7 +654,7 @@ def inspect(
         session = machine.sessions.get(current.session_id)
         if session is not None:
             bound = session_summary(session)
-    recent = list(events)[-RECENT_EVENTS:]
+    recent = [_redacted(event) for event in list(events)[-RECENT_EVENTS:]]
     gate = None
     if current is not None and current.status == "queued" and current.id not in machine.index:
         gate = machine.gate(task)
@@ -432,6 +672,7 @@ def inspect(
         pause=pause_state(machine, task),
         open_dependencies=machine.open_dependencies(task),
         gate=gate,
+        diagnostics=diagnostics(machine, task, now),
         next_action=next_action(machine, task, now),
         as_of=now,
     )

@@ -1,4 +1,4 @@
-"""The LMDB store: an append-only journal of records plus the newest two snapshots.
+"""The store: an append-only journal of records plus the newest two snapshots.
 
 Layout of a data directory::
 
@@ -10,15 +10,31 @@ Layout of a data directory::
             snapshots      8-byte big-endian sequence -> header + snapshot image
             meta           small named values: store format, store id, last sequence,
                            first checksummed sequence
+            wal/           the write-ahead log: segment files (see runlease.persistence.wal)
 
 Sequences start at 1 and have no gaps. A snapshot stored under sequence S holds the state
 after records 1..S; boot decodes the newest valid snapshot and replays the records after S.
+
+Write-ahead log (format 3): :meth:`Store.append` writes a group commit to the log with one
+``pwrite`` and, when durable, one ``fdatasync`` (LMDB would flush twice). LMDB is the
+checkpoint behind the log: :meth:`Store.checkpoint` (called by the runtime off the commit
+path, and by snapshots and :meth:`Store.close`) copies the records only the log holds into
+LMDB in one flushed transaction, then deletes the log segments it covers. Until then those
+records are kept in memory too, so reads of the journal see them. :meth:`Store.open`
+replays the log's records after LMDB's last sequence into LMDB (one flushed transaction)
+before anything else reads the store, and starts a new segment. The log's own rules (a torn
+end is dropped, damage to a flushed record, a gap, or a log starting after LMDB's end is
+``STORAGE_CORRUPT``) are in :mod:`runlease.persistence.wal`. Stores of format 2 and older
+open and are upgraded; a runlease that knows only format 2 refuses format 3 (the meta
+value and the identity file both say 3) instead of missing the log's records.
 
 Integrity: the store fails closed. The identity file lives outside the database, so a
 wiped, emptied or swapped database is noticed at open (``STORE_MISSING`` or
 ``STORAGE_CORRUPT``) instead of booting empty; so is a database that went back in time
 (its last sequence is below the one the identity file recorded as durable). The identity
-file is rewritten only at a clean close and after a durable snapshot, never per commit.
+file is rewritten only at a clean close and after a durable snapshot, never per commit,
+and it only ever vouches for a sequence LMDB itself holds durably (a checkpoint), so the
+check holds however far the log runs ahead of LMDB.
 Every journal record is framed as ``0xC1, frame version, crc32 (big-endian), body``; the
 crc covers the 8-byte key, the two prefix bytes and the body, so a flipped byte or a
 record under the wrong key is caught on read. ``0xC1`` is never the first byte of a
@@ -33,14 +49,19 @@ would otherwise kill the process with SIGBUS or SIGSEGV.
 Durability modes:
 
 ``durable``
-    Every commit is flushed to stable storage (fsync) before :meth:`Store.append` returns,
-    so a record the runtime acknowledged survives a process crash, an OS crash and a power
-    cut (given a disk that honours flushes).
+    Every group commit is flushed to stable storage (one ``fdatasync`` of the log) before
+    :meth:`Store.append` returns, so a record the runtime acknowledged survives a process
+    crash, an OS crash and a power cut (given a disk that honours flushes).
 ``relaxed``
-    Commits reach the OS page cache but are not flushed. A record survives the runtime
-    process crashing or being killed, but an OS crash or power cut can lose the most recent
-    commits (the database itself stays consistent: it rolls back to an older commit).
-    :meth:`Store.close` flushes, so a clean shutdown loses nothing.
+    Group commits reach the OS page cache (the log) but are not flushed before
+    :meth:`Store.append` returns; :meth:`Store.sync_log` flushes them later (the runtime
+    does within 50 ms). A record survives the runtime process crashing or being killed,
+    but an OS crash or power cut can lose the most recent commits (boot then finds a torn
+    end of the log and keeps what came before it). :meth:`Store.close` checkpoints, so a
+    clean shutdown loses nothing.
+
+Checkpoints (LMDB commits) are flushed in both modes: they are rare, and the log segments
+they cover are deleted right after.
 
 In durable mode LMDB runs with ``writemap``: the data file always has the size of the
 whole map, so a commit never grows the file and its flush needs no file-size metadata
@@ -55,14 +76,18 @@ flushes the kernel may write LMDB's meta page before the pages it points to, and
 crash could then corrupt the database instead of just losing the newest commits. Without
 it, a full disk fails the commit's own writes, which LMDB rolls back.
 
-Failures: whenever a write raises ``STORAGE_FAILED`` the batch is absent, except in one
-case LMDB cannot resolve: the final flush of the commit itself failing. Then LMDB marks the
-environment unusable, the store refuses all further work, and the batch may or may not be
-present after a restart (it is never partly present). Callers must treat an unacknowledged
-batch as "unknown", which replay handles because every journaled command was valid.
+Failures: an append that fails before writing (no room for a new log segment: a full disk
+is ``STORAGE_FAILED``, a descriptor shortage ``RESOURCE_EXHAUSTED``) leaves the batch absent
+and the store usable. A write or flush of the log that fails midway leaves the batch
+unknown: the store takes no more appends, and after a restart the batch may be present, or
+a prefix of it (each record was valid after the ones before it). Callers must treat an
+unacknowledged batch as "unknown", which replay handles. A checkpoint that fails loses
+nothing (the log still holds its records) and is retried; an LMDB failure it cannot
+resolve (a failed remap, a panic) makes the store refuse all further work.
 
-All methods are thread-safe (one internal lock), but the store is designed for one writer
-thread: the runtime hands it everything that accumulated while the previous commit ran.
+All methods are thread-safe (a mutex for LMDB and a lock for the log, taken in that order,
+so appends never wait for a checkpoint), but the store is designed for one writer thread:
+the runtime hands it everything that accumulated while the previous commit ran.
 """
 
 from __future__ import annotations
@@ -94,8 +119,10 @@ from runlease.errors import (
     STORE_MISSING,
     InternalError,
     InvalidInput,
+    RunleaseError,
     Unavailable,
 )
+from runlease.persistence import wal
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +133,9 @@ DEFAULT_MAP_SIZE: Final = 64 * MiB
 # Past this the map stops doubling and appends fail with STORAGE_FAILED.
 MAX_MAP_SIZE: Final = 1 << 40
 # 2: journal records are framed with a crc32 and the store has an identity (see above).
-STORE_FORMAT: Final = 2
+# 3: records reach the write-ahead log first; LMDB may lag behind it (see above).
+STORE_FORMAT: Final = 3
+WAL_DIR: Final = "wal"
 IDENTITY_FILE: Final = "identity"
 
 _U64: Final = struct.Struct(">Q")
@@ -155,6 +184,11 @@ _READ_CHUNK_RECORDS: Final = 4096
 _READ_CHUNK_BYTES: Final = 8 * MiB
 # Journal trimming deletes this many records per write transaction, so appends interleave.
 _TRIM_CHUNK: Final = 20_000
+# When records only the log holds pass these, a checkpoint is due (checkpoint_due()); past
+# the hard limit an append checkpoints itself, so memory stays bounded without a caller.
+CHECKPOINT_RECORDS: Final = 20_000
+CHECKPOINT_BYTES: Final = 16 * MiB
+_PENDING_HARD_LIMIT: Final = 256 * MiB
 
 _T = TypeVar("_T")
 
@@ -163,9 +197,9 @@ class StoreStats(msgspec.Struct, kw_only=True):
     """Counters since the store was opened."""
 
     durability: str
-    # Write transactions committed (appends, snapshots, trims).
+    # Group commits: appends written to the log.
     commits: int = 0
-    # Commits flushed to disk: every commit when durable, none when relaxed.
+    # Group commits flushed before the append returned: all when durable, none when relaxed.
     fsyncs: int = 0
     append_batches: int = 0
     records_appended: int = 0
@@ -173,6 +207,13 @@ class StoreStats(msgspec.Struct, kw_only=True):
     records_trimmed: int = 0
     map_size: int = 0
     map_grows: int = 0
+    # Relaxed mode: flushes of the log made later, off the append path.
+    log_syncs: int = 0
+    log_segments_created: int = 0
+    # LMDB write transactions (checkpoints, snapshots, trims), each flushed.
+    lmdb_commits: int = 0
+    checkpoints: int = 0
+    records_checkpointed: int = 0
 
 
 class SnapshotProblem(msgspec.Struct, frozen=True):
@@ -200,6 +241,7 @@ class Store:
         compress_snapshots: bool,
         store_id: str,
         checksummed_from: int,
+        log: wal.LogWriter,
     ) -> None:
         self.data_dir = data_dir
         self.durability: Durability = durability
@@ -212,7 +254,9 @@ class Store:
         # The data file stays open for the store's lifetime, so growing the map needs no
         # new descriptor (which could fail with EMFILE when the process is at its limit).
         self._data_fd: int | None = data_fd
+        # The newest record appended (it is in the log), and the newest one in LMDB.
         self._last_seq = last_seq
+        self._lmdb_last = last_seq
         self._checksummed_from = checksummed_from
         self._compress = compress_snapshots
         self._mutex = threading.Lock()
@@ -225,6 +269,18 @@ class Store:
         self._broken: str | None = None
         self._stats = StoreStats(durability=durability, map_size=env.info()["map_size"])
         self._snapshot_problems: list[SnapshotProblem] = []
+        # The log and the records only it holds (after _lmdb_last), guarded by _log_lock.
+        # Lock order: _mutex, then _log_lock; never the other way round.
+        self._log = log
+        self._log_lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        # Set once a log write failed midway: the log's end is unknown, appends stop.
+        self._log_failed: str | None = None
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.data_dir / "db" / WAL_DIR
 
     @property
     def data_path(self) -> Path:
@@ -312,16 +368,28 @@ class Store:
                 _reserve(data_fd, data_path, env.info()["map_size"], "open the store")
             state = _open_databases(env, data_path)
             store_id = _reconcile_identity(data_dir, identity, state, fresh=fresh)
+            wal_dir = db_dir / WAL_DIR
+            recovered = _recover_log(wal_dir, store_id, state, fresh=fresh)
             updates: dict[bytes, bytes] = {}
             if state.store_id != store_id:
                 updates[_META_STORE_ID] = store_id.encode("ascii")
             if state.format != STORE_FORMAT:
-                # A new store, or one written before records had checksums: records from
-                # the next sequence on are checksummed, and the format says so.
+                # A new store, or one of an older format: records from the next sequence on
+                # are checksummed and go through the log, and the format says so.
                 updates[_META_FORMAT] = _U64.pack(STORE_FORMAT)
                 updates[_META_CHECKSUMMED_FROM] = _U64.pack(state.checksummed_from)
-            if updates:
-                _put_meta(env, state.meta, updates, data_path)
+            if recovered.records:
+                log.info(
+                    "replaying %d records from the write-ahead log in %s into the checkpoint",
+                    len(recovered.records),
+                    wal_dir,
+                )
+            if updates or recovered.records:
+                # One flushed transaction: after it LMDB holds everything the log held.
+                _put_meta(env, state, updates, recovered.records, data_path)
+            last_seq = recovered.records[-1][0] if recovered.records else state.last_seq
+            # Everything is in LMDB now: the old segments go, a new one takes the appends.
+            writer = _start_log(wal_dir, store_id, recovered, last_seq, durability)
             store = cls(
                 data_dir=data_dir,
                 durability=durability,
@@ -331,15 +399,14 @@ class Store:
                 meta=state.meta,
                 lock_fd=lock_fd,
                 data_fd=data_fd,
-                last_seq=state.last_seq,
+                last_seq=last_seq,
                 compress_snapshots=compress_snapshots,
                 store_id=store_id,
                 checksummed_from=state.checksummed_from,
+                log=writer,
             )
             if identity is None or identity.store_id != store_id or updates:
-                # Whatever the database holds now must be on disk before the identity
-                # file vouches for it (relaxed commits are not flushed on their own).
-                store._flush_and_record_identity(state.last_seq, raise_errors=True)
+                store._flush_and_record_identity(last_seq, raise_errors=True)
             else:
                 store._identity_seq = identity.durable_seq
         except BaseException:
@@ -350,15 +417,28 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Flush (in relaxed mode), record the durable sequence, close, release the lock."""
+        """Checkpoint what only the log holds, record the durable sequence, close, unlock.
+
+        If the checkpoint fails the log keeps its records and the next open replays them.
+        """
         with self._mutex, self._identity_lock:
             if self._closed:
                 return
-            self._closed = True
+            with self._log_lock:
+                self._closed = True  # no append after this one
             try:
                 if self._broken is None:
-                    self._flush_and_record_identity_locked(self._last_seq, raise_errors=False)
+                    try:
+                        self._checkpoint_locked("checkpoint the journal at close", None)
+                    except RunleaseError as exc:
+                        log.warning("final checkpoint of %s failed: %s", self.data_dir, exc)
+                    self._flush_and_record_identity_locked(self._lmdb_last, raise_errors=False)
             finally:
+                with self._log_lock:
+                    self._log.close()
+                    # Only once LMDB holds every record may the log go.
+                    obsolete = self._log.all_paths() if not self._pending else []
+                _delete_segments(self.wal_dir, obsolete)
                 self._env.close()
                 if self._data_fd is not None:
                     os.close(self._data_fd)
@@ -418,40 +498,180 @@ class Store:
         return self._last_seq
 
     def append(self, records: Sequence[bytes]) -> int:
-        """Commit a batch of records in one write transaction; return the last sequence.
+        """Commit a batch of records as one group commit; return the last sequence.
 
-        The records get consecutive sequences after :meth:`last_seq`. Either the whole batch
-        is committed (flushed to disk first when durable) or none of it is: on failure this
-        raises ``Unavailable(code=STORAGE_FAILED)`` and the store is unchanged and still
-        readable. The caller may retry the same batch once the cause is fixed; until then
-        its in-memory state is ahead of the journal and it must not acknowledge the batch.
-        A full memory map is not a failure: the map grows and the batch is retried.
+        The records get consecutive sequences after :meth:`last_seq` and are written to the
+        log in one write; when durable, one ``fdatasync`` makes them durable before this
+        returns, when relaxed they are in the OS's hands (they survive this process) and a
+        later :meth:`sync_log` or :meth:`checkpoint` flushes them. They reach LMDB at the
+        next checkpoint.
+
+        Failures: ``RESOURCE_EXHAUSTED`` (a new log segment could not be opened for want of
+        descriptors or memory) and ``STORAGE_FAILED`` before anything was written leave the
+        batch absent and the store usable. A failed write or flush of the log itself
+        raises ``STORAGE_FAILED`` and ends appends for this process; that batch may or may
+        not be present after a restart (it is never partly present out of order). Either
+        way the caller must not acknowledge the batch.
         """
         if not records:
             return self._last_seq
-        with self._mutex:
-            self._check_open()
+        with self._log_lock:
+            self._check_appendable()
             first = self._last_seq + 1
-            last = self._last_seq + len(records)
-            items = []
-            for i, record in enumerate(records):
-                key = _U64.pack(first + i)
-                items.append((key, _frame_record(key, record)))
-
-            def write(txn: lmdb.Transaction[bytes]) -> None:
-                _consumed, added = txn.cursor(self._journal).putmulti(items, append=True)
-                if added != len(items):
-                    # Only possible if the journal holds keys past last_seq: a bug.
-                    raise InternalError(
-                        f"journal in {self.data_dir} already has records after {first - 1}"
-                    )
-                txn.put(_META_LAST_SEQ, _U64.pack(last), db=self._meta)
-
-            self._write("append records to the journal", write)
-            self._last_seq = last
+            try:
+                self._log.make_room(wal.frames_size(records))
+            except OSError as exc:
+                what = f"could not start a new segment of the write-ahead log in {self.wal_dir}"
+                if _is_transient(exc):
+                    raise _resource_exhausted(what, exc) from exc
+                raise _storage_failed(what, exc) from exc
+            try:
+                self._log.write(first, records)
+            except OSError as exc:
+                error = _storage_failed(
+                    f"could not write the write-ahead log in {self.wal_dir}", exc
+                )
+                self._log_failed = error.message
+                raise error from exc
+            self._pending.extend(records)
+            self._pending_bytes += sum(len(record) for record in records)
+            self._last_seq = last = first + len(records) - 1
+            self._stats.commits += 1
+            if self.durability == "durable":
+                self._stats.fsyncs += 1
             self._stats.append_batches += 1
             self._stats.records_appended += len(records)
-            return last
+            self._stats.log_segments_created = self._log.segments_created
+            overfull = self._pending_bytes >= _PENDING_HARD_LIMIT
+        if overfull:
+            self.checkpoint()
+        return last
+
+    def _check_appendable(self) -> None:
+        self._check_open()
+        if self._log_failed is not None:
+            raise Unavailable(self._log_failed, code=STORAGE_FAILED)
+
+    def sync_log(self) -> bool:
+        """Flush log writes not flushed yet (relaxed mode); False if there were none.
+
+        The flush runs without the log lock, on a duplicate of the segment's descriptor,
+        so appends go on meanwhile.
+        """
+        with self._log_lock:
+            if self._closed or self._log_failed is not None:
+                return False
+            try:
+                plan = self._log.sync_plan()
+            except OSError as exc:
+                log.warning("cannot flush the log in %s now: %s", self.wal_dir, exc)
+                return False
+        if plan is None:
+            return False
+        try:
+            plan.run()
+        except OSError as exc:
+            error = _storage_failed(f"could not flush the write-ahead log in {self.wal_dir}", exc)
+            with self._log_lock:
+                self._log_failed = error.message
+            raise error from exc
+        finally:
+            plan.close()
+        with self._log_lock:
+            self._log.synced(plan.seq)
+            self._stats.log_syncs += 1
+        return True
+
+    @property
+    def log_unsynced(self) -> bool:
+        """Whether the log holds writes not yet flushed (relaxed mode)."""
+        return self._log.unsynced
+
+    def checkpoint_due(self) -> bool:
+        """Whether enough records wait in the log alone that a checkpoint should run."""
+        return len(self._pending) >= CHECKPOINT_RECORDS or self._pending_bytes >= CHECKPOINT_BYTES
+
+    @property
+    def records_only_in_log(self) -> int:
+        return len(self._pending)
+
+    def checkpoint(self) -> int:
+        """Copy the records only the log holds into LMDB in one flushed transaction.
+
+        Then the log segments LMDB now covers are deleted, and the next segment is made
+        ahead of time if the active one is filling up. Returns the sequence LMDB is durable
+        through. Runs alongside appends (they take the log lock only). A failure raises
+        (``STORAGE_FAILED``, ``RESOURCE_EXHAUSTED``) and loses nothing: the log keeps the
+        records and a later checkpoint, or the next open, tries again.
+        """
+        with self._mutex:
+            self._check_open()
+            self._checkpoint_locked("checkpoint the journal", None)
+            durable = self._lmdb_last
+        self._prepare_spare_segment()
+        return durable
+
+    def _checkpoint_locked(
+        self, what: str, also: Callable[[lmdb.Transaction[bytes]], _T] | None
+    ) -> _T | None:
+        """With the mutex held: one LMDB transaction with the pending records and ``also``."""
+        with self._log_lock:
+            first = self._lmdb_last + 1
+            records = list(self._pending)
+        if not records and also is None:
+            return None
+        last = first + len(records) - 1
+
+        def write(txn: lmdb.Transaction[bytes]) -> _T | None:
+            if records:
+                self._put_records(txn, first, records)
+            return also(txn) if also is not None else None
+
+        result = self._write(what, write)
+        if records:
+            self._lmdb_last = last
+            self._stats.checkpoints += 1
+            self._stats.records_checkpointed += len(records)
+        with self._log_lock:
+            del self._pending[: len(records)]
+            self._pending_bytes -= sum(len(record) for record in records)
+            obsolete = self._log.covered_through(self._lmdb_last)
+        _delete_segments(self.wal_dir, obsolete)
+        return result
+
+    def _put_records(self, txn: lmdb.Transaction[bytes], first: int, records: list[bytes]) -> None:
+        items = []
+        for i, record in enumerate(records):
+            key = _U64.pack(first + i)
+            items.append((key, _frame_record(key, record)))
+        _consumed, added = txn.cursor(self._journal).putmulti(items, append=True)
+        if added != len(items):
+            # Only possible if the journal holds keys past the checkpoint: a bug.
+            raise InternalError(f"journal in {self.data_dir} already has records after {first - 1}")
+        txn.put(_META_LAST_SEQ, _U64.pack(first + len(records) - 1), db=self._meta)
+
+    def _prepare_spare_segment(self) -> None:
+        """Make the next log segment now, off the append path, if the active one is half full."""
+        with self._log_lock:
+            if self._closed or self._log_failed is not None:
+                return
+            plan = self._log.plan_spare()
+        if plan is None:
+            return
+        number, size = plan
+        try:
+            segment = wal.create_segment(
+                self.wal_dir, number, size, zero_fill=self.durability == "durable"
+            )
+        except OSError as exc:
+            log.warning("could not make the next log segment in %s: %s", self.wal_dir, exc)
+            with self._log_lock:
+                self._log.spare_failed()
+            return
+        with self._log_lock:
+            keep = not self._closed and self._log.install_spare(segment)
+        if not keep:
+            wal.discard_segment(segment)
 
     def iter_journal(self, after_seq: int = 0) -> Iterator[tuple[int, bytes]]:
         """Yield ``(seq, record)`` for every record after ``after_seq``, in order.
@@ -466,13 +686,13 @@ class Store:
             raise ValueError(f"after_seq must be >= 0, got {after_seq}")
         expected = after_seq + 1
         while True:
-            chunk, last = self._read_chunk(expected)
+            chunk, last, framed_through = self._read_chunk(expected)
             if not chunk:
                 break
             for seq, stored in chunk:
                 if seq != expected:
                     raise self._gap(expected, seq)
-                yield seq, self._unframe_record(seq, stored)
+                yield seq, stored if seq > framed_through else self._unframe_record(seq, stored)
                 expected += 1
         # ``last`` was read with the final (empty) chunk, so a concurrent append cannot
         # make a complete journal look truncated.
@@ -490,10 +710,15 @@ class Store:
             self._check_open()
             with self._reading("read the journal"), self._env.begin(db=self._journal) as txn:
                 cursor = txn.cursor()
-                return _U64.unpack(cursor.key())[0] if cursor.first() else None
+                if cursor.first():
+                    return int(_U64.unpack(cursor.key())[0])
+            with self._log_lock:
+                return self._lmdb_last + 1 if self._pending else None
 
-    def _read_chunk(self, start: int) -> tuple[list[tuple[int, bytes]], int]:
-        """Records from ``start`` on (a bounded chunk), and the last sequence at that time."""
+    def _read_chunk(self, start: int) -> tuple[list[tuple[int, bytes]], int, int]:
+        """Records from ``start`` on (a bounded chunk), the last sequence at that time, and
+        the last sequence read from LMDB (stored framed; the ones after it come from the
+        records only the log holds, bare)."""
         chunk: list[tuple[int, bytes]] = []
         size = 0
         with self._mutex:
@@ -506,7 +731,18 @@ class Store:
                         size += len(value)
                         if len(chunk) >= _READ_CHUNK_RECORDS or size >= _READ_CHUNK_BYTES:
                             break
-            return chunk, self._last_seq
+            framed_through = self._lmdb_last
+            if not chunk:
+                # The checkpoint cannot move while the mutex is held, so the records after
+                # it are exactly the pending ones.
+                with self._log_lock:
+                    skip = max(0, start - framed_through - 1)
+                    pending = self._pending[skip : skip + _READ_CHUNK_RECORDS]
+                    chunk = [
+                        (framed_through + 1 + skip + i, body) for i, body in enumerate(pending)
+                    ]
+                    return chunk, self._last_seq, framed_through
+            return chunk, self._last_seq, framed_through
 
     @contextlib.contextmanager
     def _reading(self, what: str) -> Iterator[None]:
@@ -586,9 +822,11 @@ class Store:
                 kept = seqs[-_SNAPSHOTS_KEPT:]
                 return kept[0] if len(kept) == _SNAPSHOTS_KEPT else None
 
-            trim_through = self._write("write a snapshot", write)
+            # The records only the log holds go into the same transaction, so LMDB holds
+            # every record the snapshot covers.
+            trim_through = self._checkpoint_locked("write a snapshot", write)
             self._stats.snapshots_written += 1
-            durable_seq = self._last_seq
+            durable_seq = self._lmdb_last
         # The identity file learns the durable sequence here, not per commit (hot path).
         self._flush_and_record_identity(durable_seq, raise_errors=False)
         if trim_through is not None:
@@ -709,9 +947,7 @@ class Store:
                 if txn is not None:
                     txn.abort()
                 raise
-            self._stats.commits += 1
-            if self.durability == "durable":
-                self._stats.fsyncs += 1
+            self._stats.lmdb_commits += 1
             return result
 
     def _grow(self, what: str) -> None:
@@ -895,8 +1131,11 @@ def _open_env(path: Path, *, durability: Durability, map_size: int) -> lmdb.Envi
             map_size=map_size,
             subdir=True,
             max_dbs=4,
-            sync=durable,
-            metasync=durable,
+            # Every LMDB commit is a checkpoint (or a snapshot, or a trim), rare and flushed
+            # in both modes: the log is deleted behind it, and an unflushed commit could
+            # leave the file inconsistent after a power cut.
+            sync=True,
+            metasync=True,
             mode=0o600,
             # Durable only (see the module docstring for why relaxed must not).
             # With writemap LMDB sizes the file to the whole map up front (sparse), so a
@@ -965,7 +1204,7 @@ def _open_databases(env: lmdb.Environment, data_path: Path) -> _DbState:
         if has_data:
             raise _corrupt(f"{data_path} holds records but no store format in its meta data")
         checksummed_from = last + 1
-    elif stored_format < STORE_FORMAT:
+    elif stored_format < 2:
         # Written before records had checksums: everything from here on gets one.
         checksummed_from = last + 1
     elif raw_from is None:
@@ -988,14 +1227,127 @@ def _open_databases(env: lmdb.Environment, data_path: Path) -> _DbState:
 
 
 def _put_meta(
-    env: lmdb.Environment, meta: lmdb._Database, values: dict[bytes, bytes], data_path: Path
+    env: lmdb.Environment,
+    state: _DbState,
+    values: dict[bytes, bytes],
+    records: list[tuple[int, bytes]],
+    data_path: Path,
 ) -> None:
+    """Write meta values and the records the log held beyond LMDB, in one transaction."""
+    while True:
+        try:
+            with env.begin(write=True) as txn:
+                for key, value in values.items():
+                    txn.put(key, value, db=state.meta)
+                if records:
+                    items = []
+                    for seq, record in records:
+                        key = _U64.pack(seq)
+                        items.append((key, _frame_record(key, record)))
+                    _consumed, added = txn.cursor(state.journal).putmulti(items, append=True)
+                    if added != len(items):
+                        raise _corrupt(
+                            f"{data_path} already holds records after {records[0][0] - 1}, "
+                            "which the write-ahead log holds too"
+                        )
+                    txn.put(_META_LAST_SEQ, _U64.pack(records[-1][0]), db=state.meta)
+        except lmdb.MapFullError:
+            new = env.info()["map_size"] * 2
+            if new > MAX_MAP_SIZE:
+                raise _storage_failed(
+                    f"cannot replay the write-ahead log into {data_path}",
+                    OSError(errno.ENOSPC, "the map would pass its maximum size"),
+                ) from None
+            data_fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                if env.flags()["writemap"]:
+                    _reserve(data_fd, data_path, new, "replay the write-ahead log")
+            finally:
+                os.close(data_fd)
+            env.set_mapsize(new)
+        except (lmdb.Error, OSError) as exc:
+            what = f"cannot write the store's meta data and replayed records to {data_path}"
+            if _is_transient(exc):
+                raise _resource_exhausted(what, exc) from exc
+            raise _storage_failed(what, exc) from exc
+        else:
+            return
+
+
+def _recover_log(wal_dir: Path, store_id: str, state: _DbState, *, fresh: bool) -> wal.Recovered:
+    """Read the log of a store whose LMDB holds records up to ``state.last_seq``.
+
+    A store of format 3 must have its log directory (it is made before the format is
+    written, and it may hold every record, even when LMDB holds none); an older store gets
+    one. ``fresh`` refuses a log that still holds records and clears an empty one.
+    """
+    if not wal_dir.is_dir():
+        if state.format >= 3 and not fresh:
+            raise _corrupt(
+                f"the write-ahead log {wal_dir} is missing, and records acknowledged since "
+                "the last checkpoint may be in it"
+            )
+        try:
+            wal_dir.mkdir(mode=0o700, exist_ok=True)
+            wal.sync_directory(wal_dir.parent)
+        except OSError as exc:
+            raise _storage_failed(f"cannot create {wal_dir}", exc) from exc
+        return wal.Recovered()
     try:
-        with env.begin(write=True) as txn:
-            for key, value in values.items():
-                txn.put(key, value, db=meta)
-    except (lmdb.Error, OSError) as exc:
-        raise _storage_failed(f"cannot write the store's meta data to {data_path}", exc) from exc
+        if fresh:
+            for _number, path in wal.list_segments(wal_dir):
+                if wal.segment_has_records(path):
+                    raise InvalidInput(
+                        f"refusing to start a fresh store in {wal_dir.parent.parent}: its "
+                        f"write-ahead log {path} still holds records. The fresh-store option "
+                        "only replaces a missing or empty store; move the data directory "
+                        "aside yourself if you really mean to discard it"
+                    )
+                path.unlink()
+            return wal.Recovered()
+        recovered = wal.read_log(wal_dir, store_id, state.last_seq)
+    except wal.LogCorrupt as exc:
+        raise _corrupt(f"the write-ahead log in {wal_dir} is damaged: {exc}") from None
+    except OSError as exc:
+        raise _read_error(f"cannot read the write-ahead log in {wal_dir}", exc) from exc
+    if recovered.torn_end is not None:
+        log.warning("%s; dropping it (it was never acknowledged)", recovered.torn_end)
+    return recovered
+
+
+def _start_log(
+    wal_dir: Path, store_id: str, recovered: wal.Recovered, last_seq: int, durability: Durability
+) -> wal.LogWriter:
+    """Delete the segments LMDB now covers and open the log for appends after ``last_seq``."""
+    _delete_segments(wal_dir, recovered.segments)
+    writer = wal.LogWriter(
+        wal_dir,
+        store_id,
+        next_number=recovered.highest_number + 1,
+        synced_seq=last_seq,
+        durable=durability == "durable",
+    )
+    try:
+        writer.make_room(0)  # the first segment, made now rather than on the first append
+    except OSError as exc:
+        writer.close()
+        what = f"cannot create a segment of the write-ahead log in {wal_dir}"
+        if _is_transient(exc):
+            raise _resource_exhausted(what, exc) from exc
+        raise _storage_failed(what, exc) from exc
+    return writer
+
+
+def _delete_segments(wal_dir: Path, paths: Sequence[Path]) -> None:
+    """Delete log segments whose records LMDB holds durably; a failure only leaves them."""
+    if not paths:
+        return
+    try:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        wal.sync_directory(wal_dir)
+    except OSError as exc:
+        log.warning("could not delete old log segments in %s: %s", wal_dir, exc)
 
 
 # ------------------------------------------------------------------- integrity

@@ -25,7 +25,13 @@ EMBEDDED: Final = Origin(kind="embedded")
 
 
 class Call:
-    """Who carries out one request, and what it may use while it runs."""
+    """Who carries out one request, and what it may use while it runs.
+
+    A call that names its caller up front (embedded: the runtime, a session handle, an
+    acting-as view) holds nothing that changes from one request to the next, so each of
+    those surfaces keeps one and reuses it; the socket server makes one per request, since
+    the token is resolved per request.
+    """
 
     __slots__ = ("_actor", "_session_id", "_status", "_token", "origin", "runtime", "stop_waiting")
 
@@ -56,7 +62,9 @@ class Call:
         if self._actor is not None:
             return self._actor
         if self._session_id is not None or self._token is not None:
-            return Actor(kind="agent_session", ref=self.session_id())
+            # The caller is its session, for every command of this call: made once.
+            self._actor = Actor(kind="agent_session", ref=self.session_id())
+            return self._actor
         return default
 
     def session_id(self) -> str:

@@ -29,12 +29,30 @@ from runlease.core.model import Event, Finished
 from runlease.errors import InternalError, RunleaseError, error_for_code
 from runlease.operation_methods import AsyncClientMethods
 from runlease.operations import ClaimNext, FinishRequest, Request
+from runlease.runtime.wire import Wire
 
 R = TypeVar("R")
 
-RECEIVE_BYTES: Final = 64 * 1024
 STREAM_BUFFER: Final = 256
-CANCEL_GRACE: Final = 1.0
+# Requests waiting to go out past this many bytes make their callers wait for room.
+OUTBOX_HIGH_WATER: Final = 1024 * 1024
+
+
+class _Pending:
+    """One call waiting for its reply: the reader fills ``reply`` and wakes ``task``."""
+
+    __slots__ = ("reply", "task")
+
+    def __init__(self) -> None:
+        self.reply: p.AnyReply | None = None
+        self.task: trio.lowlevel.Task | None = None
+
+    def deliver(self, reply: p.AnyReply | None) -> None:
+        """Hand over the reply (None: the connection ended) and wake the caller if parked."""
+        self.reply = reply
+        task, self.task = self.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
 
 
 class AsyncClient(AsyncClientMethods):
@@ -43,6 +61,10 @@ class AsyncClient(AsyncClientMethods):
     Its named methods (:class:`~runlease.operation_methods.AsyncClientMethods`) build a
     request and :meth:`call` it; session-scoped ones carry ``session_token`` unless the
     request names its own ``token``.
+
+    A call writes its request straight to the socket when the socket has room (a writer
+    task sends the rest otherwise, so a call never leaves half a frame behind) and parks
+    until the reader task hands it its reply: no channel, lock or extra task per call.
     """
 
     def __init__(self, stream: trio.SocketStream, path: Path, session_token: str | None) -> None:
@@ -50,10 +72,12 @@ class AsyncClient(AsyncClientMethods):
         self.session_token = session_token
         self.welcome: p.Welcome | None = None
         self._stream = stream
-        self._send_lock = trio.Lock()
+        self._wire = Wire(stream.socket)
         self._next_id = 1
-        self._waiting: dict[int, trio.MemorySendChannel[p.AnyReply]] = {}
+        self._waiting: dict[int, _Pending | trio.MemorySendChannel[p.AnyReply]] = {}
         self._failure: RunleaseError | None = None
+        self._writer_wanted = trio.Event()
+        self._room = trio.Event()  # set when the writer emptied the outbox
 
     # ------------------------------------------------------------------ plumbing
     def _take_id(self) -> int:
@@ -70,7 +94,7 @@ class AsyncClient(AsyncClientMethods):
         try:
             while True:
                 try:
-                    data = await self._stream.receive_some(RECEIVE_BYTES)
+                    data = await self._wire.receive_some()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     failure = common.unreachable(self.path, exc)
                     return
@@ -82,30 +106,83 @@ class AsyncClient(AsyncClientMethods):
                     if reply.id == p.CONNECTION_ID and isinstance(reply, p.ErrorReply):
                         failure = error_for_code(reply.code, reply.message)
                         return
-                    channel = self._waiting.get(reply.id)
-                    if channel is not None:
-                        await channel.send(reply)
+                    waiter = self._waiting.get(reply.id)
+                    if waiter is None:
+                        continue  # the caller gave up on it (cancelled)
+                    if isinstance(waiter, _Pending):
+                        waiter.deliver(reply)
+                        continue
+                    try:
+                        waiter.send_nowait(reply)
+                    except trio.WouldBlock:
+                        # A stream read slower than it arrives: stop reading until it
+                        # catches up, so the server's sends wait rather than our memory.
+                        with suppress(trio.BrokenResourceError):
+                            await waiter.send(reply)
+                    except trio.BrokenResourceError:
+                        pass
         except RunleaseError as exc:  # an unreadable reply or a broken reply stream
             failure = exc
         finally:
-            self._failure = failure
-            for channel in self._waiting.values():
-                channel.close()
+            self._fail(failure)
 
-    def _register(self, rid: int, size: int) -> trio.MemoryReceiveChannel[p.AnyReply]:
+    def _fail(self, failure: RunleaseError) -> None:
+        if self._failure is None:
+            self._failure = failure
+        for waiter in self._waiting.values():
+            if isinstance(waiter, _Pending):
+                if waiter.reply is None:  # a delivered reply stands
+                    waiter.deliver(None)
+            else:
+                waiter.close()
+        self._room.set()
+
+    async def _writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Sends what a call could not write at once, waiting for the server to read."""
+        task_status.started()
+        while True:
+            await self._writer_wanted.wait()
+            self._writer_wanted = trio.Event()
+            try:
+                await self._wire.flush()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._fail(common.unreachable(self.path, exc))
+                return
+            self._room.set()
+
+    def _post(self, request: Request[Any]) -> None:
+        """Put one request on the wire now, or queue what the socket has no room for."""
         if self._failure is not None:
             raise self._failure
-        send, receive = trio.open_memory_channel[p.AnyReply](size)
-        self._waiting[rid] = send
-        return receive
-
-    async def _send(self, request: Request[Any]) -> None:
-        frame = p.encode_frame(request)
+        p.append_frame(self._wire.outbox, request)
         try:
-            async with self._send_lock:
-                await self._stream.send_all(frame)
+            if self._wire.send_ready():
+                return
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise self._failure or common.unreachable(self.path, exc) from None
+        if self._room.is_set():
+            self._room = trio.Event()
+        self._writer_wanted.set()
+
+    async def _wait_for_room(self) -> None:
+        """Wait while the requests queued behind a slow server exceed the high-water mark."""
+        while len(self._wire.outbox) > OUTBOX_HIGH_WATER and self._failure is None:
+            await self._room.wait()
+
+    async def _wait(self, pending: _Pending) -> p.AnyReply:
+        if pending.reply is None and self._failure is None:
+            pending.task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                pending.task = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        if pending.reply is None:
+            raise self._failure or common.closed_by_server(self.path)
+        return pending.reply
 
     async def _next_reply(self, receive: trio.MemoryReceiveChannel[p.AnyReply]) -> p.AnyReply:
         try:
@@ -114,25 +191,30 @@ class AsyncClient(AsyncClientMethods):
             raise self._failure or common.closed_by_server(self.path) from None
 
     async def _exchange(self, request: Request[Any]) -> p.AnyReply:
-        """Send one request and wait for its reply; if cancelled meanwhile, ask the server
-        to cancel it too."""
-        receive = self._register(request.id, 1)
+        """Send one request and wait for its reply; if cancelled once the request is on
+        its way, ask the server to cancel it too."""
+        if self._failure is not None:
+            raise self._failure
+        # Already cancelled: nothing goes out.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        pending = _Pending()
+        self._waiting[request.id] = pending
         try:
-            await self._send(request)
+            self._post(request)
             try:
-                reply = await self._next_reply(receive)
+                await self._wait_for_room()
+                return await self._wait(pending)
             except trio.Cancelled:
-                await self._cancel_remote(request.id)
+                self._cancel_remote(request.id)
                 raise
         finally:
             self._waiting.pop(request.id, None)
-        return reply
 
-    async def _cancel_remote(self, target: int) -> None:
-        with trio.move_on_after(CANCEL_GRACE) as scope:
-            scope.shield = True
-            with suppress(RunleaseError):
-                await self._send(p.Cancel(id=self._take_id(), target=target))
+    def _cancel_remote(self, target: int) -> None:
+        """Ask the server to cancel request ``target``, best effort (queued if the socket
+        is full; the writer sends it)."""
+        with suppress(RunleaseError):
+            self._post(p.Cancel(id=self._take_id(), target=target))
 
     async def _handshake(self) -> None:
         self.welcome = common.check_reply(
@@ -157,16 +239,21 @@ class AsyncClient(AsyncClientMethods):
         async with client.follow_events(task_id=t) as events:
             async for event in events: ...
         """
+        if self._failure is not None:
+            raise self._failure
         rid = self._take_id()
-        receive = self._register(rid, STREAM_BUFFER)
+        send, receive = trio.open_memory_channel[p.AnyReply](STREAM_BUFFER)
+        self._waiting[rid] = send
         stream = EventStream(self, receive)
         try:
-            await self._send(p.FollowEvents(id=rid, task_id=task_id, after_seq=after_seq))
+            await trio.lowlevel.checkpoint_if_cancelled()
+            self._post(p.FollowEvents(id=rid, task_id=task_id, after_seq=after_seq))
+            await self._wait_for_room()
             yield stream
         finally:
             self._waiting.pop(rid, None)
             if not stream.ended and self._failure is None:
-                await self._cancel_remote(rid)
+                self._cancel_remote(rid)
 
 
 class EventStream:
@@ -212,14 +299,15 @@ async def open_client(
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(client._reader)
+                await nursery.start(client._writer)
                 try:
                     await client._handshake()
                     yield client
                 finally:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # The reader never raises, so a group holds the caller's own exception: give it
-            # back unwrapped, as if no nursery were involved.
+            # The reader and the writer never raise, so a group holds the caller's own
+            # exception: give it back unwrapped, as if no nursery were involved.
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise

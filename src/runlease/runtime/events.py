@@ -30,30 +30,41 @@ class EventFeed:
     def __init__(self, capacity: int) -> None:
         self._recent: deque[Event] = deque(maxlen=capacity)
         self._changed = trio.Event()
+        # Whether anyone took ``_changed`` to wait on it since it was last set: a publish
+        # with no one watching leaves the event alone instead of replacing it.
+        self._watched = False
         self._closed = False
         self._timelines: OrderedDict[str, deque[Event]] = OrderedDict()
         self._timeline_events = 0
 
     def publish(self, events: Iterable[Event]) -> None:
-        events = list(events)
-        self._recent.extend(events)
+        recent = self._recent
         timelines = self._timelines
         for event in events:
-            if event.task_id is None:
+            recent.append(event)
+            task_id = event.task_id
+            if task_id is None:
                 continue
-            line = timelines.get(event.task_id)
+            line = timelines.get(task_id)
             if line is None:
-                line = timelines[event.task_id] = deque(maxlen=TIMELINE_PER_TASK)
+                line = timelines[task_id] = deque(maxlen=TIMELINE_PER_TASK)
             else:
-                timelines.move_to_end(event.task_id)
+                timelines.move_to_end(task_id)
             if len(line) < TIMELINE_PER_TASK:
                 self._timeline_events += 1
             line.append(event)
             while len(timelines) > TIMELINE_TASKS or self._timeline_events > TIMELINE_EVENTS:
                 _, dropped = timelines.popitem(last=False)
                 self._timeline_events -= len(dropped)
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._watched:
+            self._watched = False
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def _watch(self) -> trio.Event:
+        """The event the next publish sets."""
+        self._watched = True
+        return self._changed
 
     def timeline(
         self, task_id: str, *, after_seq: int = 0, limit: int | None = None
@@ -66,7 +77,7 @@ class EventFeed:
     async def wait_changed(self) -> None:
         """Return at the next publish (or close)."""
         if not self._closed:
-            await self._changed.wait()
+            await self._watch().wait()
 
     def recent(self, *, after_seq: int = 0, task_id: str | None = None) -> list[Event]:
         # Events sit in sequence order, so walk back from the newest only as far as needed:
@@ -90,7 +101,7 @@ class EventFeed:
         """Replay what is still buffered after ``after_seq``, then yield new events live."""
         cursor = after_seq
         while True:
-            changed = self._changed
+            changed = self._watch()
             newest = self._recent[-1].seq if self._recent else cursor
             for event in self.recent(after_seq=cursor, task_id=task_id):
                 yield event

@@ -151,8 +151,9 @@ class MemoryReads:
         return self._feed.timeline(task_id, after_seq=after_seq, limit=limit)
 
     def inspect_task(self, task_id: str) -> views.InspectView:
-        """Current run, bound session, recent runs and events, scheduler and pause state,
-        and the deterministic ``next_action`` (see core/views.py:next_action)."""
+        """Current run, bound session, recent runs and events (claim hashes as 8-hex
+        prefixes), scheduler and pause state, ``diagnostics`` each with its remedy, and the
+        deterministic ``next_action`` (see core/views.py: next_action, diagnostics)."""
         task = self._machine.get_task(task_id)
         return views.inspect(self._machine, task, self._clock.now(), self._feed.timeline(task_id))
 

@@ -14,6 +14,8 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from hashlib import sha256
+from os import urandom
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -30,16 +32,16 @@ from runlease.core.commands import (
     CompleteRun,
     FailRun,
     FinishAndClaim,
+    FinishDrain,
     ForceFailRun,
     ForceReleaseRun,
-    PauseScheduler,
     ReleaseRun,
     ReleaseSessionLeases,
+    StartDrain,
     StealRun,
 )
 from runlease.core.commands import ClaimNext as ClaimCommand
 from runlease.core.ids import (
-    CLAIM_TOKEN_PREFIX,
     SESSION_TOKEN_PREFIX,
     IdGenerator,
     hash_token,
@@ -90,6 +92,8 @@ from runlease.runtime.journal import (
 from runlease.runtime.reads import MemoryReads, RuntimeStatus
 
 DEFAULT_EVENT_CAPACITY = 10_000
+# The commands that may override another holder's lease (see _check_operator_action).
+_FORCE_COMMANDS = (StealRun, ForceReleaseRun, ForceFailRun, BulkForceRuns)
 # Where completion-contract paths are resolved: workspace id ("" global) -> directory, or a
 # function of the workspace id (None global) -> directory or None.
 WorkspaceRoots = (
@@ -144,6 +148,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self._system = ActorSystem(machine, clock, self._committer)
         self._inflight: set[Pending] = set()
         self._closed = False
+        self._call = Call(self)
         self.durability = durability
         self.boot_report: BootReport | None = None
         # Set when the runtime tunes the garbage collector (``gc_tuning``): its statistics.
@@ -195,7 +200,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
     # --------------------------------------------------------------- operations
     async def call(self, request: Request[R]) -> R:
         """Carry out ``request`` in this process (see :mod:`runlease.operations`)."""
-        return await request.execute(Call(self))
+        return await request.execute(self._call)
 
     def acting_as(self, actor: Actor, *, origin: Origin = EMBEDDED) -> ActingRuntime:
         """The same operations, stamped with ``actor`` (and ``origin``)."""
@@ -210,9 +215,11 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         """The hash of a fresh claim token; the token itself is dropped here.
 
         Callers are resolved by (session, run id), so nothing needs the raw token after
-        the grant: only its hash goes into the command, the journal and the snapshot.
+        the grant: only its hash goes into the command, the journal and the snapshot. The
+        token is never shown either, so it is hashed as its 32 random bytes, without the
+        text form a holder would be given (that encoding cost more than the hash).
         """
-        return hash_token(new_secret_token(CLAIM_TOKEN_PREFIX))
+        return "sha256:" + sha256(urandom(32)).hexdigest()
 
     @staticmethod
     def new_session_token() -> tuple[str, str]:
@@ -231,7 +238,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         This is decided here, before the command reaches the machine, so the journal holds
         only commands that were allowed and replaying it never depends on this setting.
         """
-        if self._allow_agent_force:
+        if self._allow_agent_force or not isinstance(command, _FORCE_COMMANDS):
             return
         if isinstance(command, StealRun):
             if not command.force:
@@ -270,13 +277,13 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self._check_operator_action(command)
         if command.origin is None:
             command.origin = EMBEDDED
-        if isinstance(command, CompleteRun):
+        if isinstance(command, CompleteRun) and self._has_contract(command):
             command = await self._with_artifacts(command)
         pending = Pending(command)
         self._inflight.add(pending)
         try:
             await self._system.send(pending)
-            await pending.done.wait()
+            await pending.outcome()
         finally:
             self._inflight.discard(pending)
         return pending.result()
@@ -291,11 +298,11 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         try:
             await self._system.send(pending)
             if not wait or timeout is None:
-                await pending.done.wait()
+                await pending.outcome()
             else:
                 with trio.move_on_after(timeout):
-                    await pending.done.wait()
-            if not pending.done.is_set():
+                    await pending.outcome()
+            if not pending.resolved:
                 if not pending.assigned:
                     pending.abandoned = True
                     raise _no_claim_within(timeout)
@@ -303,7 +310,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
                 with trio.CancelScope(shield=True):
                     await pending.done.wait()
         finally:
-            if not pending.done.is_set() and not pending.assigned:
+            if not pending.resolved and not pending.assigned:
                 pending.abandoned = True
             self._inflight.discard(pending)
         claim: Claim = pending.result()
@@ -323,7 +330,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         the finish is then still reported, with ``no_claim`` REQUEST_CANCELLED.
         """
         self._check_open()
-        if isinstance(finish, CompleteRun):
+        if isinstance(finish, CompleteRun) and self._has_contract(finish):
             finish = await self._with_artifacts(finish)
         wait, timeout = options.wait, options.timeout
         pending = Pending(FinishAndClaim(now=0.0, finish=finish, claim=claim), wait=wait)
@@ -332,18 +339,18 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             await self._system.send(pending)
             gave_up: RunleaseError | None = None
             if not wait:
-                await pending.done.wait()
+                await pending.outcome()
             else:
                 with stop_waiting or contextlib.nullcontext():
                     with trio.move_on_after(math.inf if timeout is None else timeout):
-                        await pending.done.wait()
-                if not pending.done.is_set():
+                        await pending.outcome()
+                if not pending.resolved:
                     gave_up = (
                         _no_claim_within(timeout)
                         if stop_waiting is None or not stop_waiting.cancel_called
                         else Unavailable("the wait was cancelled", code=REQUEST_CANCELLED)
                     )
-            if not pending.done.is_set():
+            if not pending.resolved:
                 part = pending.finish_part
                 if part is not None and not pending.assigned:
                     # Parked and nothing claimed yet: leave the queue of waiters (it skips
@@ -358,7 +365,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
                     await pending.done.wait()
             return await self._finished(pending)
         finally:
-            if not pending.done.is_set() and not pending.assigned:
+            if not pending.resolved and not pending.assigned:
                 pending.abandoned = True  # the caller is gone: do not wait on its behalf
             self._inflight.discard(pending)
 
@@ -382,16 +389,26 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         error = pending.error
         return Finished(run=alone.run, no_claim=NoClaim(code=error.code, message=error.message))
 
-    async def drain(self, pause: PauseScheduler, timeout: float) -> DrainResult:
-        """Apply ``pause`` unless the scheduler is paused already, then wait until no lease
-        is active or ``timeout`` seconds pass; report how many leases remain."""
+    async def drain(self, start: StartDrain, timeout: float) -> DrainResult:
+        """Apply ``start`` (it pauses the scheduler unless it is paused already), wait until
+        no lease is active or ``timeout`` seconds pass, record the end of the drain and
+        report how many leases remain. Both ends are journaled, each with its event."""
         started = self._clock.now()
-        if not self._machine.scheduler.paused:
-            await self.submit(pause)
-        with trio.move_on_after(timeout):
-            while self._machine.leased_count():
-                self._check_open()
-                await self._feed.wait_changed()
+        await self.submit(start)
+        finish = FinishDrain(now=0.0, started_at=started, actor=start.actor, origin=start.origin)
+        try:
+            with trio.move_on_after(timeout):
+                while self._machine.leased_count():
+                    self._check_open()
+                    await self._feed.wait_changed()
+        except BaseException:
+            # Cut short (the caller left, the server is stopping): the drain still ends on
+            # record, so every start has its end; a runtime too far gone to record it
+            # keeps the original error.
+            with trio.CancelScope(shield=True), contextlib.suppress(RunleaseError):
+                await self.submit(finish)
+            raise
+        await self.submit(finish)
 
         def result() -> DrainResult:
             remaining = self._machine.leased_count()
@@ -462,6 +479,11 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         return result
 
     # ------------------------------------------------------ completion contracts
+    def _has_contract(self, command: CompleteRun) -> bool:
+        """Whether the run's task declares artifacts to check before it may complete."""
+        run = self._machine.runs.get(command.run_id)
+        return run is not None and bool(self._machine.tasks[run.task_id].required_artifacts)
+
     async def _with_artifacts(self, command: CompleteRun) -> CompleteRun:
         """Check the task's completion contract on disk and record the result in the
         command (the core refuses to complete without it). No contract: unchanged."""
@@ -513,10 +535,10 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         error = Unavailable("the runtime closed before answering", code=RUNTIME_CLOSED)
         self._system.fail_waiters(error)
         for pending in list(self._inflight):
-            if not pending.done.is_set():
+            if not pending.resolved:
                 pending.resolve(None, error)
             part = pending.finish_part
-            if part is not None and not part.done.is_set():
+            if part is not None and not part.resolved:
                 part.resolve(None, error)
         self._feed.close()
 
@@ -528,9 +550,10 @@ class ActingRuntime(AsyncTaskMethods):
         self._runtime = runtime
         self.actor = actor
         self.origin = origin
+        self._call = Call(runtime, actor=actor, origin=origin)
 
     async def call(self, request: Request[R]) -> R:
-        return await request.execute(Call(self._runtime, actor=self.actor, origin=self.origin))
+        return await request.execute(self._call)
 
 
 class SessionHandle(AsyncLeaseMethods):
@@ -552,18 +575,16 @@ class SessionHandle(AsyncLeaseMethods):
         self.id = session_id
         self._actor = actor
         self._origin = origin
+        self._call = Call(runtime, actor=actor, origin=origin, session_id=session_id)
 
     def __repr__(self) -> str:
         return f"SessionHandle(id={self.id!r})"
 
-    def _context(self) -> Call:
-        return Call(self._runtime, actor=self._actor, origin=self._origin, session_id=self.id)
-
     async def call(self, request: Request[R]) -> R:
-        return await request.execute(self._context())
+        return await request.execute(self._call)
 
     async def finish_and_claim(self, finish: FinishRequest, then: ClaimNext) -> Finished:
-        return await finish.then_claim(self._context(), then)
+        return await finish.then_claim(self._call, then)
 
     def acting_as(self, actor: Actor, *, origin: Origin = EMBEDDED) -> SessionHandle:
         """The same session's operations, stamped with ``actor`` (and ``origin``)."""
@@ -609,9 +630,10 @@ async def open_runtime(
     """Run a lease runtime for the duration of the block.
 
     Without ``data_dir`` all state is in memory and lost at exit. With it, every change is
-    journaled to LMDB before it is acknowledged: ``durable`` syncs each group commit to disk
-    (survives an OS crash or power loss); ``relaxed`` skips the sync (survives a crash of
-    this process, not of the machine). Boot loads the newest valid snapshot, replays the
+    journaled (a write-ahead log, checkpointed into LMDB) before it is acknowledged:
+    ``durable`` flushes each group commit to disk (survives an OS crash or power loss);
+    ``relaxed`` flushes shortly after the reply (survives a crash of this process, not of
+    the machine). Boot loads the newest valid snapshot, replays the
     journal, expires leases that ran out while it was down (reason ``orphaned_on_boot``)
     and stops sessions whose TTL passed, all before the block starts.
 

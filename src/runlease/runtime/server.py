@@ -1,9 +1,13 @@
 """The Unix-socket server: one runtime, many clients, the protocol of :mod:`runlease.protocol`.
 
-Each connection gets a reader task and one task per request in flight, so a client may
-pipeline requests and get replies as they finish, matched by id. A connection holds at most
-``max_inflight`` requests at once; past that the reader stops reading until one finishes,
-so a greedy client slows only itself.
+Each connection has a reader task. Per wake-up it takes every complete frame the socket
+holds; what can be answered at once (hello, cancel, a bad frame) is queued, and the replies
+queued in that turn leave in one send (:mod:`runlease.runtime.wire`). The last request of
+the batch, unless it may wait long, is answered on the reader task itself (the usual
+one-call-at-a-time client then costs no task spawn); any other request gets a task, so a
+client may pipeline requests and get replies as they finish, matched by id. A connection
+holds at most ``max_inflight`` requests at once; past that the reader stops reading until
+one finishes, so a greedy client slows only itself.
 
 Every operation runs through one executor: the request is looked up in the operation
 table (:mod:`runlease.operations`), carried out with ``request.serve(call)`` for a
@@ -71,6 +75,7 @@ from runlease.operations import OPERATOR
 from runlease.runtime.calls import Call
 from runlease.runtime.runtime import Runtime
 from runlease.runtime.socket_file import bind_unix_socket, default_backlog, peer_credentials
+from runlease.runtime.wire import Wire
 
 log = logging.getLogger("runlease.server")
 
@@ -187,43 +192,57 @@ def raise_fd_limit() -> tuple[int, int]:
 
 # -------------------------------------------------------------------------- connections
 class _InFlight:
-    __slots__ = ("long", "scope", "why")
+    __slots__ = ("ended", "long", "scope", "why")
 
-    def __init__(self, *, long: bool) -> None:
-        self.scope = trio.CancelScope()
+    def __init__(self, *, long: bool, cancellable: bool = True) -> None:
+        # None for a request the reading task answers itself: no cancel can reach it, as
+        # that task reads the next frame only once the answer is out.
+        self.scope = trio.CancelScope() if cancellable else None
         self.long = long
         self.why: str | None = None  # why its scope was cancelled: cancelled, shutdown, ...
+        self.ended: trio.Event | None = None  # made by whoever waits for it to end
 
 
 class _Connection:
     def __init__(self, stream: trio.SocketStream, number: int, max_inflight: int) -> None:
         self.stream = stream
+        # The hot path reads and writes through the wire; the stream closes the socket.
+        self.wire = Wire(stream.socket)
         self.number = number
         self.peer: tuple[int, int, int] | None = None
         self.buffer = p.FrameBuffer()
         self.buffer.limit(HANDSHAKE_MAX_FRAME, " before the hello handshake")
         self.reserved = 0  # bytes of the shared receive budget held by a partial frame
-        self.send_lock = trio.Lock()
         self.slots = trio.Semaphore(max_inflight)
         self.inflight: dict[int, _InFlight] = {}
         self.handshaken = False
         self.client_name = ""  # what the client called itself in hello
+        self._origin: Origin | None = None
         self.draining = False
         self.linger = False  # closing after an error reply: half-close and drain first
-        # A send cancelled part way left half a frame on the wire: nothing more may follow.
-        self.torn = False
         # The reading task is answering a request itself; a drain must let it finish.
         self.answering = False
         self.scope = trio.CancelScope()  # the whole connection
         self.read_scope = trio.CancelScope()
-        # Fires when the handshake or an idle spell runs too long (see _refresh_deadline).
+        # Cancelled when the handshake or an idle spell runs too long (see _watch_deadlines).
         self.timer = trio.CancelScope()
+        self.watch_scope = trio.CancelScope()
+        # When the connection last did something with nothing left in flight.
+        self.idle_since = -math.inf
 
     def origin(self) -> Origin:
         """How this connection's writes are stamped: ``cli`` for the runlease command,
-        ``socket`` for any other client; ``ref`` names the peer process when known."""
-        kind = "cli" if self.client_name == p.CLI_CLIENT_NAME else "socket"
-        return Origin(kind=kind, ref="" if self.peer is None else f"pid:{self.peer[0]}")
+        ``socket`` for any other client; ``ref`` names the peer process when known.
+        Built once per hello (the peer and the client's name are fixed by then)."""
+        if self._origin is None:
+            kind = "cli" if self.client_name == p.CLI_CLIENT_NAME else "socket"
+            self._origin = Origin(kind=kind, ref="" if self.peer is None else f"pid:{self.peer[0]}")
+        return self._origin
+
+    def greeted(self, client_name: str) -> None:
+        self.handshaken = True
+        self.client_name = client_name
+        self._origin = None
 
     def fields(self, **more: Any) -> dict[str, Any]:
         out: dict[str, Any] = {"conn": self.number}
@@ -232,41 +251,42 @@ class _Connection:
         out.update(more)
         return out
 
-    async def send(self, reply: p.Reply) -> bool:
-        """Send one reply; False if the client is gone (the connection is then cancelled)."""
+    def post(self, reply: p.Reply) -> None:
+        """Queue a reply; it leaves with the next :meth:`flush`, together with every other
+        reply queued meanwhile."""
         try:
-            data = p.encode_frame(reply)
+            p.append_frame(self.wire.outbox, reply)
         except InvalidInput:
-            data = p.encode_frame(
+            p.append_frame(
+                self.wire.outbox,
                 p.ErrorReply(
                     id=reply.id,
                     code=PAYLOAD_TOO_LARGE,
                     message=f"the reply would exceed {p.MAX_FRAME_BYTES} bytes; ask for less",
-                )
+                ),
             )
+
+    async def flush(self) -> bool:
+        """Send the queued replies; False if the client is gone (the connection is then
+        cancelled). Cancelled while the client reads too slowly to take them, the stream
+        is torn if part of a frame went out (see Wire.flush), and nothing more follows."""
         try:
-            async with self.send_lock:
-                if self.torn:
-                    self.scope.cancel()
-                    return False
-                # Cancelled here, nothing has gone out yet; cancelled inside send_all, part
-                # of the frame may have, and the stream is out of step for good.
-                await trio.lowlevel.checkpoint_if_cancelled()
-                try:
-                    await self.stream.send_all(data)
-                except trio.Cancelled:
-                    self.torn = True
-                    raise
+            await self.wire.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.scope.cancel()
             return False
         return True
 
+    async def send(self, reply: p.Reply) -> bool:
+        """Send one reply (with any queued before it); False if the client is gone."""
+        self.post(reply)
+        return await self.flush()
+
     async def send_last(self, reply: p.Reply) -> None:
         """Send the reply that explains a close, if the stream can still carry it, and
         arrange to linger; bounded, since a client that does not read must not hold us."""
         self.linger = True
-        if self.torn:
+        if self.wire.torn:
             return
         with trio.move_on_after(LINGER_SECONDS):
             await self.send(reply)
@@ -297,7 +317,7 @@ class _Connection:
             # shielded, so the server's grace period still bounds it.
             self.read_scope.cancel()
         for flight in self.inflight.values():
-            if flight.long and flight.why is None:
+            if flight.long and flight.scope is not None and flight.why is None:
                 flight.why = why
                 flight.scope.cancel()
 
@@ -524,26 +544,46 @@ class SocketServer:
     async def _serve_admitted(self, conn: _Connection) -> None:
         async with trio.open_nursery() as handlers:
             with conn.read_scope:
-                self._refresh_deadline(conn)
+                conn.idle_since = trio.current_time()
                 with conn.timer:
-                    await self._read_loop(conn, handlers)
+                    handlers.start_soon(self._watch_deadlines, conn)
+                    try:
+                        await self._read_loop(conn, handlers)
+                    finally:
+                        conn.watch_scope.cancel()
                 if conn.timer.cancelled_caught:
                     await self._time_out(conn)
             if not conn.draining:
                 # The client went away: nobody is left to read replies.
                 handlers.cancel_scope.cancel()
 
-    def _refresh_deadline(self, conn: _Connection) -> None:
-        """Arm the connection's timer: the hello deadline until the handshake is done, then
-        the idle deadline whenever nothing is in flight; never while something is, so a
-        parked claim, a stream or a drain keeps its connection as long as it runs."""
-        if not conn.handshaken:
-            if conn.timer.deadline == math.inf:
-                conn.timer.deadline = trio.current_time() + self.limits.handshake_timeout
-        elif conn.inflight:
-            conn.timer.deadline = math.inf
-        else:
-            conn.timer.deadline = trio.current_time() + self.limits.idle_seconds
+    async def _watch_deadlines(self, conn: _Connection) -> None:
+        """Cancel the connection's timer when the hello is late, or when nothing has been
+        in flight for the idle timeout; never while something is, so a parked claim, a
+        stream or a drain keeps its connection as long as it runs.
+
+        A task of its own that wakes once per deadline, so that a request costs only a
+        timestamp (``idle_since``) rather than re-arming a deadline twice.
+        """
+        hello_deadline = trio.current_time() + self.limits.handshake_timeout
+        idle = self.limits.idle_seconds
+        with conn.watch_scope:
+            while True:
+                now = trio.current_time()
+                if not conn.handshaken:
+                    deadline = hello_deadline
+                    # A hello may come any moment; then the idle clock rules, so look
+                    # again at least once per idle timeout.
+                    look_again = min(deadline, now + idle)
+                elif conn.inflight:
+                    deadline = math.inf
+                    look_again = now + idle
+                else:
+                    deadline = look_again = conn.idle_since + idle
+                if now >= deadline:
+                    conn.timer.cancel()
+                    return
+                await trio.sleep_until(max(look_again, now))
 
     async def _time_out(self, conn: _Connection) -> None:
         if conn.handshaken:
@@ -579,7 +619,7 @@ class SocketServer:
     async def _read_loop(self, conn: _Connection, handlers: trio.Nursery) -> None:
         while True:
             try:
-                data = await conn.stream.receive_some(RECEIVE_BYTES)
+                data = await conn.wire.receive_some()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
@@ -601,7 +641,9 @@ class SocketServer:
                 if body is None:
                     break
                 await self._dispatch(conn, body, handlers)
-                self._refresh_deadline(conn)
+            conn.idle_since = trio.current_time()
+            # The replies this batch of frames made ready leave in one send.
+            await conn.flush()
             declared = conn.buffer.partial_size
             if declared != conn.reserved and not self._reserve(conn, declared):
                 log.warning(
@@ -629,16 +671,20 @@ class SocketServer:
                 return
 
     async def _dispatch(self, conn: _Connection, body: bytes, handlers: trio.Nursery) -> None:
+        """Act on one frame. Replies known at once are queued for the batch's one send;
+        an operation is answered on the reading task when it is the last frame received
+        and may not wait long (the usual one-at-a-time client: no task spawn), else it gets
+        a task of its own so the frames after it are not held up."""
         try:
             request = p.decode_request(body)
         except p.RequestRejected as exc:
-            await conn.send(p.ErrorReply(id=exc.request_id, code=exc.code, message=exc.message))
+            conn.post(p.ErrorReply(id=exc.request_id, code=exc.code, message=exc.message))
             return
         if isinstance(request, p.Hello):
-            await conn.send(self._hello(conn, request))
+            conn.post(self._hello(conn, request))
             return
         if not conn.handshaken:
-            await conn.send(
+            conn.post(
                 p.ErrorReply(
                     id=request.id,
                     code=HANDSHAKE_REQUIRED,
@@ -647,14 +693,19 @@ class SocketServer:
             )
             return
         if isinstance(request, p.Cancel):
+            conn.post(p.Ok(id=request.id))
             flight = conn.inflight.get(request.target)
-            if flight is not None and flight.why is None:
+            if flight is not None and flight.scope is not None and flight.why is None:
                 flight.why = "cancelled"
                 flight.scope.cancel()
-            await conn.send(p.Ok(id=request.id))
+                # Frames after the cancel see the request over: a waiting claim that was
+                # cancelled cannot take the work a later request of this client creates.
+                flight.ended = trio.Event()
+                await conn.flush()
+                await flight.ended.wait()
             return
         if request.id in conn.inflight:
-            await conn.send(
+            conn.post(
                 p.ErrorReply(
                     id=request.id,
                     code=BAD_REQUEST,
@@ -662,19 +713,23 @@ class SocketServer:
                 )
             )
             return
-        await conn.slots.acquire()
+        try:
+            conn.slots.acquire_nowait()
+        except trio.WouldBlock:
+            # Full: what is queued goes out before the reader waits for a request to end.
+            await conn.flush()
+            await conn.slots.acquire()
         if conn.draining:
             conn.slots.release()
             return
         long = request.long()
-        flight = _InFlight(long=long)
+        inline = not long and len(conn.buffer) == 0
+        flight = _InFlight(long=long, cancellable=not inline)
         conn.inflight[request.id] = flight
-        self._refresh_deadline(conn)
-        if not long and len(conn.buffer) == 0:
-            # Nothing else is queued on this connection (the usual one-at-a-time client):
-            # answer on the reading task and save a task spawn per request. A drain that
-            # starts meanwhile lets the answer finish (within the grace period), then
-            # stops the reading.
+        if inline:
+            # A drain that starts while the answer is worked out lets it finish (within the
+            # grace period), then stops the reading.
+            await conn.flush()
             conn.answering = True
             try:
                 await self._handle(conn, request, flight)
@@ -697,9 +752,8 @@ class SocketServer:
                     f"the client offered {hello.versions[:10]}"
                 ),
             )
-        conn.handshaken = True
+        conn.greeted(hello.client)
         conn.buffer.limit(p.MAX_FRAME_BYTES)
-        conn.client_name = hello.client
         return p.Welcome(id=hello.id, version=version, server=SERVER_NAME, pid=os.getpid())
 
     async def _handle(self, conn: _Connection, request: p.AnyRequest, flight: _InFlight) -> None:
@@ -707,28 +761,36 @@ class SocketServer:
             reply: p.Reply | None = None
             # A finish that claims next is never cut short: its scope only ends the wait of
             # the claim part (the runtime enters it), so the finish is always reported.
-            with contextlib.nullcontext() if request.claims_after_finish() else flight.scope:
-                try:
-                    reply = await self._execute(conn, request, flight)
-                except RunleaseError as exc:
-                    reply = p.ErrorReply(id=request.id, code=exc.code, message=exc.message)
-                except Exception:
-                    log.exception(
-                        "request_failed",
-                        extra={"fields": conn.fields(op=type(request).__name__)},
-                    )
-                    reply = p.ErrorReply(
-                        id=request.id,
-                        code=INTERNAL,
-                        message="internal error while handling the request; see the server log",
-                    )
+            if flight.scope is None or request.claims_after_finish():
+                reply = await self._answer(conn, request, flight)
+            else:
+                with flight.scope:
+                    reply = await self._answer(conn, request, flight)
             if reply is None:
                 reply = self._interrupted_reply(request, flight.why)
             await conn.send(reply)
         finally:
             conn.inflight.pop(request.id, None)
             conn.slots.release()
-            self._refresh_deadline(conn)
+            conn.idle_since = trio.current_time()
+            if flight.ended is not None:
+                flight.ended.set()
+
+    async def _answer(self, conn: _Connection, request: p.AnyRequest, flight: _InFlight) -> p.Reply:
+        """The reply to ``request``: its value, or the error it raised."""
+        try:
+            return await self._execute(conn, request, flight)
+        except RunleaseError as exc:
+            return p.ErrorReply(id=request.id, code=exc.code, message=exc.message)
+        except Exception:
+            log.exception(
+                "request_failed", extra={"fields": conn.fields(op=type(request).__name__)}
+            )
+            return p.ErrorReply(
+                id=request.id,
+                code=INTERNAL,
+                message="internal error while handling the request; see the server log",
+            )
 
     @staticmethod
     def _interrupted_reply(request: p.AnyRequest, why: str | None) -> p.Reply:

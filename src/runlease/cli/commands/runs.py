@@ -14,7 +14,7 @@ from runlease.errors import UsageError
 
 
 def run_inspect(run_id: str, /) -> int:
-    """A run in the context of its task, with the next_action.
+    """A run in the context of its task, with the next_action and diagnostics.
 
     Parameters
     ----------

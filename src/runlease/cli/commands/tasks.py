@@ -167,7 +167,8 @@ def task_timeline(
 
 
 def task_inspect(task_id: str, /) -> int:
-    """What a task is doing and what should happen next (next_action).
+    """What a task is doing, what should happen next (next_action) and what is wrong
+    (diagnostics, each with the command that remedies it).
 
     Parameters
     ----------
