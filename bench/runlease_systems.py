@@ -39,6 +39,7 @@ from runlease import protocol as p
 from runlease.core.model import Claim, LeaseView, Priority, Run, Session, Task
 from runlease.errors import BAD_REQUEST, NO_CLAIMABLE_RUN, NotFound, RunleaseError
 from runlease.runtime.client import open_client
+from runlease.runtime.collector import GcTuning
 from runlease.runtime.runtime import Runtime, open_runtime
 from runlease.runtime.server import SocketServer, bind_unix_socket, serve_socket
 from runlease.runtime.wire import Wire
@@ -304,7 +305,8 @@ async def _commands(conn: Connection) -> Any:
 async def _serve_runlease(
     mode: Mode, workdir: Path, socket_path: Path, workload: Workload, conn: Connection
 ) -> None:
-    async with open_runtime(**runtime_options(mode, workdir)) as rt:
+    # Tuned like `runlease serve`, which owns its process the same way.
+    async with open_runtime(**runtime_options(mode, workdir), gc_tuning=GcTuning()) as rt:
         expected = await preload(rt, workload.priorities())
         async with trio.open_nursery() as nursery:
             server: SocketServer = await nursery.start(serve_socket, rt, socket_path)

@@ -15,7 +15,6 @@ RANKS = [10, 20, 30, 40]
 TIMES = [0, 1, 2, 7]  # queue places (seq); ties are broken by run id
 WORKSPACES: list[str | None] = [None, "a", "b"]
 CAPS = ["x", "y", "z"]
-_LIVE = 3  # position of the liveness flag in an index entry (white-box heap checks)
 
 
 @dataclass(frozen=True)
@@ -38,14 +37,8 @@ def expected_winner(
 
 
 def heap_stats(index: ClaimIndex) -> list[tuple[int, int, int]]:
-    """(items, live entries, recorded dead count) for every heap the index keeps."""
-    stats = []
-    for by_owner in index._buckets.values():
-        for by_caps in by_owner.values():
-            for heap in by_caps.values():
-                live = sum(1 for item in heap.items if item[_LIVE])
-                stats.append((len(heap.items), live, heap.dead))
-    return stats
+    """(stored entries, live entries, recorded dead count) for every lane the index keeps."""
+    return index.lane_stats()
 
 
 def assert_heaps_bounded(index: ClaimIndex) -> None:

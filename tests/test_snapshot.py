@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -167,16 +168,9 @@ class CommandStream:
 
 
 # --------------------------------------------------------------------------- helpers
-def index_order(machine: Machine) -> dict[tuple[object, ...], list[tuple[object, ...]]]:
+def index_order(machine: Machine) -> dict[Any, list[tuple[int, int, str]]]:
     """Every non-empty bucket of the claim index with its live entries in claim order."""
-    out: dict[tuple[object, ...], list[tuple[object, ...]]] = {}
-    for ws_key, by_owner in machine.index._buckets.items():
-        for owner_key, by_caps in by_owner.items():
-            for caps, heap in by_caps.items():
-                live = sorted(tuple(entry[:3]) for entry in heap.items if entry[3])
-                if live:
-                    out[(ws_key, owner_key, caps)] = live
-    return out
+    return {key: order for key, order in machine.index.claim_order().items()}
 
 
 def assert_same_machine(got: Machine, want: Machine) -> None:

@@ -31,9 +31,11 @@ from runlease.core.model import (
 )
 
 if TYPE_CHECKING:
-    from runlease.runtime import Runtime, RuntimeStatus, SessionHandle, open_runtime
+    from runlease.runtime import GcTuning, Runtime, RuntimeStatus, SessionHandle, open_runtime
 
-_RUNTIME_NAMES = frozenset({"Runtime", "RuntimeStatus", "SessionHandle", "open_runtime"})
+_RUNTIME_NAMES = frozenset(
+    {"GcTuning", "Runtime", "RuntimeStatus", "SessionHandle", "open_runtime"}
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -48,6 +50,7 @@ __all__ = [
     "Actor",
     "Claim",
     "Event",
+    "GcTuning",
     "Heartbeat",
     "LeaseView",
     "Origin",

@@ -1,8 +1,10 @@
 """The lease clock: sleeps until the earliest lease or session deadline, then sends the expiry.
 
 There is no periodic sweep. The clock keeps a heap of deadlines in time order, sleeps until
-the first is due (or until an earlier one is added) and sends each expiry that is still
-current to the actor that owns it, exactly at its deadline.
+the first is due (or until an earlier one is added) and sends every expiry that is due and
+still current to the actors at once: they apply the batch back to back, so expiries that
+fall due together cost one wake-up of the clock, land in one group commit, and wake the
+waiting claimers once.
 
 Deadlines are only ever added. A lease that was renewed leaves its old deadline behind; when
 that fires the state machine sees the newer ``lease_until`` and does nothing, so the heap
@@ -50,13 +52,14 @@ class DeadlineHeap:
 
 
 class LeaseClock:
-    """Watches deadlines and hands each due expiry to ``deliver`` (the actors' router)."""
+    """Watches deadlines and hands the expiries that fell due together, as one batch, to
+    ``deliver`` (the actors' router applies them back to back)."""
 
     def __init__(
         self,
         machine: Machine,
         clock: RuntimeClock,
-        deliver: Callable[[Request], Awaitable[None]],
+        deliver: Callable[[list[Request]], Awaitable[None]],
     ) -> None:
         self._machine = machine
         self._clock = clock
@@ -91,21 +94,30 @@ class LeaseClock:
             else:
                 with trio.move_on_at(self._clock.trio_time_of(upcoming)):
                     await wake.wait()
-            for at, kind, key in self.deadlines.pop_due(self._clock.now()):
-                if kind == LEASE_DEADLINE:
-                    run = self._machine.runs.get(key)
-                    if (
-                        run is not None
-                        and run.status in LEASED_RUN_STATUSES
-                        and run.lease_until is not None
-                        and run.lease_until <= at
-                    ):
-                        await self._deliver(
-                            Request(ExpireLease(now=0.0, run_id=key, origin=LEASE_CLOCK))
-                        )
-                else:
-                    session = self._machine.sessions.get(key)
-                    if session is not None and session.state == "live":
-                        await self._deliver(
-                            Request(ExpireSession(now=0.0, session_id=key, origin=LEASE_CLOCK))
-                        )
+            due = self.expiries_due(self._clock.now())
+            if due:
+                await self._deliver(due)
+
+    def expiries_due(self, now: float) -> list[Request]:
+        """The expiries whose deadline is ``now`` or earlier and still current, in deadline
+        order. A deadline left behind by a renewal, a finish or a stopped session is
+        dropped here without sending anything."""
+        expiries: list[Request] = []
+        runs, sessions = self._machine.runs, self._machine.sessions
+        for at, kind, key in self.deadlines.pop_due(now):
+            if kind == LEASE_DEADLINE:
+                run = runs.get(key)
+                if (
+                    run is not None
+                    and run.status in LEASED_RUN_STATUSES
+                    and run.lease_until is not None
+                    and run.lease_until <= at
+                ):
+                    expiries.append(Request(ExpireLease(now=0.0, run_id=key, origin=LEASE_CLOCK)))
+            else:
+                session = sessions.get(key)
+                if session is not None and session.state == "live":
+                    expiries.append(
+                        Request(ExpireSession(now=0.0, session_id=key, origin=LEASE_CLOCK))
+                    )
+        return expiries

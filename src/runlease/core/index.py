@@ -1,67 +1,105 @@
-"""The claimable-run index: who goes next, in O(log n).
+"""The claimable-run index: who goes next, at a cost that does not grow with queue depth.
 
-Queued runs are bucketed by the exact set of capabilities they require. Each bucket is a
-binary heap ordered by (priority desc, queue place asc, run id asc). The queue place is the
-machine's enqueue counter (``Run.queue_seq``), not wall time, so a clock stepped back cannot
-put newer work ahead of older work. A claim looks at the top of
-every bucket whose required set the session offers and takes the best one, so its cost is
-O(B + log n) for B distinct capability sets in use, independent of queue depth.
+Queued runs are grouped by what decides who may take them and in which order:
 
-Every queued run sits in two heaps: its workspace's bucket, and the bucket of the same
-capability set across all workspaces (for claims that do not name a workspace). Both heaps
-share one entry object; taking or removing a run marks the entry dead, and dead entries are
-dropped lazily when they reach a heap's top or when they outnumber the live ones.
+- the **view**: a run is listed under its own workspace (claims that name a workspace) and
+  under "any workspace" (claims that do not), so each claim looks at one view only;
+- the **owner key**: unowned runs, or the runs of an assigned task, filed under
+  "s:<session>" or "p:<agent pool>"; a claim looks under the unowned key and its own two;
+- the **capability group** (required, preferred): the claimer must offer every required
+  capability, and since every run of a group shares its preferred set, the claimer's
+  preference score is a constant per group;
+- the **priority rank**.
 
-Two refinements keep that shape. Buckets are keyed by (required, preferred) capability sets,
-and since every run in a bucket shares its preferred set, a claimer's preference score (how
-many preferred capabilities it offers) is a constant per bucket: comparing bucket tops by
-(priority, score, queue place, id) picks exactly the best run, preferred capabilities ordering
-after priority, with no scan. And an owner level sits above the capability buckets: runs of
-an assigned task live under an owner key ("s:<session>" or "p:<agent pool>"), and a claim
-only looks under the unowned key and its own two keys.
+Each (view, owner, group, rank) has a :class:`_Lane` of runs in queue order: (queue place,
+run id). The queue place is the machine's enqueue counter (``Run.queue_seq``), not wall time,
+so a clock stepped back cannot put newer work ahead of older work. New runs always carry a
+larger place than any before them, so a lane is a FIFO deque that is only appended to; only a
+run that comes back with its old place (a requeue after an expiry or a release, or a
+priority change) lands in a small heap beside the deque. A lane's next run is the smaller of
+the two fronts. A claim compares the fronts of the highest-ranked lane of each group it may
+take from, by (priority, preference score, queue place, id), so it costs O(groups) plus
+O(log r) for r requeued runs, however many runs are queued.
+
+Entries are plain tuples of numbers and strings, so once the collector has seen them it
+stops tracking them: a deep queue adds nothing to the work of a full garbage collection.
+An entry is live while ``_entries`` maps its run id to that very tuple; taking or removing a
+run just drops the mapping, and the dead tuple left in the other view is dropped when it
+reaches its lane's front, or when a lane holds more dead entries than live ones.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
-# An entry is a list so heapq compares it in C:
-# [neg_rank, seq, run_id, live, ws, owner, group]. run_id is unique, so comparison
-# never reaches the trailing bookkeeping fields. group = (required caps, preferred caps).
-_Entry = list[object]
+# (queue place, run id, rank, workspace key, owner key, group id). Tuples compare on the
+# queue place, then the run id, which is unique, so the trailing fields never decide.
+_Entry = tuple[int, str, int, str, str, int]
 _Group = tuple[frozenset[str], frozenset[str]]
-_LIVE = 3
-_WS = 4
-_OWNER = 5
-_GROUP = 6
-_RUN_ID = 2
+_RUN_ID: Final = 1
 _NO_PREFERENCE: frozenset[str] = frozenset()
 
 _ANY_WORKSPACE = "\x00any"  # a key no real workspace id can take (ids are printable)
 
 
-class _Heap:
-    __slots__ = ("dead", "items")
+class _Lane:
+    """The queued runs of one (view, owner, group, rank), in queue order."""
 
-    def __init__(self) -> None:
-        self.items: list[_Entry] = []
+    __slots__ = ("dead", "fifo", "late", "rank")
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+        # In queue order: a run is appended when it sorts after the last one appended.
+        self.fifo: deque[_Entry] = deque()
+        # A heap of the runs that arrived out of order (they kept an earlier place).
+        self.late: list[_Entry] = []
+        # Entries still stored here whose run was taken or removed.
         self.dead = 0
 
-    def live_count(self) -> int:
-        return len(self.items) - self.dead
+    def stored(self) -> int:
+        return len(self.fifo) + len(self.late)
+
+    def push(self, entry: _Entry) -> None:
+        fifo = self.fifo
+        if not fifo or fifo[-1] < entry:
+            fifo.append(entry)
+        else:
+            heapq.heappush(self.late, entry)
+
+
+class _RankedLanes:
+    """The lanes of one capability group under one view and owner, highest rank first."""
+
+    __slots__ = ("lanes",)
+
+    def __init__(self) -> None:
+        self.lanes: list[_Lane] = []
+
+    def lane(self, rank: int) -> _Lane:
+        lanes = self.lanes
+        for i, lane in enumerate(lanes):
+            if lane.rank == rank:
+                return lane
+            if lane.rank < rank:
+                new = _Lane(rank)
+                lanes.insert(i, new)
+                return new
+        new = _Lane(rank)
+        lanes.append(new)
+        return new
 
 
 class ClaimIndex:
     def __init__(self) -> None:
-        # workspace key -> owner key -> (required, preferred) -> heap
-        self._buckets: dict[str, dict[str, dict[_Group, _Heap]]] = {}
+        # view key -> owner key -> group id -> lanes
+        self._buckets: dict[str, dict[str, dict[int, _RankedLanes]]] = {}
         self._entries: dict[str, _Entry] = {}
-        # Shared (required, preferred) pairs, so entries do not each carry a new tuple.
-        self._groups: dict[
-            tuple[frozenset[str], frozenset[str]], tuple[frozenset[str], frozenset[str]]
-        ] = {}
+        # Capability groups by id and ids by group, so entries carry a small int.
+        self._groups: list[_Group] = []
+        self._group_ids: dict[_Group, int] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -86,47 +124,51 @@ class ClaimIndex:
         """Index a queued run. ``owner`` is an owner key ("s:<session>", "p:<pool>")."""
         if run_id in self._entries:
             raise ValueError(f"run {run_id} is already indexed")
-        ws_key = workspace_id if workspace_id is not None else ""
-        owner_key = owner or ""
-        group = self._groups.setdefault((capabilities, preferred), (capabilities, preferred))
-        entry: _Entry = [-rank, seq, run_id, True, ws_key, owner_key, group]
+        entry = self._entry(run_id, rank, seq, workspace_id, capabilities, preferred, owner)
         self._entries[run_id] = entry
-        for key in (ws_key, _ANY_WORKSPACE):
-            heapq.heappush(self._heap(key, owner_key, group).items, entry)
+        self._lane(entry[3], entry).push(entry)
+        self._lane(_ANY_WORKSPACE, entry).push(entry)
 
     def add_many(self, items: Iterable[tuple[Any, ...]]) -> None:
-        """Index many runs at once (boot): append everything, then heapify each heap once.
+        """Index many runs at once (boot): each lane is sorted once instead of pushed into.
 
         Each item is (run_id, rank, seq, workspace_id, capabilities), optionally
         followed by (preferred, owner key).
         """
-        touched: set[int] = set()
-        heaps: list[_Heap] = []
+        fresh: dict[str, _Entry] = {}
         for item in items:
             run_id, rank, seq, workspace_id, capabilities = item[:5]
             preferred = item[5] if len(item) > 5 else _NO_PREFERENCE
-            owner_key = (item[6] if len(item) > 6 else None) or ""
-            if run_id in self._entries:
+            owner = item[6] if len(item) > 6 else None
+            if run_id in self._entries or run_id in fresh:
                 raise ValueError(f"run {run_id} is already indexed")
-            ws_key = workspace_id if workspace_id is not None else ""
-            group = self._groups.setdefault((capabilities, preferred), (capabilities, preferred))
-            entry: _Entry = [-rank, seq, run_id, True, ws_key, owner_key, group]
-            self._entries[run_id] = entry
-            for key in (ws_key, _ANY_WORKSPACE):
-                heap = self._heap(key, owner_key, group)
-                heap.items.append(entry)
-                if id(heap) not in touched:
-                    touched.add(id(heap))
-                    heaps.append(heap)
-        for heap in heaps:
-            heapq.heapify(heap.items)
+            fresh[run_id] = self._entry(
+                run_id, rank, seq, workspace_id, capabilities, preferred, owner
+            )
+        # Checked first, changed after: a refused batch leaves the index as it was.
+        self._entries.update(fresh)
+        batches: dict[int, tuple[_Lane, list[_Entry]]] = {}
+        for entry in fresh.values():
+            for view in (entry[3], _ANY_WORKSPACE):
+                lane = self._lane(view, entry)
+                batch = batches.get(id(lane))
+                if batch is None:
+                    batch = batches[id(lane)] = (lane, [])
+                batch[1].append(entry)
+        for lane, entries in batches.values():
+            entries.sort()
+            if lane.stored():
+                for entry in entries:
+                    lane.push(entry)
+            else:
+                lane.fifo = deque(entries)
 
     def discard(self, run_id: str) -> bool:
         """Take a run out of the index (it was canceled or paused). True if it was there."""
         entry = self._entries.pop(run_id, None)
         if entry is None:
             return False
-        self._kill(entry, popped_from=None)
+        self._forget(entry, (entry[3], _ANY_WORKSPACE))
         return True
 
     def peek(
@@ -138,7 +180,7 @@ class ClaimIndex:
         min_rank: int | None = None,
     ) -> str | None:
         best = self._best(workspace_id, offered, owners, min_rank)
-        return None if best is None else str(best[0][_RUN_ID])
+        return None if best is None else best[0][_RUN_ID]
 
     def take(
         self,
@@ -156,25 +198,111 @@ class ClaimIndex:
         best = self._best(workspace_id, offered, owners, min_rank)
         if best is None:
             return None
-        heap = best[1]
-        entry = heapq.heappop(heap.items)
-        run_id = str(entry[_RUN_ID])
+        entry, lane = best
+        if lane.fifo and lane.fifo[0] is entry:
+            lane.fifo.popleft()
+        else:
+            heapq.heappop(lane.late)
+        run_id = entry[_RUN_ID]
         del self._entries[run_id]
-        self._kill(entry, popped_from=heap)
+        view = _ANY_WORKSPACE if workspace_id is None else workspace_id
+        other = entry[3] if workspace_id is None else _ANY_WORKSPACE
+        # The taken entry left its lane already; the other view still stores it.
+        self._settle(view, entry, lane, counted=False)
+        self._forget(entry, (other,))
         return run_id
 
     # ------------------------------------------------------------------ internals
-    def _heap(self, ws_key: str, owner_key: str, group: _Group) -> _Heap:
-        by_owner = self._buckets.get(ws_key)
+    def _entry(
+        self,
+        run_id: str,
+        rank: int,
+        seq: int,
+        workspace_id: str | None,
+        capabilities: frozenset[str],
+        preferred: frozenset[str],
+        owner: str | None,
+    ) -> _Entry:
+        group = (capabilities, preferred)
+        group_id = self._group_ids.get(group)
+        if group_id is None:
+            group_id = self._group_ids[group] = len(self._groups)
+            self._groups.append(group)
+        return (seq, run_id, rank, workspace_id or "", owner or "", group_id)
+
+    def _lane(self, view: str, entry: _Entry) -> _Lane:
+        by_owner = self._buckets.get(view)
         if by_owner is None:
-            by_owner = self._buckets[ws_key] = {}
-        by_group = by_owner.get(owner_key)
+            by_owner = self._buckets[view] = {}
+        by_group = by_owner.get(entry[4])
         if by_group is None:
-            by_group = by_owner[owner_key] = {}
-        heap = by_group.get(group)
-        if heap is None:
-            heap = by_group[group] = _Heap()
-        return heap
+            by_group = by_owner[entry[4]] = {}
+        lanes = by_group.get(entry[5])
+        if lanes is None:
+            lanes = by_group[entry[5]] = _RankedLanes()
+        return lanes.lane(entry[2])
+
+    def _find_lane(self, view: str, entry: _Entry) -> _Lane:
+        for lane in self._buckets[view][entry[4]][entry[5]].lanes:
+            if lane.rank == entry[2]:
+                return lane
+        raise AssertionError(f"no lane holds run {entry[_RUN_ID]}")  # pragma: no cover
+
+    def _forget(self, entry: _Entry, views: tuple[str, ...]) -> None:
+        """``entry`` is dead (its run left the index): account for it in these views."""
+        for view in views:
+            self._settle(view, entry, self._find_lane(view, entry), counted=True)
+
+    def _settle(self, view: str, entry: _Entry, lane: _Lane, *, counted: bool) -> None:
+        """Tidy ``lane`` after one of its runs left the index.
+
+        ``counted``: the dead entry is still stored in the lane. Dead entries at the fronts
+        are dropped at once (the lane's order makes the runs taken through the other view
+        reach the front first, so this keeps most lanes free of garbage); an emptied lane
+        is removed; a lane holding more dead entries than live ones is rebuilt.
+        """
+        if counted:
+            lane.dead += 1
+        if lane.dead:
+            self._drop_dead_fronts(lane)
+        if lane.stored() == 0:
+            by_owner = self._buckets[view]
+            by_group = by_owner[entry[4]]
+            lanes = by_group[entry[5]]
+            lanes.lanes.remove(lane)
+            if not lanes.lanes:
+                del by_group[entry[5]]
+                if not by_group:
+                    del by_owner[entry[4]]
+                    if not by_owner:
+                        del self._buckets[view]
+        elif lane.dead * 2 > lane.stored():
+            entries = self._entries
+            lane.fifo = deque(e for e in lane.fifo if entries.get(e[_RUN_ID]) is e)
+            lane.late = [e for e in lane.late if entries.get(e[_RUN_ID]) is e]
+            heapq.heapify(lane.late)
+            lane.dead = 0
+
+    def _drop_dead_fronts(self, lane: _Lane) -> None:
+        entries = self._entries
+        fifo, late = lane.fifo, lane.late
+        while fifo and entries.get(fifo[0][_RUN_ID]) is not fifo[0]:
+            fifo.popleft()
+            lane.dead -= 1
+        while late and entries.get(late[0][_RUN_ID]) is not late[0]:
+            heapq.heappop(late)
+            lane.dead -= 1
+
+    def _front(self, lane: _Lane) -> _Entry | None:
+        """The lane's next live run, dropping dead entries on the way."""
+        if lane.dead:
+            self._drop_dead_fronts(lane)
+        fifo, late = lane.fifo, lane.late
+        if fifo:
+            if late and late[0] < fifo[0]:
+                return late[0]
+            return fifo[0]
+        return late[0] if late else None
 
     def _best(
         self,
@@ -182,57 +310,67 @@ class ClaimIndex:
         offered: frozenset[str],
         owners: tuple[str, ...] = (),
         min_rank: int | None = None,
-    ) -> tuple[_Entry, _Heap] | None:
-        ws_key = _ANY_WORKSPACE if workspace_id is None else workspace_id
-        by_owner = self._buckets.get(ws_key)
+    ) -> tuple[_Entry, _Lane] | None:
+        view = _ANY_WORKSPACE if workspace_id is None else workspace_id
+        by_owner = self._buckets.get(view)
         if not by_owner:
             return None
-        best: tuple[_Entry, _Heap] | None = None
-        best_key: tuple[Any, ...] | None = None
+        groups = self._groups
+        best: tuple[_Entry, _Lane] | None = None
+        best_key: tuple[int, int, int, str] | None = None
         for owner_key in ("", *owners):
             by_group = by_owner.get(owner_key)
             if not by_group:
                 continue
-            for (required, preferred), heap in by_group.items():
+            for group_id, lanes in by_group.items():
+                required, preferred = groups[group_id]
                 if required and not required <= offered:
                     continue
-                items = heap.items
-                while items and not items[0][_LIVE]:
-                    heapq.heappop(items)
-                    heap.dead -= 1
-                if not items:
-                    continue
-                top = items[0]
-                neg_rank = top[0]
-                assert isinstance(neg_rank, int)
-                if min_rank is not None and -neg_rank < min_rank:
-                    continue
                 score = len(preferred & offered) if preferred else 0
-                key = (neg_rank, -score, top[1], top[2])
-                if best_key is None or key < best_key:
-                    best, best_key = (top, heap), key
+                for lane in lanes.lanes:
+                    rank = lane.rank
+                    if (min_rank is not None and rank < min_rank) or (
+                        best_key is not None and -rank > best_key[0]
+                    ):
+                        break  # lanes are ranked: nothing below can win
+                    top = self._front(lane)
+                    if top is None:
+                        continue
+                    key = (-rank, -score, top[0], top[1])
+                    if best_key is None or key < best_key:
+                        best, best_key = (top, lane), key
+                    break  # the highest live lane decides for this group
         return best
 
-    def _kill(self, entry: _Entry, popped_from: _Heap | None) -> None:
-        entry[_LIVE] = False
-        owner_key = entry[_OWNER]
-        group = entry[_GROUP]
-        assert isinstance(owner_key, str)
-        assert isinstance(group, tuple)
-        for key in (str(entry[_WS]), _ANY_WORKSPACE):
-            by_owner = self._buckets[key]
-            by_group = by_owner[owner_key]
-            heap = by_group[group]
-            if heap is not popped_from:
-                heap.dead += 1
-            if heap.live_count() == 0:
-                del by_group[group]
-                if not by_group:
-                    del by_owner[owner_key]
-                    if not by_owner:
-                        del self._buckets[key]
-            elif heap.dead > len(heap.items) // 2:
-                # Compact so heaps of mostly-dead entries cannot grow without bound.
-                heap.items = [e for e in heap.items if e[_LIVE]]
-                heapq.heapify(heap.items)
-                heap.dead = 0
+    def lane_stats(self) -> list[tuple[int, int, int]]:
+        """(stored entries, live entries, recorded dead) per lane: for tests of the bounds."""
+        entries = self._entries
+        stats = []
+        for by_owner in self._buckets.values():
+            for by_group in by_owner.values():
+                for lanes in by_group.values():
+                    for lane in lanes.lanes:
+                        stored = [*lane.fifo, *lane.late]
+                        live = sum(1 for e in stored if entries.get(e[_RUN_ID]) is e)
+                        stats.append((len(stored), live, lane.dead))
+        return stats
+
+    def claim_order(self) -> dict[tuple[str, str, _Group], list[tuple[int, int, str]]]:
+        """Per (view, owner key, group): the live runs as (rank, place, id), best first.
+
+        For tests that compare two indexes (a replayed machine against the original)."""
+        entries = self._entries
+        out: dict[tuple[str, str, _Group], list[tuple[int, int, str]]] = {}
+        for view, by_owner in self._buckets.items():
+            for owner_key, by_group in by_owner.items():
+                for group_id, lanes in by_group.items():
+                    live = [
+                        (e[2], e[0], e[1])
+                        for lane in lanes.lanes
+                        for e in (*lane.fifo, *lane.late)
+                        if entries.get(e[_RUN_ID]) is e
+                    ]
+                    live.sort(key=lambda k: (-k[0], k[1], k[2]))
+                    if live:
+                        out[(view, owner_key, self._groups[group_id])] = live
+        return out

@@ -234,7 +234,7 @@ class Session(msgspec.Struct, kw_only=True, tag="session", gc=False, omit_defaul
     token_hash: str | None = None
 
 
-class Event(msgspec.Struct, kw_only=True, tag="event", omit_defaults=True):
+class Event(msgspec.Struct, kw_only=True, tag="event", gc=False, omit_defaults=True):
     """One immutable fact the core emitted. Never carries a raw claim token."""
 
     seq: int

@@ -79,6 +79,7 @@ from runlease.operations import (
 )
 from runlease.persistence.store import DEFAULT_MAP_SIZE, Store
 from runlease.runtime.calls import EMBEDDED, Call
+from runlease.runtime.collector import GcTuning, TunedCollector
 from runlease.runtime.events import EventFeed
 from runlease.runtime.journal import (
     DEFAULT_SNAPSHOT_EVERY_RECORDS,
@@ -165,6 +166,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self._call = Call(self)
         self.durability = durability
         self.boot_report: BootReport | None = None
+        # Set when the runtime tunes the garbage collector (``gc_tuning``): its statistics.
+        self.collector: TunedCollector | None = None
 
     def use_committer(self, committer: Committer) -> None:
         """Swap in a durable committer before the runtime starts serving."""
@@ -643,6 +646,7 @@ async def open_runtime(
     allow_agent_force: bool = False,
     fresh_store: bool = False,
     starve_after: float | None = None,
+    gc_tuning: GcTuning | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -677,10 +681,56 @@ async def open_runtime(
     ``Unavailable(code=STORE_MISSING)``, damaged storage ``STORAGE_CORRUPT``.
     ``fresh_store=True`` accepts a missing or empty database and starts a new, empty store
     there (discarding the old identity); it never discards a database that holds data.
+
+    ``gc_tuning`` lets the runtime tune Python's garbage collector, which is process-wide,
+    so it is off unless asked for: a host that owns its process passes ``GcTuning()`` to
+    freeze the recovered state after boot and any large long-lived heap after a long full
+    collection, and to raise the young generation's threshold (see
+    :mod:`runlease.runtime.collector`). Everything is restored when the block exits.
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
     starve_after = check_starve_after(starve_after)
+    collector = None if gc_tuning is None else TunedCollector(gc_tuning)
+    try:
+        async with _open_runtime(
+            clock,
+            data_dir=data_dir,
+            durability=durability,
+            event_capacity=event_capacity,
+            snapshot_every_records=snapshot_every_records,
+            snapshot_every_seconds=snapshot_every_seconds,
+            map_size=map_size,
+            workspace_roots=workspace_roots,
+            allow_agent_force=allow_agent_force,
+            fresh_store=fresh_store,
+            starve_after=starve_after,
+            collector=collector,
+        ) as runtime:
+            yield runtime
+    finally:
+        if collector is not None:
+            collector.stop()
+
+
+@asynccontextmanager
+async def _open_runtime(
+    clock: Callable[[], float] | None,
+    *,
+    data_dir: str | os.PathLike[str] | None,
+    durability: Durability,
+    event_capacity: int,
+    snapshot_every_records: int,
+    snapshot_every_seconds: float,
+    map_size: int | None,
+    workspace_roots: WorkspaceRoots | None,
+    allow_agent_force: bool,
+    fresh_store: bool,
+    starve_after: float | None,
+    collector: TunedCollector | None,
+) -> AsyncIterator[Runtime]:
+    if collector is not None:
+        collector.start()
     if data_dir is None:
         runtime = Runtime(
             Machine(),
@@ -690,9 +740,12 @@ async def open_runtime(
             allow_agent_force=allow_agent_force,
             starve_after=starve_after,
         )
+        runtime.collector = collector
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime._serve)
+                if collector is not None:
+                    collector.after_boot()  # nothing recovered, but the process's own heap
                 try:
                     yield runtime
                 finally:
@@ -725,6 +778,7 @@ async def open_runtime(
             starve_after=starve_after,
         )
         runtime.boot_report = report
+        runtime.collector = collector
         committer = JournalCommitter(
             store, machine, runtime._acknowledge, on_rollback=runtime._system.after_rollback
         )
@@ -741,6 +795,10 @@ async def open_runtime(
                 # Armed only now, so every lease that ran out while down was expired above
                 # as orphaned_on_boot rather than by the clock as an ordinary expiry.
                 runtime._system.arm_deadlines_of_live_state()
+                if collector is not None:
+                    # The recovered state lives as long as the runtime: out of the
+                    # collector's full scans from now on.
+                    collector.after_boot()
                 await nursery.start(run_snapshotter, machine, committer, policy)
                 try:
                     yield runtime

@@ -6,7 +6,6 @@ a second one stops at once.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import IO, Any
 import trio
 
 from runlease.errors import RunleaseError
+from runlease.runtime.collector import GcTuning
 from runlease.runtime.runtime import Durability, Runtime, open_runtime
 from runlease.runtime.server import (
     DEFAULT_SHUTDOWN_GRACE,
@@ -166,6 +166,9 @@ async def _serve_until_signalled(
             allow_agent_force=allow_agent_force,
             fresh_store=fresh_store,
             starve_after=starve_after,
+            # The server owns its process: keep the collector's pauses off the large,
+            # long-lived state (frozen after boot and as it grows; see runtime.collector).
+            gc_tuning=GcTuning(),
         ) as rt:
             report = getattr(rt, "boot_report", None)
             if report is not None:
@@ -182,11 +185,6 @@ async def _serve_until_signalled(
                 )
             if data_dir is not None:
                 make_private_if_socket_dir(Path(data_dir), socket_path)
-            # The recovered state lives as long as the server: keep the cyclic collector
-            # from rescanning it on every full collection (those pauses showed up as
-            # 100-300 ms tails in expiry lateness at 100k leases).
-            gc.collect()
-            gc.freeze()
             async with trio.open_nursery() as nursery:
                 server: SocketServer = await nursery.start(
                     _serve_with_grace, rt, socket_path, shutdown_grace, limits
