@@ -7,6 +7,7 @@ at the end replays every verb from the journal.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -358,6 +359,10 @@ async def test_every_verb_replays_from_the_journal(
         raise OSError("snapshots are off: the reopen must replay every record")
 
     monkeypatch.setattr(Store, "write_snapshot", no_snapshots)
+    # Durable commits wait on a real thread, which an autojumping clock takes for idleness:
+    # time stands still while the verbs run (a lease must not run out during a slow
+    # flush), and moves only for the starvation wait.
+    autojump_clock.autojump_threshold = math.inf
     async with open_runtime(data_dir=tmp_path, starve_after=60) as rt:
         agent = await rt.open_session(agent="a", ttl=10_000)
         blocked_id, blocked_run_id, _ = await blocked_run(rt)
@@ -372,6 +377,7 @@ async def test_every_verb_replays_from_the_journal(
         await agent.complete((await agent.claim_next()).run.id)
         await rt.reopen_task(base.id)
         await rt.create_task("starves", start=True, capabilities=["gpu"])
+        autojump_clock.autojump_threshold = 0
         await trio.sleep(200)
         before = {t.id: (t, rt.runs_of(t.id)) for t in rt.list_tasks()}
         auto_run = rt.get_task(auto.id).current_run_id
