@@ -313,6 +313,7 @@ class GraphModel(RuleBasedStateMachine):
         self.order.append(task_id)
         self.machine.apply(AddDependency(now=now, task_id=task_id, blocked_by=blocker))
         self.tasks[task_id].deps.append(blocker)
+        self.tasks[task_id].had_deps = True
         # Waiting on a task that already completed: nothing will start it any more.
         assert self.machine.tasks[task_id].current_run_id is None
 
