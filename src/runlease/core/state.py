@@ -27,6 +27,7 @@ from runlease.core.model import (
     PRIORITY_RANK,
     Actor,
     Event,
+    LeaseLoss,
     LeaseView,
     Origin,
     Run,
@@ -382,6 +383,9 @@ class State:
         run.heartbeat_at = now
         run.checkpoint_at = None
         run.reason = None
+        loss = run.lease_loss
+        if loss is not None and loss.session_id == session.id:
+            run.lease_loss = None  # the session has the run again: its old loss is moot
         self.leased[run.id] = None
         session.lease_run_id = run.id
         self.settle(self.tasks[run.task_id], run, now)
@@ -408,12 +412,27 @@ class State:
         self.leased.pop(run.id, None)
         session.lease_run_id = None
 
+    def record_loss(self, run: Run, cause: str, now: float, *, by: str | None = None) -> None:
+        """Note on the run that its last holder lost it without finishing it (call before
+        the lease is dropped), so a late call from that session hears why."""
+        assert run.session_id is not None
+        run.lease_loss = LeaseLoss(
+            session_id=run.session_id, at=now, cause=cause, by=by, lease_until=run.lease_until
+        )
+
     def stop_run(self, run: Run, action: RunAction, reason: str, now: float) -> str | None:
         """End a run that is queued, leased or parked: out of the queue, lease dropped.
 
-        Returns the claim hash it had if it was leased.
+        Returns the claim hash it had if it was leased. The session that held the run last
+        (leased, or finished by it and still showing that) is told later that the run was
+        taken from it, and by whom.
         """
         previous_hash = run.claim_token_hash
+        if run.session_id is not None:
+            actor = self.actor
+            self.record_loss(
+                run, action, now, by=None if actor is None else f"{actor.kind}:{actor.ref}"
+            )
         before = lifecycle.move_run(run, action)
         if before == "queued":
             self.unqueue(run)
