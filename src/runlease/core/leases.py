@@ -523,7 +523,9 @@ def steal(m: State, cmd: StealRun) -> Outcome[Claim]:
                 code=LEASE_NOT_EXPIRED,
             )
         previous_hash = run.claim_token_hash
-        m.record_loss(run, LOSS_STOLEN, cmd.now, by=session.id)
+        # A lease past its deadline had run out before anyone took it; a live one was taken.
+        cause = LOSS_STOLEN if run.lease_until > cmd.now else REASON_LEASE_EXPIRED
+        m.record_loss(run, cause, cmd.now, by=session.id)
         m.end_lease(run, m.sessions[run.session_id])
     lease = m.grant(run, session, "steal", token_hash, seconds, clamped, cmd.now)
     event = m.run_event(
