@@ -55,6 +55,7 @@ from runlease.errors import (
 )
 from runlease.runtime.client import open_client
 from runlease.runtime.server import SocketServer, serve_socket
+from test_machine_model import fingerprint
 
 T0 = 1_700_000_000.0
 OPERATOR = Actor(kind="human", ref="operator")
@@ -438,3 +439,29 @@ async def test_both_clients_hear_the_codes_and_the_repeated_finish(skew_served: 
             assert error.value.code == RUN_NOT_FOUND
 
     await trio.to_thread.run_sync(sync_side)
+
+
+# ----------------------------------------------------------------------------- durable
+async def test_a_repeated_finish_journals_nothing_and_replays_the_same(tmp_path: Any) -> None:
+    data = tmp_path / "data"
+    async with runlease.open_runtime(data_dir=data, durability="relaxed") as rt:
+        first = await rt.create_task("first", start=True)
+        agent = await rt.open_session(agent="a")
+        run_id = (await agent.claim_next()).run.id
+        await agent.complete(run_id, result={"n": 1})
+        committer = rt._committer
+        before = committer.submitted_seq
+        again = await agent.complete(run_id, result={"n": 1})
+        assert again.already
+        assert committer.submitted_seq == before, "a repeated finish writes no record"
+        # A repeated finish with --next that claims: only the claim changes the state, and
+        # the record of both parts replays to the same state.
+        await rt.create_task("second", start=True)
+        finished = await agent.complete_and_next(run_id, result={"n": 1})
+        assert finished.run.already
+        assert finished.claim is not None
+        assert finished.claim.task.id != first.id
+        assert committer.submitted_seq == before + 2  # the second task, then the claim
+        expected = fingerprint(rt._machine)
+    async with runlease.open_runtime(data_dir=data, durability="relaxed") as rt:
+        assert fingerprint(rt._machine) == expected
