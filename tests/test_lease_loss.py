@@ -236,6 +236,14 @@ def test_another_sessions_run_and_a_run_never_held(m: Machine) -> None:
     m.apply(CreateTask(now=T0, task_id="u", title="u", start_run_id="run_u"))
     for message in refused_all(m, "other", "run_u", T0 + 1, AUTONOMY_NO_ACTIVE_LEASE):
         assert "claim it first" in message
+    # Queued again after its holder let go: anyone may claim it, so no lease, not foreign.
+    m.apply(ReleaseRun(now=T0 + 2, session_id="s", run_id="run_t"))
+    refused_all(m, "other", "run_t", T0 + 3, AUTONOMY_NO_ACTIVE_LEASE)
+    # Ended by another session: foreign.
+    claim(m, "s", T0 + 4)
+    m.apply(CompleteRun(now=T0 + 5, session_id="s", run_id="run_t"))
+    for message in refused_all(m, "other", "run_t", T0 + 6, AUTONOMY_FOREIGN_RUN):
+        assert "run run_t is completed, last held by session s" in message
 
 
 @pytest.mark.parametrize(
@@ -270,7 +278,7 @@ def test_a_different_outcome_is_refused_with_the_recorded_one(m: Machine) -> Non
     assert isinstance(error, InvalidInput)
     assert error.exit_code == 3
     assert "already completed run run_t" in error.message
-    assert "fail refused" in error.message
+    assert "this fail is refused" in error.message
     other_result = CompleteRun(now=T0 + 2, session_id="s", run_id="run_t", result={"pages": 3})
     error = refusal(m, other_result)
     assert error.code == RUN_ALREADY_FINISHED

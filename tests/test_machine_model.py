@@ -204,9 +204,11 @@ class Model:
             return AUTONOMY_NO_ACTIVE_LEASE
         if own is not None:
             return RUN_ALREADY_FINISHED
-        if run.last_session is not None:
-            return AUTONOMY_FOREIGN_RUN  # held by, or last held by, another session
-        return AUTONOMY_NO_ACTIVE_LEASE
+        if run.holder is not None:
+            return AUTONOMY_FOREIGN_RUN  # another session holds it
+        if run.last_session is not None and run.status != "queued":
+            return AUTONOMY_FOREIGN_RUN  # another session ended it
+        return AUTONOMY_NO_ACTIVE_LEASE  # queued: anyone may claim it
 
     # ----------------------------------------------------------------------- changes
     def enqueue(self, task: MTask, run_id: str) -> MRun:

@@ -11,8 +11,8 @@ The codes, from the caller's side:
 - the run does not exist: ``RUN_NOT_FOUND``;
 - the session's lease on it ran out (its deadline, or the session's TTL or parent ended
   it): ``AUTONOMY_LEASE_EXPIRED``, saying when and what happened to the run since;
-- another session holds it, or someone took it from this session (a steal, an operator's
-  force or cancel): ``AUTONOMY_FOREIGN_RUN``, saying by whom and when;
+- another session holds it or ended it, or someone took it from this session (a steal, an
+  operator's force or cancel): ``AUTONOMY_FOREIGN_RUN``, saying by whom and when;
 - the session finished it itself: the same finish again is answered as the first one was,
   flagged ``already`` (a retry after a lost reply); anything else is
   ``RUN_ALREADY_FINISHED`` naming the recorded outcome (a released run is back in the
@@ -122,8 +122,8 @@ def refusal(m: State, session: Session, run_id: str, now: float, asked: Asked) -
         # The deadline has passed; the lease clock is about to requeue or park the run.
         return LeaseRefused(
             f"the lease of session {sid} on run {run_id} expired at "
-            f"{_when(run.lease_until, now)}; the run is going back to the queue: "
-            "claim again to continue",
+            f"{_when(run.lease_until, now)}; the run goes back to the queue (or is parked "
+            "once it has lost too many leases): claim again to continue",
             code=AUTONOMY_LEASE_EXPIRED,
         )
     elsewhere = (
@@ -158,11 +158,11 @@ def refusal(m: State, session: Session, run_id: str, now: float, asked: Asked) -
             code=AUTONOMY_NO_ACTIVE_LEASE,
         )
     if own is not None:
-        differs = f"; it asked again with a different {_payload(own)}" if own == asked else ""
+        differs = f" (this call has a different {_payload(own)})" if own == asked else ""
         at = "" if run.ended_at is None else f" at {_when(run.ended_at, now)}"
         return InvalidInput(
-            f"session {sid} already {_DONE[own]} run {run_id}{at}{differs}; that outcome "
-            f"stands ({asked} refused){elsewhere}",
+            f"session {sid} already {_DONE[own]} run {run_id}{at}; that outcome stands, so "
+            f"this {asked} is refused{differs}{elsewhere}",
             code=RUN_ALREADY_FINISHED,
         )
     if run.status in LEASED_RUN_STATUSES:
@@ -171,11 +171,10 @@ def refusal(m: State, session: Session, run_id: str, now: float, asked: Asked) -
             f"since {_when(run.claimed_at, now)}, not by session {sid}{elsewhere}",
             code=AUTONOMY_FOREIGN_RUN,
         )
-    if run.session_id is not None and run.session_id != sid:
+    if run.status != "queued" and run.session_id is not None and run.session_id != sid:
         return LeaseRefused(
-            f"run {run_id} was last held by session {run.session_id} (agent "
-            f"{run.claimed_by}) and is {run.status} now; session {sid} holds no lease on it"
-            f"{elsewhere}",
+            f"run {run_id} is {run.status}, last held by session {run.session_id} (agent "
+            f"{run.claimed_by}); session {sid} holds no lease on it{elsewhere}",
             code=AUTONOMY_FOREIGN_RUN,
         )
     return LeaseRefused(
