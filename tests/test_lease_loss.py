@@ -230,6 +230,13 @@ def test_force_released_and_canceled_name_the_operator(m: Machine) -> None:
         assert "canceled from session other by human:operator" in message
 
 
+def test_a_refused_operator_action_records_no_loss(m: Machine) -> None:
+    m.apply(CompleteRun(now=T0 + 1, session_id="s", run_id="run_t"))
+    error = refusal(m, CancelRun(now=T0 + 2, run_id="run_t", actor=OPERATOR))
+    assert error.code == "INVALID_TRANSITION"
+    assert m.runs["run_t"].lease_loss is None
+
+
 def test_another_sessions_run_and_a_run_never_held(m: Machine) -> None:
     for message in refused_all(m, "other", "run_t", T0 + 1, AUTONOMY_FOREIGN_RUN):
         assert "held by session s (agent agent-s)" in message

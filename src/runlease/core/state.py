@@ -428,12 +428,12 @@ class State:
         taken from it, and by whom.
         """
         previous_hash = run.claim_token_hash
+        before = lifecycle.move_run(run, action)  # refuses before anything changed
         if run.session_id is not None:
             actor = self.actor
             self.record_loss(
                 run, action, now, by=None if actor is None else f"{actor.kind}:{actor.ref}"
             )
-        before = lifecycle.move_run(run, action)
         if before == "queued":
             self.unqueue(run)
         elif before in LEASED_RUN_STATUSES:
