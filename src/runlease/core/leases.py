@@ -16,6 +16,7 @@ from runlease.core import lifecycle, validate
 from runlease.core.commands import (
     BlockRun,
     ClaimNext,
+    ClaimRun,
     CompleteRun,
     ExpireLease,
     FailRun,
@@ -69,12 +70,12 @@ class ClaimInputs(NamedTuple):
 
     seconds: float
     clamped: bool
-    # The claim index key: None any task, "" global tasks only, else one workspace.
-    where: str | None
+    # The claim index view: "" tasks with no workspace, else that workspace's tasks.
+    where: str
     token_hash: str
 
 
-def check_claim(cmd: ClaimNext) -> ClaimInputs:
+def check_claim(cmd: ClaimNext | ClaimRun) -> ClaimInputs:
     """Check what a claim asks for, before anything changes."""
     seconds, clamped = validate.lease_seconds(cmd.lease_seconds)
     if cmd.workspace_id is not None:
@@ -87,9 +88,9 @@ def check_claim(cmd: ClaimNext) -> ClaimInputs:
     return ClaimInputs(seconds, clamped, where, lease_hash(cmd))
 
 
-def _workspace_key(scope: str | None, workspace_id: str | None) -> str | None:
+def _workspace_key(scope: str | None, workspace_id: str | None) -> str:
     if scope is None:
-        return workspace_id
+        return workspace_id or ""
     if scope == "global":
         if workspace_id is not None:
             raise InvalidInput("a global-scope claim cannot name a workspace")
@@ -101,7 +102,7 @@ def _workspace_key(scope: str | None, workspace_id: str | None) -> str | None:
     raise InvalidInput(f"scope must be global or workspace, not {scope!r}")
 
 
-def lease_hash(cmd: ClaimNext | StealRun) -> str:
+def lease_hash(cmd: ClaimNext | ClaimRun | StealRun) -> str:
     """The token hash a claim or steal grants its lease under.
 
     New commands carry the hash. Journals written before that carry the raw token, which
