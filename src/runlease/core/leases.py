@@ -150,7 +150,11 @@ def claim_next(m: State, cmd: ClaimNext) -> Outcome[Claim]:
         )
     )
     if run_id is None:
-        where = f" in workspace {cmd.workspace_id}" if cmd.workspace_id else ""
+        where = (
+            f" in workspace {cmd.workspace_id}"
+            if cmd.workspace_id
+            else " among tasks with no workspace (name a workspace to take its tasks)"
+        )
         if m.scheduler.paused:
             where += " (the scheduler is paused)"
         error = NotFound(
