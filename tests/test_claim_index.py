@@ -1,4 +1,11 @@
-"""ClaimIndex against a brute-force model: a plain dict of queued runs and a linear scan."""
+"""ClaimIndex against a brute-force model: a plain dict of queued runs and a linear scan.
+
+The model states the claim order directly: a claim that names no workspace sees only runs
+of tasks with none, a workspace claim only that workspace's; the claimer must offer every
+required capability and be admitted by the owner; the best run has the highest priority,
+then is the claimer's own (session or pool) rather than unowned, then matches more of its
+preferred capabilities, then came first, then has the smaller id.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,10 @@ RANKS = [10, 20, 30, 40]
 TIMES = [0, 1, 2, 7]  # queue places (seq); ties are broken by run id
 WORKSPACES: list[str | None] = [None, "a", "b"]
 CAPS = ["x", "y", "z"]
+OWNERS: list[str | None] = [None, None, "s:1", "s:2", "p:a"]
+# The owner keys a claimer answers to: none, its session's, its session's and its pool's.
+CLAIMERS: list[tuple[str, ...]] = [(), ("s:1",), ("s:1", "p:a"), ("s:2", "p:b")]
+MIN_RANKS: list[int | None] = [None, None, None, 20, 40]
 
 
 @dataclass(frozen=True)
@@ -23,17 +34,32 @@ class Entry:
     queued_at: int  # the queue place (ClaimIndex seq)
     workspace_id: str | None
     caps: frozenset[str]
+    preferred: frozenset[str] = frozenset()
+    owner: str | None = None
 
 
 def expected_winner(
-    model: dict[str, Entry], workspace_id: str | None, offered: frozenset[str]
+    model: dict[str, Entry],
+    workspace_id: str | None,
+    offered: frozenset[str],
+    owners: tuple[str, ...] = (),
+    min_rank: int | None = None,
 ) -> str | None:
     candidates = [
-        (-e.rank, e.queued_at, run_id)
+        (
+            -e.rank,
+            0 if e.owner is not None else 1,
+            -len(e.preferred & offered),
+            e.queued_at,
+            run_id,
+        )
         for run_id, e in model.items()
-        if (workspace_id is None or e.workspace_id == workspace_id) and e.caps <= offered
+        if (e.workspace_id or "") == (workspace_id or "")
+        and e.caps <= offered
+        and (e.owner is None or e.owner in owners)
+        and (min_rank is None or e.rank >= min_rank)
     ]
-    return min(candidates)[2] if candidates else None
+    return min(candidates)[-1] if candidates else None
 
 
 def heap_stats(index: ClaimIndex) -> list[tuple[int, int, int]]:
@@ -48,8 +74,8 @@ def assert_heaps_bounded(index: ClaimIndex) -> None:
         assert live >= 1, "a heap with no live entry was kept"
         assert items <= 2 * live, f"heap of {items} entries holds only {live} live ones"
         total += items
-    # Each live run sits in exactly two heaps, each at most half dead.
-    assert total <= 4 * len(index)
+    # Each live run sits in exactly one lane, each at most half dead.
+    assert total <= 2 * len(index)
 
 
 class IndexVersusModel(RuleBasedStateMachine):
@@ -72,6 +98,8 @@ class IndexVersusModel(RuleBasedStateMachine):
             seq=entry.queued_at,
             workspace_id=entry.workspace_id,
             capabilities=entry.caps,
+            preferred=entry.preferred,
+            owner=entry.owner,
         )
         self.model[run_id] = entry
         self.gone.pop(run_id, None)
@@ -81,11 +109,20 @@ class IndexVersusModel(RuleBasedStateMachine):
         queued_at=st.sampled_from(TIMES),
         workspace_id=st.sampled_from(WORKSPACES),
         caps=st.frozensets(st.sampled_from(CAPS), max_size=2),
+        preferred=st.sampled_from([frozenset(), frozenset(), frozenset({"y"})]),
+        owner=st.sampled_from(OWNERS),
     )
     def add(
-        self, rank: int, queued_at: int, workspace_id: str | None, caps: frozenset[str]
+        self,
+        rank: int,
+        queued_at: int,
+        workspace_id: str | None,
+        caps: frozenset[str],
+        preferred: frozenset[str],
+        owner: str | None,
     ) -> None:
-        self._add(self._new_id(), Entry(rank, queued_at, workspace_id, caps))
+        entry = Entry(rank, queued_at, workspace_id, caps, preferred, owner)
+        self._add(self._new_id(), entry)
 
     @rule(pick=st.integers(0, 1000))
     def add_again(self, pick: int) -> None:
@@ -102,6 +139,8 @@ class IndexVersusModel(RuleBasedStateMachine):
                 st.sampled_from(TIMES),
                 st.sampled_from(WORKSPACES),
                 st.frozensets(st.sampled_from(CAPS), max_size=2),
+                st.sampled_from([frozenset(), frozenset({"y"})]),
+                st.sampled_from(OWNERS),
             ),
             max_size=6,
         ),
@@ -109,20 +148,21 @@ class IndexVersusModel(RuleBasedStateMachine):
     )
     def add_many(
         self,
-        batch: list[tuple[int, int, str | None, frozenset[str]]],
+        batch: list[tuple[int, int, str | None, frozenset[str], frozenset[str], str | None]],
         readd: bool,
     ) -> None:
         """Bulk indexing (boot) must agree with adding the runs one by one."""
-        items: list[tuple[str, int, int, str | None, frozenset[str]]] = []
+        items: list[tuple[str, int, int, str | None, frozenset[str], frozenset[str], str | None]]
+        items = []
         if readd:
             items += [
-                (run_id, e.rank, e.queued_at, e.workspace_id, e.caps)
+                (run_id, e.rank, e.queued_at, e.workspace_id, e.caps, e.preferred, e.owner)
                 for run_id, e in self.gone.items()
             ]
         items += [(self._new_id(), *fields) for fields in batch]
         self.index.add_many(iter(items))
-        for run_id, rank, queued_at, workspace_id, caps in items:
-            self.model[run_id] = Entry(rank, queued_at, workspace_id, caps)
+        for run_id, *fields in items:
+            self.model[run_id] = Entry(*fields)  # type: ignore[arg-type]
             self.gone.pop(run_id, None)
 
     @rule(pick=st.integers(0, 1000))
@@ -135,13 +175,27 @@ class IndexVersusModel(RuleBasedStateMachine):
             self._add(run_id, entry)
 
     @rule(
-        workspace_id=st.sampled_from([*WORKSPACES, "c"]),
+        workspace_id=st.sampled_from([*WORKSPACES, "", "c"]),
         offered=st.frozensets(st.sampled_from(CAPS)),
+        owners=st.sampled_from(CLAIMERS),
+        min_rank=st.sampled_from(MIN_RANKS),
     )
-    def take(self, workspace_id: str | None, offered: frozenset[str]) -> None:
-        expected = expected_winner(self.model, workspace_id, offered)
-        assert self.index.peek(workspace_id=workspace_id, offered=offered) == expected
-        got = self.index.take(workspace_id=workspace_id, offered=offered)
+    def take(
+        self,
+        workspace_id: str | None,
+        offered: frozenset[str],
+        owners: tuple[str, ...],
+        min_rank: int | None,
+    ) -> None:
+        expected = expected_winner(self.model, workspace_id, offered, owners, min_rank)
+        asked = {
+            "workspace_id": workspace_id,
+            "offered": offered,
+            "owners": owners,
+            "min_rank": min_rank,
+        }
+        assert self.index.peek(**asked) == expected  # type: ignore[arg-type]
+        got = self.index.take(**asked)  # type: ignore[arg-type]
         assert got == expected
         if got is not None:
             self.gone[got] = self.model.pop(got)
@@ -186,10 +240,10 @@ def test_churn_over_a_long_lived_entry_keeps_heaps_small() -> None:
     for i in range(5000):
         _add(index, f"run_{i:05d}", rank=40, ws="a")
         if i % 2:
+            # Removed without a claim: its entry is dead until the lane drops it.
             assert index.discard(f"run_{i:05d}")
         else:
-            # Taken through the cross-workspace heap, so the workspace heap goes stale.
-            assert index.take(workspace_id=None, offered=frozenset()) == f"run_{i:05d}"
+            assert index.take(workspace_id="a", offered=frozenset()) == f"run_{i:05d}"
         assert_heaps_bounded(index)
         assert max(items for items, _, _ in heap_stats(index)) <= 3
     assert list(index.run_ids()) == ["run_keep"]
@@ -209,15 +263,28 @@ def test_many_dead_below_a_live_top_are_compacted() -> None:
     assert len(index) == 0
 
 
-def test_workspace_claim_does_not_see_global_runs() -> None:
+def test_a_claim_sees_only_the_workspace_it_names() -> None:
     index = ClaimIndex()
-    _add(index, "run_global", rank=40)
-    _add(index, "run_ws", rank=10, ws="a")
+    _add(index, "run_global", rank=10)
+    _add(index, "run_ws", rank=40, ws="a")
     assert index.peek(workspace_id="a", offered=frozenset()) == "run_ws"
     assert index.peek(workspace_id="b", offered=frozenset()) is None
+    # No workspace named: the urgent run of workspace a is not offered.
     assert index.take(workspace_id=None, offered=frozenset()) == "run_global"
-    assert index.take(workspace_id="a", offered=frozenset()) == "run_ws"
     assert index.take(workspace_id=None, offered=frozenset()) is None
+    assert index.take(workspace_id="a", offered=frozenset()) == "run_ws"
+
+
+def test_own_work_goes_first_at_equal_priority_only() -> None:
+    index = ClaimIndex()
+    none = frozenset[str]()
+    index.add("run_old", rank=20, seq=1, workspace_id=None, capabilities=none)
+    index.add("run_mine", rank=20, seq=2, workspace_id=None, capabilities=none, owner="p:a")
+    index.add("run_urgent", rank=40, seq=3, workspace_id=None, capabilities=none)
+    claimer = {"workspace_id": None, "offered": none, "owners": ("s:1", "p:a")}
+    assert index.take(**claimer) == "run_urgent"  # type: ignore[arg-type]
+    assert index.take(**claimer) == "run_mine"  # type: ignore[arg-type]
+    assert index.take(**claimer) == "run_old"  # type: ignore[arg-type]
 
 
 def test_add_many_refuses_a_run_already_indexed() -> None:

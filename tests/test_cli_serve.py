@@ -165,7 +165,7 @@ def test_workspace_roots_let_completion_contracts_be_checked(tmp_path: Path) -> 
             "task", "create", "build", "--workspace", "ws1", "--artifact", "dist/app.whl",
             "--start",
         )["task"]  # fmt: skip
-        run_id = cli.ok("task", "next", token=token)["run"]["id"]
+        run_id = cli.ok("task", "next", "--workspace", "ws1", token=token)["run"]["id"]
 
         message = cli.fails(
             "task", "complete", run_id, code="COMPLETION_CONTRACT_UNMET", exit=3, token=token
@@ -179,7 +179,7 @@ def test_workspace_roots_let_completion_contracts_be_checked(tmp_path: Path) -> 
 
         # A workspace with no configured root cannot be checked, and says so.
         cli.ok("task", "create", "elsewhere", "--workspace", "ws2", "--artifact", "x", "--start")
-        other = cli.ok("task", "next", token=token)["run"]["id"]
+        other = cli.ok("task", "next", "--workspace", "ws2", token=token)["run"]["id"]
         cli.fails("task", "complete", other, code="WORKSPACE_ROOT_UNKNOWN", exit=3, token=token)
     finally:
         assert server.stop() == 0

@@ -467,18 +467,23 @@ def test_workspace_filter(m: Machine) -> None:
     assert claimed_id(m, "s1", workspace_id="ws_b") == "run_b"
     assert claimed_id(m, "s2", workspace_id="ws_a") == "run_a"
     assert code_of(m, claim_cmd("s3", workspace_id="ws_a")) == NO_CLAIMABLE_RUN
-    # No filter sees every task.
+    # No workspace named: only the global task.
     assert claimed_id(m, "s3") == "run_g"
     assert code_of(m, claim_cmd("s4")) == NO_CLAIMABLE_RUN
     assert m.tasks["a"].scope == "workspace"
     assert m.tasks["g"].scope == "global"
 
 
-def test_workspace_without_filter_ranks_across_workspaces(m: Machine) -> None:
-    task(m, "a", run_id="run_a", workspace_id="ws_a", priority="low")
-    task(m, "b", run_id="run_b", workspace_id="ws_b", priority="urgent")
+def test_a_claim_naming_no_workspace_takes_global_tasks_only(m: Machine) -> None:
+    task(m, "a", run_id="run_a", workspace_id="ws_a", priority="urgent")
+    task(m, "g", run_id="run_g", priority="low")
     session(m, "s")
-    assert claimed_id(m, "s") == "run_b"
+    session(m, "t")
+    assert claimed_id(m, "s") == "run_g"
+    # The workspace task waits for a claim that names its workspace.
+    assert code_of(m, claim_cmd("t")) == NO_CLAIMABLE_RUN
+    assert code_of(m, claim_cmd("t", workspace_id="ws_b")) == NO_CLAIMABLE_RUN
+    assert claimed_id(m, "t", workspace_id="ws_a") == "run_a"
 
 
 def test_bad_workspace_name_on_claim(m: Machine) -> None:

@@ -383,7 +383,7 @@ async def test_the_claim_part_honours_scope_and_priority_min() -> None:
         assert finished.no_claim is not None
         assert finished.no_claim.code == "NO_CLAIMABLE_RUN"
 
-        second = await agent.claim_next(priority_min="high")
+        second = await agent.claim_next(priority_min="high", workspace="ws")
         assert second.task.title == "high, in a workspace"
         finished = await agent.release_and_next(second.run.id, scope="global")
         assert finished.claim is not None

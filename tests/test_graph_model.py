@@ -28,6 +28,7 @@ from runlease.core.commands import (
     CancelTask,
     CheckpointTask,
     ClaimNext,
+    ClaimRun,
     CompleteRun,
     CreateTask,
     DeleteTask,
@@ -736,6 +737,41 @@ class GraphModel(RuleBasedStateMachine):
             self.lease_of[session] = t
             run = self.machine.runs[self.run_id(t)]
             assert (run.status, run.session_id, run.checkpoint_at) == ("claimed", session, None)
+
+    @rule(data=st.data(), session=st.sampled_from(SESSIONS), by_run=st.booleans())
+    def claim_by_id(self, data: st.DataObject, session: str, by_run: bool) -> None:
+        """Claim a chosen task's run (by task or by run id): allowed exactly when
+        ``claim`` could hand that run to this session."""
+        t = self.pick_mostly(data, "queued")
+        if t is None:
+            return
+        mt = self.tasks[t]
+        if mt.phase == "none":
+            if by_run:
+                return  # no run id to name
+            expected: str | None = NO_CLAIMABLE_RUN
+        elif self.lease_of[session] is not None:
+            expected = AUTONOMY_LEASE_ALREADY_HELD
+        elif mt.phase != "queued" or self.gated(t) or self.scheduler_paused or mt.needs_gpu:
+            expected = NO_CLAIMABLE_RUN
+        else:
+            expected = None
+        command = ClaimRun(
+            now=self.tick(),
+            session_id=session,
+            run_id=self.run_id(t) if by_run else None,
+            task_id=None if by_run else t,
+            claim_token=new_secret_token(CLAIM_TOKEN_PREFIX),
+            lease_seconds=100_000,
+        )
+        before = set(self.machine.index.run_ids())
+        error = self.apply(command)
+        assert (error and error.code) == expected, error
+        if error is None:
+            assert self.run_id(t) in before
+            assert self.run_id(t) not in self.machine.index
+            mt.phase, mt.holder = "leased", session
+            self.lease_of[session] = t
 
     @rule(session=st.sampled_from(SESSIONS))
     def claim_and_block(self, session: str) -> None:

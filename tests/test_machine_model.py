@@ -24,6 +24,7 @@ from runlease.core.commands import (
     AnyCommand,
     BlockRun,
     ClaimNext,
+    ClaimRun,
     CompleteRun,
     CreateTask,
     ExpireLease,
@@ -145,7 +146,7 @@ class Model:
             if run.status != "queued":
                 continue
             task = self.tasks[run.task_id]
-            if workspace_id is not None and task.workspace_id != workspace_id:
+            if self.scope_refusal(task, workspace_id):
                 continue
             if not task.caps <= session.caps:
                 continue
@@ -179,6 +180,12 @@ class Model:
             "block": run.reason,
         }[kind]
         return bool(recorded == payload)
+
+    @staticmethod
+    def scope_refusal(task: MTask, workspace_id: str | None) -> bool:
+        """A claim sees a workspace's tasks only when it names that workspace, and only
+        tasks with no workspace when it names none."""
+        return task.workspace_id != workspace_id
 
     def lease_refusal(self, session_id: str | None, run_id: str) -> str | None:
         """Why a run-scoped command from this session on this run must be refused."""
@@ -824,6 +831,119 @@ class MachineVersusModel(RuleBasedStateMachine):
         )
         if idle:
             self._claim(idle[i % len(idle)], None, lease_seconds)
+
+    @rule(
+        pick=session_picks,
+        what=st.sampled_from(
+            ["queued_run"] * 4 + ["queued_task"] * 2 + ["any_run", "any_task", "no_run", "no_task"]
+        ),
+        i=st.integers(0, 63),
+        workspace_id=st.sampled_from([None] * 6 + ["ws_a", "ws_b", "bad ws"]),
+        lease_seconds=lease_lengths,
+    )
+    def claim_by_id(
+        self,
+        pick: Pick,
+        what: str,
+        i: int,
+        workspace_id: str | None,
+        lease_seconds: float | None,
+    ) -> None:
+        """Claim a chosen run (or a task's current run) under the rules of claim_next."""
+        model = self.model
+        session_id = self._session_id(pick)
+        queued = sorted(r.id for r in model.runs.values() if r.status == "queued")
+        run_id: str | None = None
+        task_id: str | None = None
+        if what == "queued_run" and queued:
+            run_id = queued[i % len(queued)]
+        elif what == "queued_task" and queued:
+            task_id = model.runs[queued[i % len(queued)]].task_id
+        elif what.endswith("_task"):
+            ids = sorted(model.tasks)
+            task_id = ids[i % len(ids)] if ids and what != "no_task" else "task_unknown"
+        else:
+            ids = sorted(model.runs)
+            run_id = ids[i % len(ids)] if ids and what != "no_run" else "run_unknown"
+        token = self._new_token()
+        command = ClaimRun(
+            now=model.now,
+            session_id=session_id,
+            run_id=run_id,
+            task_id=task_id,
+            claim_token=token,
+            lease_seconds=lease_seconds,
+            workspace_id=workspace_id,
+        )
+        if not session_id:
+            self._refused(command, AUTONOMY_SESSION_REQUIRED)
+            return
+        session = model.sessions.get(session_id)
+        if session is None:
+            self._refused(command, SESSION_NOT_FOUND)
+            return
+        if session.state != "live":
+            self._refused(command, SESSION_STOPPED)
+            return
+        if (lease_seconds is not None and lease_seconds < 0) or workspace_id == "bad ws":
+            self._refused(command, INVALID_INPUT)
+            return
+        if run_id is not None and run_id not in model.runs:
+            self._refused(command, RUN_NOT_FOUND)
+            return
+        if task_id is not None and task_id not in model.tasks:
+            self._refused(command, TASK_NOT_FOUND)
+            return
+        chosen = run_id if run_id is not None else model.tasks[task_id or ""].current_run
+        if chosen is None:
+            self._refused(command, NO_CLAIMABLE_RUN)
+            return
+        run = model.runs[chosen]
+        task = model.tasks[run.task_id]
+        held = model.runs[session.lease_run] if session.lease_run else None
+        if held is not None:
+            assert held.lease_until is not None
+            if held.lease_until > model.now:
+                self._refused(command, AUTONOMY_LEASE_ALREADY_HELD)
+                return
+
+        def claimable() -> bool:
+            return (
+                task.current_run == chosen
+                and run.status == "queued"
+                and not model.scope_refusal(task, workspace_id)
+                and task.caps <= session.caps
+            )
+
+        if held is None and not claimable():
+            self._refused(command, NO_CLAIMABLE_RUN)
+            return
+        outcome = self._apply(command, "claimed" if claimable() else "expired, then refused")
+        kinds = []
+        requeued = False
+        if held is not None:
+            requeued = model.expire(held, "lease_expired")
+            kinds.append("lease_expired")
+        if not claimable():
+            assert outcome.error is not None
+            assert outcome.error.code == NO_CLAIMABLE_RUN
+            assert [ev.kind for ev in outcome.events] == kinds
+            assert outcome.queued == requeued
+            return
+        seconds, clamped = expected_seconds(lease_seconds)
+        model.claim(session, run, seconds)
+        reply = outcome.reply
+        assert outcome.error is None
+        assert isinstance(reply, Claim)
+        assert (reply.run.id, reply.run.status, reply.task.id) == (chosen, "claimed", task.id)
+        lease = reply.lease
+        assert (lease.run_id, lease.session_id) == (chosen, session_id)
+        assert lease.lease_until == run.lease_until
+        assert (lease.lease_seconds, lease.lease_seconds_clamped) == (seconds, clamped)
+        assert lease.claim_token_hash == sha256_of(token)
+        assert [ev.kind for ev in outcome.events] == [*kinds, "run_claimed"]
+        assert outcome.deadlines == [(run.lease_until, "lease", chosen)]
+        assert outcome.queued == requeued
 
     @rule(pick=actor_picks, run_pick=run_picks, lease_seconds=lease_lengths)
     def heartbeat(self, pick: Pick, run_pick: Pick, lease_seconds: float | None) -> None:

@@ -140,6 +140,8 @@ GRAPH_EXAMPLES: list[p.Request[Any]] = [
     p.RecoverRun(id=63, run_id="run_1", reason="looked at it"),
     p.ReopenTask(id=64, task_id="tsk_1"),
     p.UnblockTask(id=65, task_id="tsk_1", reason="answered"),
+    p.ClaimRun("run_1", id=67, token="rl_session_x", workspace="w", lease_seconds=60),
+    p.ClaimTask("tsk_1", id=68, scope="global", priority_min="urgent"),
 ]
 
 
@@ -198,6 +200,9 @@ def test_the_wire_names_are_stable() -> None:
         "recover_run",
         "reopen_task",
         "unblock_task",
+        # claim a chosen run, by its id or its task's
+        "claim_run",
+        "claim_task",
     }
     assert expected_ops == p.OPS
     reply_types: tuple[type[p.Reply], ...] = p.AnyReply.__args__

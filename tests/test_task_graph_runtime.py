@@ -396,7 +396,7 @@ async def test_completion_contract_lists_missing_artifacts(tmp_path: Path) -> No
             required_artifacts=["out/report.md", "out/data.csv"],
             start=True,
         )
-        claim = await agent.claim_next()
+        claim = await agent.claim_next(workspace="ws")
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "report.md").write_text("done")
         with pytest.raises(RunleaseError) as info:

@@ -93,6 +93,8 @@ class AsyncLeaseMethods(AsyncCaller):
         """Apply ``finish``, then claim the session's next run under ``then``."""
 
     claim_next = method(op.ClaimNext)
+    claim_run = method(op.ClaimRun)
+    claim_task = method(op.ClaimTask)
     heartbeat = method(op.HeartbeatRun)
     complete = method(op.CompleteRun)
     fail = method(op.FailRun)

@@ -280,9 +280,10 @@ class ClaimNext(SessionRequest[Claim], tag="claim_next"):
     The same struct is the ``next`` of a finish that claims the session's next run; there
     its ``id`` and ``token`` are unused.
 
-    Filters: ``workspace`` (only that workspace's tasks), ``scope`` ("global": only tasks
-    without a workspace; "workspace": only those with one), ``priority_min`` (a priority
-    name or rank; lower ones are skipped). With ``wait`` the claim parks until work
+    Filters: ``workspace`` (only that workspace's tasks; without it, only tasks with no
+    workspace), ``scope`` (the same said explicitly: "global" takes no workspace,
+    "workspace" needs one), ``priority_min`` (a priority name or rank; lower ones are
+    skipped). With ``wait`` the claim parks until work
     arrives or ``timeout`` seconds pass (then NO_CLAIMABLE_RUN).
     """
 
@@ -324,6 +325,57 @@ def claim_command(options: ClaimNext, session_id: str, call: Call) -> c.ClaimNex
         priority_min=priority_rank(options.priority_min),
         **options.who(call),
     )
+
+
+class _ClaimChosen(SessionRequest[Claim], kw_only=True):
+    """A claim of one chosen run, under the rules and filters of :class:`ClaimNext`."""
+
+    lease_seconds: float | None = None
+    workspace: str | None = None
+    scope: Scope | None = None
+    priority_min: str | int | None = None
+
+    def target(self) -> tuple[str | None, str | None]:
+        """(run id, task id): the one the caller chose."""
+        raise NotImplementedError
+
+    def command(self, call: Call) -> c.ClaimRun:
+        run_id, task_id = self.target()
+        return c.ClaimRun(
+            now=0.0,
+            session_id=call.session_id(),
+            run_id=run_id,
+            task_id=task_id,
+            claim_token_hash=call.runtime.new_claim_hash(),
+            lease_seconds=self.lease_seconds,
+            workspace_id=self.workspace,
+            scope=self.scope,
+            priority_min=priority_rank(self.priority_min),
+            **self.who(call),
+        )
+
+
+@operation(session=True)
+class ClaimRun(_ClaimChosen, tag="claim_run"):
+    """Claim this queued run for the session, as ``claim_next`` would if it came first:
+    same filters (the workspace scope included), one lease per session, not while its
+    task is a draft, paused or blocked, nor while the scheduler is paused. Refused with
+    NO_CLAIMABLE_RUN and the reason otherwise (RUN_NOT_FOUND if there is no such run)."""
+
+    run_id: str
+
+    def target(self) -> tuple[str | None, str | None]:
+        return self.run_id, None
+
+
+@operation(session=True)
+class ClaimTask(_ClaimChosen, tag="claim_task"):
+    """Claim the task's current run for the session (see :class:`ClaimRun`)."""
+
+    task_id: str
+
+    def target(self) -> tuple[str | None, str | None]:
+        return None, self.task_id
 
 
 # -------------------------------------------------------------------------------- tasks

@@ -276,9 +276,29 @@ class ClaimNext(Command[Claim], tag="claim_next"):
     claim_token: str | None = None
     lease_seconds: float | None = None
     workspace_id: str | None = None
-    # "global": only tasks without a workspace; None: any (or workspace_id's).
+    # Which tasks the claim looks at: those of ``workspace_id`` if it names one, else only
+    # tasks with no workspace. ``scope`` may say the same explicitly ("global" without a
+    # workspace, "workspace" with one).
     scope: Scope | None = None
     # Lowest priority rank accepted (PRIORITY_RANK values: low 10 ... urgent 40).
+    priority_min: int | None = None
+
+
+class ClaimRun(Command[Claim], tag="claim_run"):
+    """Claim one chosen run: ``run_id``, or the current run of ``task_id`` (exactly one).
+
+    The rules and filters are those of :class:`ClaimNext`; the run must be one that claim
+    could hand to this session, else NO_CLAIMABLE_RUN says why it cannot.
+    """
+
+    session_id: str | None
+    run_id: str | None = None
+    task_id: str | None = None
+    claim_token_hash: str | None = None
+    claim_token: str | None = None
+    lease_seconds: float | None = None
+    workspace_id: str | None = None
+    scope: Scope | None = None
     priority_min: int | None = None
 
 
@@ -346,6 +366,7 @@ AnyCommand = (
     | ReleaseSessionLeases
     | ExpireSession
     | ClaimNext
+    | ClaimRun
     | HeartbeatRun
     | CompleteRun
     | FailRun

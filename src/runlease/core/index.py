@@ -2,8 +2,10 @@
 
 Queued runs are grouped by what decides who may take them and in which order:
 
-- the **view**: a run is listed under its own workspace (claims that name a workspace) and
-  under "any workspace" (claims that do not), so each claim looks at one view only;
+- the **view**: a run is listed under its task's workspace, or under the global view ("")
+  for a task with no workspace. A claim looks at exactly one view: the workspace it names,
+  or the global view when it names none, so a workspace's work never reaches a claimer
+  that did not ask for that workspace;
 - the **owner key**: unowned runs, or the runs of an assigned task, filed under
   "s:<session>" or "p:<agent pool>"; a claim looks under the unowned key and its own two;
 - the **capability group** (required, preferred): the claimer must offer every required
@@ -18,14 +20,15 @@ larger place than any before them, so a lane is a FIFO deque that is only append
 run that comes back with its old place (a requeue after an expiry or a release, or a
 priority change) lands in a small heap beside the deque. A lane's next run is the smaller of
 the two fronts. A claim compares the fronts of the highest-ranked lane of each group it may
-take from, by (priority, preference score, queue place, id), so it costs O(groups) plus
-O(log r) for r requeued runs, however many runs are queued.
+take from, by (priority, owned before unowned, preference score, queue place, id), so it
+costs O(groups) plus O(log r) for r requeued runs, however many runs are queued.
 
 Entries are plain tuples of numbers and strings, so once the collector has seen them it
 stops tracking them: a deep queue adds nothing to the work of a full garbage collection.
-An entry is live while ``_entries`` maps its run id to that very tuple; taking or removing a
-run just drops the mapping, and the dead tuple left in the other view is dropped when it
-reaches its lane's front, or when a lane holds more dead entries than live ones.
+An entry is live while ``_entries`` maps its run id to that very tuple; removing a run from
+the middle of a lane (a cancel, a pause, a claim by id) just drops the mapping, and the dead
+tuple is dropped when it reaches its lane's front, or when a lane holds more dead entries
+than live ones.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ _Group = tuple[frozenset[str], frozenset[str]]
 _RUN_ID: Final = 1
 _NO_PREFERENCE: frozenset[str] = frozenset()
 
-_ANY_WORKSPACE = "\x00any"  # a key no real workspace id can take (ids are printable)
+_GLOBAL = ""  # the view of tasks with no workspace (workspace ids are never empty)
 
 
 class _Lane:
@@ -127,7 +130,6 @@ class ClaimIndex:
         entry = self._entry(run_id, rank, seq, workspace_id, capabilities, preferred, owner)
         self._entries[run_id] = entry
         self._lane(entry[3], entry).push(entry)
-        self._lane(_ANY_WORKSPACE, entry).push(entry)
 
     def add_many(self, items: Iterable[tuple[Any, ...]]) -> None:
         """Index many runs at once (boot): each lane is sorted once instead of pushed into.
@@ -149,12 +151,11 @@ class ClaimIndex:
         self._entries.update(fresh)
         batches: dict[int, tuple[_Lane, list[_Entry]]] = {}
         for entry in fresh.values():
-            for view in (entry[3], _ANY_WORKSPACE):
-                lane = self._lane(view, entry)
-                batch = batches.get(id(lane))
-                if batch is None:
-                    batch = batches[id(lane)] = (lane, [])
-                batch[1].append(entry)
+            lane = self._lane(entry[3], entry)
+            batch = batches.get(id(lane))
+            if batch is None:
+                batch = batches[id(lane)] = (lane, [])
+            batch[1].append(entry)
         for lane, entries in batches.values():
             entries.sort()
             if lane.stored():
@@ -164,11 +165,13 @@ class ClaimIndex:
                 lane.fifo = deque(entries)
 
     def discard(self, run_id: str) -> bool:
-        """Take a run out of the index (it was canceled or paused). True if it was there."""
+        """Take a run out of the index (canceled, paused, claimed by id). True if it was
+        there."""
         entry = self._entries.pop(run_id, None)
         if entry is None:
             return False
-        self._forget(entry, (entry[3], _ANY_WORKSPACE))
+        view = entry[3]
+        self._settle(view, entry, self._find_lane(view, entry), counted=True)
         return True
 
     def peek(
@@ -192,8 +195,9 @@ class ClaimIndex:
     ) -> str | None:
         """Remove and return the best run this claimer may take, or None.
 
-        ``workspace_id=""`` means global tasks only. ``owners`` are the owner keys the
-        claimer answers to besides unowned work; ``min_rank`` skips lower priorities.
+        ``workspace_id`` None (or "") means tasks with no workspace only. ``owners`` are
+        the owner keys the claimer answers to besides unowned work (their runs go first at
+        equal priority); ``min_rank`` skips lower priorities.
         """
         best = self._best(workspace_id, offered, owners, min_rank)
         if best is None:
@@ -205,11 +209,7 @@ class ClaimIndex:
             heapq.heappop(lane.late)
         run_id = entry[_RUN_ID]
         del self._entries[run_id]
-        view = _ANY_WORKSPACE if workspace_id is None else workspace_id
-        other = entry[3] if workspace_id is None else _ANY_WORKSPACE
-        # The taken entry left its lane already; the other view still stores it.
-        self._settle(view, entry, lane, counted=False)
-        self._forget(entry, (other,))
+        self._settle(entry[3], entry, lane, counted=False)
         return run_id
 
     # ------------------------------------------------------------------ internals
@@ -228,7 +228,7 @@ class ClaimIndex:
         if group_id is None:
             group_id = self._group_ids[group] = len(self._groups)
             self._groups.append(group)
-        return (seq, run_id, rank, workspace_id or "", owner or "", group_id)
+        return (seq, run_id, rank, workspace_id or _GLOBAL, owner or "", group_id)
 
     def _lane(self, view: str, entry: _Entry) -> _Lane:
         by_owner = self._buckets.get(view)
@@ -248,18 +248,12 @@ class ClaimIndex:
                 return lane
         raise AssertionError(f"no lane holds run {entry[_RUN_ID]}")  # pragma: no cover
 
-    def _forget(self, entry: _Entry, views: tuple[str, ...]) -> None:
-        """``entry`` is dead (its run left the index): account for it in these views."""
-        for view in views:
-            self._settle(view, entry, self._find_lane(view, entry), counted=True)
-
     def _settle(self, view: str, entry: _Entry, lane: _Lane, *, counted: bool) -> None:
         """Tidy ``lane`` after one of its runs left the index.
 
         ``counted``: the dead entry is still stored in the lane. Dead entries at the fronts
-        are dropped at once (the lane's order makes the runs taken through the other view
-        reach the front first, so this keeps most lanes free of garbage); an emptied lane
-        is removed; a lane holding more dead entries than live ones is rebuilt.
+        are dropped at once; an emptied lane is removed; a lane holding more dead entries
+        than live ones is rebuilt.
         """
         if counted:
             lane.dead += 1
@@ -311,17 +305,19 @@ class ClaimIndex:
         owners: tuple[str, ...] = (),
         min_rank: int | None = None,
     ) -> tuple[_Entry, _Lane] | None:
-        view = _ANY_WORKSPACE if workspace_id is None else workspace_id
-        by_owner = self._buckets.get(view)
+        by_owner = self._buckets.get(workspace_id or _GLOBAL)
         if not by_owner:
             return None
         groups = self._groups
         best: tuple[_Entry, _Lane] | None = None
-        best_key: tuple[int, int, int, str] | None = None
+        best_key: tuple[int, int, int, int, str] | None = None
         for owner_key in ("", *owners):
             by_group = by_owner.get(owner_key)
             if not by_group:
                 continue
+            # At equal priority the claimer's own work (its session's or its pool's) goes
+            # before unowned work.
+            unowned = 0 if owner_key else 1
             for group_id, lanes in by_group.items():
                 required, preferred = groups[group_id]
                 if required and not required <= offered:
@@ -336,7 +332,7 @@ class ClaimIndex:
                     top = self._front(lane)
                     if top is None:
                         continue
-                    key = (-rank, -score, top[0], top[1])
+                    key = (-rank, unowned, -score, top[0], top[1])
                     if best_key is None or key < best_key:
                         best, best_key = (top, lane), key
                     break  # the highest live lane decides for this group

@@ -16,6 +16,7 @@ from runlease.core import lease_loss, lifecycle, validate
 from runlease.core.commands import (
     BlockRun,
     ClaimNext,
+    ClaimRun,
     CompleteRun,
     ExpireLease,
     FailRun,
@@ -68,12 +69,12 @@ class ClaimInputs(NamedTuple):
 
     seconds: float
     clamped: bool
-    # The claim index key: None any task, "" global tasks only, else one workspace.
-    where: str | None
+    # The claim index view: "" tasks with no workspace, else that workspace's tasks.
+    where: str
     token_hash: str
 
 
-def check_claim(cmd: ClaimNext) -> ClaimInputs:
+def check_claim(cmd: ClaimNext | ClaimRun) -> ClaimInputs:
     """Check what a claim asks for, before anything changes."""
     seconds, clamped = validate.lease_seconds(cmd.lease_seconds)
     if cmd.workspace_id is not None:
@@ -86,9 +87,9 @@ def check_claim(cmd: ClaimNext) -> ClaimInputs:
     return ClaimInputs(seconds, clamped, where, lease_hash(cmd))
 
 
-def _workspace_key(scope: str | None, workspace_id: str | None) -> str | None:
+def _workspace_key(scope: str | None, workspace_id: str | None) -> str:
     if scope is None:
-        return workspace_id
+        return workspace_id or ""
     if scope == "global":
         if workspace_id is not None:
             raise InvalidInput("a global-scope claim cannot name a workspace")
@@ -100,7 +101,7 @@ def _workspace_key(scope: str | None, workspace_id: str | None) -> str | None:
     raise InvalidInput(f"scope must be global or workspace, not {scope!r}")
 
 
-def lease_hash(cmd: ClaimNext | StealRun) -> str:
+def lease_hash(cmd: ClaimNext | ClaimRun | StealRun) -> str:
     """The token hash a claim or steal grants its lease under.
 
     New commands carry the hash. Journals written before that carry the raw token, which
@@ -148,7 +149,11 @@ def claim_next(m: State, cmd: ClaimNext) -> Outcome[Claim]:
         )
     )
     if run_id is None:
-        where = f" in workspace {cmd.workspace_id}" if cmd.workspace_id else ""
+        where = (
+            f" in workspace {cmd.workspace_id}"
+            if cmd.workspace_id
+            else " among tasks with no workspace (name a workspace to take its tasks)"
+        )
         if m.scheduler.paused:
             where += " (the scheduler is paused)"
         error = NotFound(

@@ -16,25 +16,12 @@ starvation, so they are never parked. Nothing here runs on the claim path.
 from __future__ import annotations
 
 from runlease.core import lifecycle, validate
+from runlease.core.claims import could_claim
 from runlease.core.commands import StarveRun
-from runlease.core.model import ERROR_STARVED, Run, Session, Task
+from runlease.core.model import ERROR_STARVED, Run
 from runlease.core.outcome import Outcome
 from runlease.core.registry import handles
 from runlease.core.state import State, snapshot_run
-
-
-def could_claim(m: State, session: Session, task: Task) -> bool:
-    """Whether ``session`` is live and may take ``task``'s run: it offers every required
-    capability and, for an owned task, is the owner or in the owning pool."""
-    if session.state != "live":
-        return False
-    owner = task.owner
-    if owner is not None:
-        mine = session.id if owner.kind == "agent_session" else session.agent
-        if owner.ref != mine:
-            return False
-    required = m.capability_set(task.required_capabilities)
-    return not required or required <= m.capability_set(session.capabilities)
 
 
 def unclaimable_runs(m: State) -> list[str]:

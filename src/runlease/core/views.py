@@ -14,6 +14,7 @@ from typing import Final, Literal
 
 import msgspec
 
+from runlease.core.claims import could_claim
 from runlease.core.ids import hash_prefix, is_token_hash
 from runlease.core.lifecycle import is_closed
 from runlease.core.model import (
@@ -325,28 +326,11 @@ def backlog(
     return Backlog(runs=rows, total=total, next_after=next_after)
 
 
-def _eligible(session: Session, task: Task) -> bool:
-    """A live session that may take this task's run: it offers every required capability
-    and the task's owner, if any, admits it."""
-    if session.state != "live":
-        return False
-    if task.required_capabilities and not set(task.required_capabilities) <= set(
-        session.capabilities
-    ):
-        return False
-    owner = task.owner
-    if owner is None:
-        return True
-    if owner.kind == "agent_session":
-        return owner.ref == session.id
-    return owner.ref == session.agent
-
-
 def _eligible_sessions(machine: State, task: Task) -> tuple[int, int]:
     """Live sessions that may take the task's run: how many, and how many hold no lease."""
     eligible = idle = 0
     for session in machine.sessions.values():
-        if _eligible(session, task):
+        if could_claim(machine, session, task):
             eligible += 1
             idle += session.lease_run_id is None
     return eligible, idle

@@ -25,12 +25,15 @@ APP_HELP: Final = (
 GROUPS: Final[dict[str, str]] = {
     "session": "Open, stop and list agent sessions.",
     "task": (
-        "Create and inspect tasks; claim and finish runs. The commands next, heartbeat, "
-        "complete, fail, release and block act for the session whose token is given in "
+        "Create and inspect tasks; claim and finish runs. The commands next, claim, "
+        "heartbeat, complete, fail, release and block act for the session whose token is given in "
         f"{ENV_SESSION_TOKEN} (or --session-token, which other users can see in the process "
         "list)."
     ),
-    "run": "Operator controls on runs: cancel, retry, recover, force release or fail, inspect.",
+    "run": (
+        "Operator controls on runs: cancel, retry, recover, force release or fail, inspect; "
+        "claim takes one chosen run for the session."
+    ),
     "scheduler": (
         "Pause, resume or drain the scheduler; see its status and the backlog of queued runs."
     ),
@@ -58,6 +61,7 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("task", "list"): f"{_TASKS}:task_list",
     ("task", "events"): f"{_TASKS}:task_events",
     ("task", "next"): f"{_CLAIMS}:task_next",
+    ("task", "claim"): f"{_CLAIMS}:task_claim",
     ("task", "heartbeat"): f"{_CLAIMS}:task_heartbeat",
     ("task", "complete"): f"{_CLAIMS}:task_complete",
     ("task", "fail"): f"{_CLAIMS}:task_fail",
@@ -80,6 +84,7 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("task", "timeline"): f"{_TASKS}:task_timeline",
     ("task", "inspect"): f"{_TASKS}:task_inspect",
     ("run", "inspect"): f"{_RUNS}:run_inspect",
+    ("run", "claim"): f"{_CLAIMS}:run_claim",
     ("run", "cancel"): f"{_RUNS}:run_cancel",
     ("run", "retry"): f"{_RUNS}:run_retry",
     ("run", "recover"): f"{_RUNS}:run_recover",

@@ -1,5 +1,5 @@
-"""``runlease task``: what a session does with runs (next, heartbeat, complete, fail,
-release, block, steal). These act for the session whose token is given."""
+"""``runlease task``: what a session does with runs (next, claim, heartbeat, complete,
+fail, release, block, steal; ``run claim``). These act for the session whose token is given."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def task_next(
     lease_seconds: Annotated[
         float | None, Param(help="Lease length; 0 or omitted means 300, capped at 24 h.")
     ] = None,
-    workspace: Annotated[str | None, Param(help="Only runs of this workspace.")] = None,
+    workspace: Annotated[
+        str | None, Param(help="Only runs of this workspace (without it: only tasks with none).")
+    ] = None,
     scope: Annotated[
         Literal["global", "workspace"] | None,
         Param(help="global: only tasks without a workspace; workspace: only those with one."),
@@ -39,6 +41,83 @@ def task_next(
         claim = client.claim_next(
             wait=waiting,
             timeout=timeout,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
+        )
+    return show_claim(claim)
+
+
+ClaimLease = Annotated[
+    float | None, Param(help="Lease length; 0 or omitted means 300, capped at 24 h.")
+]
+ClaimWorkspace = Annotated[
+    str | None,
+    Param(help="The workspace the claim looks in (without it: only tasks with none)."),
+]
+ClaimScope = Annotated[
+    Literal["global", "workspace"] | None,
+    Param(help="global: only tasks without a workspace; workspace: only those with one."),
+]
+ClaimPriorityMin = Annotated[
+    Priority | None, Param(help="Refuse a run of a lower priority than this.")
+]
+
+
+def task_claim(
+    task_id: str,
+    /,
+    *,
+    lease_seconds: ClaimLease = None,
+    workspace: ClaimWorkspace = None,
+    scope: ClaimScope = None,
+    priority_min: ClaimPriorityMin = None,
+) -> int:
+    """Claim this task's current run for this session, under the rules of task next.
+
+    Exits 4 with NO_CLAIMABLE_RUN and the reason when task next could not hand it to this
+    session (another session holds it, its task is blocked or paused, a filter or the
+    workspace scope excludes it, ...), 5 if the session already holds a lease.
+
+    Parameters
+    ----------
+    task_id
+        The task whose queued run to claim.
+    """
+    with connect() as client:
+        claim = client.claim_task(
+            task_id,
+            lease_seconds=lease_seconds,
+            workspace=workspace,
+            scope=scope,
+            priority_min=priority_min,
+        )
+    return show_claim(claim)
+
+
+def run_claim(
+    run_id: str,
+    /,
+    *,
+    lease_seconds: ClaimLease = None,
+    workspace: ClaimWorkspace = None,
+    scope: ClaimScope = None,
+    priority_min: ClaimPriorityMin = None,
+) -> int:
+    """Claim this queued run for this session, under the rules of task next.
+
+    Exits 4 with NO_CLAIMABLE_RUN and the reason when task next could not hand it to this
+    session, or RUN_NOT_FOUND; 5 if the session already holds a lease.
+
+    Parameters
+    ----------
+    run_id
+        The queued run to claim.
+    """
+    with connect() as client:
+        claim = client.claim_run(
+            run_id,
             lease_seconds=lease_seconds,
             workspace=workspace,
             scope=scope,
