@@ -91,10 +91,11 @@ MUTABLE_TASK_FIELDS: Final = frozenset(
         "owner",
         "auto_enqueue_on_ready",
         "stale_after",
+        "approval_policy",
     }
 )
 IMMUTABLE_TASK_FIELDS: Final = frozenset(
-    {"id", "scope", "workspace_id", "parent_task_id", "required_artifacts", "approval_policy"}
+    {"id", "scope", "workspace_id", "parent_task_id", "required_artifacts"}
 )
 
 # Why a lease ended without the holder finishing the run.
@@ -188,6 +189,9 @@ class Task(msgspec.Struct, kw_only=True, tag="task", gc=False, omit_defaults=Tru
     # Seconds without a heartbeat or checkpoint after which ``stuck`` reports its leased
     # run; None leaves it to the threshold the caller of ``stuck`` gives.
     stale_after: float | None = None
+    # Only ever true on a reply: a repeated publish found the task already published and
+    # changed nothing. Records in the state keep the default, so it is never persisted.
+    already: bool = False
 
 
 class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True):
@@ -217,6 +221,9 @@ class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True)
     # claim order uses it, not queued_at, so a wall clock stepped back cannot reorder the
     # queue. 0 only in records written before it existed (restore numbers those).
     queue_seq: int = 0
+    # Only ever true on a reply: a repeated start or approve found this run already made
+    # (AGH's existing-run result) and changed nothing. Never true in the state itself.
+    already: bool = False
 
 
 class Session(msgspec.Struct, kw_only=True, tag="session", gc=False, omit_defaults=True):

@@ -92,7 +92,8 @@ def task_start(
         str | None, Param(help="Repeat with the same KEY and get the same run back.")
     ] = None,
 ) -> int:
-    """Enqueue a run of a task (its next attempt).
+    """Enqueue a run of a task (its next attempt). A task whose run is queued or leased
+    already shows that run, with "already": true, and nothing new is enqueued.
 
     Parameters
     ----------
