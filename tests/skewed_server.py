@@ -4,8 +4,8 @@
 
 The clock is real time plus the number of seconds written in SKEW_FILE (0 when absent).
 Jumping it forward makes a lease's deadline pass for every command at once while the lease
-clock, which sleeps on trio's monotonic clock, has not fired yet: exactly the moment a
-stale holder gets AUTONOMY_LEASE_EXPIRED rather than AUTONOMY_NO_ACTIVE_LEASE.
+clock, which sleeps on trio's monotonic clock, has not fired yet: the moment between a
+lease's deadline and its requeue, which a test cannot otherwise hit on purpose.
 """
 
 from __future__ import annotations

@@ -88,6 +88,8 @@ RUN_FIELDS = {
     "failure_kind",
     "idempotency_key",
     "checkpoint_at",
+    # How the last holder lost the run without finishing it (null until that happens).
+    "lease_loss",
 }
 LEASE_FIELDS = {
     "run_id",
@@ -184,9 +186,9 @@ def test_task_create_start_show_and_list(cli: Cli, ws: str) -> None:
     assert shown["task"]["status"] == "ready"
     assert [r["id"] for r in shown["runs"]] == [started["run"]["id"]]
     # Started already: the answer is the queued run, marked, and nothing new is enqueued.
-    again = cli.ok("task", "start", task["id"])["run"]
-    assert (again["id"], again["already"]) == (started["run"]["id"], True)
-    assert "already" not in started["run"]
+    again = cli.ok("task", "start", task["id"])
+    assert (again["run"]["id"], again["already"]) == (started["run"]["id"], True)
+    assert "already" not in started
 
     other = cli.ok("task", "create", "second", "--workspace", ws)["task"]
     listed = cli.ok("task", "list", "--workspace", ws)["tasks"]
@@ -415,8 +417,8 @@ def test_no_active_lease_foreign_run_and_lease_already_held(cli: Cli, ws: str) -
     queued_task(cli, ws, "one")
     queued_task(cli, ws, "two")
     run_a = claim(cli, alice, ws)["run"]["id"]
-    # Bob holds nothing yet.
-    cli.fails("task", "heartbeat", run_a, token=bob, code="AUTONOMY_NO_ACTIVE_LEASE", exit=5)
+    # Bob holds nothing yet, and the run is Alice's.
+    cli.fails("task", "heartbeat", run_a, token=bob, code="AUTONOMY_FOREIGN_RUN", exit=5)
     run_b = claim(cli, bob, ws)["run"]["id"]
     # Each holds a lease, but not on the other's run.
     cli.fails("task", "complete", run_b, token=alice, code="AUTONOMY_FOREIGN_RUN", exit=5)
@@ -427,9 +429,9 @@ def test_no_active_lease_foreign_run_and_lease_already_held(cli: Cli, ws: str) -
     )
     # None of the refusals touched Bob's lease.
     assert cli.ok("task", "heartbeat", run_b, token=bob)["run"]["status"] == "running"
-    # Once finished, the lease is gone.
+    # Once finished, the lease is gone and the run is done.
     cli.ok("task", "complete", run_a, token=alice)
-    cli.fails("task", "heartbeat", run_a, token=alice, code="AUTONOMY_NO_ACTIVE_LEASE", exit=5)
+    cli.fails("task", "heartbeat", run_a, token=alice, code="RUN_ALREADY_FINISHED", exit=3)
 
 
 def test_a_lease_that_expires_between_two_commands(cli: Cli, ws: str) -> None:
@@ -448,8 +450,8 @@ def test_a_lease_that_expires_between_two_commands(cli: Cli, ws: str) -> None:
     assert run["recovery_count"] == 1
     assert run["claim_token_hash"] is None
     # The stale holder is told, and changes nothing.
-    cli.fails("task", "heartbeat", held["id"], token=slow, code="AUTONOMY_NO_ACTIVE_LEASE", exit=5)
-    cli.fails("task", "complete", held["id"], token=slow, code="AUTONOMY_NO_ACTIVE_LEASE", exit=5)
+    cli.fails("task", "heartbeat", held["id"], token=slow, code="AUTONOMY_LEASE_EXPIRED", exit=5)
+    cli.fails("task", "complete", held["id"], token=slow, code="AUTONOMY_LEASE_EXPIRED", exit=5)
     # Someone else picks the same run up again.
     retaken = claim(cli, fast, ws)
     assert retaken["run"]["id"] == held["id"]

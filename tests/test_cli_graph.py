@@ -46,10 +46,11 @@ def test_create_options_draft_publish_and_idempotent_start(cli: Cli, ws: str) ->
     assert "force_ops" not in child  # internal bookkeeping stays hidden
     # A draft cannot be started until published.
     cli.fails("task", "start", child["id"], code="TASK_IS_DRAFT", exit=3)
-    published = cli.ok("task", "publish", child["id"], "--no-start")["task"]
+    first_publish = cli.ok("task", "publish", child["id"], "--no-start")
+    published = first_publish["task"]
     assert published["draft"] is False
-    assert "already" not in published
-    assert cli.ok("task", "publish", child["id"])["task"]["already"] is True
+    assert "already" not in first_publish
+    assert cli.ok("task", "publish", child["id"])["already"] is True
     first = cli.ok("task", "start", child["id"], "--idempotency-key", "k1")["run"]
     again = cli.ok("task", "start", child["id"], "--idempotency-key", "k1")["run"]
     assert first["id"] == again["id"]
@@ -68,10 +69,10 @@ def test_manual_approval_approve_and_reject(cli: Cli, ws: str) -> None:
     assert run["task_id"] == task["id"]
     assert run["status"] == "queued"
     assert "already" not in run
-    again = cli.ok("task", "approve", task["id"])["run"]
-    assert (again["id"], again["already"]) == (run["id"], True)
-    started = cli.ok("task", "start", task["id"])["run"]
-    assert (started["id"], started["already"]) == (run["id"], True)
+    again = cli.ok("task", "approve", task["id"])
+    assert (again["run"]["id"], again["already"]) == (run["id"], True)
+    started = cli.ok("task", "start", task["id"])
+    assert (started["run"]["id"], started["already"]) == (run["id"], True)
     other = create(cli, ws, "rejected", "--approval", "manual")
     rejected = cli.ok("task", "reject", other["id"], "--reason", "not needed")["task"]
     assert rejected["approval_state"] == "rejected"

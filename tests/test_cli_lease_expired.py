@@ -1,8 +1,9 @@
 """AUTONOMY_LEASE_EXPIRED through the real CLI.
 
-The runtime's lease clock requeues an expired run the moment its deadline passes, after
-which the old holder hears AUTONOMY_NO_ACTIVE_LEASE (see test_cli.py). LEASE_EXPIRED is the
-answer in the window between the deadline and that requeue. To open the window on purpose,
+The runtime's lease clock requeues an expired run the moment its deadline passes; the old
+holder hears AUTONOMY_LEASE_EXPIRED before that requeue and after it (see test_cli.py and
+test_cli_lease_loss.py). This module checks the window between the deadline and the
+requeue, when the session still holds the lease on paper. To open the window on purpose,
 this module serves with tests/skewed_server.py, the real socket server on a runtime whose
 wall clock the test moves an hour forward: every deadline has passed for the commands,
 while the lease clock (sleeping on trio's monotonic clock) has not fired.

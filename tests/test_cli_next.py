@@ -91,7 +91,7 @@ def test_a_refused_finish_claims_nothing(cli: Cli, ws: str) -> None:
     queued_task(cli, ws, "held")
     waiting = queued_task(cli, ws, "waiting")
     run = claim(cli, mine, ws)["run"]
-    # A session without a lease: AUTONOMY_NO_ACTIVE_LEASE, and no claim is made for it.
+    # Another session's run: AUTONOMY_FOREIGN_RUN, and no claim is made for the caller.
     cli.fails(
         "task",
         "complete",
@@ -100,7 +100,7 @@ def test_a_refused_finish_claims_nothing(cli: Cli, ws: str) -> None:
         "--workspace",
         ws,
         token=other,
-        code="AUTONOMY_NO_ACTIVE_LEASE",
+        code="AUTONOMY_FOREIGN_RUN",
         exit=5,
     )
     assert cli.ok("task", "show", waiting["id"])["task"]["status"] == "ready"

@@ -506,15 +506,14 @@ def test_session_required(m: Machine) -> None:
 
 
 def test_no_active_lease(m: Machine) -> None:
-    run_id = one_leased(m)
+    task(m, "queued", run_id="run_queued")
     session(m, "idle")
     for cmd in (
-        HeartbeatRun(now=T0, session_id="idle", run_id=run_id),
-        CompleteRun(now=T0, session_id="idle", run_id=run_id),
-        FailRun(now=T0, session_id="idle", run_id=run_id, error="e"),
-        ReleaseRun(now=T0, session_id="idle", run_id=run_id),
-        BlockRun(now=T0, session_id="idle", run_id=run_id, reason="r"),
-        HeartbeatRun(now=T0, session_id="idle", run_id="run_missing"),
+        HeartbeatRun(now=T0, session_id="idle", run_id="run_queued"),
+        CompleteRun(now=T0, session_id="idle", run_id="run_queued"),
+        FailRun(now=T0, session_id="idle", run_id="run_queued", error="e"),
+        ReleaseRun(now=T0, session_id="idle", run_id="run_queued"),
+        BlockRun(now=T0, session_id="idle", run_id="run_queued", reason="r"),
     ):
         assert code_of(m, cmd) == AUTONOMY_NO_ACTIVE_LEASE
 
@@ -524,18 +523,33 @@ def test_foreign_run(m: Machine) -> None:
     task(m, "b", run_id="run_b")
     session(m, "s1")
     session(m, "s2")
+    session(m, "idle")
     mine = claimed_id(m, "s1")
     theirs = claimed_id(m, "s2")
-    for run_id in (theirs, "run_missing"):
+    for session_id, run_id in (("s1", theirs), ("idle", theirs), ("idle", mine)):
         for cmd in (
-            HeartbeatRun(now=T0, session_id="s1", run_id=run_id),
-            CompleteRun(now=T0, session_id="s1", run_id=run_id),
-            FailRun(now=T0, session_id="s1", run_id=run_id, error="e"),
-            ReleaseRun(now=T0, session_id="s1", run_id=run_id),
-            BlockRun(now=T0, session_id="s1", run_id=run_id, reason="r"),
+            HeartbeatRun(now=T0, session_id=session_id, run_id=run_id),
+            CompleteRun(now=T0, session_id=session_id, run_id=run_id),
+            FailRun(now=T0, session_id=session_id, run_id=run_id, error="e"),
+            ReleaseRun(now=T0, session_id=session_id, run_id=run_id),
+            BlockRun(now=T0, session_id=session_id, run_id=run_id, reason="r"),
         ):
             assert code_of(m, cmd) == AUTONOMY_FOREIGN_RUN
     assert m.runs[mine].session_id == "s1"
+
+
+def test_unknown_run_is_not_found(m: Machine) -> None:
+    one_leased(m)
+    for cmd in (
+        HeartbeatRun(now=T0, session_id="s", run_id="run_missing"),
+        CompleteRun(now=T0, session_id="s", run_id="run_missing"),
+        FailRun(now=T0, session_id="s", run_id="run_missing", error="e"),
+        ReleaseRun(now=T0, session_id="s", run_id="run_missing"),
+        BlockRun(now=T0, session_id="s", run_id="run_missing", reason="r"),
+    ):
+        error = refused(m, cmd)
+        assert error.code == RUN_NOT_FOUND
+        assert error.exit_code == 4
 
 
 def test_lease_expired_exactly_at_the_deadline(m: Machine) -> None:
@@ -605,9 +619,9 @@ def test_stale_holder_cannot_touch_a_reclaimed_run(m: Machine) -> None:
     new_claim = claim(m, "new", now=T0 + 301)
     assert new_claim.run.id == run_id
     late = CompleteRun(now=T0 + 302, session_id="s", run_id=run_id)
-    assert code_of(m, late) == AUTONOMY_NO_ACTIVE_LEASE
+    assert code_of(m, late) == AUTONOMY_LEASE_EXPIRED
     assert code_of(m, HeartbeatRun(now=T0 + 302, session_id="s", run_id=run_id)) == (
-        AUTONOMY_NO_ACTIVE_LEASE
+        AUTONOMY_LEASE_EXPIRED
     )
     assert m.runs[run_id].claim_token_hash == new_claim.lease.claim_token_hash
     assert m.runs[run_id].session_id == "new"

@@ -26,7 +26,7 @@ from runlease import open_runtime
 from runlease.core.model import Run, Session, Task
 from runlease.core.snapshot import UnsupportedFormat
 from runlease.errors import (
-    AUTONOMY_NO_ACTIVE_LEASE,
+    AUTONOMY_LEASE_EXPIRED,
     DATA_DIR_LOCKED,
     SESSION_STOPPED,
     STORAGE_CORRUPT,
@@ -246,7 +246,7 @@ async def test_leases_that_ran_out_while_down_are_expired_on_boot(tmp_path: Path
         assert rt.get_session(brief.id).state == "live"
 
         # The old holders are told their lease is gone; the run goes to the next claimer.
-        await expect_code(AUTONOMY_NO_ACTIVE_LEASE, rt.session(brief.id).complete(expiring.run.id))
+        await expect_code(AUTONOMY_LEASE_EXPIRED, rt.session(brief.id).complete(expiring.run.id))
         await expect_code(SESSION_STOPPED, rt.session(mortal.id).heartbeat(kept.run.id))
         again = await rt.session(brief.id).claim_next(lease_seconds=30)
         assert again.run.id == expiring.run.id

@@ -30,10 +30,10 @@ from runlease.core.machine import Machine
 from runlease.core.model import Finished, Priority
 from runlease.errors import (
     AUTONOMY_FOREIGN_RUN,
-    AUTONOMY_NO_ACTIVE_LEASE,
     INVALID_INPUT,
     NO_CLAIMABLE_RUN,
     REQUEST_CANCELLED,
+    RUN_ALREADY_FINISHED,
     SHUTTING_DOWN,
     RunleaseError,
 )
@@ -101,7 +101,7 @@ async def test_a_refused_finish_claims_nothing() -> None:
         run = (await mine.claim_next()).run
         with pytest.raises(RunleaseError) as info:
             await other.complete_and_next(run.id)
-        assert info.value.code == AUTONOMY_NO_ACTIVE_LEASE
+        assert info.value.code == AUTONOMY_FOREIGN_RUN
         theirs = (await other.claim_next()).run
         with pytest.raises(RunleaseError) as info:
             await mine.release_and_next(theirs.id)
@@ -297,7 +297,7 @@ async def test_one_request_one_reply_on_the_wire(
     )
     error = await raw.reply()
     assert isinstance(error, p.ErrorReply)
-    assert error.code == AUTONOMY_FOREIGN_RUN
+    assert error.code == RUN_ALREADY_FINISHED
     # A waiting finish that the client cancels: the finish is still reported.
     await raw.send(
         p.ReleaseRun(

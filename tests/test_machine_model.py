@@ -50,6 +50,7 @@ from runlease.errors import (
     INVALID_TRANSITION,
     NO_CLAIMABLE_RUN,
     PAYLOAD_TOO_LARGE,
+    RUN_ALREADY_FINISHED,
     RUN_NOT_FOUND,
     SESSION_NOT_FOUND,
     SESSION_STOPPED,
@@ -96,6 +97,10 @@ class MRun:
     lease_until: float | None = None
     error: str | None = None
     reason: str | None = None
+    result: Any = None
+    failure_metadata: Any = None
+    # (session, cause): the last session that lost this run without finishing it itself.
+    loss: tuple[str, str] | None = None
 
 
 @dataclass
@@ -148,6 +153,33 @@ class Model:
         candidates.sort()
         return candidates[0][2] if candidates else None
 
+    def own_finish(self, run: MRun, session_id: str) -> str | None:
+        """The finish this session made on the run, if its last lease ended that way and
+        nothing has happened to the run since."""
+        if run.last_session != session_id or run.holder is not None:
+            return None
+        if run.loss is not None and run.loss[0] == session_id:
+            return None
+        if run.status == "needs_attention":
+            return "block" if run.error is None else None
+        return {"completed": "complete", "failed": "fail", "queued": "release"}.get(run.status)
+
+    def repeats(self, session_id: str | None, run_id: str, kind: str, payload: Any) -> bool:
+        """Whether this finish repeats the one the session already made (a retry)."""
+        session = self.sessions.get(session_id or "")
+        run = self.runs.get(run_id)
+        if session is None or session.state != "live" or run is None:
+            return False
+        if session.lease_run == run_id or self.own_finish(run, session.id) != kind:
+            return False
+        recorded = {
+            "complete": run.result,
+            "fail": (run.error, run.failure_metadata),
+            "release": run.reason,
+            "block": run.reason,
+        }[kind]
+        return bool(recorded == payload)
+
     def lease_refusal(self, session_id: str | None, run_id: str) -> str | None:
         """Why a run-scoped command from this session on this run must be refused."""
         if not session_id:
@@ -157,15 +189,26 @@ class Model:
             return SESSION_NOT_FOUND
         if session.state != "live":
             return SESSION_STOPPED
-        if session.lease_run is None:
-            return AUTONOMY_NO_ACTIVE_LEASE
-        if session.lease_run != run_id:
-            return AUTONOMY_FOREIGN_RUN
-        lease_until = self.runs[run_id].lease_until
-        assert lease_until is not None
-        if lease_until <= self.now:
+        run = self.runs.get(run_id)
+        if run is None:
+            return RUN_NOT_FOUND
+        if session.lease_run == run_id:
+            assert run.lease_until is not None
+            return AUTONOMY_LEASE_EXPIRED if run.lease_until <= self.now else None
+        if run.loss is not None and run.loss[0] == session_id:
+            # Every loss the model makes is the lease running out: its deadline or its
+            # session's TTL, parent or stop.
             return AUTONOMY_LEASE_EXPIRED
-        return None
+        own = self.own_finish(run, session_id)
+        if own == "release":
+            return AUTONOMY_NO_ACTIVE_LEASE
+        if own is not None:
+            return RUN_ALREADY_FINISHED
+        if run.holder is not None:
+            return AUTONOMY_FOREIGN_RUN  # another session holds it
+        if run.last_session is not None and run.status != "queued":
+            return AUTONOMY_FOREIGN_RUN  # another session ended it
+        return AUTONOMY_NO_ACTIVE_LEASE  # queued: anyone may claim it
 
     # ----------------------------------------------------------------------- changes
     def enqueue(self, task: MTask, run_id: str) -> MRun:
@@ -186,6 +229,8 @@ class Model:
         run.holder = run.last_session = session.id
         run.lease_until = self.now + seconds
         run.reason = None
+        if run.loss is not None and run.loss[0] == session.id:
+            run.loss = None
         session.lease_run = run.id
 
     def end_lease(self, run: MRun) -> None:
@@ -199,8 +244,13 @@ class Model:
         run.status = "queued"
         run.reason = reason
 
+    def lose(self, run: MRun, cause: str) -> None:
+        assert run.holder is not None
+        run.loss = (run.holder, cause)
+
     def expire(self, run: MRun, reason: str) -> bool:
         """A lease ran out: back to the queue, or parked once recovery is exhausted."""
+        self.lose(run, reason)
         self.end_lease(run)
         run.recovery_count += 1
         if run.attempt + run.recovery_count >= self.tasks[run.task_id].max_attempts:
@@ -224,6 +274,7 @@ class Model:
             return
         if session.lease_run is not None:
             released.append(session.lease_run)
+            self.lose(self.runs[session.lease_run], lease_reason)
             self.requeue(self.runs[session.lease_run], lease_reason)
         session.state = "stopped"
         session.stop_reason = stop_reason
@@ -273,8 +324,10 @@ actor_picks = st.tuples(
     st.sampled_from(["holder"] * 8 + ["live"] * 2 + ["any", "none", "empty", "unknown"]),
     st.integers(0, 63),
 )
+# "last": a run the session held before (a retry after a lost reply, or a late call).
 run_picks = st.tuples(
-    st.sampled_from(["own"] * 5 + ["any", "leased", "leased", "unknown"]), st.integers(0, 63)
+    st.sampled_from(["own"] * 5 + ["last"] * 3 + ["any", "leased", "leased", "unknown"]),
+    st.integers(0, 63),
 )
 task_picks = st.tuples(st.sampled_from(["any", "any", "any", "unknown"]), st.integers(0, 63))
 lease_lengths = st.sampled_from(
@@ -363,6 +416,10 @@ class MachineVersusModel(RuleBasedStateMachine):
         session = self.model.sessions.get(session_id or "")
         if kind == "own" and session is not None and session.lease_run is not None:
             return session.lease_run
+        if kind == "last":
+            before = sorted(r.id for r in self.model.runs.values() if r.last_session == session_id)
+            if before:
+                return before[i % len(before)]
         if kind == "leased":
             leased = sorted(r.id for r in self.model.runs.values() if r.holder)
             if leased:
@@ -408,6 +465,17 @@ class MachineVersusModel(RuleBasedStateMachine):
         self._check_outcome(outcome)
         event(f"{type(command).__name__}: {label}")
         return outcome
+
+    def _already(self, command: CompleteRun | FailRun | ReleaseRun | BlockRun) -> Run:
+        """A finish the session already made: answered again, flagged, nothing changed."""
+        before = fingerprint(self.machine)
+        outcome = self._apply(command, "already")
+        assert isinstance(outcome.reply, Run)
+        assert outcome.reply.already is True
+        assert outcome.reply.id == command.run_id
+        assert (outcome.events, outcome.deadlines, outcome.queued) == ([], [], False)
+        assert fingerprint(self.machine) == before
+        return outcome.reply
 
     def _no_op(self, command: AnyCommand) -> None:
         before = fingerprint(self.machine)
@@ -651,6 +719,7 @@ class MachineVersusModel(RuleBasedStateMachine):
             released = []
             if session.lease_run is not None:
                 released.append(session.lease_run)
+                model.lose(model.runs[session.lease_run], reason)
                 model.requeue(model.runs[session.lease_run], reason)
             self._check_released(outcome, session_id, reason, released, [])
 
@@ -820,6 +889,9 @@ class MachineVersusModel(RuleBasedStateMachine):
         if result == "big":
             self._refused(command, PAYLOAD_TOO_LARGE)
             return
+        if model.repeats(session_id, run_id, "complete", payload):
+            assert self._already(command).result == payload
+            return
         refusal = model.lease_refusal(session_id, run_id)
         if refusal is not None:
             self._refused(command, refusal)
@@ -828,8 +900,10 @@ class MachineVersusModel(RuleBasedStateMachine):
         run = model.runs[run_id]
         model.end_lease(run)
         run.status = "completed"
+        run.result = payload
         reply = outcome.reply
         assert isinstance(reply, Run)
+        assert reply.already is False
         assert (reply.id, reply.status, reply.result) == (run_id, "completed", payload)
         assert reply.claim_token_hash is None
         assert [ev.kind for ev in outcome.events] == ["run_completed"]
@@ -864,6 +938,9 @@ class MachineVersusModel(RuleBasedStateMachine):
         if not error or TOKEN_PREFIX in error or metadata in ("token", "list"):
             self._refused(command, INVALID_INPUT)
             return
+        if model.repeats(session_id, run_id, "fail", (error, meta)):
+            self._already(command)
+            return
         refusal = model.lease_refusal(session_id, run_id)
         if refusal is not None:
             self._refused(command, refusal)
@@ -873,6 +950,7 @@ class MachineVersusModel(RuleBasedStateMachine):
         model.end_lease(run)
         run.status = "failed"
         run.error = error
+        run.failure_metadata = meta
         reply = outcome.reply
         assert isinstance(reply, Run)
         assert (reply.id, reply.status, reply.error) == (run_id, "failed", error)
@@ -893,6 +971,9 @@ class MachineVersusModel(RuleBasedStateMachine):
         command = ReleaseRun(now=model.now, session_id=session_id, run_id=run_id, reason=reason)
         if reason == "":
             self._refused(command, INVALID_INPUT)
+            return
+        if model.repeats(session_id, run_id, "release", reason or "released"):
+            self._already(command)
             return
         refusal = model.lease_refusal(session_id, run_id)
         if refusal is not None:
@@ -919,6 +1000,9 @@ class MachineVersusModel(RuleBasedStateMachine):
         command = BlockRun(now=model.now, session_id=session_id, run_id=run_id, reason=reason)
         if not reason:
             self._refused(command, INVALID_INPUT)
+            return
+        if model.repeats(session_id, run_id, "block", reason):
+            self._already(command)
             return
         refusal = model.lease_refusal(session_id, run_id)
         if refusal is not None:
@@ -1008,35 +1092,61 @@ class MachineVersusModel(RuleBasedStateMachine):
         if (lease_seconds is not None and lease_seconds < 0) or workspace_id == "bad ws":
             self._refused(command, INVALID_INPUT)
             return
-        refusal = model.lease_refusal(session_id, run_id)
+        payload: Any = {"complete": {"n": 1}, "fail": ("broke", None), "release": "handoff"}[kind]
+        already = model.repeats(session_id, run_id, kind, payload)
+        refusal = None if already else model.lease_refusal(session_id, run_id)
         if refusal is not None:
             self._refused(command, refusal)
             return
         assert session_id is not None
         session = model.sessions[session_id]
         run = model.runs[run_id]
-        if kind == "release":
+        kinds: list[str] = []
+        requeued = False
+        if already:
+            # The finish is answered again and changes nothing; the claim part is a claim
+            # like any other, and the session may hold a lease again by now.
+            held = model.runs[session.lease_run] if session.lease_run else None
+            if held is not None:
+                assert held.lease_until is not None
+                if held.lease_until > model.now:
+                    outcome = self._apply(command, "already, lease held")
+                    reply = outcome.reply
+                    assert isinstance(reply, Finished)
+                    assert reply.run.already is True
+                    assert reply.claim is None
+                    assert reply.no_claim is not None
+                    assert reply.no_claim.code == AUTONOMY_LEASE_ALREADY_HELD
+                    assert (outcome.events, outcome.deadlines, outcome.queued) == ([], [], False)
+                    return
+                requeued = model.expire(held, "lease_expired")
+                kinds.append("lease_expired")
+        elif kind == "release":
             model.requeue(run, "handoff")
-            finish_kind = "lease_released"
+            kinds.append("lease_released")
+            requeued = True
         else:
             model.end_lease(run)
             run.status = "completed" if kind == "complete" else "failed"
             run.error = "broke" if kind == "fail" else None
-            finish_kind = "run_completed" if kind == "complete" else "run_failed"
+            run.result = {"n": 1} if kind == "complete" else None
+            kinds.append("run_completed" if kind == "complete" else "run_failed")
         # Worked out after the finish: a released run is a candidate for its own session.
         winner = model.winner(session, workspace_id)
-        outcome = self._apply(command, f"{kind} then {'claim' if winner else 'nothing'}")
+        label = f"{'already ' if already else ''}{kind} then {'claim' if winner else 'nothing'}"
+        outcome = self._apply(command, label)
         reply = outcome.reply
         assert isinstance(reply, Finished)
         assert outcome.error is None
+        assert reply.run.already is already
         assert (reply.run.id, reply.run.status) == (run_id, run.status)
         assert reply.run.claim_token_hash is None
-        assert outcome.queued == (kind == "release")
+        assert outcome.queued == requeued
         if winner is None:
             assert reply.claim is None
             assert reply.no_claim is not None
             assert reply.no_claim.code == NO_CLAIMABLE_RUN
-            assert [ev.kind for ev in outcome.events] == [finish_kind]
+            assert [ev.kind for ev in outcome.events] == kinds
             assert outcome.deadlines == []
             assert session.lease_run is None
             return
@@ -1053,7 +1163,7 @@ class MachineVersusModel(RuleBasedStateMachine):
         assert lease.lease_until == claimed.lease_until == model.now + seconds
         assert (lease.lease_seconds, lease.lease_seconds_clamped) == (seconds, clamped)
         assert lease.claim_token_hash == sha256_of(token)
-        assert [ev.kind for ev in outcome.events] == [finish_kind, "run_claimed"]
+        assert [ev.kind for ev in outcome.events] == [*kinds, "run_claimed"]
         assert outcome.deadlines == [(claimed.lease_until, "lease", winner)]
         assert session.lease_run == winner
 
@@ -1138,6 +1248,9 @@ class MachineVersusModel(RuleBasedStateMachine):
             assert run.lease_until == mr.lease_until
             assert run.error == mr.error
             assert run.reason == mr.reason
+            loss = run.lease_loss
+            assert (None if loss is None else (loss.session_id, loss.cause)) == mr.loss
+            assert run.already is False, "only replies carry already"
         for session_id, ms in model.sessions.items():
             session = machine.sessions[session_id]
             assert session.state == ms.state

@@ -20,6 +20,7 @@ from runlease.errors import (
     AUTONOMY_NO_ACTIVE_LEASE,
     AUTONOMY_SESSION_REQUIRED,
     NO_CLAIMABLE_RUN,
+    RUN_ALREADY_FINISHED,
     SESSION_STOPPED,
     RunleaseError,
 )
@@ -87,7 +88,7 @@ async def test_stale_holder_fails_and_leaves_new_owner_alone(
         ):
             with pytest.raises(RunleaseError) as info:
                 await attempt
-            assert info.value.code in (AUTONOMY_LEASE_EXPIRED, AUTONOMY_NO_ACTIVE_LEASE)
+            assert info.value.code == AUTONOMY_LEASE_EXPIRED
 
         run = rt.get_run(new.run.id)
         assert run.session_id == fresh.id
@@ -120,7 +121,7 @@ async def test_second_claim_and_wrong_run_are_refused(
         idle = await rt.open_session(agent="idle")
         with pytest.raises(RunleaseError) as info:
             await idle.heartbeat(claim_a.run.id)
-        assert info.value.code == AUTONOMY_NO_ACTIVE_LEASE
+        assert info.value.code == AUTONOMY_FOREIGN_RUN
 
         with pytest.raises(RunleaseError) as info:
             await rt.call(HeartbeatRun(claim_a.run.id))  # the host itself holds no session
@@ -328,7 +329,10 @@ async def test_racing_finishes_on_one_lease_exactly_one_wins(order: tuple[str, .
 
         winners = [k for k, v in outcomes.items() if v == "won"]
         assert len(winners) == 1
-        assert all(v == AUTONOMY_NO_ACTIVE_LEASE for k, v in outcomes.items() if k not in winners)
+        # The losers hear what the winner recorded: a released run is back in the queue
+        # (claim it again), a completed or failed one is finished for good.
+        lost = AUTONOMY_NO_ACTIVE_LEASE if winners[0] == "release" else RUN_ALREADY_FINISHED
+        assert all(v == lost for k, v in outcomes.items() if k not in winners)
         expected = {"complete": "completed", "fail": "failed", "release": "queued"}[winners[0]]
         assert rt.get_run(run_id).status == expected
 

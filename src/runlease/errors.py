@@ -66,6 +66,9 @@ BULK_TOO_LARGE: Final = "BULK_TOO_LARGE"
 COMPLETION_CONTRACT_UNMET: Final = "COMPLETION_CONTRACT_UNMET"
 WORKSPACE_ROOT_UNKNOWN: Final = "WORKSPACE_ROOT_UNKNOWN"
 LEASE_NOT_EXPIRED: Final = "LEASE_NOT_EXPIRED"
+# The session already finished this run (a completion receipt exists) and asks for a
+# different outcome; the one recorded first stands.
+RUN_ALREADY_FINISHED: Final = "RUN_ALREADY_FINISHED"
 # A session (an agent) asked for a force operation the host reserves for operators.
 FORBIDDEN_OPERATOR_ACTION: Final = "FORBIDDEN_OPERATOR_ACTION"
 
@@ -186,6 +189,7 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
     COMPLETION_CONTRACT_UNMET: InvalidInput,
     WORKSPACE_ROOT_UNKNOWN: InvalidInput,
     LEASE_NOT_EXPIRED: LeaseRefused,
+    RUN_ALREADY_FINISHED: InvalidInput,
     FORBIDDEN_OPERATOR_ACTION: LeaseRefused,
     RUNTIME_CLOSED: Unavailable,
     RECOVERING: Unavailable,

@@ -177,7 +177,15 @@ class Scheduler:
         outcome = self._applier.apply(request)
         if outcome is None:
             return
-        if request.wait and not request.abandoned and outcome.reply.claim is None:
+        no_claim = outcome.reply.no_claim
+        if (
+            request.wait
+            and not request.abandoned
+            and no_claim is not None
+            # Only "nothing to take" is worth waiting for: a session that holds a lease
+            # again (after a repeated finish) is told at once.
+            and no_claim.code == NO_CLAIMABLE_RUN
+        ):
             part = Request(command)
             part.assigned = True
             request.finish_part = part

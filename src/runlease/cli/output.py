@@ -46,10 +46,9 @@ TIME_FIELDS: Final = frozenset(
 )
 # Internal bookkeeping of the core, never shown (the force-operation rate window, whether
 # a task ever had a dependency).
-HIDDEN_FIELDS: Final = frozenset({"force_ops", "had_dependencies"})
-# Marks a reply sets only when they apply ("already": true when a repeated request found
-# its work done): shown when true, left out otherwise, so ordinary output keeps its shape.
-MARK_FIELDS: Final = frozenset({"already"})
+# ``already`` is a flag of a reply (a repeated finish, start, approve or publish), shown
+# once at the top of that reply instead.
+HIDDEN_FIELDS: Final = frozenset({"force_ops", "had_dependencies", "already"})
 # Caller-owned JSON: passed through exactly as stored, never reinterpreted.
 OPAQUE_FIELDS: Final = frozenset({"metadata", "result", "failure_metadata"})
 
@@ -65,7 +64,7 @@ def plain(value: Any) -> Any:
         return {
             name: _field(name, getattr(value, name))
             for name in value.__struct_fields__
-            if name not in HIDDEN_FIELDS and (name not in MARK_FIELDS or getattr(value, name))
+            if name not in HIDDEN_FIELDS
         }
     if isinstance(value, Mapping):
         return {str(key): _field(str(key), item) for key, item in value.items()}

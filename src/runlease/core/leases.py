@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from runlease.core import lifecycle, validate
+from runlease.core import lease_loss, lifecycle, validate
 from runlease.core.commands import (
     BlockRun,
     ClaimNext,
@@ -29,6 +29,7 @@ from runlease.core.ids import CLAIM_TOKEN_PREFIX, hash_prefix, hash_token, is_to
 from runlease.core.model import (
     ERROR_LEASE_RECOVERY_EXHAUSTED,
     LEASED_RUN_STATUSES,
+    LOSS_STOLEN,
     MAX_METADATA_BYTES,
     MAX_REASON_CHARS,
     MAX_RESULT_BYTES,
@@ -46,10 +47,8 @@ from runlease.core.outcome import LEASE_DEADLINE, Outcome, refused_after_changes
 from runlease.core.registry import dispatch, handles
 from runlease.core.state import State, snapshot_run, snapshot_task
 from runlease.errors import (
-    AUTONOMY_FOREIGN_RUN,
     AUTONOMY_LEASE_ALREADY_HELD,
     AUTONOMY_LEASE_EXPIRED,
-    AUTONOMY_NO_ACTIVE_LEASE,
     COMPLETION_CONTRACT_UNMET,
     INVALID_TRANSITION,
     LEASE_NOT_EXPIRED,
@@ -188,34 +187,30 @@ def claim_next(m: State, cmd: ClaimNext) -> Outcome[Claim]:
 
 
 # ---------------------------------------------------------------- the lease holder
-def resolve_lease(m: State, session_id: str | None, run_id: str, now: float) -> tuple[Session, Run]:
-    """Find the lease a session holds on a run, or say exactly why it does not."""
-    session = m.live_session(session_id)
-    if session.lease_run_id is None:
-        raise LeaseRefused(
-            f"session {session.id} holds no lease (on {run_id} or any run); "
-            "it may have expired or been released",
-            code=AUTONOMY_NO_ACTIVE_LEASE,
-        )
+def held_run(m: State, session: Session, run_id: str, now: float) -> Run | None:
+    """The run if ``session`` holds a live lease on it, else None (then
+    :mod:`runlease.core.lease_loss` says why)."""
     if session.lease_run_id != run_id:
-        raise LeaseRefused(
-            f"session {session.id} holds the lease on {session.lease_run_id}, not {run_id}",
-            code=AUTONOMY_FOREIGN_RUN,
-        )
+        return None
     run = m.runs[run_id]
     assert run.lease_until is not None
     if run.lease_until <= now:
-        raise LeaseRefused(
-            f"the lease of session {session.id} on {run_id} expired at "
-            f"{run.lease_until:.3f}; claim again",
-            code=AUTONOMY_LEASE_EXPIRED,
-        )
+        return None
     if run_id not in m.leased or run.session_id != session.id:
         # Defence in depth: both sides must agree on the lease; never act otherwise.
         raise LeaseRefused(
             f"the lease on {run_id} no longer matches session {session.id}",
             code=AUTONOMY_LEASE_EXPIRED,
         )
+    return run
+
+
+def resolve_lease(m: State, session_id: str | None, run_id: str, now: float) -> tuple[Session, Run]:
+    """Find the lease a session holds on a run, or say exactly why it does not."""
+    session = m.live_session(session_id)
+    run = held_run(m, session, run_id, now)
+    if run is None:
+        raise lease_loss.refusal(m, session, run_id, now, "heartbeat")
     return session, run
 
 
@@ -249,7 +244,12 @@ def complete(m: State, cmd: CompleteRun) -> Outcome[Run]:
         if cmd.result is None
         else validate.json_payload(cmd.result, "result", max_bytes=MAX_RESULT_BYTES)
     )
-    session, run = resolve_lease(m, cmd.session_id, cmd.run_id, cmd.now)
+    session = m.live_session(cmd.session_id)
+    run = held_run(m, session, cmd.run_id, cmd.now)
+    if run is None:
+        return lease_loss.repeated_finish(
+            m, session, cmd.run_id, cmd.now, "complete", lambda done: done.result == result
+        )
     task = m.tasks[run.task_id]
     if task.required_artifacts:
         checked = cmd.checked_artifacts
@@ -302,7 +302,17 @@ def _unblock_dependents(m: State, task_id: str, now: float, events: list[Event])
 def fail(m: State, cmd: FailRun) -> Outcome[Run]:
     error = validate.text(cmd.error, "error", max_chars=MAX_ERROR_CHARS)
     metadata = validate.json_object(cmd.metadata, "metadata", max_bytes=MAX_METADATA_BYTES)
-    session, run = resolve_lease(m, cmd.session_id, cmd.run_id, cmd.now)
+    session = m.live_session(cmd.session_id)
+    run = held_run(m, session, cmd.run_id, cmd.now)
+    if run is None:
+        return lease_loss.repeated_finish(
+            m,
+            session,
+            cmd.run_id,
+            cmd.now,
+            "fail",
+            lambda done: done.error == error and done.failure_metadata == metadata,
+        )
     m.end_lease(run, session)
     lifecycle.move_run(run, "fail")
     run.ended_at = cmd.now
@@ -323,7 +333,12 @@ def fail(m: State, cmd: FailRun) -> Outcome[Run]:
 @handles(ReleaseRun)
 def release(m: State, cmd: ReleaseRun) -> Outcome[Run]:
     reason = validate.optional_text(cmd.reason, "reason") or "released"
-    session, run = resolve_lease(m, cmd.session_id, cmd.run_id, cmd.now)
+    session = m.live_session(cmd.session_id)
+    run = held_run(m, session, cmd.run_id, cmd.now)
+    if run is None:
+        return lease_loss.repeated_finish(
+            m, session, cmd.run_id, cmd.now, "release", lambda done: done.reason == reason
+        )
     previous_hash = run.claim_token_hash
     m.end_lease(run, session)
     m.requeue(run, "release", reason, cmd.now)
@@ -340,7 +355,12 @@ def release(m: State, cmd: ReleaseRun) -> Outcome[Run]:
 @handles(BlockRun)
 def block(m: State, cmd: BlockRun) -> Outcome[Run]:
     reason = validate.text(cmd.reason, "reason", max_chars=MAX_REASON_CHARS)
-    session, run = resolve_lease(m, cmd.session_id, cmd.run_id, cmd.now)
+    session = m.live_session(cmd.session_id)
+    run = held_run(m, session, cmd.run_id, cmd.now)
+    if run is None:
+        return lease_loss.repeated_finish(
+            m, session, cmd.run_id, cmd.now, "block", lambda done: done.reason == reason
+        )
     m.end_lease(run, session)
     lifecycle.move_run(run, "block")
     run.reason = reason
@@ -373,20 +393,26 @@ def finish_and_claim(m: State, cmd: FinishAndClaim) -> Outcome[Finished]:
         claim = msgspec.structs.replace(claim, now=cmd.now)
     done = dispatch(m, finish)  # a refusal raises here, having changed nothing
     events = list(done.events)
+    queued = done.queued
     try:
         claimed = claim_next(m, claim)
     except RunleaseError as exc:
-        # The session is live and holds no lease now, so this is NO_CLAIMABLE_RUN; the
-        # finish stands either way and the reply says why nothing was claimed.
+        claimed = refused_after_changes(exc, [], queued=False)
+    if claimed.error is not None:
+        # After a finish made now the session holds no lease, so this is NO_CLAIMABLE_RUN.
+        # After a repeated finish (``already``) the session may hold a lease again
+        # (AUTONOMY_LEASE_ALREADY_HELD), or one past its deadline that the claim expired
+        # first (that expiry stands). The finish stands either way and the reply says
+        # why nothing was claimed.
+        error = claimed.error
         return Outcome(
-            reply=Finished(run=done.reply, no_claim=NoClaim(code=exc.code, message=exc.message)),
-            events=events,
+            reply=Finished(
+                run=done.reply, no_claim=NoClaim(code=error.code, message=error.message)
+            ),
+            events=[*events, *claimed.events],
             deadlines=done.deadlines,
-            queued=done.queued,
+            queued=queued or claimed.queued,
         )
-    # Only a claim that first expires a stale lease of its own reports an error in its
-    # outcome, and the finish has just ended this session's lease.
-    assert claimed.error is None
     events.extend(claimed.events)
     return Outcome(
         reply=Finished(run=done.reply, claim=claimed.reply),
@@ -419,6 +445,7 @@ def expire(m: State, run: Run, reason: str, now: float) -> Outcome[Run | None]:
         "previous_lease_until": run.lease_until,
         "previous_claim_token_hash": run.claim_token_hash,
     }
+    m.record_loss(run, reason, now)
     m.end_lease(run, session)
     run.recovery_count += 1
     task = m.tasks[run.task_id]
@@ -498,6 +525,9 @@ def steal(m: State, cmd: StealRun) -> Outcome[Claim]:
                 code=LEASE_NOT_EXPIRED,
             )
         previous_hash = run.claim_token_hash
+        # A lease past its deadline had run out before anyone took it; a live one was taken.
+        cause = LOSS_STOLEN if run.lease_until > cmd.now else REASON_LEASE_EXPIRED
+        m.record_loss(run, cause, cmd.now, by=session.id)
         m.end_lease(run, m.sessions[run.session_id])
     lease = m.grant(run, session, "steal", token_hash, seconds, clamped, cmd.now)
     event = m.run_event(

@@ -114,6 +114,12 @@ REASON_UNBLOCKED: Final = "unblocked"
 SESSION_RELEASE_REASONS: Final = frozenset(
     {REASON_TTL_EXPIRED, REASON_PARENT_STOPPED, REASON_SESSION_STOPPED}
 )
+# How a session can lose a run it held (LeaseLoss.cause). The lease ran out on its own: its
+# deadline passed (also while the runtime was down) or its session's lifetime ended.
+LOSS_BY_TIME: Final = frozenset({REASON_LEASE_EXPIRED, REASON_ORPHANED_ON_BOOT})
+LOSS_BY_SESSION_END: Final = SESSION_RELEASE_REASONS
+# Someone else took it: another session stole it, or an operator forced or canceled it.
+LOSS_STOLEN: Final = "stolen"
 
 
 # -------------------------------------------------------------------------- records
@@ -144,6 +150,25 @@ class Checkpoint(msgspec.Struct, kw_only=True, gc=False, omit_defaults=True):
     note: str
     author: str | None = None
     run_id: str | None = None
+
+
+class LeaseLoss(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaults=True):
+    """The last time a session lost a run without finishing it itself.
+
+    Kept on the run so that a late call from that session is told exactly what happened
+    (its lease ran out, or who took the run and when) from the run alone. A later loss
+    replaces it; a new lease for the same session clears it.
+    """
+
+    session_id: str
+    at: float
+    # A reason of LOSS_BY_TIME or LOSS_BY_SESSION_END, LOSS_STOLEN, or the operator action
+    # (force_release, force_fail, cancel).
+    cause: str
+    # Who took it: the stealing session's id, or the operator's actor ("kind:ref").
+    by: str | None = None
+    # The deadline the lost lease had (None if the run was no longer leased).
+    lease_until: float | None = None
 
 
 class Task(msgspec.Struct, kw_only=True, tag="task", gc=False, omit_defaults=True):
@@ -221,8 +246,12 @@ class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True)
     # claim order uses it, not queued_at, so a wall clock stepped back cannot reorder the
     # queue. 0 only in records written before it existed (restore numbers those).
     queue_seq: int = 0
-    # Only ever true on a reply: a repeated start or approve found this run already made
-    # (AGH's existing-run result) and changed nothing. Never true in the state itself.
+    # The last time a session lost this run without finishing it (see LeaseLoss).
+    lease_loss: LeaseLoss | None = None
+    # Only ever true on a reply: the request repeats one already done and nothing changed
+    # (a finish the session already made, a retry after a lost reply; a start or approve
+    # of a task that already has this run, AGH's existing-run result). The run in memory
+    # never carries it.
     already: bool = False
 
 

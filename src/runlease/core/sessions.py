@@ -144,6 +144,7 @@ def _drop_lease(
         return False
     run = m.runs[session.lease_run_id]
     previous_hash = run.claim_token_hash
+    m.record_loss(run, reason, now)
     m.end_lease(run, session)
     m.requeue(run, "release", reason, now)
     reply.released_run_ids.append(run.id)

@@ -29,6 +29,7 @@ from runlease.core.model import (
     REASON_ORPHANED_ON_BOOT,
     Actor,
     Event,
+    LeaseLoss,
     LeaseView,
     Origin,
     Run,
@@ -427,6 +428,9 @@ class State:
         run.heartbeat_at = now
         run.checkpoint_at = None
         run.reason = None
+        loss = run.lease_loss
+        if loss is not None and loss.session_id == session.id:
+            run.lease_loss = None  # the session has the run again: its old loss is moot
         self.leased[run.id] = None
         session.lease_run_id = run.id
         self.settle(self.tasks[run.task_id], run, now)
@@ -453,13 +457,28 @@ class State:
         self.leased.pop(run.id, None)
         session.lease_run_id = None
 
+    def record_loss(self, run: Run, cause: str, now: float, *, by: str | None = None) -> None:
+        """Note on the run that its last holder lost it without finishing it (call before
+        the lease is dropped), so a late call from that session hears why."""
+        assert run.session_id is not None
+        run.lease_loss = LeaseLoss(
+            session_id=run.session_id, at=now, cause=cause, by=by, lease_until=run.lease_until
+        )
+
     def stop_run(self, run: Run, action: RunAction, reason: str, now: float) -> str | None:
         """End a run that is queued, leased or parked: out of the queue, lease dropped.
 
-        Returns the claim hash it had if it was leased.
+        Returns the claim hash it had if it was leased. The session that held the run last
+        (leased, or finished by it and still showing that) is told later that the run was
+        taken from it, and by whom.
         """
         previous_hash = run.claim_token_hash
-        before = lifecycle.move_run(run, action)
+        before = lifecycle.move_run(run, action)  # refuses before anything changed
+        if run.session_id is not None:
+            actor = self.actor
+            self.record_loss(
+                run, action, now, by=None if actor is None else f"{actor.kind}:{actor.ref}"
+            )
         if before == "queued":
             self.unqueue(run)
         elif before in LEASED_RUN_STATUSES:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from runlease.cli.context import connect, json_arg, show, show_claim, spinner
 from runlease.cli.output import plain
 from runlease.cli.params import Param
-from runlease.core.model import Finished, Priority
+from runlease.core.model import Finished, Priority, Run
 from runlease.errors import UsageError
 
 
@@ -128,11 +128,22 @@ class _NextOptions(NamedTuple):
         }
 
 
+def _show_finish(run: Run) -> int:
+    return show({"run": plain(run), **_already(run)})
+
+
+def _already(run: Run) -> dict[str, bool]:
+    """``"already": true`` when the finish repeats one the session had made: nothing
+    changed (a retry after a lost reply). Left out otherwise."""
+    return {"already": True} if run.already else {}
+
+
 def _show_finished(finished: Finished) -> int:
     claim = finished.claim
     show(
         {
             "run": plain(finished.run),
+            **_already(finished.run),
             "next": None
             if claim is None
             else {"task": plain(claim.task), "run": plain(claim.run), "lease": plain(claim.lease)},
@@ -195,7 +206,7 @@ def task_complete(
                 finished = client.complete_and_next(run_id, result=value, **after.kwargs())
             return _show_finished(finished)
         run = client.complete(run_id, result=value)
-    return show({"run": plain(run)})
+    return _show_finish(run)
 
 
 def task_fail(
@@ -232,7 +243,7 @@ def task_fail(
                 )
             return _show_finished(finished)
         run = client.fail(run_id, error=error, metadata=meta)
-    return show({"run": plain(run)})
+    return _show_finish(run)
 
 
 def task_release(
@@ -266,7 +277,7 @@ def task_release(
                 finished = client.release_and_next(run_id, reason=reason, **after.kwargs())
             return _show_finished(finished)
         run = client.release(run_id, reason=reason)
-    return show({"run": plain(run)})
+    return _show_finish(run)
 
 
 def task_block(
@@ -284,7 +295,7 @@ def task_block(
     """
     with connect() as client:
         run = client.block(run_id, reason=reason)
-    return show({"run": plain(run)})
+    return _show_finish(run)
 
 
 def task_steal(

@@ -31,7 +31,7 @@ def task_publish(
     """
     with connect() as client:
         task = client.publish_task(task_id, start=start)
-    return show({"task": plain(task)})
+    return show({"task": plain(task), **({"already": True} if task.already else {})})
 
 
 def task_approve(task_id: str, /) -> int:
@@ -45,7 +45,7 @@ def task_approve(task_id: str, /) -> int:
     """
     with connect() as client:
         run = client.approve_task(task_id)
-    return show({"run": plain(run)})
+    return show({"run": plain(run), **({"already": True} if run.already else {})})
 
 
 def task_reject(

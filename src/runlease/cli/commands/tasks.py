@@ -102,7 +102,7 @@ def task_start(
     """
     with connect() as client:
         run = client.start_task(task_id, idempotency_key=idempotency_key)
-    return show({"run": plain(run)})
+    return show({"run": plain(run), **({"already": True} if run.already else {})})
 
 
 def task_reopen(
