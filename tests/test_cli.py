@@ -185,7 +185,10 @@ def test_task_create_start_show_and_list(cli: Cli, ws: str) -> None:
     assert set(shown) == TASK_SHOW_KEYS
     assert shown["task"]["status"] == "ready"
     assert [r["id"] for r in shown["runs"]] == [started["run"]["id"]]
-    cli.fails("task", "start", task["id"], code="INVALID_TRANSITION", exit=3)
+    # Started already: the answer is the queued run, marked, and nothing new is enqueued.
+    again = cli.ok("task", "start", task["id"])
+    assert (again["run"]["id"], again["already"]) == (started["run"]["id"], True)
+    assert "already" not in started
 
     other = cli.ok("task", "create", "second", "--workspace", ws)["task"]
     listed = cli.ok("task", "list", "--workspace", ws)["tasks"]

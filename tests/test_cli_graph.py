@@ -46,8 +46,11 @@ def test_create_options_draft_publish_and_idempotent_start(cli: Cli, ws: str) ->
     assert "force_ops" not in child  # internal bookkeeping stays hidden
     # A draft cannot be started until published.
     cli.fails("task", "start", child["id"], code="TASK_IS_DRAFT", exit=3)
-    published = cli.ok("task", "publish", child["id"], "--no-start")["task"]
+    first_publish = cli.ok("task", "publish", child["id"], "--no-start")
+    published = first_publish["task"]
     assert published["draft"] is False
+    assert "already" not in first_publish
+    assert cli.ok("task", "publish", child["id"])["already"] is True
     first = cli.ok("task", "start", child["id"], "--idempotency-key", "k1")["run"]
     again = cli.ok("task", "start", child["id"], "--idempotency-key", "k1")["run"]
     assert first["id"] == again["id"]
@@ -65,11 +68,37 @@ def test_manual_approval_approve_and_reject(cli: Cli, ws: str) -> None:
     run = cli.ok("task", "approve", task["id"])["run"]
     assert run["task_id"] == task["id"]
     assert run["status"] == "queued"
+    assert "already" not in run
+    again = cli.ok("task", "approve", task["id"])
+    assert (again["run"]["id"], again["already"]) == (run["id"], True)
+    started = cli.ok("task", "start", task["id"])
+    assert (started["run"]["id"], started["already"]) == (run["id"], True)
     other = create(cli, ws, "rejected", "--approval", "manual")
     rejected = cli.ok("task", "reject", other["id"], "--reason", "not needed")["task"]
     assert rejected["approval_state"] == "rejected"
-    assert rejected["status"] == "canceled"
+    assert rejected["status"] == "blocked"
+    # A rejection can be revisited: approving it later enqueues its run.
+    assert cli.ok("task", "approve", other["id"])["run"]["status"] == "queued"
     cli.fails("task", "approve", "tsk_missing", code="TASK_NOT_FOUND", exit=4)
+
+
+def test_approval_policy_is_a_mutable_field(cli: Cli, ws: str) -> None:
+    task = create(cli, ws, "later gated")
+    gated = cli.ok("task", "update", task["id"], "--approval-policy", "manual")["task"]
+    assert (gated["approval_policy"], gated["approval_state"]) == ("manual", "pending")
+    assert gated["status"] == "blocked"
+    cli.fails("task", "start", task["id"], code="APPROVAL_REQUIRED", exit=3)
+    open_again = cli.ok("task", "update", task["id"], "--approval-policy", "none")["task"]
+    assert (open_again["approval_state"], open_again["status"]) == ("not_required", "pending")
+
+
+def test_a_child_of_a_workspace_task_stays_in_its_workspace(cli: Cli, ws: str) -> None:
+    parent = create(cli, ws, "parent")
+    message = cli.fails(
+        "task", "create", "stray", "--parent", parent["id"], code="INVALID_SCOPE_BINDING", exit=3
+    )
+    assert ws in message
+    assert create(cli, ws, "child", "--parent", parent["id"])["parent_task_id"] == parent["id"]
 
 
 def test_update_mutable_fields_and_refuse_immutable_ones(cli: Cli, ws: str) -> None:

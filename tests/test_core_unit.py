@@ -740,16 +740,27 @@ def test_fail_with_attempts_left_then_start_again(m: Machine) -> None:
     assert code_of(m, start) == INVALID_TRANSITION
 
 
-def test_start_is_refused_while_queued_leased_or_completed(m: Machine) -> None:
+def _existing_run(m: Machine, start: StartTask) -> str:
+    """Start a task that already has its run: answered with that run, nothing changed."""
+    before = state_of(m)
+    run = m.apply(start).reply
+    assert run.already
+    assert state_of(m) == before
+    return run.id
+
+
+def test_start_answers_the_queued_or_leased_run_and_is_refused_once_completed(
+    m: Machine,
+) -> None:
     task(m, "t", start=False)
     assert status_of(m, "t") == "pending"
     m.apply(StartTask(now=T0, task_id="t", run_id="run_1"))
-    assert code_of(m, StartTask(now=T0, task_id="t", run_id="run_2")) == INVALID_TRANSITION
+    assert _existing_run(m, StartTask(now=T0, task_id="t", run_id="run_2")) == "run_1"
     session(m, "s")
     claim(m, "s")
-    assert code_of(m, StartTask(now=T0, task_id="t", run_id="run_2")) == INVALID_TRANSITION
+    assert _existing_run(m, StartTask(now=T0, task_id="t", run_id="run_2")) == "run_1"
     heartbeat(m, "s", "run_1", now=T0 + 1)
-    assert code_of(m, StartTask(now=T0, task_id="t", run_id="run_2")) == INVALID_TRANSITION
+    assert _existing_run(m, StartTask(now=T0, task_id="t", run_id="run_2")) == "run_1"
     m.apply(CompleteRun(now=T0 + 2, session_id="s", run_id="run_1"))
     assert code_of(m, StartTask(now=T0, task_id="t", run_id="run_2")) == INVALID_TRANSITION
     assert code_of(m, StartTask(now=T0, task_id="t", run_id="run_1")) == INVALID_INPUT

@@ -13,6 +13,7 @@ step the machine's claim index must hold exactly the runs the model calls claima
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -139,11 +140,14 @@ class GraphModel(RuleBasedStateMachine):
         return f"{prefix}{self.counter}"
 
     def apply(self, command: object) -> RunleaseError | None:
+        return self.answer(command)[1]
+
+    def answer(self, command: object) -> tuple[Any, RunleaseError | None]:
+        """The machine's reply to ``command``, or the error it refused it with."""
         try:
-            self.machine.apply(command)  # type: ignore[arg-type]
+            return self.machine.apply(command).reply, None  # type: ignore[arg-type]
         except RunleaseError as exc:
-            return exc
-        return None
+            return None, exc
 
     def pick(self, data: st.DataObject) -> str | None:
         if not self.order:
@@ -371,8 +375,12 @@ class GraphModel(RuleBasedStateMachine):
         if t is None:
             return
         mt = self.tasks[t]
-        if mt.canceled:
-            expected: str | None = INVALID_TRANSITION
+        # Queued or leased: the task already has its run, and the answer is that run.
+        already = mt.phase in ("queued", "leased")
+        if already:
+            expected: str | None = None
+        elif mt.canceled:
+            expected = INVALID_TRANSITION
         elif mt.draft:
             expected = TASK_IS_DRAFT
         elif mt.approval in ("pending", "rejected"):
@@ -385,9 +393,13 @@ class GraphModel(RuleBasedStateMachine):
             expected = RETRY_CHAIN_TOO_DEEP
         else:
             expected = None
-        error = self.apply(StartTask(now=self.tick(), task_id=t, run_id=self.new_id("r")))
+        reply, error = self.answer(StartTask(now=self.tick(), task_id=t, run_id=self.new_id("r")))
         assert (error and error.code) == expected, error
-        if error is None:
+        if already:
+            assert reply.already
+            assert reply.id == self.run_id(t)
+        elif error is None:
+            assert not reply.already
             mt.phase, mt.attempt, mt.runs = "queued", mt.attempt + 1, mt.runs + 1
 
     @rule(session=st.sampled_from(SESSIONS))
@@ -585,14 +597,27 @@ class GraphModel(RuleBasedStateMachine):
         if t is None:
             return
         mt = self.tasks[t]
-        # A canceled task is final: publishing it is refused like any other move.
-        expected = None if mt.draft and not mt.canceled else INVALID_TRANSITION
+        # Publishing a published task again answers it unchanged; a canceled task is final.
+        already = not mt.draft and not mt.canceled
+        if already:
+            expected: str | None = None
+        elif mt.canceled:
+            expected = INVALID_TRANSITION
+        elif with_run and mt.approval != "not_required":
+            expected = APPROVAL_REQUIRED  # only approving it enqueues its run
+        else:
+            expected = None
+        before = self.machine.tasks[t].current_run_id
         command = PublishTask(
             now=self.tick(), task_id=t, run_id=self.new_id("r") if with_run else None
         )
-        error = self.apply(command)
+        reply, error = self.answer(command)
         assert (error and error.code) == expected, error
-        if error is None:
+        if already:
+            assert reply.already
+            assert reply.current_run_id == before
+        elif error is None:
+            assert not reply.already
             mt.draft = False
             if with_run:
                 mt.phase, mt.attempt, mt.runs = "queued", 1, 1
@@ -603,10 +628,27 @@ class GraphModel(RuleBasedStateMachine):
         if t is None:
             return
         mt = self.tasks[t]
-        ok = mt.approval == "pending" and not mt.canceled
-        error = self.apply(ApproveTask(now=self.tick(), task_id=t, run_id=self.new_id("r")))
-        assert (error and error.code) == (None if ok else INVALID_TRANSITION), error
-        if ok:
+        # Approved already: the answer is the run the task has, and nothing changes.
+        already = mt.approval == "approved" and mt.runs > 0
+        if already:
+            expected: str | None = None
+        elif mt.approval not in ("pending", "rejected"):
+            expected = INVALID_TRANSITION
+        elif mt.draft:
+            expected = TASK_IS_DRAFT
+        elif mt.canceled:
+            expected = INVALID_TRANSITION
+        else:
+            expected = None  # pending, or rejected earlier: a rejection can be revisited
+        runs_before = len(self.machine.runs)
+        reply, error = self.answer(ApproveTask(now=self.tick(), task_id=t, run_id=self.new_id("r")))
+        assert (error and error.code) == expected, error
+        if already:
+            assert reply.already
+            assert reply.id == self.run_id(t)
+            assert len(self.machine.runs) == runs_before
+        elif error is None:
+            assert not reply.already
             mt.approval = "approved"
             mt.phase, mt.attempt, mt.runs = "queued", 1, 1
 
@@ -616,12 +658,33 @@ class GraphModel(RuleBasedStateMachine):
         if t is None:
             return
         mt = self.tasks[t]
-        ok = mt.approval == "pending" and not mt.canceled
+        # Pending or rejected before: the refusal is recorded and nothing else moves (no
+        # cancel, here or below); the task waits for a later decision.
+        ok = mt.approval in ("pending", "rejected") and not mt.canceled
         error = self.apply(RejectTask(now=self.tick(), task_id=t, reason="no"))
         assert (error and error.code) == (None if ok else INVALID_TRANSITION), error
         if ok:
             mt.approval = "rejected"
-            self.cancel_tree(t)
+
+    @rule(data=st.data(), policy=st.sampled_from(["none", "manual"]))
+    def set_approval_policy(self, data: st.DataObject, policy: str) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        mt = self.tasks[t]
+        current = "none" if mt.approval == "not_required" else "manual"
+        changing = policy != current
+        # A task that starts by itself cannot also wait for a person.
+        expected = APPROVAL_REQUIRED if changing and policy == "manual" and mt.auto else None
+        error = self.apply(
+            UpdateTask(now=self.tick(), task_id=t, changes={"approval_policy": policy})
+        )
+        assert (error and error.code) == expected, error
+        if error is None and changing:
+            if policy == "none":
+                mt.approval = "not_required"
+            else:  # gates a first run only: a task that has one counts as approved
+                mt.approval = "approved" if mt.runs > 0 else "pending"
 
     @rule(data=st.data())
     def delete(self, data: st.DataObject) -> None:
@@ -944,6 +1007,23 @@ class GraphModel(RuleBasedStateMachine):
                     assert status == "pending"  # never started, nothing said it may run
                 else:
                     assert status == "ready"  # queued, retryable, or its dependencies met
+
+    @invariant()
+    def approvals_agree(self) -> None:
+        for task_id, mt in self.tasks.items():
+            task = self.machine.tasks[task_id]
+            assert task.approval_state == mt.approval
+            assert task.approval_policy == ("none" if mt.approval == "not_required" else "manual")
+            if mt.approval in ("pending", "rejected"):
+                # Waiting for a decision: nothing was ever enqueued.
+                assert mt.runs == 0
+                assert task.current_run_id is None
+
+    @invariant()
+    def reply_marks_stay_out_of_the_state(self) -> None:
+        # "already" only marks a reply; a record in the state never carries it.
+        assert not any(task.already for task in self.machine.tasks.values())
+        assert not any(run.already for run in self.machine.runs.values())
 
     @invariant()
     def retry_chains_are_bounded(self) -> None:

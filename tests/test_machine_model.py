@@ -614,13 +614,22 @@ class MachineVersusModel(RuleBasedStateMachine):
         if task is None:
             self._refused(command, TASK_NOT_FOUND)
             return
+        current = model.runs[task.current_run] if task.current_run else None
+        if current is not None and current.status in ("queued", "claimed", "running"):
+            # The task already has its run: that run is the answer, and nothing changes.
+            before = fingerprint(self.machine)
+            outcome = self._apply(command, "existing run")
+            assert fingerprint(self.machine) == before
+            assert isinstance(outcome.reply, Run)
+            assert (outcome.reply.id, outcome.reply.already) == (current.id, True)
+            assert outcome.events == []
+            assert not outcome.queued
+            return
         if run_id in model.runs:
             self._refused(command, INVALID_INPUT)
             return
-        current = model.runs[task.current_run] if task.current_run else None
         if current is not None and (
-            current.status in ("queued", "claimed", "running", "completed")
-            or current.attempt >= task.max_attempts
+            current.status == "completed" or current.attempt >= task.max_attempts
         ):
             self._refused(command, INVALID_TRANSITION)
             return

@@ -65,7 +65,7 @@ async def test_draft_publish_and_manual_approval(autojump_clock: trio.testing.Mo
 
         rejected = await rt.create_task("r", approval_policy="manual")
         task = await rt.reject_task(rejected.id, reason="not now")
-        assert task.status == "canceled"
+        assert task.status == "blocked"  # a decision, not an ending: approvable later
         assert task.approval_state == "rejected"
 
 

@@ -440,8 +440,10 @@ class CreateTask(Request[Task], tag="create_task"):
 
 @operation()
 class StartTask(Request[Run], tag="start_task"):
-    """Enqueue a new run of a task (its next attempt); a repeated ``idempotency_key`` on
-    the same task returns the run the first call made and enqueues nothing."""
+    """Enqueue a new run of a task (its next attempt). A task whose run is queued or
+    leased already is answered with that run, marked ``already``, and a repeated
+    ``idempotency_key`` on the same task with the run the first call made: neither
+    enqueues anything."""
 
     task_id: str
     idempotency_key: str | None = None
@@ -735,7 +737,9 @@ class BlockRun(SessionRequest[Run], tag="block"):
 # ------------------------------------------------------------- task lifecycle and graph
 @operation()
 class PublishTask(Request[Task], tag="publish_task"):
-    """Publish a draft; with ``start`` (and no manual approval) enqueue its first run."""
+    """Publish a draft; with ``start`` (and no manual approval) enqueue its first run. A
+    task published already is answered as it is, marked ``already``, and nothing changes
+    (its ``current_run_id`` names its run, if it has one)."""
 
     task_id: str
     start: bool = True
@@ -753,7 +757,9 @@ class PublishTask(Request[Task], tag="publish_task"):
 
 @operation(operator=True)
 class ApproveTask(Request[Run], tag="approve_task"):
-    """Approve a task awaiting manual approval; enqueues its run and answers it."""
+    """Approve a task awaiting manual approval (pending, or rejected earlier); enqueues its
+    run and answers it. A task approved already is answered with the run it has, marked
+    ``already``, and nothing changes."""
 
     task_id: str
 
@@ -765,7 +771,8 @@ class ApproveTask(Request[Run], tag="approve_task"):
 
 @operation(operator=True)
 class RejectTask(Request[Task], tag="reject_task"):
-    """Reject a task awaiting approval: it and its open descendants are canceled."""
+    """Reject a task awaiting approval: ``approval_state`` becomes ``rejected`` and the
+    task stays blocked, nothing below it changes, and it can still be approved later."""
 
     task_id: str
     reason: str | None = None
@@ -778,8 +785,10 @@ class RejectTask(Request[Task], tag="reject_task"):
 class UpdateTask(Request[Task], tag="update_task"):
     """Change mutable fields (title, description, priority, max_attempts, metadata,
     required_capabilities, preferred_capabilities, owner, auto_enqueue_on_ready,
-    stale_after); any other raises IMMUTABLE_FIELD. ``owner`` takes {"kind", "ref"} or
-    None."""
+    stale_after, approval_policy); any other raises IMMUTABLE_FIELD. ``owner`` takes
+    {"kind", "ref"} or None. Switching ``approval_policy`` to none clears the approval
+    state; to manual makes a task that never ran wait for approval, while a task that has
+    a run keeps it and counts as approved."""
 
     task_id: str
     changes: dict[str, Any]

@@ -46,7 +46,8 @@ TIME_FIELDS: Final = frozenset(
 )
 # Internal bookkeeping of the core, never shown (the force-operation rate window, whether
 # a task ever had a dependency).
-# ``already`` is a flag of a finish's reply, shown once at the top of that reply instead.
+# ``already`` is a flag of a reply (a repeated finish, start, approve or publish), shown
+# once at the top of that reply instead.
 HIDDEN_FIELDS: Final = frozenset({"force_ops", "had_dependencies", "already"})
 # Caller-owned JSON: passed through exactly as stored, never reinterpreted.
 OPAQUE_FIELDS: Final = frozenset({"metadata", "result", "failure_metadata"})

@@ -88,7 +88,7 @@ RUN_TRANSITIONS: Final[Mapping[RunStatus, Mapping[RunAction, RunStatus]]] = {
 TaskAction = Literal[
     "publish",  # a draft becomes a real task
     "approve",  # a manual-approval task gets its run
-    "reject",
+    "reject",  # records a refusal: the task stays blocked until approved
     "cancel",
     "pause",
     "depend",  # gains a blocker
@@ -112,12 +112,14 @@ def _open_task_row(
 
 
 TASK_TRANSITIONS: Final[Mapping[TaskStatus, Mapping[TaskAction, TaskStatus]]] = {
-    "draft": _open_task_row("draft", {"publish": "pending", "reject": "canceled"}),
+    # A rejection records the decision and leaves the task where it was: a draft stays a
+    # draft, a task awaiting approval stays blocked and may be approved later.
+    "draft": _open_task_row("draft", {"publish": "pending", "reject": "draft"}),
     # Never started: a task awaiting approval is blocked, not pending.
     "pending": _open_task_row("pending"),
     # A task awaiting approval is blocked; approving it queues its run, which is ready
     # unless a dependency is still open (then it stays blocked until that completes).
-    "blocked": _open_task_row("blocked", {"approve": "ready", "reject": "canceled"}),
+    "blocked": _open_task_row("blocked", {"approve": "ready", "reject": "blocked"}),
     "ready": _open_task_row("ready"),
     "in_progress": _open_task_row("in_progress"),
     "needs_attention": _open_task_row("needs_attention"),

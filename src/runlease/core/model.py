@@ -91,10 +91,11 @@ MUTABLE_TASK_FIELDS: Final = frozenset(
         "owner",
         "auto_enqueue_on_ready",
         "stale_after",
+        "approval_policy",
     }
 )
 IMMUTABLE_TASK_FIELDS: Final = frozenset(
-    {"id", "scope", "workspace_id", "parent_task_id", "required_artifacts", "approval_policy"}
+    {"id", "scope", "workspace_id", "parent_task_id", "required_artifacts"}
 )
 
 # Why a lease ended without the holder finishing the run.
@@ -213,6 +214,9 @@ class Task(msgspec.Struct, kw_only=True, tag="task", gc=False, omit_defaults=Tru
     # Seconds without a heartbeat or checkpoint after which ``stuck`` reports its leased
     # run; None leaves it to the threshold the caller of ``stuck`` gives.
     stale_after: float | None = None
+    # Only ever true on a reply: a repeated publish found the task already published and
+    # changed nothing. Records in the state keep the default, so it is never persisted.
+    already: bool = False
 
 
 class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True):
@@ -244,8 +248,10 @@ class Run(msgspec.Struct, kw_only=True, tag="run", gc=False, omit_defaults=True)
     queue_seq: int = 0
     # The last time a session lost this run without finishing it (see LeaseLoss).
     lease_loss: LeaseLoss | None = None
-    # Only ever true on a reply: this finish repeats one the session already made (a retry
-    # after a lost reply); nothing changed. The run in memory never carries it.
+    # Only ever true on a reply: the request repeats one already done and nothing changed
+    # (a finish the session already made, a retry after a lost reply; a start or approve
+    # of a task that already has this run, AGH's existing-run result). The run in memory
+    # never carries it.
     already: bool = False
 
 

@@ -24,7 +24,7 @@ from runlease.core.commands import (
     UnblockTask,
     UpdateTask,
 )
-from runlease.core.graph import auto_start, cancel_tree, forget_dependent
+from runlease.core.graph import auto_start, forget_dependent
 from runlease.core.model import (
     DEFAULT_MAX_ATTEMPTS,
     FINAL_RUN_STATUSES,
@@ -58,6 +58,7 @@ from runlease.errors import (
     APPROVAL_REQUIRED,
     GRAPH_LIMIT_EXCEEDED,
     IMMUTABLE_FIELD,
+    INVALID_SCOPE_BINDING,
     INVALID_TRANSITION,
     RETRY_CHAIN_TOO_DEEP,
     TASK_HAS_ACTIVE_RUNS,
@@ -113,6 +114,7 @@ def create_task(m: State, cmd: CreateTask) -> Outcome[Task]:
     parent = None
     if cmd.parent_task_id is not None:
         parent = m.get_task(cmd.parent_task_id)
+        _check_scope_binding(parent, scope, workspace_id)
         canceled = m.canceled_ancestor(parent)
         if canceled is not None:
             raise InvalidInput(
@@ -172,7 +174,29 @@ def create_task(m: State, cmd: CreateTask) -> Outcome[Task]:
     return Outcome(reply=snapshot_task(task), events=events, queued=queued)
 
 
+def _check_scope_binding(parent: Task, scope: str, workspace_id: str | None) -> None:
+    """A child of a workspace-scoped task lives in that same workspace: its work belongs
+    to the parent's workspace, and only sessions of that workspace may claim it."""
+    if parent.scope != "workspace":
+        return
+    if scope != "workspace" or workspace_id != parent.workspace_id:
+        where = "a global task" if workspace_id is None else f"workspace {workspace_id!r}"
+        raise InvalidInput(
+            f"parent task {parent.id} belongs to workspace {parent.workspace_id!r}; "
+            f"its children must be in that workspace too, not in {where}",
+            code=INVALID_SCOPE_BINDING,
+        )
+
+
 # -------------------------------------------------------------------------- start
+def existing_run(run: Run) -> Run:
+    """The reply to a repeated start or approve: the run the task already has, marked so
+    the caller can tell nothing new was enqueued."""
+    reply = snapshot_run(run)
+    reply.already = True
+    return reply
+
+
 @handles(StartTask)
 def start_task(m: State, cmd: StartTask) -> Outcome[Run]:
     task = m.get_task(cmd.task_id)
@@ -181,20 +205,20 @@ def start_task(m: State, cmd: StartTask) -> Outcome[Run]:
         earlier = m.idempotency.get((task.id, cmd.idempotency_key))
         if earlier is not None:
             # The same request again: answer with the run it made, change nothing.
-            return Outcome(reply=snapshot_run(m.runs[earlier]))
+            return Outcome(reply=existing_run(m.runs[earlier]))
+    current = m.current_run(task)
+    if current is not None and current.status not in SETTLED_RUN_STATUSES:
+        # Queued or leased: the task already has its run. Starting it again is answered
+        # with that run (a retry after a lost reply must not fail or enqueue a second).
+        return Outcome(reply=existing_run(current))
     check_startable(task)
     check_new_run_id(m, cmd.run_id)
-    current = m.current_run(task)
     if current is not None:
-        if current.status not in SETTLED_RUN_STATUSES:
-            raise InvalidInput(
-                f"task {task.id} already has run {current.id} ({current.status}); "
-                "wait for it to finish before starting another",
-                code=INVALID_TRANSITION,
-            )
         if current.status in ("completed", "canceled"):
+            anew = current.status == "completed"
             raise InvalidInput(
-                f"task {task.id} is {current.status}; it cannot be started again",
+                f"task {task.id} is {current.status}; it cannot be started again"
+                + (f" (`runlease task reopen {task.id}` runs it anew)" if anew else ""),
                 code=INVALID_TRANSITION,
             )
         if current.attempt >= task.max_attempts:
@@ -248,6 +272,12 @@ def check_new_run_id(m: State, run_id: str) -> None:
 @handles(PublishTask)
 def publish_task(m: State, cmd: PublishTask) -> Outcome[Task]:
     task = m.get_task(cmd.task_id)
+    if not task.draft and not task.canceled:
+        # Published already: answer the task as it is (its current_run_id names the run
+        # the first publish started, if any) and change nothing.
+        reply = snapshot_task(task)
+        reply.already = True
+        return Outcome(reply=reply)
     lifecycle.check_task(task, "publish")
     if cmd.run_id is not None:
         check_new_run_id(m, cmd.run_id)
@@ -267,7 +297,9 @@ def publish_task(m: State, cmd: PublishTask) -> Outcome[Task]:
 
 
 def _check_awaiting_approval(task: Task) -> None:
-    if task.approval_policy != "manual" or task.approval_state != "pending":
+    """Approve and reject decide a manual-approval task that is pending or was rejected
+    (a rejection can be revisited); an approved task has had its decision."""
+    if task.approval_policy != "manual" or task.approval_state not in ("pending", "rejected"):
         raise InvalidInput(
             f"task {task.id} is not awaiting approval "
             f"(policy {task.approval_policy}, state {task.approval_state})",
@@ -278,6 +310,10 @@ def _check_awaiting_approval(task: Task) -> None:
 @handles(ApproveTask)
 def approve_task(m: State, cmd: ApproveTask) -> Outcome[Run]:
     task = m.get_task(cmd.task_id)
+    current = m.current_run(task)
+    if task.approval_state == "approved" and current is not None:
+        # Approved already: answer the run the task has (whatever became of it).
+        return Outcome(reply=existing_run(current))
     _check_awaiting_approval(task)
     if task.draft:
         raise InvalidInput(f"task {task.id} is a draft; publish it first", code=TASK_IS_DRAFT)
@@ -299,9 +335,11 @@ def reject_task(m: State, cmd: RejectTask) -> Outcome[Task]:
     reason = validate.optional_text(cmd.reason, "reason")
     _check_awaiting_approval(task)
     lifecycle.check_task(task, "reject")
+    # A rejection is a decision, not an ending: the task stays blocked, nothing below it
+    # changes, and a later approve (or switching the policy to none) can still let it run.
     task.approval_state = "rejected"
+    m.settle(task, None, cmd.now)
     events = [m.event("task_rejected", cmd.now, task_id=task.id, data={"reason": reason})]
-    cancel_tree(m, task, reason or "rejected", cmd.now, events)
     return Outcome(reply=snapshot_task(task), events=events)
 
 
@@ -339,12 +377,17 @@ def update_task(m: State, cmd: UpdateTask) -> Outcome[Task]:
         elif field in ("required_capabilities", "preferred_capabilities"):
             new[field] = validate.capabilities(value, field)
         elif field == "auto_enqueue_on_ready":
-            new[field] = _auto_enqueue(value, task.approval_policy)
+            policy = cmd.changes.get("approval_policy", task.approval_policy)
+            new[field] = _auto_enqueue(value, policy)
         elif field == "stale_after":
             new[field] = _stale_after(value)
+        elif field == "approval_policy":
+            new[field] = _approval_policy(value)
         else:  # owner
             new[field] = _owner(value)
     run = m.current_run(task)
+    if "approval_policy" in new and new["approval_policy"] != task.approval_policy:
+        new["approval_state"] = _approval_state_after(task, new, run)
     reindex = run is not None and run.id in m.index
     if reindex:
         assert run is not None
@@ -520,6 +563,32 @@ def _auto_enqueue(value: Any, approval_policy: str) -> bool:
             code=APPROVAL_REQUIRED,
         )
     return value
+
+
+def _approval_policy(value: Any) -> Any:
+    if value not in ("none", "manual"):
+        raise InvalidInput(f"approval_policy must be none or manual, not {value!r}")
+    return value
+
+
+def _approval_state_after(task: Task, new: dict[str, Any], run: Run | None) -> str:
+    """The approval state a policy change leaves.
+
+    Switching to none drops the gate (``not_required``), so a task that waited for a
+    decision becomes startable. Switching to manual gates the next first run only: a task
+    that never ran now waits for approval (``pending``); one that already has a run keeps
+    it and counts as ``approved`` (what is queued or running is not pulled back, and its
+    retries need no new decision). Manual approval and auto-enqueue exclude each other.
+    """
+    if new["approval_policy"] == "none":
+        return "not_required"
+    if new.get("auto_enqueue_on_ready", task.auto_enqueue_on_ready):
+        raise InvalidInput(
+            "a task that starts by itself (auto_enqueue_on_ready) cannot need manual "
+            "approval; turn auto_enqueue_on_ready off in the same update",
+            code=APPROVAL_REQUIRED,
+        )
+    return "pending" if run is None else "approved"
 
 
 def _stale_after(value: Any) -> float | None:

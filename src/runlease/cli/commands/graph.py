@@ -21,7 +21,8 @@ def task_publish(
         bool, Param(help="Also enqueue its first run (unless it needs manual approval).")
     ] = True,
 ) -> int:
-    """Publish a draft task so it can run.
+    """Publish a draft task so it can run (again on a published task: shows it unchanged,
+    with "already": true).
 
     Parameters
     ----------
@@ -30,11 +31,12 @@ def task_publish(
     """
     with connect() as client:
         task = client.publish_task(task_id, start=start)
-    return show({"task": plain(task)})
+    return show({"task": plain(task), **({"already": True} if task.already else {})})
 
 
 def task_approve(task_id: str, /) -> int:
-    """Approve a task that waits for manual approval: its run is enqueued.
+    """Approve a task that waits for manual approval (or was rejected): its run is
+    enqueued. On a task approved already it shows the run it has, with "already": true.
 
     Parameters
     ----------
@@ -43,7 +45,7 @@ def task_approve(task_id: str, /) -> int:
     """
     with connect() as client:
         run = client.approve_task(task_id)
-    return show({"run": plain(run)})
+    return show({"run": plain(run), **({"already": True} if run.already else {})})
 
 
 def task_reject(
@@ -52,7 +54,8 @@ def task_reject(
     *,
     reason: Annotated[str | None, Param(help="Why it is rejected.")] = None,
 ) -> int:
-    """Reject a task that waits for approval: it and its open descendants are canceled.
+    """Reject a task that waits for approval: it stays blocked (approval_state rejected)
+    until someone approves it; nothing is canceled.
 
     Parameters
     ----------
@@ -92,13 +95,17 @@ def task_update(
         float | None,
         Param(help="SECONDS without progress before `task stuck` lists it; 0 clears it."),
     ] = None,
+    approval_policy: Annotated[
+        Literal["none", "manual"] | None,
+        Param(help="manual: a task that never ran waits for `task approve`; none: no gate."),
+    ] = None,
     changes: Annotated[
         str | None,
         Param(help='Raw changes as a JSON object, e.g. \'{"title": "x"}\' (merged first).'),
     ] = None,
 ) -> int:
     """Change a task's mutable fields. Immutable ones (scope, workspace_id, parent_task_id,
-    required_artifacts, approval_policy) are refused with IMMUTABLE_FIELD.
+    required_artifacts) are refused with IMMUTABLE_FIELD.
 
     Parameters
     ----------
@@ -114,6 +121,7 @@ def task_update(
         "metadata": json_arg(metadata, "--metadata", object_only=True),
         "required_capabilities": capability,
         "preferred_capabilities": preferred_capability,
+        "approval_policy": approval_policy,
     }
     wanted.update({key: value for key, value in flags.items() if value is not None})
     if auto_enqueue is not None:

@@ -92,7 +92,8 @@ def task_start(
         str | None, Param(help="Repeat with the same KEY and get the same run back.")
     ] = None,
 ) -> int:
-    """Enqueue a run of a task (its next attempt).
+    """Enqueue a run of a task (its next attempt). A task whose run is queued or leased
+    already shows that run, with "already": true, and nothing new is enqueued.
 
     Parameters
     ----------
@@ -101,7 +102,7 @@ def task_start(
     """
     with connect() as client:
         run = client.start_task(task_id, idempotency_key=idempotency_key)
-    return show({"run": plain(run)})
+    return show({"run": plain(run), **({"already": True} if run.already else {})})
 
 
 def task_reopen(
