@@ -196,3 +196,17 @@ def test_a_malformed_workspace_root_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "WORKSPACE=DIR" in done.stdout + done.stderr
+
+
+def test_a_starvation_time_that_is_not_positive_is_a_usage_error(tmp_path: Path) -> None:
+    for value in ("0", "-5", "inf"):
+        done = subprocess.run(
+            [*RUNLEASE, "serve", "--data-dir", str(tmp_path), "--starve-after", value],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 2, (value, done.stdout, done.stderr)
+        assert "--starve-after takes a positive number of seconds" in done.stdout + done.stderr
