@@ -33,9 +33,11 @@ from runlease.core.commands import (
     ForceReleaseRun,
     HeartbeatRun,
     OpenSession,
+    RecoverRun,
     ReleaseRun,
     ReleaseSessionLeases,
     StealRun,
+    UnblockTask,
 )
 from runlease.core.ids import CLAIM_TOKEN_PREFIX, hash_token, new_secret_token
 from runlease.core.machine import Machine
@@ -480,3 +482,35 @@ async def test_a_repeated_finish_journals_nothing_and_replays_the_same(tmp_path:
         expected = fingerprint(rt._machine)
     async with runlease.open_runtime(data_dir=data, durability="relaxed") as rt:
         assert fingerprint(rt._machine) == expected
+
+
+def test_a_block_lifted_by_an_operator_is_not_the_sessions_own_finish(m: Machine) -> None:
+    """After an operator requeues the run a session blocked, the session's retried block (or
+    any other late call) hears who put the run back, instead of an `already` that would claim
+    the block still stands."""
+    m.apply(BlockRun(now=T0 + 1, session_id="s", run_id="run_t", reason="needs a key"))
+    m.apply(UnblockTask(now=T0 + 2, task_id="t", actor=OPERATOR))
+    error = refusal(m, BlockRun(now=T0 + 3, session_id="s", run_id="run_t", reason="needs a key"))
+    assert error.code == AUTONOMY_FOREIGN_RUN
+    assert "(`task unblock`) from session s by human:operator" in error.message
+    assert "already" not in error.message
+    # The same through `run recover`, after the session blocked the run again.
+    claim(m, "s", T0 + 4)
+    m.apply(BlockRun(now=T0 + 5, session_id="s", run_id="run_t", reason="again"))
+    m.apply(RecoverRun(now=T0 + 6, run_id="run_t", actor=OPERATOR))
+    for message in refused_all(m, "s", "run_t", T0 + 7, AUTONOMY_FOREIGN_RUN):
+        assert "(`run recover`) from session s by human:operator" in message
+
+
+def test_recovering_a_run_parked_by_expiry_keeps_the_expiry_on_record(m: Machine) -> None:
+    m.apply(ExpireLease(now=T0 + 60, run_id="run_t"))
+    for attempt in range(5):
+        if m.runs["run_t"].status != "queued":
+            break
+        now = T0 + 100 * (attempt + 1)
+        claim(m, "s", now)
+        m.apply(ExpireLease(now=now + 60, run_id="run_t"))
+    assert m.runs["run_t"].status == "needs_attention"
+    m.apply(RecoverRun(now=T0 + 1_000, run_id="run_t", actor=OPERATOR))
+    for message in refused_all(m, "s", "run_t", T0 + 1_001, AUTONOMY_LEASE_EXPIRED):
+        assert "expired at" in message

@@ -64,6 +64,8 @@ _TAKEN: Final[dict[str, str]] = {
     "force_release": "force-released",
     "force_fail": "force-failed",
     "cancel": "canceled",
+    "recover": "put back in the queue (`run recover`)",
+    "unblock": "put back in the queue (`task unblock`)",
 }
 _SESSION_END: Final[dict[str, str]] = {
     "ttl_expired": "the session's TTL ran out",

@@ -163,7 +163,7 @@ class LeaseLoss(msgspec.Struct, kw_only=True, frozen=True, gc=False, omit_defaul
     session_id: str
     at: float
     # A reason of LOSS_BY_TIME or LOSS_BY_SESSION_END, LOSS_STOLEN, or the operator action
-    # (force_release, force_fail, cancel).
+    # (force_release, force_fail, cancel; recover and unblock when they requeue a parked run).
     cause: str
     # Who took it: the stealing session's id, or the operator's actor ("kind:ref").
     by: str | None = None

@@ -145,6 +145,7 @@ def recover_run(m: State, cmd: RecoverRun) -> Outcome[Run]:
     check_startable(task)
     parked = {"error": run.error, "reason": run.reason, "recovery_count": run.recovery_count}
     lifecycle.move_run(run, "recover")
+    m.record_requeue(run, "recover", cmd.now)
     run.error = None
     run.recovery_count = 0
     run.reason = REASON_RECOVERED

@@ -465,6 +465,18 @@ class State:
             session_id=run.session_id, at=now, cause=cause, by=by, lease_until=run.lease_until
         )
 
+    def record_requeue(self, run: Run, cause: str, now: float) -> None:
+        """A parked run goes back to the queue by an operator's hand. Its last holder's
+        block (or whatever parked it) no longer stands, so a late call from that session
+        must not be taken for a repeat of its own finish: note the change as a loss, unless
+        the session's loss of this run is already on record (its lease ran out: that says
+        more)."""
+        loss = run.lease_loss
+        if run.session_id is None or (loss is not None and loss.session_id == run.session_id):
+            return
+        actor = self.actor
+        self.record_loss(run, cause, now, by=None if actor is None else f"{actor.kind}:{actor.ref}")
+
     def stop_run(self, run: Run, action: RunAction, reason: str, now: float) -> str | None:
         """End a run that is queued, leased or parked: out of the queue, lease dropped.
 

@@ -514,6 +514,7 @@ def unblock_task(m: State, cmd: UnblockTask) -> Outcome[Run]:
     blocked_by = run.session_id
     block_reason = run.reason
     lifecycle.move_run(run, "unblock")
+    m.record_requeue(run, "unblock", cmd.now)
     run.reason = reason or REASON_UNBLOCKED
     m.index_run(task, run)
     m.settle(task, run, cmd.now)
