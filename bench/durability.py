@@ -8,9 +8,10 @@ Run from the repository root::
 Writes
     For 1, 8 and 64 concurrent writers (trio tasks in one process), each writer creates
     tasks with ``start=True`` back to back for a fixed time. Every acknowledged create is
-    one journal record. Reported: acknowledged records per second, and LMDB write
-    transactions per record (in ``durable`` mode each one is synced to disk: that is the
-    fsyncs-per-record figure; LMDB flushes twice per synced commit, data then meta page).
+    one journal record. Reported: acknowledged records per second, and group commits per
+    record (each is one write to the write-ahead log; in ``durable`` mode with one
+    ``fdatasync``: that is the fsyncs-per-record figure; LMDB is written behind the log by
+    checkpoints, off the commit path).
     ``memory`` (no data dir) is the ceiling; the ratios say what the journal costs.
 
 Boot
@@ -140,7 +141,8 @@ def fsync_latency(directory: Path, rounds: int = 100) -> tuple[float, float]:
 
 
 def store_append_latency(directory: Path, rounds: int = 200) -> float:
-    """Mean µs of one durable single-record LMDB commit: the floor for one lone writer."""
+    """Mean µs of one durable single-record group commit (a log write and its
+    ``fdatasync``): the floor for one lone writer."""
     with Store.open(directory / "append-probe", durability="durable") as store:
         start = time.perf_counter()
         for _ in range(rounds):
@@ -350,7 +352,7 @@ def print_report(report: Report) -> None:
     print(
         f"\nmachine: {m.cpus} CPUs, Python {m.python}, {m.platform}\n"
         f"disk: write+fsync of 4 KiB median {m.fsync_median_us:.0f} µs "
-        f"(p90 {m.fsync_p90_us:.0f} µs); one durable single-record LMDB commit "
+        f"(p90 {m.fsync_p90_us:.0f} µs); one durable single-record commit "
         f"{m.store_append_us:.0f} µs, so one-commit-per-record caps near "
         f"{1e6 / m.store_append_us:,.0f} records/s"
     )
@@ -377,9 +379,7 @@ def print_report(report: Report) -> None:
                 f"{w.writers:>7}  {w.mode:<8} {w.records_per_second:>10,.0f} {spread:>15} "
                 f"{commits:>11} {fsyncs:>10}"
             )
-        print(
-            "(fsyncs/rec counts synced commits; LMDB flushes twice per synced commit: data, meta)"
-        )
+        print("(fsyncs/rec counts synced group commits: one fdatasync of the write-ahead log each)")
         rate = {(w.mode, w.writers): w.records_per_second for w in report.writes}
         print("\nratios")
         print(
