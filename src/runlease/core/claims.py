@@ -15,16 +15,14 @@ started without a workspace never takes another workspace's work.
 from __future__ import annotations
 
 from runlease.core.commands import ClaimRun
-from runlease.core.leases import check_claim, expire
-from runlease.core.model import PRIORITY_RANK, REASON_LEASE_EXPIRED, Claim, Event, Session, Task
-from runlease.core.outcome import LEASE_DEADLINE, Outcome, refused_after_changes
+from runlease.core.leases import check_claim, expire_stale_lease, grant_claim
+from runlease.core.model import PRIORITY_RANK, Claim, Session, Task
+from runlease.core.outcome import Outcome, refused_after_changes
 from runlease.core.registry import handles
-from runlease.core.state import State, snapshot_run, snapshot_task
+from runlease.core.state import State
 from runlease.errors import (
-    AUTONOMY_LEASE_ALREADY_HELD,
     NO_CLAIMABLE_RUN,
     InvalidInput,
-    LeaseRefused,
     NotFound,
 )
 
@@ -94,21 +92,8 @@ def claim_run(m: State, cmd: ClaimRun) -> Outcome[Claim]:
         if current is None:
             raise NotFound(f"task {task.id} has no run to claim; start it", code=NO_CLAIMABLE_RUN)
         run = current
-    events: list[Event] = []
-    queued = False
-    if session.lease_run_id is not None:
-        held = m.runs[session.lease_run_id]
-        assert held.lease_until is not None
-        if held.lease_until > cmd.now:
-            raise LeaseRefused(
-                f"session {session.id} already holds the lease on run {held.id}; "
-                "complete, fail, release or block it before claiming another",
-                code=AUTONOMY_LEASE_ALREADY_HELD,
-            )
-        # As for ``task next``: a lease past its deadline is expired first.
-        expired = expire(m, held, REASON_LEASE_EXPIRED, cmd.now)
-        events.extend(expired.events)
-        queued = expired.queued
+    # As for ``task next``: a live lease refuses, one past its deadline is expired first.
+    events, queued = expire_stale_lease(m, session, cmd.now)
     why = _why_not(m, session, task, run.id, inputs.where, cmd.priority_min)
     if why is not None:
         error = NotFound(f"cannot claim {target}: {why}", code=NO_CLAIMABLE_RUN)
@@ -116,30 +101,7 @@ def claim_run(m: State, cmd: ClaimRun) -> Outcome[Claim]:
             return refused_after_changes(error, events, queued=queued)
         raise error
     m.index.discard(run.id)
-    lease = m.grant(
-        run, session, "claim", inputs.token_hash, inputs.seconds, inputs.clamped, cmd.now
-    )
-    events.append(
-        m.run_event(
-            "run_claimed",
-            cmd.now,
-            run,
-            session_id=session.id,
-            data={
-                "attempt": run.attempt,
-                "lease_until": lease.lease_until,
-                "claim_token_hash": lease.claim_token_hash,
-                "agent": session.agent,
-                "chosen": True,
-            },
-        )
-    )
-    return Outcome(
-        reply=Claim(task=snapshot_task(task), run=snapshot_run(run), lease=lease),
-        events=events,
-        deadlines=[(lease.lease_until, LEASE_DEADLINE, run.id)],
-        queued=queued,
-    )
+    return grant_claim(m, session, run, inputs, cmd.now, events, queued, chosen=True)
 
 
 def _why_not(

@@ -122,22 +122,7 @@ def lease_hash(cmd: ClaimNext | ClaimRun | StealRun) -> str:
 def claim_next(m: State, cmd: ClaimNext) -> Outcome[Claim]:
     session = m.live_session(cmd.session_id)
     inputs = check_claim(cmd)
-    events: list[Event] = []
-    queued = False
-    if session.lease_run_id is not None:
-        held = m.runs[session.lease_run_id]
-        assert held.lease_until is not None
-        if held.lease_until > cmd.now:
-            raise LeaseRefused(
-                f"session {session.id} already holds the lease on run {held.id}; "
-                "complete, fail, release or block it before claiming another",
-                code=AUTONOMY_LEASE_ALREADY_HELD,
-            )
-        # Its deadline passed but the clock has not caught up yet: expire it now.
-        expired = expire(m, held, REASON_LEASE_EXPIRED, cmd.now)
-        events.extend(expired.events)
-        queued = expired.queued
-
+    events, queued = expire_stale_lease(m, session, cmd.now)
     run_id = (
         None
         if m.scheduler.paused
@@ -164,29 +149,54 @@ def claim_next(m: State, cmd: ClaimNext) -> Outcome[Claim]:
         if events:
             return refused_after_changes(error, events, queued=queued)
         raise error
-    run = m.runs[run_id]
-    lease = m.grant(
-        run, session, "claim", inputs.token_hash, inputs.seconds, inputs.clamped, cmd.now
-    )
-    task = m.tasks[run.task_id]
-    events.append(
-        m.run_event(
-            "run_claimed",
-            cmd.now,
-            run,
-            session_id=session.id,
-            data={
-                "attempt": run.attempt,
-                "lease_until": lease.lease_until,
-                "claim_token_hash": lease.claim_token_hash,
-                "agent": session.agent,
-            },
+    return grant_claim(m, session, m.runs[run_id], inputs, cmd.now, events, queued)
+
+
+def expire_stale_lease(m: State, session: Session, now: float) -> tuple[list[Event], bool]:
+    """Before a claim: refuse if the session still holds a live lease; expire one whose
+    deadline passed but which the clock has not reached yet. Returns the expiry's events and
+    whether it queued the run."""
+    if session.lease_run_id is None:
+        return [], False
+    held = m.runs[session.lease_run_id]
+    assert held.lease_until is not None
+    if held.lease_until > now:
+        raise LeaseRefused(
+            f"session {session.id} already holds the lease on run {held.id}; "
+            "complete, fail, release or block it before claiming another",
+            code=AUTONOMY_LEASE_ALREADY_HELD,
         )
-    )
+    expired = expire(m, held, REASON_LEASE_EXPIRED, now)
+    return list(expired.events), expired.queued
+
+
+def grant_claim(
+    m: State,
+    session: Session,
+    run: Run,
+    inputs: ClaimInputs,
+    now: float,
+    events: list[Event],
+    queued: bool,
+    *,
+    chosen: bool = False,
+) -> Outcome[Claim]:
+    """Lease ``run`` (already out of the queue) to ``session``: the reply, its event after
+    ``events``, and the lease's deadline. ``chosen`` marks a claim by id in the event."""
+    lease = m.grant(run, session, "claim", inputs.token_hash, inputs.seconds, inputs.clamped, now)
+    data: dict[str, object] = {
+        "attempt": run.attempt,
+        "lease_until": lease.lease_until,
+        "claim_token_hash": lease.claim_token_hash,
+        "agent": session.agent,
+    }
+    if chosen:
+        data["chosen"] = True
+    events.append(m.run_event("run_claimed", now, run, session_id=session.id, data=data))
     return Outcome(
-        reply=Claim(task=snapshot_task(task), run=snapshot_run(run), lease=lease),
+        reply=Claim(task=snapshot_task(m.tasks[run.task_id]), run=snapshot_run(run), lease=lease),
         events=events,
-        deadlines=[(lease.lease_until, LEASE_DEADLINE, run_id)],
+        deadlines=[(lease.lease_until, LEASE_DEADLINE, run.id)],
         queued=queued,
     )
 
