@@ -71,6 +71,8 @@ LEASE_NOT_EXPIRED: Final = "LEASE_NOT_EXPIRED"
 RUN_ALREADY_FINISHED: Final = "RUN_ALREADY_FINISHED"
 # A session (an agent) asked for a force operation the host reserves for operators.
 FORBIDDEN_OPERATOR_ACTION: Final = "FORBIDDEN_OPERATOR_ACTION"
+# An idempotency key already made a task from a different request; the first task stands.
+CONFLICT: Final = "CONFLICT"
 
 # Runtime availability and bugs.
 RUNTIME_CLOSED: Final = "RUNTIME_CLOSED"
@@ -191,6 +193,7 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
     LEASE_NOT_EXPIRED: LeaseRefused,
     RUN_ALREADY_FINISHED: InvalidInput,
     FORBIDDEN_OPERATOR_ACTION: LeaseRefused,
+    CONFLICT: InvalidInput,
     RUNTIME_CLOSED: Unavailable,
     RECOVERING: Unavailable,
     SERVER_UNAVAILABLE: Unavailable,

@@ -392,6 +392,9 @@ class CreateTask(Request[Task], tag="create_task"):
     workspace root that must exist before a run may complete. ``auto_enqueue_on_ready``
     starts a run by itself once its last open dependency completes; ``stale_after`` is how
     many seconds without a heartbeat or checkpoint make its leased run show in ``stuck``.
+    ``idempotency_key`` makes a retry safe: the same key with the same request answers the
+    task it first made (``already``), with a different request it is refused with CONFLICT;
+    the runtime keeps a key for its idempotency window (24 h by default).
     """
 
     title: str
@@ -411,6 +414,7 @@ class CreateTask(Request[Task], tag="create_task"):
     required_artifacts: list[str] = []
     auto_enqueue_on_ready: bool = False
     stale_after: float | None = None
+    idempotency_key: str | None = None
 
     def command(self, call: Call) -> c.CreateTask:
         rt = call.runtime
@@ -434,6 +438,8 @@ class CreateTask(Request[Task], tag="create_task"):
             required_artifacts=strings(self.required_artifacts, "required_artifacts"),
             auto_enqueue_on_ready=self.auto_enqueue_on_ready,
             stale_after=self.stale_after,
+            idempotency_key=self.idempotency_key,
+            idempotency_window=None if self.idempotency_key is None else rt.idempotency_window,
             **self.who(call),
         )
 

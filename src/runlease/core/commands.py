@@ -74,6 +74,11 @@ class CreateTask(Command[Task], tag="create_task"):
     required_artifacts: list[str] = []
     auto_enqueue_on_ready: bool = False
     stale_after: float | None = None
+    # The same key with the same request answers the task it first made (see
+    # runlease.core.create_keys); the shell stamps the window the key is kept for, so a
+    # replay decides expiry exactly as the first run did.
+    idempotency_key: str | None = None
+    idempotency_window: float | None = None
 
 
 class StartTask(Command[Run], tag="start_task"):

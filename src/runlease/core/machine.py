@@ -37,6 +37,7 @@ from runlease.core import (
     tasks,
 )
 from runlease.core.commands import Command
+from runlease.core.create_keys import CreateKey
 from runlease.core.model import (
     FINAL_RUN_STATUSES,
     PRIORITY_RANK,
@@ -86,10 +87,12 @@ class Machine(State):
         scheduler: SchedulerState | None = None,
         high_water: float = 0.0,
         queue_seq: int = 0,
+        create_keys: Iterable[CreateKey] = (),
     ) -> Machine:
         """Rebuild a machine from its records (a decoded snapshot); the records are adopted.
 
-        ``leased`` lists the leased run ids in the order the leases were taken. Derived
+        ``leased`` lists the leased run ids in the order the leases were taken;
+        ``create_keys`` the idempotency keys of creates, oldest first. Derived
         state is recomputed: ``children`` in session order (the order they were opened in),
         and the claim index from the queued runs, so claims come out in exactly the order
         the original machine would hand them out.
@@ -155,6 +158,7 @@ class Machine(State):
             run.id: None for run in machine.runs.values() if awaits_new_holder(run)
         }
         machine.leased = dict.fromkeys(leased)
+        machine.create_keys = {entry.key: entry for entry in create_keys}
         machine.last_seq = last_seq
         machine.high_water = high_water
         if scheduler is not None:

@@ -1,8 +1,8 @@
 """Whole-machine snapshots: one versioned msgpack image of every record. Pure, no IO.
 
 A snapshot holds what cannot be recomputed: the task, run and session records, the order
-in which live leases were taken, the event and enqueue counters and the clock's high-water
-mark. Everything derived from those (the
+in which live leases were taken, the event and enqueue counters, the clock's high-water
+mark and the idempotency keys of creates. Everything derived from those (the
 claim index, the parent-to-children map) is rebuilt by :meth:`Machine.restore`, so the
 image stays small and can never disagree with itself about them.
 
@@ -24,6 +24,7 @@ from typing import Final
 
 import msgspec
 
+from runlease.core.create_keys import CreateKey
 from runlease.core.machine import Machine
 from runlease.core.model import Run, SchedulerState, Session, Task
 from runlease.errors import InternalError
@@ -64,6 +65,8 @@ class SnapshotV1(
     high_water: float | None = None
     # The enqueue counter behind Run.queue_seq.
     queue_seq: int = 0
+    # Idempotency keys of creates, oldest first; absent in images written before them.
+    create_keys: list[CreateKey] = []
 
 
 class _FormatOnly(msgspec.Struct):
@@ -88,6 +91,7 @@ def encode_snapshot(machine: Machine) -> bytes:
         scheduler=machine.scheduler,
         high_water=machine.high_water or None,
         queue_seq=machine.queue_seq,
+        create_keys=list(machine.create_keys.values()),
     )
     return _encoder.encode(image)
 
@@ -129,6 +133,7 @@ def decode_snapshot(data: bytes) -> Machine:
                 scheduler=image.scheduler,
                 high_water=image.high_water or _newest_record_time(image),
                 queue_seq=image.queue_seq,
+                create_keys=image.create_keys,
             )
     except (KeyError, ValueError) as exc:
         # A run naming a missing task, a run queued twice: the image contradicts itself.

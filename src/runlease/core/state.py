@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from runlease.core import lifecycle, validate
+from runlease.core.create_keys import CreateKey
 from runlease.core.index import ClaimIndex
 from runlease.core.lifecycle import RunAction
 from runlease.core.model import (
@@ -105,6 +106,8 @@ class State:
         self.held: set[str] = set()
         # (task id, idempotency key) -> run id, from Run.idempotency_key.
         self.idempotency: dict[tuple[str, str], str] = {}
+        # Idempotency keys of creates, oldest first (see runlease.core.create_keys).
+        self.create_keys: dict[str, CreateKey] = {}
         self.scheduler = SchedulerState()
         # Runs put back in the queue because their lease ran out, in that order; ``stuck``
         # lists those nobody has claimed since (see :meth:`lost_lease_runs`). Entries that
@@ -133,6 +136,7 @@ class State:
         self.paused_tasks = other.paused_tasks
         self.held = other.held
         self.idempotency = other.idempotency
+        self.create_keys = other.create_keys
         self.scheduler = other.scheduler
         self.lost_leases = other.lost_leases
         self._lost_leases_kept = other._lost_leases_kept

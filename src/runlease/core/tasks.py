@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from runlease.core import lifecycle, validate
+from runlease.core import create_keys, lifecycle, validate
 from runlease.core.commands import (
     ApproveTask,
     CheckpointTask,
@@ -71,6 +71,21 @@ from runlease.errors import (
 # ------------------------------------------------------------------------- create
 @handles(CreateTask)
 def create_task(m: State, cmd: CreateTask) -> Outcome[Task]:
+    key = None
+    if cmd.idempotency_key is not None:
+        key = create_keys.check_key(cmd.idempotency_key)
+        if cmd.idempotency_window is not None:
+            create_keys.check_window(cmd.idempotency_window)
+        # Looked up before anything else is checked: a retry answers the task its key
+        # made even if the request would no longer pass (its parent deleted since, ...).
+        earlier = create_keys.earlier_task_id(m.create_keys, cmd, key)
+        if earlier is not None:
+            task = m.tasks.get(earlier)
+            if task is None:
+                raise create_keys.deleted_task(earlier, key)
+            reply = snapshot_task(task)
+            reply.already = True
+            return Outcome(reply=reply)
     if cmd.task_id in m.tasks:
         raise InvalidInput(f"task {cmd.task_id!r} already exists")
     title = validate.text(cmd.title, "title", max_chars=MAX_TITLE_CHARS)
@@ -171,6 +186,8 @@ def create_task(m: State, cmd: CreateTask) -> Outcome[Task]:
     if cmd.start_run_id is not None:
         events.append(m.enqueue(task, None, cmd.start_run_id, cmd.now))
         queued = cmd.start_run_id in m.index
+    if key is not None:
+        create_keys.remember(m.create_keys, cmd, key, task.id)
     return Outcome(reply=snapshot_task(task), events=events, queued=queued)
 
 

@@ -44,6 +44,7 @@ from runlease.core.commands import (
     UnblockTask,
 )
 from runlease.core.commands import ClaimNext as ClaimCommand
+from runlease.core.create_keys import DEFAULT_IDEMPOTENCY_WINDOW, check_window
 from runlease.core.ids import (
     SESSION_TOKEN_PREFIX,
     IdGenerator,
@@ -150,6 +151,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         workspace_roots: WorkspaceRoots | None = None,
         allow_agent_force: bool = False,
         starve_after: float | None = None,
+        idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
     ) -> None:
         self._workspace_roots = workspace_roots
         self._allow_agent_force = allow_agent_force
@@ -165,6 +167,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self._closed = False
         self._call = Call(self)
         self.durability = durability
+        # How long a create's idempotency key is kept, stamped on each keyed create.
+        self.idempotency_window = check_window(idempotency_window)
         self.boot_report: BootReport | None = None
         # Set when the runtime tunes the garbage collector (``gc_tuning``): its statistics.
         self.collector: TunedCollector | None = None
@@ -647,6 +651,7 @@ async def open_runtime(
     fresh_store: bool = False,
     starve_after: float | None = None,
     gc_tuning: GcTuning | None = None,
+    idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -687,10 +692,14 @@ async def open_runtime(
     freeze the recovered state after boot and any large long-lived heap after a long full
     collection, and to raise the young generation's threshold (see
     :mod:`runlease.runtime.collector`). Everything is restored when the block exits.
+
+    ``idempotency_window`` is how many seconds a create's ``idempotency_key`` is kept
+    (24 h by default): within it the same key and request answer the first task.
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
     starve_after = check_starve_after(starve_after)
+    idempotency_window = check_window(idempotency_window)
     collector = None if gc_tuning is None else TunedCollector(gc_tuning)
     try:
         async with _open_runtime(
@@ -706,6 +715,7 @@ async def open_runtime(
             fresh_store=fresh_store,
             starve_after=starve_after,
             collector=collector,
+            idempotency_window=idempotency_window,
         ) as runtime:
             yield runtime
     finally:
@@ -728,6 +738,7 @@ async def _open_runtime(
     fresh_store: bool,
     starve_after: float | None,
     collector: TunedCollector | None,
+    idempotency_window: float,
 ) -> AsyncIterator[Runtime]:
     if collector is not None:
         collector.start()
@@ -739,6 +750,7 @@ async def _open_runtime(
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
             starve_after=starve_after,
+            idempotency_window=idempotency_window,
         )
         runtime.collector = collector
         try:
@@ -776,6 +788,7 @@ async def _open_runtime(
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
             starve_after=starve_after,
+            idempotency_window=idempotency_window,
         )
         runtime.boot_report = report
         runtime.collector = collector

@@ -80,6 +80,13 @@ def serve(
             "a frame that would exceed it is refused with SERVER_BUSY."
         ),
     ] = 64 * 1024 * 1024,
+    idempotency_window: Annotated[
+        float,
+        Param(
+            help="Keep each `task create --idempotency-key` for SECONDS: within it the same "
+            "key and request answer the first task."
+        ),
+    ] = 24 * 60 * 60.0,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -102,6 +109,10 @@ def serve(
         raise UsageError(exc.message.replace("_", "-")) from None
     if starve_after is not None and not 0 < starve_after < float("inf"):
         raise UsageError(f"--starve-after takes a positive number of seconds, got {starve_after}")
+    if not 0 < idempotency_window < float("inf"):
+        raise UsageError(
+            f"--idempotency-window takes a positive number of seconds, got {idempotency_window}"
+        )
 
     directory = data_dir.expanduser() if data_dir is not None else default_data_dir()
     socket_path = GLOBALS.socket or default_socket_path(directory)
@@ -121,6 +132,7 @@ def serve(
         fresh_store=fresh_store,
         limits=limits,
         starve_after=starve_after,
+        idempotency_window=idempotency_window,
     )
     return 0
 

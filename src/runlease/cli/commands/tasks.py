@@ -52,6 +52,13 @@ def task_create(
         float | None,
         Param(help="SECONDS without heartbeat or checkpoint after which `task stuck` lists it."),
     ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Param(
+            help="Repeat with the same KEY and request and get the same task back "
+            '(with "already": true); another request with it is refused with CONFLICT.'
+        ),
+    ] = None,
 ) -> int:
     """Create a task.
 
@@ -80,8 +87,9 @@ def task_create(
             required_artifacts=artifact or [],
             auto_enqueue_on_ready=auto_enqueue,
             stale_after=stale_after,
+            idempotency_key=idempotency_key,
         )
-    return show({"task": plain(task)})
+    return show({"task": plain(task), **({"already": True} if task.already else {})})
 
 
 def task_start(
