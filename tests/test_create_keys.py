@@ -224,6 +224,15 @@ def test_a_malformed_key_is_invalid_input(creates: Creates, key: str, code: str)
     assert creates.m.tasks == {}
 
 
+def test_a_retry_with_a_payload_that_is_not_plain_data_is_invalid_input(
+    creates: Creates,
+) -> None:
+    creates.create(idempotency_key="k1", metadata={"a": 1})
+    with pytest.raises(InvalidInput) as info:
+        creates.create(T0 + 1, idempotency_key="k1", metadata={"a": object()})
+    assert info.value.code == INVALID_INPUT
+
+
 def test_well_formed_keys(creates: Creates) -> None:
     for key in ("a", "x" * MAX_KEY_CHARS, "0b6f-2c1e:job/2024-05-01#3", "a.b_c+d=e@f"):
         assert not creates.create(idempotency_key=key).already

@@ -88,7 +88,12 @@ def fingerprint(cmd: CreateTask) -> bytes:
     }
     # Whether the create starts the task shapes it; the run id the shell drew does not.
     shape["start"] = cmd.start_run_id is not None
-    return hashlib.blake2b(_encoder.encode(shape), digest_size=16).digest()
+    try:
+        encoded = _encoder.encode(shape)
+    except (TypeError, ValueError, OverflowError) as exc:
+        # Only an embedded caller can hand over such values; the wire decodes plain data.
+        raise InvalidInput(f"the create's fields must be plain data: {exc}") from None
+    return hashlib.blake2b(encoded, digest_size=16).digest()
 
 
 def live_key(keys: dict[str, CreateKey], key: str, now: float) -> CreateKey | None:
