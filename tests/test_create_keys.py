@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runlease.core.commands import AnyCommand, CreateTask, DeleteTask
+from runlease.core.commands import AnyCommand, CancelTask, CreateTask, DeleteTask
 from runlease.core.create_keys import DEFAULT_IDEMPOTENCY_WINDOW, MAX_KEY_CHARS, fingerprint
 from runlease.core.machine import Machine
 from runlease.core.model import Actor, Ownership
@@ -185,6 +185,17 @@ def test_a_key_whose_task_was_deleted_never_makes_a_second_task(creates: Creates
     made = creates.create(T0 + DEFAULT_IDEMPOTENCY_WINDOW, idempotency_key="k1")
     assert not made.already
     assert made.id != first.id
+
+
+def test_a_retry_answers_after_the_parent_was_canceled(creates: Creates) -> None:
+    parent = creates.create(title="parent")
+    child = creates.create(idempotency_key="k1", title="child", parent_task_id=parent.id)
+    creates.apply(CancelTask(now=T0 + 1, task_id=parent.id))
+    again = creates.create(T0 + 2, idempotency_key="k1", title="child", parent_task_id=parent.id)
+    assert again.already
+    assert again.id == child.id
+    with pytest.raises(InvalidInput):  # without the key, no new child below a canceled task
+        creates.create(T0 + 2, title="child", parent_task_id=parent.id)
 
 
 def test_creates_without_a_key_keep_nothing(creates: Creates) -> None:

@@ -77,7 +77,7 @@ def create_task(m: State, cmd: CreateTask) -> Outcome[Task]:
         if cmd.idempotency_window is not None:
             create_keys.check_window(cmd.idempotency_window)
         # Looked up before anything else is checked: a retry answers the task its key
-        # made even if the request would no longer pass (its parent deleted since, ...).
+        # made even if the request would no longer pass (its parent canceled since, ...).
         earlier = create_keys.earlier_task_id(m.create_keys, cmd, key)
         if earlier is not None:
             task = m.tasks.get(earlier)
