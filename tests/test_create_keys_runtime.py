@@ -32,8 +32,10 @@ DAY = 86_400.0
 
 
 # ------------------------------------------------------------------ embedded runtime
-async def test_concurrent_creates_with_one_key_make_one_task() -> None:
-    async with open_runtime() as rt:
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "durable"])
+async def test_concurrent_creates_with_one_key_make_one_task(tmp_path: Path, durable: bool) -> None:
+    data_dir = tmp_path / "data" if durable else None
+    async with open_runtime(ManualClock(START), data_dir=data_dir) as rt:
         replies: list[Any] = []
 
         async def create() -> None:
@@ -46,6 +48,9 @@ async def test_concurrent_creates_with_one_key_make_one_task() -> None:
         assert sum(1 for reply in replies if not reply.already) == 1
         assert len(rt.list_tasks()) == 1
         assert len(rt.runs_of(replies[0].id)) == 1
+    if data_dir is not None:
+        async with open_runtime(ManualClock(START), data_dir=data_dir) as rt:
+            assert [task.id for task in rt.list_tasks()] == [replies[0].id]
 
 
 async def test_a_retry_applied_while_the_first_create_commits_waits_for_it(
