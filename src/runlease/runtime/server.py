@@ -837,7 +837,11 @@ class SocketServer:
         if request.after_seq < 0:
             raise InvalidInput("after_seq must be zero or positive")
         async for event in self.runtime.follow_events(
-            after_seq=request.after_seq, task_id=request.task_id
+            after_seq=request.after_seq,
+            task_id=request.task_id,
+            run_id=request.run_id,
+            session_id=request.session_id,
+            kinds=request.kinds,
         ):
             if not await conn.send(p.EventItem(id=request.id, event=event)):
                 break
