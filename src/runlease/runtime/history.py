@@ -27,7 +27,7 @@ import logging
 import sys
 from bisect import bisect_right
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
 from itertools import count
 from typing import Protocol
 
@@ -323,7 +323,7 @@ class EventHistory:
         run_id: str | None = None,
         session_id: str | None = None,
         kinds: frozenset[str] | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Every matching event after ``after_seq``: the stored ones, then each new one as
         it is published, until the history closes. Nothing is skipped or repeated: each
         step reads from where the last one ended, and the wake-up is armed before the
@@ -357,6 +357,7 @@ class EventHistory:
                 cursor = max(cursor, newest)
                 if self._closed:
                     return
+                self.hold(holder, cursor)
                 await changed.wait()
         finally:
             self.hold(holder, None)

@@ -9,7 +9,7 @@ socket goes through it).
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 
 import msgspec
 
@@ -215,7 +215,7 @@ class MemoryReads:
         run_id: str | None = None,
         session_id: str | None = None,
         kinds: Iterable[str] | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Matching events after ``after_seq``, then new ones as they are acknowledged."""
         return self.history.follow(
             after_seq=after_seq,
