@@ -310,11 +310,6 @@ class EventHistory:
         while self._last_seq <= seq and not self._closed:
             await self._watch().wait()
 
-    async def wait_changed(self) -> None:
-        """Return at the next publish (or close)."""
-        if not self._closed:
-            await self._watch().wait()
-
     async def follow(
         self,
         *,

@@ -426,7 +426,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             with trio.move_on_after(timeout):
                 while self._machine.leased_count():
                     self._check_open()
-                    await self.history.wait_changed()
+                    await self.history.wait_beyond(self.history.last_seq)
         except BaseException:
             # Cut short (the caller left, the server is stopping): the drain still ends on
             # record, so every start has its end; a runtime too far gone to record it
