@@ -121,6 +121,16 @@ def test_a_task_whose_events_all_left_the_ring_has_no_index_left() -> None:
     assert seqs(history.read(limit=10, task_id="new")) == [2, 3]
 
 
+def test_a_long_lived_task_keeps_exactly_its_events_in_the_ring() -> None:
+    history = EventHistory(capacity=20)
+    for n in range(1, 201):
+        history.publish([event(n, task="busy" if n % 4 else "quiet")])
+        kept = range(max(1, n - 19), n + 1)
+        assert seqs(history.read(limit=100, task_id="busy")) == [s for s in kept if s % 4]
+    assert seqs(history.recent(3, task_id="quiet")) == [192, 196, 200]
+    assert seqs(history.read(after_seq=190, task_id="busy")) == [191, 193, 194, 195, 197, 198, 199]
+
+
 def test_filters_combine_and_after_seq_and_limit_page() -> None:
     history = EventHistory()
     history.publish(

@@ -92,7 +92,7 @@ class EventHistory:
         self._ring: deque[Event] = deque()
         self._capacity = capacity
         # Per task, its events in the ring (oldest first): a task's reads skip the others.
-        self._by_task: dict[str, deque[Event]] = {}
+        self._by_task: dict[str, _TaskLine] = {}
         self._last_seq = start_seq
         self._floor = start_seq
         self._observers: list[Observer] = list(observers)
@@ -128,7 +128,7 @@ class EventHistory:
             if task_id is not None:
                 line = by_task.get(task_id)
                 if line is None:
-                    by_task[task_id] = deque((event,))
+                    by_task[task_id] = _TaskLine((event,))
                 else:
                     line.append(event)
             self._last_seq = event.seq
@@ -144,9 +144,12 @@ class EventHistory:
         self._floor = oldest.seq
         if oldest.task_id is not None:
             line = self._by_task[oldest.task_id]
-            line.popleft()
-            if not line:
+            line.start += 1
+            if line.start == len(line):
                 del self._by_task[oldest.task_id]
+            elif line.start >= _TRIM_AT and 2 * line.start >= len(line):
+                del line[: line.start]
+                line.start = 0
 
     @staticmethod
     def _notify(observers: Sequence[Observer], event: Event) -> None:
@@ -223,7 +226,7 @@ class EventHistory:
     ) -> list[Event]:
         """The newest ``limit`` events (of a task, of a run), oldest first."""
         _check_read(0, limit)
-        line: Sequence[Event] = self._ring if task_id is None else self._by_task.get(task_id, ())
+        line: Sequence[Event] = self._ring if task_id is None else self._task_line(task_id)
         out: list[Event] = []
         for event in reversed(line):
             if run_id is None or event.run_id == run_id:
@@ -287,14 +290,21 @@ class EventHistory:
             return len(ring)
         return bisect_right(ring, seq, key=_seq)
 
+    def _task_line(self, task_id: str) -> list[Event]:
+        """The task's events still in the ring, oldest first."""
+        line = self._by_task.get(task_id)
+        if line is None:
+            return []
+        return line[line.start :] if line.start else line
+
     def _ring_after(self, after_seq: int, task_id: str | None) -> Iterable[Event]:
         if task_id is not None:
-            line = self._by_task.get(task_id, ())
+            line = self._task_line(task_id)
             # A task's events are few next to the ring's: walk back from the newest.
             start = len(line)
             while start and line[start - 1].seq > after_seq:
                 start -= 1
-            return [line[i] for i in range(start, len(line))]
+            return line[start:]
         start = self._index_after(max(after_seq, self._floor))
         ring = self._ring
         return (ring[i] for i in range(start, len(ring)))
@@ -356,6 +366,23 @@ class EventHistory:
                 await changed.wait()
         finally:
             self.hold(holder, None)
+
+
+# A task's line drops its evicted head once that many events went and they are at least
+# half of it: each event is copied a bounded number of times, and memory stays bounded.
+_TRIM_AT = 16
+
+
+class _TaskLine(list[Event]):
+    """One task's events in the ring, oldest first; those before ``start`` were evicted.
+    A list (not a deque) because most tasks have a handful of events and a deque's
+    smallest block is far larger."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, events: Iterable[Event]) -> None:
+        super().__init__(events)
+        self.start = 0
 
 
 def _seq(event: Event) -> int:
