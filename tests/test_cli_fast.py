@@ -245,5 +245,5 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert run([group, "--help"]) == 0
         listed = capsys.readouterr().out
         for words in COMMANDS:
-            if words[0] == group:
+            if words[0] == group and len(words) > 1:  # a group's own command has no word
                 assert f" {words[1]} " in listed, (group, words)

@@ -31,10 +31,26 @@ from runlease.core.model import (
 )
 
 if TYPE_CHECKING:
-    from runlease.runtime import GcTuning, Runtime, RuntimeStatus, SessionHandle, open_runtime
+    from runlease.runtime import (
+        EventHistory,
+        GcTuning,
+        HistoryRetention,
+        Runtime,
+        RuntimeStatus,
+        SessionHandle,
+        open_runtime,
+    )
 
 _RUNTIME_NAMES = frozenset(
-    {"GcTuning", "Runtime", "RuntimeStatus", "SessionHandle", "open_runtime"}
+    {
+        "EventHistory",
+        "GcTuning",
+        "HistoryRetention",
+        "Runtime",
+        "RuntimeStatus",
+        "SessionHandle",
+        "open_runtime",
+    }
 )
 
 
@@ -50,8 +66,10 @@ __all__ = [
     "Actor",
     "Claim",
     "Event",
+    "EventHistory",
     "GcTuning",
     "Heartbeat",
+    "HistoryRetention",
     "LeaseView",
     "Origin",
     "Ownership",

@@ -29,7 +29,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -51,7 +51,7 @@ from runlease.client_common import (
 from runlease.core.model import Event, Finished
 from runlease.errors import InternalError, RunleaseError, error_for_code
 from runlease.operation_methods_sync import ClientMethods
-from runlease.operations import ClaimNext, FinishRequest, Request
+from runlease.operations import ClaimNext, FinishRequest, Request, strings
 
 if TYPE_CHECKING:
     from runlease.runtime.client import AsyncClient, open_client
@@ -276,7 +276,13 @@ class Client(ClientMethods):
 
     @contextmanager
     def follow_events(
-        self, *, task_id: str | None = None, after_seq: int = 0
+        self,
+        *,
+        task_id: str | None = None,
+        after_seq: int = 0,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        kinds: Iterable[str] | None = None,
     ) -> Iterator[Iterator[Event]]:
         """Buffered events after ``after_seq``, then live ones, until the block exits::
 
@@ -284,7 +290,16 @@ class Client(ClientMethods):
             for event in events: ...
         """
         rid = self._take_id()
-        self._send(p.FollowEvents(id=rid, task_id=task_id, after_seq=after_seq))
+        self._send(
+            p.FollowEvents(
+                id=rid,
+                task_id=task_id,
+                after_seq=after_seq,
+                run_id=run_id,
+                session_id=session_id,
+                kinds=None if kinds is None else strings(kinds, "kinds"),
+            )
+        )
         stream = _EventStream(self, rid)
         try:
             yield stream

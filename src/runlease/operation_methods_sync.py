@@ -148,6 +148,7 @@ class ClientMethods(TaskMethods, LeaseMethods):
     backlog = method(op.GetBacklog)
     inspect_task = method(op.InspectTask)
     inspect_run = method(op.InspectRun)
+    get_event = method(op.GetEvent)
 
     def get_task(self, task_id: str) -> Task:
         return (self.show_task(task_id)).task
@@ -185,20 +186,42 @@ class ClientMethods(TaskMethods, LeaseMethods):
             if (after := page.next_after) is None:
                 return out
 
-    def events(self, *, task_id: str | None = None, after_seq: int = 0) -> list[Event]:
-        """Events the server still holds after ``after_seq``, oldest first."""
-        return self._every_event(op.ListEvents(task_id=task_id, after_seq=after_seq))
+    def events(
+        self,
+        *,
+        task_id: str | None = None,
+        after_seq: int = 0,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        kinds: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Events after ``after_seq`` matching every filter given (``kinds``: any of these
+        event types), oldest first; every page of them when ``limit`` is None."""
+        request = op.ListEvents(
+            task_id=task_id,
+            after_seq=after_seq,
+            run_id=run_id,
+            session_id=session_id,
+            kinds=None if kinds is None else strings(kinds, "kinds"),
+            limit=limit,
+        )
+        return self._every_event(request, limit)
 
     def timeline(self, task_id: str, *, after_seq: int = 0) -> list[Event]:
         """The task's retained events after ``after_seq``, oldest first."""
         return self._every_event(op.GetTimeline(task_id=task_id, after_seq=after_seq))
 
-    def _every_event(self, request: op.ListEvents | op.GetTimeline) -> list[Event]:
-        """Every page of events, from ``request``'s after_seq on."""
+    def _every_event(
+        self, request: op.ListEvents | op.GetTimeline, limit: int | None = None
+    ) -> list[Event]:
+        """Every page of events from ``request``'s after_seq on, up to ``limit`` of them."""
         out: list[Event] = []
         while True:
             page = self.call(request)
             out.extend(page.events)
-            if page.next_after_seq is None:
+            if page.next_after_seq is None or (limit is not None and len(out) >= limit):
                 return out
             request = msgspec.structs.replace(request, after_seq=page.next_after_seq)
+            if limit is not None:
+                request = msgspec.structs.replace(request, limit=limit - len(out))

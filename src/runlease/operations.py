@@ -501,24 +501,50 @@ class ListTasks(ReadRequest[TaskPage], tag="list_tasks"):
 
 @operation(read=True)
 class ListEvents(ReadRequest[EventPage], tag="events"):
-    """One page of recent acknowledged events; ``next_after_seq`` continues it."""
+    """One page of acknowledged events after ``after_seq``, oldest first, matching every
+    filter given (``kinds``: any of these event types); ``next_after_seq`` continues it."""
 
     task_id: str | None = None
     after_seq: int = 0
     limit: int | None = None
+    run_id: str | None = None
+    session_id: str | None = None
+    kinds: list[str] | None = None
 
     def answer(self, call: Call) -> EventPage:
         limit = page_limit(self.limit)
-        events = call.runtime.events(after_seq=self.after_seq, task_id=self.task_id)
+        events = call.runtime.events(
+            after_seq=self.after_seq,
+            task_id=self.task_id,
+            run_id=self.run_id,
+            session_id=self.session_id,
+            kinds=self.kinds,
+            limit=limit + 1,
+        )
         return page(events, limit, _event_page)
+
+
+@operation(read=True)
+class GetEvent(ReadRequest[Event], tag="get_event"):
+    """One event by its sequence; EVENT_NOT_FOUND says whether it was compacted away
+    (older than the history's retention) or is not written yet."""
+
+    seq: int
+
+    def answer(self, call: Call) -> Event:
+        return call.runtime.get_event(self.seq)
 
 
 @operation(read=True, stream=True)
 class FollowEvents(Request[Event], tag="follow_events"):
-    """Buffered events after ``after_seq``, then new ones as they are acknowledged."""
+    """Matching events after ``after_seq`` (filters as in ``events``), then new ones as
+    they are acknowledged. Resuming with the last seq seen repeats and skips nothing."""
 
     task_id: str | None = None
     after_seq: int = 0
+    run_id: str | None = None
+    session_id: str | None = None
+    kinds: list[str] | None = None
 
     def long(self) -> bool:
         return True
@@ -1116,7 +1142,8 @@ class StealRun(SessionRequest[Claim], tag="steal"):
 
 @operation(read=True)
 class GetTimeline(ReadRequest[EventPage], tag="timeline"):
-    """One page of a task's retained events after ``after_seq``, oldest first."""
+    """One page of a task's events after ``after_seq``, oldest first, from its whole
+    retained history."""
 
     task_id: str
     after_seq: int = 0

@@ -114,6 +114,7 @@ from runlease.operations import (
     ForceFailRun,
     ForceReleaseRun,
     GetBacklog,
+    GetEvent,
     GetRun,
     GetSchedulerStatus,
     GetSession,
@@ -247,6 +248,12 @@ class EventItem(Reply, tag="event"):
     event: Event
 
 
+class EventReply(Reply, tag="event_record"):
+    """One event, the answer to ``get_event`` (final, unlike a stream's EventItem)."""
+
+    event: Event
+
+
 class StreamEnd(Reply, tag="end"):
     """The final reply of a stream: why it ended (``closed``, ``cancelled``, ``shutdown``)."""
 
@@ -347,6 +354,7 @@ AnyReply = (
     | BacklogReply
     | StuckReply
     | InspectReply
+    | EventReply
 )
 
 
@@ -407,6 +415,7 @@ _VALUE_REPLIES: Final[tuple[type[Reply], ...]] = (
     BacklogReply,
     StuckReply,
     InspectReply,
+    EventReply,
 )
 _CARRIERS: Final = _carriers()
 
@@ -728,6 +737,7 @@ __all__ = [
     "EventItem",
     "EventList",
     "EventPage",
+    "EventReply",
     "FailRun",
     "FinishRequest",
     "FinishedReply",
@@ -737,6 +747,7 @@ __all__ = [
     "FrameBuffer",
     "FramingLost",
     "GetBacklog",
+    "GetEvent",
     "GetRun",
     "GetSchedulerStatus",
     "GetSession",

@@ -85,6 +85,10 @@ _groups = {name: App(name=name, help=text) for name, text in GROUPS.items()}
 for _group in _groups.values():
     app.command(_group)
 for _words in COMMANDS:
+    if _words[0] in _groups and len(_words) == 1:
+        # The group's own command: what the group's name alone runs.
+        _groups[_words[0]].default(for_cyclopts(load(_words)))
+        continue
     _parent = app if len(_words) == 1 else _groups[_words[0]]
     _parent.command(f"{__name__}:{' '.join(_words)}", name=_words[-1], help=load(_words).__doc__)
 app.meta.default(for_cyclopts(global_options, _launch))

@@ -82,10 +82,11 @@ def parse(tokens: Sequence[str], env: Mapping[str, str]) -> Invocation | None:
 
 
 def _command_words(rest: Sequence[str]) -> tuple[str, ...]:
-    if rest and (rest[0],) in COMMANDS:
-        return (rest[0],)
+    # A group's command before the group's own (``events get`` before ``events``).
     if len(rest) >= 2 and rest[0] in GROUPS and (rest[0], rest[1]) in COMMANDS:
         return (rest[0], rest[1])
+    if rest and (rest[0],) in COMMANDS:
+        return (rest[0],)
     raise _Unsure
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import socket as stdsocket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -28,7 +28,7 @@ from runlease import protocol as p
 from runlease.core.model import Event, Finished
 from runlease.errors import InternalError, RunleaseError, error_for_code
 from runlease.operation_methods import AsyncClientMethods
-from runlease.operations import ClaimNext, FinishRequest, Request
+from runlease.operations import ClaimNext, FinishRequest, Request, strings
 from runlease.runtime.wire import Wire
 
 R = TypeVar("R")
@@ -232,7 +232,13 @@ class AsyncClient(AsyncClientMethods):
 
     @asynccontextmanager
     async def follow_events(
-        self, *, task_id: str | None = None, after_seq: int = 0
+        self,
+        *,
+        task_id: str | None = None,
+        after_seq: int = 0,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        kinds: Iterable[str] | None = None,
     ) -> AsyncIterator[EventStream]:
         """Buffered events after ``after_seq``, then live ones::
 
@@ -247,7 +253,16 @@ class AsyncClient(AsyncClientMethods):
         stream = EventStream(self, receive)
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            self._post(p.FollowEvents(id=rid, task_id=task_id, after_seq=after_seq))
+            self._post(
+                p.FollowEvents(
+                    id=rid,
+                    task_id=task_id,
+                    after_seq=after_seq,
+                    run_id=run_id,
+                    session_id=session_id,
+                    kinds=None if kinds is None else strings(kinds, "kinds"),
+                )
+            )
             await self._wait_for_room()
             yield stream
         finally:

@@ -9,7 +9,7 @@ socket goes through it).
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterable
 
 import msgspec
 
@@ -20,7 +20,10 @@ from runlease.core.machine import Machine, snapshot_run, snapshot_task
 from runlease.core.model import Event, Run, Session, Task, TaskStatus
 from runlease.errors import InvalidInput
 from runlease.operations import DEFAULT_STUCK_THRESHOLD
-from runlease.runtime.events import EventFeed
+from runlease.runtime.history import EVERYTHING, EventHistory
+
+# The newest events of a task that ``show_task`` includes (``timeline`` pages them all).
+SHOWN_EVENTS = 256
 
 
 class RuntimeStatus(msgspec.Struct, kw_only=True, tag="status"):
@@ -39,7 +42,7 @@ class MemoryReads:
 
     _machine: Machine
     _clock: RuntimeClock
-    _feed: EventFeed
+    history: EventHistory
     _system: ActorSystem
     durability: str
 
@@ -89,9 +92,10 @@ class MemoryReads:
         return chain
 
     def show_task(self, task_id: str) -> views.TaskDetail:
-        """A task with every run, its checkpoints, graph edges and retained events."""
+        """A task with every run, its checkpoints, graph edges and its newest events."""
+        task = self._machine.get_task(task_id)
         return views.task_detail(
-            self._machine, self._machine.get_task(task_id), self._feed.timeline(task_id)
+            self._machine, task, self.history.recent(SHOWN_EVENTS, task_id=task.id)
         )
 
     def pause_state(self, task_id: str) -> views.PauseState:
@@ -143,21 +147,23 @@ class MemoryReads:
     def timeline(
         self, task_id: str, *, after_seq: int = 0, limit: int | None = None
     ) -> list[Event]:
-        """A task's retained events after ``after_seq``, oldest first.
-
-        Retention: in memory, the newest 256 events of each of the 10,000 most recently
-        active tasks since this process started (see runtime/events.py). For a live stream
-        use :meth:`follow_events` with ``task_id`` and ``after_seq``.
+        """A task's events after ``after_seq``, oldest first (every one still in the
+        history when ``limit`` is None; see :class:`~runlease.runtime.history.EventHistory`
+        for what is kept). For a live stream use :meth:`follow_events` with ``task_id``
+        and ``after_seq``.
         """
         self._machine.get_task(task_id)
-        return self._feed.timeline(task_id, after_seq=after_seq, limit=limit)
+        return self.history.read(
+            after_seq=after_seq, limit=EVERYTHING if limit is None else limit, task_id=task_id
+        )
 
     def inspect_task(self, task_id: str) -> views.InspectView:
         """Current run, bound session, recent runs and events (claim hashes as 8-hex
         prefixes), scheduler and pause state, ``diagnostics`` each with its remedy, and the
         deterministic ``next_action`` (see core/views.py: next_action, diagnostics)."""
         task = self._machine.get_task(task_id)
-        return views.inspect(self._machine, task, self._clock.now(), self._feed.timeline(task_id))
+        events = self.history.recent(views.RECENT_EVENTS, task_id=task.id)
+        return views.inspect(self._machine, task, self._clock.now(), events)
 
     def inspect_run(self, run_id: str) -> views.InspectView:
         run = self._machine.get_run(run_id)
@@ -166,20 +172,58 @@ class MemoryReads:
             self._machine,
             task,
             self._clock.now(),
-            [e for e in self._feed.timeline(task.id) if e.run_id in (None, run_id)],
+            [
+                e
+                for e in self.history.recent(SHOWN_EVENTS, task_id=task.id)
+                if e.run_id in (None, run_id)
+            ],
             target_run=run,
         )
 
     # --------------------------------------------------------------------- events
-    def events(self, *, after_seq: int = 0, task_id: str | None = None) -> list[Event]:
-        """Recent acknowledged events (a bounded buffer), oldest first."""
-        return self._feed.recent(after_seq=after_seq, task_id=task_id)
+    def events(
+        self,
+        *,
+        after_seq: int = 0,
+        task_id: str | None = None,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        kinds: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Acknowledged events after ``after_seq`` matching every filter given (``kinds``:
+        any of these event types), oldest first; all that the history keeps unless
+        ``limit`` is given."""
+        return self.history.read(
+            after_seq=after_seq,
+            limit=EVERYTHING if limit is None else limit,
+            task_id=task_id,
+            run_id=run_id,
+            session_id=session_id,
+            kinds=_kinds(kinds),
+        )
+
+    def get_event(self, seq: int) -> Event:
+        """One event by sequence (EVENT_NOT_FOUND: compacted away, or not written yet)."""
+        return self.history.get(seq)
 
     def follow_events(
-        self, *, after_seq: int = 0, task_id: str | None = None
-    ) -> AsyncIterator[Event]:
-        """Buffered events after ``after_seq``, then new ones as they are acknowledged."""
-        return self._feed.follow(after_seq=after_seq, task_id=task_id)
+        self,
+        *,
+        after_seq: int = 0,
+        task_id: str | None = None,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        kinds: Iterable[str] | None = None,
+    ) -> AsyncGenerator[Event, None]:
+        """Matching events after ``after_seq``, then new ones as they are acknowledged."""
+        return self.history.follow(
+            after_seq=after_seq,
+            task_id=task_id,
+            run_id=run_id,
+            session_id=session_id,
+            kinds=_kinds(kinds),
+        )
 
     def status(self) -> RuntimeStatus:
         machine = self._machine
@@ -189,6 +233,14 @@ class MemoryReads:
             leased_runs=sum(1 for _ in machine.leased_runs()),
             live_sessions=sum(1 for s in machine.sessions.values() if s.state == "live"),
             waiting_claimers=len(self._system.waiters),
-            last_event_seq=machine.last_seq,
+            last_event_seq=self.history.last_seq,
             durability=self.durability,
         )
+
+
+def _kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
+    if kinds is None:
+        return None
+    if isinstance(kinds, str):
+        raise InvalidInput("kinds must be a list of event types, not one string")
+    return frozenset(kinds)

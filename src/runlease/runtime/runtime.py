@@ -78,10 +78,11 @@ from runlease.operations import (
     Request,
     strings,
 )
+from runlease.persistence.events import HistoryRetention
 from runlease.persistence.store import DEFAULT_MAP_SIZE, Store
 from runlease.runtime.calls import EMBEDDED, Call
 from runlease.runtime.collector import GcTuning, TunedCollector
-from runlease.runtime.events import EventFeed
+from runlease.runtime.history import DEFAULT_MEMORY_EVENTS, EventHistory, Observer
 from runlease.runtime.journal import (
     DEFAULT_SNAPSHOT_EVERY_RECORDS,
     DEFAULT_SNAPSHOT_EVERY_SECONDS,
@@ -95,6 +96,7 @@ from runlease.runtime.journal import (
 )
 from runlease.runtime.reads import MemoryReads, RuntimeStatus
 
+# Events kept in memory beside a store: the recent tail that live followers read.
 DEFAULT_EVENT_CAPACITY = 10_000
 # The commands that may override another holder's lease (see _check_operator_action).
 # Commands a session may not send unless the host lets agents force (see
@@ -146,7 +148,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         machine: Machine,
         clock: RuntimeClock,
         *,
-        event_capacity: int = DEFAULT_EVENT_CAPACITY,
+        history: EventHistory | None = None,
         durability: str = "memory",
         workspace_roots: WorkspaceRoots | None = None,
         allow_agent_force: bool = False,
@@ -158,7 +160,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self._machine = machine
         self._clock = clock
         self._ids = IdGenerator()
-        self._feed = EventFeed(event_capacity)
+        # The published events: timelines, inspect, ``events`` and followers read here.
+        self.history = history if history is not None else EventHistory()
         self._committer: Committer = MemoryCommitter(self._acknowledge)
         self._system = ActorSystem(
             machine, clock, self._committer, starve_after=check_starve_after(starve_after)
@@ -170,6 +173,9 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         # How long a create's idempotency key is kept, stamped on each keyed create.
         self.idempotency_window = check_window(idempotency_window)
         self.boot_report: BootReport | None = None
+        # How long the store keeps events (its compaction keeps those after
+        # ``history.keep_after`` too); None without a store.
+        self.history_retention: HistoryRetention | None = None
         # Set when the runtime tunes the garbage collector (``gc_tuning``): its statistics.
         self.collector: TunedCollector | None = None
 
@@ -212,7 +218,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
 
     def _acknowledge(self, request: Pending | None, outcome: Outcome[Any]) -> None:
         if outcome.events:
-            self._feed.publish(outcome.events)
+            self.history.publish(outcome.events)
         if request is not None:
             request.resolve(outcome.reply, outcome.error)
 
@@ -424,7 +430,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             with trio.move_on_after(timeout):
                 while self._machine.leased_count():
                     self._check_open()
-                    await self._feed.wait_changed()
+                    await self.history.wait_beyond(self.history.last_seq)
         except BaseException:
             # Cut short (the caller left, the server is stopping): the drain still ends on
             # record, so every start has its end; a runtime too far gone to record it
@@ -564,7 +570,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             part = pending.finish_part
             if part is not None and not part.resolved:
                 part.resolve(None, error)
-        self._feed.close()
+        self.history.close()
 
 
 class ActingRuntime(AsyncTaskMethods):
@@ -642,7 +648,7 @@ async def open_runtime(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     durability: Durability = "durable",
-    event_capacity: int = DEFAULT_EVENT_CAPACITY,
+    event_capacity: int | None = None,
     snapshot_every_records: int = DEFAULT_SNAPSHOT_EVERY_RECORDS,
     snapshot_every_seconds: float = DEFAULT_SNAPSHOT_EVERY_SECONDS,
     map_size: int | None = None,
@@ -652,6 +658,8 @@ async def open_runtime(
     starve_after: float | None = None,
     gc_tuning: GcTuning | None = None,
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
+    observers: Iterable[Observer] = (),
+    history_retention: HistoryRetention | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -695,6 +703,15 @@ async def open_runtime(
 
     ``idempotency_window`` is how many seconds a create's ``idempotency_key`` is kept
     (24 h by default): within it the same key and request answer the first task.
+
+    Every acknowledged event goes to ``rt.history`` (:class:`EventHistory`): timelines,
+    ``events``, ``get_event`` and followers read it. ``observers`` are called with each
+    event once it is durable, in sequence order (see :meth:`EventHistory.add_observer`).
+    ``history_retention`` says how long events are kept (default: 30 days, no count
+    limit). Without ``data_dir`` the history lives in memory: the newest
+    ``history_retention.max_events`` events (100,000 when it sets none, or
+    ``event_capacity``). With one, the store keeps it and ``event_capacity`` (10,000) of
+    the newest stay in memory for live followers.
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
@@ -716,6 +733,8 @@ async def open_runtime(
             starve_after=starve_after,
             collector=collector,
             idempotency_window=idempotency_window,
+            observers=list(observers),
+            retention=history_retention or HistoryRetention(),
         ) as runtime:
             yield runtime
     finally:
@@ -729,7 +748,7 @@ async def _open_runtime(
     *,
     data_dir: str | os.PathLike[str] | None,
     durability: Durability,
-    event_capacity: int,
+    event_capacity: int | None,
     snapshot_every_records: int,
     snapshot_every_seconds: float,
     map_size: int | None,
@@ -739,14 +758,17 @@ async def _open_runtime(
     starve_after: float | None,
     collector: TunedCollector | None,
     idempotency_window: float,
+    observers: list[Observer],
+    retention: HistoryRetention,
 ) -> AsyncIterator[Runtime]:
     if collector is not None:
         collector.start()
     if data_dir is None:
+        memory_events = retention.max_events or event_capacity or DEFAULT_MEMORY_EVENTS
         runtime = Runtime(
             Machine(),
             RuntimeClock(clock),
-            event_capacity=event_capacity,
+            history=EventHistory(capacity=memory_events, observers=observers),
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
             starve_after=starve_after,
@@ -783,7 +805,13 @@ async def _open_runtime(
             machine,
             # Never start before the newest time the recovered state has seen.
             RuntimeClock(clock, floor=machine.high_water),
-            event_capacity=event_capacity,
+            history=EventHistory(
+                capacity=event_capacity or DEFAULT_EVENT_CAPACITY,
+                # Once the store keeps events: store=store (it reads older events there).
+                store=None,
+                start_seq=machine.last_seq,
+                observers=observers,
+            ),
             durability=durability,
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
@@ -791,6 +819,7 @@ async def _open_runtime(
             idempotency_window=idempotency_window,
         )
         runtime.boot_report = report
+        runtime.history_retention = retention
         runtime.collector = collector
         committer = JournalCommitter(
             store, machine, runtime._acknowledge, on_rollback=runtime._system.after_rollback

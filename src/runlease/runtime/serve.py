@@ -21,6 +21,7 @@ import trio
 
 from runlease.core.create_keys import DEFAULT_IDEMPOTENCY_WINDOW
 from runlease.errors import RunleaseError
+from runlease.persistence.events import HistoryRetention
 from runlease.runtime.collector import GcTuning
 from runlease.runtime.runtime import Durability, Runtime, open_runtime
 from runlease.runtime.server import (
@@ -80,6 +81,7 @@ def run_server(
     limits: ServerLimits | None = None,
     starve_after: float | None = None,
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
+    history_retention: HistoryRetention | None = None,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
@@ -88,8 +90,9 @@ def run_server(
     use the force operations (see :func:`open_runtime`). ``fresh_store`` is passed to
     :func:`open_runtime` (start empty where the database is missing or empty).
     ``limits`` bounds what clients may hold (:class:`ServerLimits`). ``starve_after``
-    turns on the starvation backstop (see :func:`open_runtime`); ``idempotency_window`` is
-    how long a create's idempotency key is kept (see :func:`open_runtime`). The soft open-file
+    turns on the starvation backstop, ``idempotency_window`` is how long a create's
+    idempotency key is kept and ``history_retention`` how long events are kept (see
+    :func:`open_runtime` for each). The soft open-file
     limit is raised towards the hard one first, so the connection cap is not lowered
     needlessly.
 
@@ -110,6 +113,7 @@ def run_server(
             limits,
             starve_after,
             idempotency_window,
+            history_retention,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -145,6 +149,7 @@ async def _serve_until_signalled(
     limits: ServerLimits | None = None,
     starve_after: float | None = None,
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
+    history_retention: HistoryRetention | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -172,6 +177,7 @@ async def _serve_until_signalled(
             fresh_store=fresh_store,
             starve_after=starve_after,
             idempotency_window=idempotency_window,
+            history_retention=history_retention,
             # The server owns its process: keep the collector's pauses off the large,
             # long-lived state (frozen after boot and as it grows; see runtime.collector).
             gc_tuning=GcTuning(),

@@ -836,11 +836,18 @@ class SocketServer:
     async def _follow(self, conn: _Connection, request: p.FollowEvents) -> p.Reply:
         if request.after_seq < 0:
             raise InvalidInput("after_seq must be zero or positive")
-        async for event in self.runtime.follow_events(
-            after_seq=request.after_seq, task_id=request.task_id
-        ):
-            if not await conn.send(p.EventItem(id=request.id, event=event)):
-                break
+        events = self.runtime.follow_events(
+            after_seq=request.after_seq,
+            task_id=request.task_id,
+            run_id=request.run_id,
+            session_id=request.session_id,
+            kinds=request.kinds,
+        )
+        # Closed on the way out, so the follower's hold on the history goes with it.
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if not await conn.send(p.EventItem(id=request.id, event=event)):
+                    break
         return p.StreamEnd(id=request.id, reason="closed")
 
     def status(self) -> p.ServerStatus:

@@ -4,7 +4,8 @@ This table is the one list of commands, in the order they are offered. The fast 
 (:mod:`runlease.cli.fast`) looks a command up here and imports only the module that
 defines it; the cyclopts application (:mod:`runlease.cli.app`, for help and unusual
 command lines) registers them all. A new command is a function in one of these modules,
-annotated with ``Param`` (see :mod:`runlease.cli.params`), plus one line here.
+annotated with ``Param`` (see :mod:`runlease.cli.params`), plus one line here. A group's
+own name may be a command too (``events``): it runs when no other word of the group follows.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ GROUPS: Final[dict[str, str]] = {
     "scheduler": (
         "Pause, resume or drain the scheduler; see its status and the backlog of queued runs."
     ),
+    "events": (
+        "The event history: events filtered by task, run, session or type, one event by its "
+        "sequence (get), or --follow to stream them live."
+    ),
 }
 
 _SERVER = "runlease.cli.commands.server"
@@ -46,6 +51,7 @@ _GRAPH = "runlease.cli.commands.graph"
 _CLAIMS = "runlease.cli.commands.claims"
 _RUNS = "runlease.cli.commands.runs"
 _SCHEDULER = "runlease.cli.commands.scheduler"
+_EVENTS = "runlease.cli.commands.events"
 
 # The words of a command -> "module:function".
 COMMANDS: Final[dict[tuple[str, ...], str]] = {
@@ -97,6 +103,8 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("scheduler", "drain"): f"{_SCHEDULER}:scheduler_drain",
     ("scheduler", "status"): f"{_SCHEDULER}:scheduler_status",
     ("scheduler", "backlog"): f"{_SCHEDULER}:scheduler_backlog",
+    ("events",): f"{_EVENTS}:events",
+    ("events", "get"): f"{_EVENTS}:events_get",
 }
 
 Command = Callable[..., int]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from runlease.cli.context import GLOBALS, connect, show
 from runlease.cli.output import plain
 from runlease.cli.params import Param
 from runlease.errors import InvalidInput, UsageError
 from runlease.paths import default_data_dir, default_socket_path
+
+if TYPE_CHECKING:
+    from runlease.persistence.events import HistoryRetention
+
+N = TypeVar("N", int, float)
 
 
 def serve(
@@ -87,6 +93,14 @@ def serve(
             "key and request answer the first task."
         ),
     ] = 24 * 60 * 60.0,
+    history_max_age: Annotated[
+        str | None,
+        Param(help="Keep events for SECONDS (default 2592000, 30 days); 0 or none: no age limit."),
+    ] = None,
+    history_max_events: Annotated[
+        str | None,
+        Param(help="Keep only the newest N events; 0 or none: no count limit (the default)."),
+    ] = None,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -114,6 +128,8 @@ def serve(
             f"--idempotency-window takes a positive number of seconds, got {idempotency_window}"
         )
 
+    retention = history_retention(history_max_age, history_max_events)
+
     directory = data_dir.expanduser() if data_dir is not None else default_data_dir()
     socket_path = GLOBALS.socket or default_socket_path(directory)
     roots: dict[str, str] = {}
@@ -133,8 +149,35 @@ def serve(
         limits=limits,
         starve_after=starve_after,
         idempotency_window=idempotency_window,
+        history_retention=retention,
     )
     return 0
+
+
+def history_retention(max_age: str | None, max_events: str | None) -> HistoryRetention:
+    """The retention ``--history-max-age`` and ``--history-max-events`` ask for."""
+    from runlease.persistence.events import HistoryRetention
+
+    default = HistoryRetention()
+    age = _limit("--history-max-age", max_age, default.max_age, float)
+    count = _limit("--history-max-events", max_events, default.max_events, int)
+    return HistoryRetention(max_age=age, max_events=count)
+
+
+def _limit(flag: str, text: str | None, default: N | None, kind: Callable[[str], N]) -> N | None:
+    """A retention limit: the default when not given, None for 0 or "none" (no limit)."""
+    if text is None:
+        return default
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < float("inf"):
+        what = "seconds" if kind is float else "a whole number"
+        raise UsageError(f'{flag} takes {what} (0 or "none": no limit), got {text!r}')
+    return value or None
 
 
 def status() -> int:

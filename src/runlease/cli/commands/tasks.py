@@ -165,7 +165,13 @@ def task_events(
     follow: Annotated[
         bool, Param(help="Keep printing new events (one JSON object per line).")
     ] = False,
-    after_seq: Annotated[int, Param(help="Only events after this sequence number.")] = 0,
+    after_seq: Annotated[
+        int,
+        Param(
+            name=["--after", "--after-seq"],
+            help="Only events after this SEQ; resume a follow with the last seq printed.",
+        ),
+    ] = 0,
 ) -> int:
     """Show a task's events; with --follow, keep streaming them until interrupted.
 
@@ -189,9 +195,12 @@ def task_timeline(
     task_id: str,
     /,
     *,
-    after_seq: Annotated[int, Param(help="Only events after this sequence number.")] = 0,
+    after_seq: Annotated[
+        int, Param(name=["--after", "--after-seq"], help="Only events after this SEQ.")
+    ] = 0,
 ) -> int:
-    """A task's audit events (actor, origin, kind, data), oldest first.
+    """A task's audit events (actor, origin, kind, data), oldest first, from its whole
+    retained history.
 
     Parameters
     ----------
