@@ -142,6 +142,7 @@ GRAPH_EXAMPLES: list[p.Request[Any]] = [
     p.UnblockTask(id=65, task_id="tsk_1", reason="answered"),
     p.ClaimRun("run_1", id=67, token="rl_session_x", workspace="w", lease_seconds=60),
     p.ClaimTask("tsk_1", id=68, scope="global", priority_min="urgent"),
+    p.GetContext(id=69, token="rl_session_x", run_id="run_1"),
 ]
 
 
@@ -203,6 +204,8 @@ def test_the_wire_names_are_stable() -> None:
         # claim a chosen run, by its id or its task's
         "claim_run",
         "claim_task",
+        # the context bundle of a leased run
+        "get_context",
     }
     assert expected_ops == p.OPS
     reply_types: tuple[type[p.Reply], ...] = p.AnyReply.__args__
@@ -233,6 +236,7 @@ def test_the_wire_names_are_stable() -> None:
         "backlog",
         "stuck",
         "inspect",
+        "context",
     }
     assert expected_replies == {t.__struct_config__.tag for t in reply_types}
     assert {type(r) for r in EXAMPLES + GRAPH_EXAMPLES} == set(p.REQUEST_TYPES)

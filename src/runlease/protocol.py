@@ -56,6 +56,7 @@ from typing import Any, ClassVar, Final, Union, cast
 
 import msgspec
 
+from runlease.core.context import ContextBundle
 from runlease.core.model import (
     MAX_PAYLOAD_DEPTH,
     BulkResult,
@@ -114,6 +115,7 @@ from runlease.operations import (
     ForceFailRun,
     ForceReleaseRun,
     GetBacklog,
+    GetContext,
     GetRun,
     GetSchedulerStatus,
     GetSession,
@@ -321,6 +323,12 @@ class InspectReply(Reply, tag="inspect"):
     view: InspectView
 
 
+class ContextReply(Reply, tag="context"):
+    """The context bundle of a leased run, for the session holding it."""
+
+    bundle: ContextBundle
+
+
 AnyReply = (
     Welcome
     | ErrorReply
@@ -347,6 +355,7 @@ AnyReply = (
     | BacklogReply
     | StuckReply
     | InspectReply
+    | ContextReply
 )
 
 
@@ -407,6 +416,7 @@ _VALUE_REPLIES: Final[tuple[type[Reply], ...]] = (
     BacklogReply,
     StuckReply,
     InspectReply,
+    ContextReply,
 )
 _CARRIERS: Final = _carriers()
 
@@ -720,6 +730,7 @@ __all__ = [
     "ClaimRun",
     "ClaimTask",
     "CompleteRun",
+    "ContextReply",
     "CreateTask",
     "DeleteTask",
     "DrainReply",
@@ -737,6 +748,7 @@ __all__ = [
     "FrameBuffer",
     "FramingLost",
     "GetBacklog",
+    "GetContext",
     "GetRun",
     "GetSchedulerStatus",
     "GetSession",

@@ -50,7 +50,9 @@ from runlease.errors import (
 
 # What a session can ask of the run it holds.
 FinishKind = Literal["complete", "fail", "release", "block"]
-Asked = Literal["heartbeat", "complete", "fail", "release", "block"]
+Asked = Literal["heartbeat", "complete", "fail", "release", "block", "context"]
+# How a refusal names what was asked, where the bare word does not read as a verb.
+_ASKED_VERB: Final[dict[str, str]] = {"context": "read the context of"}
 
 _DONE: Final[dict[str, str]] = {
     "complete": "completed",
@@ -156,7 +158,7 @@ def refusal(m: State, session: Session, run_id: str, now: float, asked: Asked) -
     if own == "release":
         return LeaseRefused(
             f"session {sid} released run {run_id} ({run.reason}); it is back in the queue: "
-            f"claim it again to {asked} it{elsewhere}",
+            f"claim it again to {_ASKED_VERB.get(asked, asked)} it{elsewhere}",
             code=AUTONOMY_NO_ACTIVE_LEASE,
         )
     if own is not None:

@@ -15,7 +15,7 @@ import msgspec
 
 from runlease.actors.clock import RuntimeClock
 from runlease.actors.system import ActorSystem
-from runlease.core import stuck, views
+from runlease.core import context, stuck, views
 from runlease.core.machine import Machine, snapshot_run, snapshot_task
 from runlease.core.model import Event, Run, Session, Task, TaskStatus
 from runlease.errors import InvalidInput
@@ -151,6 +151,13 @@ class MemoryReads:
         """
         self._machine.get_task(task_id)
         return self._feed.timeline(task_id, after_seq=after_seq, limit=limit)
+
+    def context_bundle(self, session_id: str, run_id: str) -> context.ContextBundle:
+        """The context bundle of ``run_id`` for ``session_id``, which must hold its live
+        lease (see core/context.py); recent events come from the task's timeline."""
+        now = self._clock.now()
+        run = context.holder_run(self._machine, session_id, run_id, now)
+        return context.build_bundle(self._machine, run, now, self.timeline(run.task_id))
 
     def inspect_task(self, task_id: str) -> views.InspectView:
         """Current run, bound session, recent runs and events (claim hashes as 8-hex
