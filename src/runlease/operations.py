@@ -536,6 +536,7 @@ class OpenSession(Request[OpenedSession], tag="open_session"):
     async def execute(self, call: Call) -> OpenedSession:
         token, token_hash = call.runtime.new_session_token()
         session: Session = await call.runtime.submit(self.command(call, token_hash))
+        call.runtime.session_opened(session.id)
         return OpenedSession(session, token)
 
     def command(self, call: Call, token_hash: str | None = None) -> c.OpenSession:

@@ -159,6 +159,17 @@ LIST_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "claim_token_hash_prefix",
     ),
     "recent_events": ("seq", "at", "kind", "run_id", "session_id", "data"),
+    # Context bundle.
+    "prior_attempts": (
+        "run_id",
+        "status",
+        "attempt",
+        "claimed_by",
+        "ended_at",
+        "error",
+        "result_summary",
+    ),
+    "cuts": ("field", "kept", "dropped"),
 }
 
 

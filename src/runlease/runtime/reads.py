@@ -100,14 +100,24 @@ class MemoryReads:
 
     # ------------------------------------------------------------------- sessions
     def get_session(self, session_id: str) -> Session:
-        return msgspec.structs.replace(self._machine.get_session(session_id))
+        """A session; a live one shows its age and when it last made a request."""
+        return self._session_view(self._machine.get_session(session_id), self._clock.now())
 
     def list_sessions(self, *, live_only: bool = False) -> list[Session]:
+        """Sessions, oldest first; live ones show their age and last activity."""
+        now = self._clock.now()
         return [
-            msgspec.structs.replace(s)
+            self._session_view(s, now)
             for s in self._machine.sessions.values()
             if not live_only or s.state == "live"
         ]
+
+    def _session_view(self, session: Session, now: float) -> Session:
+        view = msgspec.structs.replace(session)
+        if session.state == "live":
+            view.last_active_at = self._system.activity.last_active(session)
+            view.age_seconds = max(0.0, now - session.opened_at)
+        return view
 
     # ------------------------------------------------------------------ scheduler
     def scheduler_status(self) -> views.SchedulerStatus:

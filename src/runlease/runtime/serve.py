@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import trio
 
+from runlease.actors.idle_sessions import DEFAULT_SESSION_IDLE_TIMEOUT
 from runlease.errors import RunleaseError
 from runlease.runtime.collector import GcTuning
 from runlease.runtime.runtime import Durability, Runtime, open_runtime
@@ -78,6 +79,7 @@ def run_server(
     fresh_store: bool = False,
     limits: ServerLimits | None = None,
     starve_after: float | None = None,
+    session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
@@ -86,7 +88,8 @@ def run_server(
     use the force operations (see :func:`open_runtime`). ``fresh_store`` is passed to
     :func:`open_runtime` (start empty where the database is missing or empty).
     ``limits`` bounds what clients may hold (:class:`ServerLimits`). ``starve_after``
-    turns on the starvation backstop (see :func:`open_runtime`). The soft open-file
+    turns on the starvation backstop and ``session_idle_timeout`` stops forgotten sessions
+    (see :func:`open_runtime`). The soft open-file
     limit is raised towards the hard one first, so the connection cap is not lowered
     needlessly.
 
@@ -106,6 +109,7 @@ def run_server(
             fresh_store,
             limits,
             starve_after,
+            session_idle_timeout,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -140,6 +144,7 @@ async def _serve_until_signalled(
     fresh_store: bool = False,
     limits: ServerLimits | None = None,
     starve_after: float | None = None,
+    session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -166,6 +171,7 @@ async def _serve_until_signalled(
             allow_agent_force=allow_agent_force,
             fresh_store=fresh_store,
             starve_after=starve_after,
+            session_idle_timeout=session_idle_timeout,
             # The server owns its process: keep the collector's pauses off the large,
             # long-lived state (frozen after boot and as it grows; see runtime.collector).
             gc_tuning=GcTuning(),

@@ -26,7 +26,8 @@ GROUPS: Final[dict[str, str]] = {
     "session": "Open, stop and list agent sessions.",
     "task": (
         "Create and inspect tasks; claim and finish runs. The commands next, claim, "
-        "heartbeat, complete, fail, release and block act for the session whose token is given in "
+        "heartbeat, complete, fail, release, block and context act for the session whose "
+        "token is given in "
         f"{ENV_SESSION_TOKEN} (or --session-token, which other users can see in the process "
         "list)."
     ),
@@ -83,6 +84,7 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("task", "steal"): f"{_CLAIMS}:task_steal",
     ("task", "timeline"): f"{_TASKS}:task_timeline",
     ("task", "inspect"): f"{_TASKS}:task_inspect",
+    ("task", "context"): f"{_CLAIMS}:task_context",
     ("run", "inspect"): f"{_RUNS}:run_inspect",
     ("run", "claim"): f"{_CLAIMS}:run_claim",
     ("run", "cancel"): f"{_RUNS}:run_cancel",

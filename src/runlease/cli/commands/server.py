@@ -80,6 +80,13 @@ def serve(
             "a frame that would exceed it is refused with SERVER_BUSY."
         ),
     ] = 64 * 1024 * 1024,
+    session_idle_timeout: Annotated[
+        str,
+        Param(
+            help="Stop, with reason idle, a live session that holds no lease and has made "
+            "no request for SECONDS; 0 or none: never."
+        ),
+    ] = "86400",
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -102,6 +109,7 @@ def serve(
         raise UsageError(exc.message.replace("_", "-")) from None
     if starve_after is not None and not 0 < starve_after < float("inf"):
         raise UsageError(f"--starve-after takes a positive number of seconds, got {starve_after}")
+    idle_seconds = _idle_timeout(session_idle_timeout)
 
     directory = data_dir.expanduser() if data_dir is not None else default_data_dir()
     socket_path = GLOBALS.socket or default_socket_path(directory)
@@ -121,8 +129,24 @@ def serve(
         fresh_store=fresh_store,
         limits=limits,
         starve_after=starve_after,
+        session_idle_timeout=idle_seconds,
     )
     return 0
+
+
+def _idle_timeout(text: str) -> float | None:
+    """``--session-idle-timeout``: seconds, or 0 / none for off."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 <= seconds < float("inf"):
+        raise UsageError(
+            f"--session-idle-timeout takes a number of seconds, 0 or none, got {text!r}"
+        )
+    return seconds or None
 
 
 def status() -> int:
