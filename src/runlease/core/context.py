@@ -158,6 +158,17 @@ def build_bundle(
         "checkpoints": len(checkpoints),
         "recent_events": len(events),
     }
+    return _fitted(task, run, now, lists, totals, max_bytes)
+
+
+def _fitted(
+    task: Task,
+    run: Run,
+    now: float,
+    lists: dict[str, list[Any]],
+    totals: dict[str, int],
+    max_bytes: int,
+) -> ContextBundle:
     # Shorten at growing strength until the bundle fits: each level clips long strings and
     # payloads tighter, after dropping list items has been tried at the level before.
     for level, text_limit in enumerate(_TEXT_LIMITS):
@@ -197,27 +208,43 @@ def _fit(
     max_bytes: int,
 ) -> bool:
     """Drop the oldest list items until ``bundle`` encodes within ``max_bytes``; False if it
-    does not fit even with every list empty. Sizes are estimated per item and checked by
-    encoding the whole bundle."""
-    sizes = {name: [len(_encode(item)) + 1 for item, _ in items] for name, items in kept.items()}
+    does not fit even with every list empty.
+
+    The whole bundle is encoded once; dropping an item saves what it and its marks take,
+    and the records of the cuts cost at most :data:`_CUTS_OVERHEAD`, so the size is
+    estimated from there and checked by encoding again."""
+    cost = {
+        name: [len(_encode(item)) + 1 + sum(len(m) + 3 for m in marks) for item, marks in items]
+        for name, items in kept.items()
+    }
     start = {name: 0 for name in kept}  # how many of the oldest are dropped
-    for name, floor in _CUT_ORDER:
-        while True:
-            _assemble(bundle, kept, start, totals, shortened)
-            size = len(_encode(bundle))
-            if size <= max_bytes:
-                return True
-            remaining = len(kept[name]) - start[name]
-            if remaining <= floor:
-                break
-            # Drop as many of the oldest as the estimate says are too much, at least one.
-            excess = size - max_bytes
-            while remaining > floor and excess > 0:
-                excess -= sizes[name][start[name]]
-                start[name] += 1
-                remaining -= 1
     _assemble(bundle, kept, start, totals, shortened)
-    return len(_encode(bundle)) <= max_bytes
+    size = len(_encode(bundle))
+    if size <= max_bytes:
+        return True
+    estimate = size + _CUTS_OVERHEAD
+    steps = iter(_CUT_ORDER)
+    name, floor = next(steps)
+    while True:
+        while estimate > max_bytes and len(kept[name]) - start[name] > floor:
+            estimate -= cost[name][start[name]]
+            start[name] += 1
+        if estimate <= max_bytes:
+            _assemble(bundle, kept, start, totals, shortened)
+            actual = len(_encode(bundle))
+            if actual <= max_bytes:
+                return True
+            estimate = actual + _CUTS_OVERHEAD  # an estimate too low: go on from here
+            continue
+        step = next(steps, None)
+        if step is None:
+            _assemble(bundle, kept, start, totals, shortened)
+            return len(_encode(bundle)) <= max_bytes
+        name, floor = step
+
+
+# What recording cuts may add to a bundle: "truncated", and one ListCut per list.
+_CUTS_OVERHEAD: Final = 3 * 64 + 48
 
 
 def _assemble(
@@ -314,15 +341,14 @@ def _clip_field(value: str | None, limit: int, name: str, shortened: list[str]) 
 
 
 def _clip_payload(value: Any, limit: int, name: str, shortened: list[str]) -> Any:
-    """A JSON payload, or, when its encoding is longer than ``limit``, a one-key object
-    holding the start of that encoding with the marker."""
+    """A JSON payload, or, when its JSON text is longer than ``limit`` characters, a
+    one-key object holding the start of that text with the marker."""
     if value is None:
         return None
-    encoded = _encode(value)
-    if len(encoded) <= limit:
+    text = _encode(value).decode()
+    if len(text) <= limit:
         return value
     shortened.append(name)
-    text = encoded.decode()
     return {"shortened_json": clip(text, limit)}
 
 
@@ -334,7 +360,9 @@ def _task_view(task: Task, limit: int, shortened: list[str], *, tight: bool) -> 
     view.force_ops = None
     view.title = _clip_field(task.title, limit, "task.title", shortened) or ""
     view.description = _clip_field(task.description, limit, "task.description", shortened) or ""
-    view.metadata = _clip_payload(view.metadata, limit, "task.metadata", shortened)
+    metadata = _clip_payload(task.metadata, limit, "task.metadata", shortened)
+    if metadata is not task.metadata:
+        view.metadata = metadata
     view.cancel_reason = _clip_field(task.cancel_reason, limit, "task.cancel_reason", shortened)
     view.paused_reason = _clip_field(task.paused_reason, limit, "task.paused_reason", shortened)
     if tight:
@@ -353,10 +381,12 @@ def _run_view(run: Run, limit: int, shortened: list[str]) -> Run:
     view.claim_token_hash = hash_prefix(run.claim_token_hash)
     view.error = _clip_field(run.error, limit, "run.error", shortened)
     view.reason = _clip_field(run.reason, limit, "run.reason", shortened)
-    view.result = _clip_payload(view.result, limit, "run.result", shortened)
-    view.failure_metadata = _clip_payload(
-        view.failure_metadata, limit, "run.failure_metadata", shortened
-    )
+    result = _clip_payload(run.result, limit, "run.result", shortened)
+    if result is not run.result:
+        view.result = result
+    failure = _clip_payload(run.failure_metadata, limit, "run.failure_metadata", shortened)
+    if failure is not run.failure_metadata:
+        view.failure_metadata = failure
     return view
 
 
