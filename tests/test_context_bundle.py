@@ -27,7 +27,7 @@ from runlease.core.context import (
     build_bundle,
 )
 from runlease.core.machine import Machine
-from runlease.core.model import Checkpoint, Event, Run, Task
+from runlease.core.model import Checkpoint, Event, Run, RunStatus, Task
 from runlease.errors import (
     AUTONOMY_FOREIGN_RUN,
     AUTONOMY_LEASE_EXPIRED,
@@ -65,7 +65,9 @@ RESULTS = st.none() | st.builds(lambda s: {"out": s}, long_text(64 * 1024))
 TITLES = long_text(512)
 DESCRIPTIONS = long_text(16 * 1024)
 METADATA = st.none() | st.builds(lambda s: {"note": s}, long_text(16 * 1024))
-STATUSES = st.sampled_from(["failed", "completed", "canceled", "needs_attention"])
+STATUSES: st.SearchStrategy[RunStatus] = st.sampled_from(
+    ["failed", "completed", "canceled", "needs_attention"]
+)
 
 
 @st.composite
