@@ -270,7 +270,7 @@ class Session(msgspec.Struct, kw_only=True, tag="session", gc=False, omit_defaul
     stopped_at: float | None = None
     stop_reason: str | None = None
     token_hash: str | None = None
-    # Only ever set on a reply about a live session, never in the state (so never
+    # Only ever set in a listing of live sessions, never in the state (so never
     # persisted): when it last made a request (activity is kept in memory; a restart
     # counts as activity) and how long ago it opened.
     last_active_at: float | None = None

@@ -100,24 +100,24 @@ class MemoryReads:
 
     # ------------------------------------------------------------------- sessions
     def get_session(self, session_id: str) -> Session:
-        """A session; a live one shows its age and when it last made a request."""
-        return self._session_view(self._machine.get_session(session_id), self._clock.now())
+        return msgspec.structs.replace(self._machine.get_session(session_id))
 
     def list_sessions(self, *, live_only: bool = False) -> list[Session]:
-        """Sessions, oldest first; live ones show their age and last activity."""
+        """Sessions, oldest first. With ``live_only`` each shows its age and when it last
+        made a request (``age_seconds``, ``last_active_at``): what an operator looks at to
+        find forgotten sessions. The full listing stays a plain copy of the records."""
+        if not live_only:
+            return [msgspec.structs.replace(s) for s in self._machine.sessions.values()]
         now = self._clock.now()
-        return [
-            self._session_view(s, now)
-            for s in self._machine.sessions.values()
-            if not live_only or s.state == "live"
-        ]
-
-    def _session_view(self, session: Session, now: float) -> Session:
-        view = msgspec.structs.replace(session)
-        if session.state == "live":
-            view.last_active_at = self._system.activity.last_active(session)
-            view.age_seconds = max(0.0, now - session.opened_at)
-        return view
+        activity = self._system.activity
+        out: list[Session] = []
+        for session in self._machine.sessions.values():
+            if session.state == "live":
+                view = msgspec.structs.replace(session)
+                view.last_active_at = activity.last_active(session)
+                view.age_seconds = max(0.0, now - session.opened_at)
+                out.append(view)
+        return out
 
     # ------------------------------------------------------------------ scheduler
     def scheduler_status(self) -> views.SchedulerStatus:
