@@ -13,7 +13,15 @@ import trio
 import trio.testing
 
 import runlease
-from runlease.core.model import Event
+from runlease.core.commands import (
+    ClaimNext,
+    CreateTask,
+    ExpireIdleSession,
+    OpenSession,
+    StartTask,
+)
+from runlease.core.machine import Machine
+from runlease.core.model import Event, SessionReleased
 from runlease.errors import InvalidInput
 from runlease.operations import WhoAmI
 from runlease.runtime.client import open_client
@@ -31,6 +39,38 @@ def last_active(rt: runlease.Runtime, session_id: str) -> float | None:
 
 def idle_stops(events: list[Event]) -> list[Event]:
     return [e for e in events if e.kind == "session_stopped" and e.data["reason"] == "idle"]
+
+
+def test_the_state_machine_stops_only_a_live_session_without_a_lease() -> None:
+    m = Machine()
+    m.apply(OpenSession(now=T0, session_id="idle", agent="a"))
+    m.apply(OpenSession(now=T0, session_id="child", agent="a", parent_id="idle"))
+    m.apply(OpenSession(now=T0, session_id="busy", agent="b"))
+    m.apply(CreateTask(now=T0, task_id="tsk_1", title="t"))
+    m.apply(StartTask(now=T0, task_id="tsk_1", run_id="run_1"))
+    m.apply(ClaimNext(now=T0, session_id="busy", claim_token_hash="sha256:" + "0" * 64))
+
+    def expire(session_id: str) -> ExpireIdleSession:
+        return ExpireIdleSession(
+            now=T0 + 500, session_id=session_id, last_active_at=T0, idle_timeout=TIMEOUT
+        )
+
+    held = m.apply(expire("busy"))
+    assert (held.reply, held.events) == (None, [])
+    assert m.sessions["busy"].state == "live"
+
+    outcome = m.apply(expire("idle"))
+    assert isinstance(outcome.reply, SessionReleased)
+    assert outcome.reply.stopped_session_ids == ["idle", "child"]
+    assert (m.sessions["idle"].stop_reason, m.sessions["child"].stop_reason) == (
+        "idle",
+        "parent_stopped",
+    )
+    first = outcome.events[0]
+    assert (first.kind, first.session_id) == ("session_stopped", "idle")
+    assert first.data == {"reason": "idle", "last_active_at": T0, "idle_timeout": TIMEOUT}
+    again = m.apply(expire("idle"))
+    assert (again.reply, again.events) == (None, [])
 
 
 async def test_a_session_that_does_nothing_is_stopped_as_idle(

@@ -167,7 +167,13 @@ class MemoryReads:
         lease (see core/context.py); recent events come from the task's timeline."""
         now = self._clock.now()
         run = context.holder_run(self._machine, session_id, run_id, now)
-        return context.build_bundle(self._machine, run, now, self.timeline(run.task_id))
+        events = self.recent_task_events(run.task_id, context.MAX_CONTEXT_EVENTS)
+        return context.build_bundle(self._machine, run, now, events)
+
+    def recent_task_events(self, task_id: str, limit: int) -> list[Event]:
+        """The newest ``limit`` retained events of a task, oldest first (read through
+        :meth:`timeline`, so it follows whatever keeps the task's history)."""
+        return self.timeline(task_id)[-limit:] if limit > 0 else []
 
     def inspect_task(self, task_id: str) -> views.InspectView:
         """Current run, bound session, recent runs and events (claim hashes as 8-hex
