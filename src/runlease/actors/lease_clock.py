@@ -1,7 +1,5 @@
 """The lease clock: sleeps until the earliest lease or session deadline, then sends the expiry.
 
-Idle sessions' deadlines share its heap (see :mod:`runlease.actors.idle_sessions`).
-
 There is no periodic sweep. The clock keeps a heap of deadlines in time order, sleeps until
 the first is due (or until an earlier one is added) and sends every expiry that is due and
 still current to the actors at once: they apply the batch back to back, so expiries that
@@ -11,6 +9,9 @@ waiting claimers once.
 Deadlines are only ever added. A lease that was renewed leaves its old deadline behind; when
 that fires the state machine sees the newer ``lease_until`` and does nothing, so the heap
 needs no removal and renewal stays O(log n).
+
+Idle sessions' deadlines share the heap and are checked the same lazy way (see
+:mod:`runlease.actors.idle_sessions`).
 """
 
 from __future__ import annotations

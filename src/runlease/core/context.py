@@ -147,7 +147,8 @@ def build_bundle(
     task = m.tasks[run.task_id]
     earlier = _earlier_runs(m, run)
     checkpoints = list(task.checkpoints)
-    # Lists the size bound may cut, oldest item first; (field, items, total before cuts).
+    # The lists the size bound may cut, oldest item first, and how many items each had
+    # before any cut (earlier runs: as far back as the chain walk goes).
     lists: dict[str, list[Any]] = {
         "prior_attempts": [_attempt(r) for r in earlier[-MAX_PRIOR_ATTEMPTS:]],
         "checkpoints": checkpoints[-MAX_CONTEXT_CHECKPOINTS:],

@@ -26,8 +26,7 @@ GROUPS: Final[dict[str, str]] = {
     "session": "Open, stop and list agent sessions.",
     "task": (
         "Create and inspect tasks; claim and finish runs. The commands next, claim, "
-        "heartbeat, complete, fail, release, block and context act for the session whose "
-        "token is given in "
+        "heartbeat, complete, fail, release and block act for the session whose token is given in "
         f"{ENV_SESSION_TOKEN} (or --session-token, which other users can see in the process "
         "list)."
     ),
