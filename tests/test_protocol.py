@@ -143,6 +143,7 @@ GRAPH_EXAMPLES: list[p.Request[Any]] = [
     p.ClaimRun("run_1", id=67, token="rl_session_x", workspace="w", lease_seconds=60),
     p.ClaimTask("tsk_1", id=68, scope="global", priority_min="urgent"),
     p.GetEvent(id=69, seq=12),
+    p.GetContext(id=69, token="rl_session_x", run_id="run_1"),
 ]
 
 
@@ -206,6 +207,8 @@ def test_the_wire_names_are_stable() -> None:
         "claim_task",
         # one event of the history by its sequence
         "get_event",
+        # the context bundle of a leased run
+        "get_context",
     }
     assert expected_ops == p.OPS
     reply_types: tuple[type[p.Reply], ...] = p.AnyReply.__args__
@@ -237,6 +240,7 @@ def test_the_wire_names_are_stable() -> None:
         "stuck",
         "inspect",
         "event_record",
+        "context",
     }
     assert expected_replies == {t.__struct_config__.tag for t in reply_types}
     assert {type(r) for r in EXAMPLES + GRAPH_EXAMPLES} == set(p.REQUEST_TYPES)

@@ -102,6 +102,7 @@ class AsyncLeaseMethods(AsyncCaller):
     block = method(op.BlockRun)
     steal = method(op.StealRun)
     checkpoint = method(op.CheckpointTask)
+    context = method(op.GetContext)
 
     async def complete_and_next(
         self,

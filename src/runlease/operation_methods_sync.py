@@ -95,6 +95,7 @@ class LeaseMethods(Caller):
     block = method(op.BlockRun)
     steal = method(op.StealRun)
     checkpoint = method(op.CheckpointTask)
+    context = method(op.GetContext)
 
     def complete_and_next(
         self,

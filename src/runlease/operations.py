@@ -42,6 +42,7 @@ from typing import (
 import msgspec
 
 from runlease.core import commands as c
+from runlease.core.context import ContextBundle
 from runlease.core.model import (
     Actor,
     ApprovalPolicy,
@@ -567,6 +568,7 @@ class OpenSession(Request[OpenedSession], tag="open_session"):
     async def execute(self, call: Call) -> OpenedSession:
         token, token_hash = call.runtime.new_session_token()
         session: Session = await call.runtime.submit(self.command(call, token_hash))
+        call.runtime.session_opened(session.id)
         return OpenedSession(session, token)
 
     def command(self, call: Call, token_hash: str | None = None) -> c.OpenSession:
@@ -1176,6 +1178,19 @@ class InspectRun(ReadRequest[InspectView], tag="inspect_run"):
 
     def answer(self, call: Call) -> InspectView:
         return call.runtime.inspect_run(self.run_id)
+
+
+@operation(session=True, read=True)
+class GetContext(SessionRequest[ContextBundle], tag="get_context"):
+    """The context bundle of a run, for the session holding its lease: the task, the run,
+    earlier attempts, last checkpoints, recent events and limits, within a byte bound."""
+
+    run_id: str
+
+    async def execute(self, call: Call) -> ContextBundle:
+        return await call.runtime.read(
+            lambda: call.runtime.context_bundle(call.session_id(), self.run_id)
+        )
 
 
 @operation(read=True)

@@ -56,6 +56,7 @@ from typing import Any, ClassVar, Final, Union, cast
 
 import msgspec
 
+from runlease.core.context import ContextBundle
 from runlease.core.model import (
     MAX_PAYLOAD_DEPTH,
     BulkResult,
@@ -114,6 +115,7 @@ from runlease.operations import (
     ForceFailRun,
     ForceReleaseRun,
     GetBacklog,
+    GetContext,
     GetEvent,
     GetRun,
     GetSchedulerStatus,
@@ -328,6 +330,12 @@ class InspectReply(Reply, tag="inspect"):
     view: InspectView
 
 
+class ContextReply(Reply, tag="context"):
+    """The context bundle of a leased run, for the session holding it."""
+
+    bundle: ContextBundle
+
+
 AnyReply = (
     Welcome
     | ErrorReply
@@ -355,6 +363,7 @@ AnyReply = (
     | StuckReply
     | InspectReply
     | EventReply
+    | ContextReply
 )
 
 
@@ -416,6 +425,7 @@ _VALUE_REPLIES: Final[tuple[type[Reply], ...]] = (
     StuckReply,
     InspectReply,
     EventReply,
+    ContextReply,
 )
 _CARRIERS: Final = _carriers()
 
@@ -729,6 +739,7 @@ __all__ = [
     "ClaimRun",
     "ClaimTask",
     "CompleteRun",
+    "ContextReply",
     "CreateTask",
     "DeleteTask",
     "DrainReply",
@@ -747,6 +758,7 @@ __all__ = [
     "FrameBuffer",
     "FramingLost",
     "GetBacklog",
+    "GetContext",
     "GetEvent",
     "GetRun",
     "GetSchedulerStatus",

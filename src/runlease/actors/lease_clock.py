@@ -9,6 +9,9 @@ waiting claimers once.
 Deadlines are only ever added. A lease that was renewed leaves its old deadline behind; when
 that fires the state machine sees the newer ``lease_until`` and does nothing, so the heap
 needs no removal and renewal stays O(log n).
+
+Idle sessions' deadlines share the heap and are checked the same lazy way (see
+:mod:`runlease.actors.idle_sessions`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from runlease.actors.clock import RuntimeClock
+from runlease.actors.idle_sessions import IDLE_DEADLINE, SessionActivity
 from runlease.actors.requests import Request
 from runlease.core.commands import ExpireLease, ExpireSession
 from runlease.core.machine import LEASE_DEADLINE, SESSION_DEADLINE, Deadline, Machine
@@ -60,8 +64,11 @@ class LeaseClock:
         machine: Machine,
         clock: RuntimeClock,
         deliver: Callable[[list[Request]], Awaitable[None]],
+        activity: SessionActivity | None = None,
     ) -> None:
         self._machine = machine
+        # Idle sessions: their deadlines share this heap (see actors/idle_sessions.py).
+        self._activity = activity
         self._clock = clock
         self._deliver = deliver
         self.deadlines = DeadlineHeap()
@@ -82,6 +89,9 @@ class LeaseClock:
         for session in self._machine.sessions.values():
             if session.state == "live" and session.ttl_deadline is not None:
                 self.deadlines.push((session.ttl_deadline, SESSION_DEADLINE, session.id))
+        if self._activity is not None:
+            for deadline in self._activity.live_deadlines():
+                self.deadlines.push(deadline)
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -114,6 +124,11 @@ class LeaseClock:
                     and run.lease_until <= at
                 ):
                     expiries.append(Request(ExpireLease(now=0.0, run_id=key, origin=LEASE_CLOCK)))
+            elif kind == IDLE_DEADLINE:
+                if self._activity is not None:
+                    stop = self._activity.due(key, now, self.deadlines.push)
+                    if stop is not None:
+                        expiries.append(stop)
             else:
                 session = sessions.get(key)
                 if session is not None and session.state == "live":

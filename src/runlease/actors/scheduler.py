@@ -74,6 +74,11 @@ class WaiterQueue(Generic[W]):
         kept.extend(waiters)
         self._waiters = kept
 
+    def any_live(self, match: Callable[[W], bool]) -> bool:
+        """Whether a waiter that has not given up matches (a walk of the queue: off the
+        claim path, for the idle-session check)."""
+        return any(not w.abandoned and match(w) for w in self._waiters)
+
     def drain(self) -> list[W]:
         """Remove and return every live waiter (the runtime is closing)."""
         waiters = [w for w in self._waiters if not w.abandoned]

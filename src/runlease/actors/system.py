@@ -12,6 +12,7 @@ import trio
 from runlease.actors.apply import Applier
 from runlease.actors.clock import RuntimeClock
 from runlease.actors.commit import Committer
+from runlease.actors.idle_sessions import SessionActivity
 from runlease.actors.lease_clock import LeaseClock
 from runlease.actors.requests import Request
 from runlease.actors.scheduler import Scheduler, WaiterQueue
@@ -31,10 +32,14 @@ class ActorSystem:
         committer: Committer,
         *,
         starve_after: float | None = None,
+        session_idle_timeout: float | None = None,
     ) -> None:
         self.machine = machine
         self.clock = clock
-        self.lease_clock = LeaseClock(machine, clock, self.send_batch)
+        self.activity = SessionActivity(
+            machine, clock, session_idle_timeout, waiting=self._session_waiting
+        )
+        self.lease_clock = LeaseClock(machine, clock, self.send_batch, self.activity)
         self.starvation_watch = (
             None
             if starve_after is None
@@ -91,9 +96,28 @@ class ActorSystem:
         if applier.work_queued:
             scheduler.wake_nowait()
 
+    def _session_waiting(self, session_id: str) -> bool:
+        """Whether the session has a claim parked waiting for work (a request in flight)."""
+
+        def of_session(request: Request) -> bool:
+            command = request.command
+            claim = getattr(command, "claim", command)  # a finish that claims next
+            return getattr(claim, "session_id", None) == session_id
+
+        return self.scheduler.waiters.any_live(of_session)
+
     def arm_deadlines_of_live_state(self) -> None:
-        """After boot: watch every lease and session TTL the state holds."""
+        """After boot: watch every lease, session TTL and idle session the state holds."""
         self.lease_clock.watch_live_state()
+
+    def session_opened(self, session_id: str) -> None:
+        """Watch a session just opened for idleness (when the idle timeout is on)."""
+        session = self.machine.sessions.get(session_id)
+        if session is None:
+            return
+        deadline = self.activity.first_deadline(session)
+        if deadline is not None:
+            self.lease_clock.watch(deadline)
 
     def after_rollback(self) -> None:
         """Memory was rolled back to the journal: watch the restored leases and sessions

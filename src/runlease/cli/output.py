@@ -42,6 +42,9 @@ TIME_FIELDS: Final = frozenset(
         "completed_at",
         "since",
         "as_of",
+        # Session activity and the context bundle.
+        "last_active_at",
+        "generated_at",
     }
 )
 # Internal bookkeeping of the core, never shown (the force-operation rate window, whether
@@ -141,7 +144,17 @@ def emit_error(code: str, message: str, output: Output) -> None:
 LIST_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "tasks": ("id", "title", "status", "priority", "workspace_id", "current_run_id", "created_at"),
     "runs": ("id", "status", "attempt", "session_id", "lease_until", "reason", "error"),
-    "sessions": ("id", "agent", "state", "lease_run_id", "parent_id", "opened_at", "ttl_deadline"),
+    "sessions": (
+        "id",
+        "agent",
+        "state",
+        "lease_run_id",
+        "parent_id",
+        "opened_at",
+        "ttl_deadline",
+        "age_seconds",
+        "last_active_at",
+    ),
     "events": ("seq", "at", "kind", "task_id", "run_id", "session_id", "data"),
     "checkpoints": ("at", "author", "run_id", "note"),
     "stuck": ("task_id", "run_id", "session_id", "kind", "since", "seconds"),
@@ -159,6 +172,17 @@ LIST_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "claim_token_hash_prefix",
     ),
     "recent_events": ("seq", "at", "kind", "run_id", "session_id", "data"),
+    # Context bundle.
+    "prior_attempts": (
+        "run_id",
+        "status",
+        "attempt",
+        "claimed_by",
+        "ended_at",
+        "error",
+        "result_summary",
+    ),
+    "cuts": ("field", "kept", "dropped"),
 }
 
 

@@ -274,6 +274,17 @@ class ExpireSession(Command[SessionReleased | None], tag="expire_session"):
     session_id: str
 
 
+class ExpireIdleSession(Command[SessionReleased | None], tag="expire_idle_session"):
+    """The runtime found a live session without a lease idle for its idle timeout: no
+    request since ``last_active_at``. The shell decides idleness (activity is kept in
+    memory, not journaled); the state machine stops the session only if it is still live
+    and holds no lease, so replaying the record does the same."""
+
+    session_id: str
+    last_active_at: float
+    idle_timeout: float
+
+
 class ClaimNext(Command[Claim], tag="claim_next"):
     session_id: str | None
     # As on StealRun: the hash of the new lease's token; ``claim_token`` only in old journals.
@@ -370,6 +381,7 @@ AnyCommand = (
     | StopSession
     | ReleaseSessionLeases
     | ExpireSession
+    | ExpireIdleSession
     | ClaimNext
     | ClaimRun
     | HeartbeatRun

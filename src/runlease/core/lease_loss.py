@@ -50,7 +50,11 @@ from runlease.errors import (
 
 # What a session can ask of the run it holds.
 FinishKind = Literal["complete", "fail", "release", "block"]
-Asked = Literal["heartbeat", "complete", "fail", "release", "block"]
+Asked = Literal["heartbeat", "complete", "fail", "release", "block", "context"]
+# How a refusal names what was asked, where the bare word does not read as a verb (and as
+# a noun: "this context read is refused").
+_ASKED_VERB: Final[dict[str, str]] = {"context": "read the context of"}
+_ASKED_NOUN: Final[dict[str, str]] = {"context": "context read"}
 
 _DONE: Final[dict[str, str]] = {
     "complete": "completed",
@@ -156,7 +160,7 @@ def refusal(m: State, session: Session, run_id: str, now: float, asked: Asked) -
     if own == "release":
         return LeaseRefused(
             f"session {sid} released run {run_id} ({run.reason}); it is back in the queue: "
-            f"claim it again to {asked} it{elsewhere}",
+            f"claim it again to {_ASKED_VERB.get(asked, asked)} it{elsewhere}",
             code=AUTONOMY_NO_ACTIVE_LEASE,
         )
     if own is not None:
@@ -164,7 +168,7 @@ def refusal(m: State, session: Session, run_id: str, now: float, asked: Asked) -
         at = "" if run.ended_at is None else f" at {_when(run.ended_at, now)}"
         return InvalidInput(
             f"session {sid} already {_DONE[own]} run {run_id}{at}; that outcome stands, so "
-            f"this {asked} is refused{differs}{elsewhere}",
+            f"this {_ASKED_NOUN.get(asked, asked)} is refused{differs}{elsewhere}",
             code=RUN_ALREADY_FINISHED,
         )
     if run.status in LEASED_RUN_STATUSES:

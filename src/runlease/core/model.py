@@ -104,6 +104,8 @@ REASON_TTL_EXPIRED: Final = "ttl_expired"
 REASON_PARENT_STOPPED: Final = "parent_stopped"
 REASON_SESSION_STOPPED: Final = "session_stopped"
 REASON_ORPHANED_ON_BOOT: Final = "orphaned_on_boot"
+# A live session with no lease made no request for the runtime's idle timeout.
+REASON_IDLE: Final = "idle"
 ERROR_LEASE_RECOVERY_EXHAUSTED: Final = "lease_recovery_exhausted"
 # A queued run no live session could take for the configured time is parked with this error
 # and reason, so an operator sees it instead of it waiting in the queue forever.
@@ -268,6 +270,11 @@ class Session(msgspec.Struct, kw_only=True, tag="session", gc=False, omit_defaul
     stopped_at: float | None = None
     stop_reason: str | None = None
     token_hash: str | None = None
+    # Only ever set in a listing of live sessions, never in the state (so never
+    # persisted): when it last made a request (activity is kept in memory; a restart
+    # counts as activity) and how long ago it opened.
+    last_active_at: float | None = None
+    age_seconds: float | None = None
 
 
 class Event(msgspec.Struct, kw_only=True, tag="event", gc=False, omit_defaults=True):

@@ -9,9 +9,16 @@ from __future__ import annotations
 import msgspec
 
 from runlease.core import validate
-from runlease.core.commands import ExpireSession, OpenSession, ReleaseSessionLeases, StopSession
+from runlease.core.commands import (
+    ExpireIdleSession,
+    ExpireSession,
+    OpenSession,
+    ReleaseSessionLeases,
+    StopSession,
+)
 from runlease.core.ids import is_token_hash
 from runlease.core.model import (
+    REASON_IDLE,
     REASON_PARENT_STOPPED,
     REASON_SESSION_STOPPED,
     REASON_TTL_EXPIRED,
@@ -87,6 +94,17 @@ def expire_session(m: State, cmd: ExpireSession) -> Outcome[SessionReleased | No
     if session.state != "live" or session.ttl_deadline is None or session.ttl_deadline > cmd.now:
         return Outcome(reply=None)  # stopped already, or the deadline is not reached yet
     stopped = _stop_tree(m, session, REASON_TTL_EXPIRED, REASON_TTL_EXPIRED, cmd.now)
+    return Outcome(reply=stopped.reply, events=stopped.events, queued=stopped.queued)
+
+
+@handles(ExpireIdleSession)
+def expire_idle_session(m: State, cmd: ExpireIdleSession) -> Outcome[SessionReleased | None]:
+    session = m.get_session(cmd.session_id)
+    if session.state != "live" or session.lease_run_id is not None:
+        return Outcome(reply=None)  # stopped already, or it took a lease: not idle
+    stopped = _stop_tree(m, session, REASON_IDLE, REASON_IDLE, cmd.now)
+    # The session's own stop event says how long it had been idle.
+    stopped.events[0].data.update(last_active_at=cmd.last_active_at, idle_timeout=cmd.idle_timeout)
     return Outcome(reply=stopped.reply, events=stopped.events, queued=stopped.queued)
 
 

@@ -68,9 +68,13 @@ class Call:
         return default
 
     def session_id(self) -> str:
-        """The caller's session; AUTONOMY_SESSION_REQUIRED when it has none."""
+        """The caller's session; AUTONOMY_SESSION_REQUIRED when it has none.
+
+        Every request made as a session asks for it, so this is where the session's last
+        activity is kept (see actors/idle_sessions.py)."""
         if self._session_id is None:
             self._session_id = self.runtime.session_id_for_token(self._token)
+        self.runtime.activity.touch(self._session_id)
         return self._session_id
 
     def status(self) -> ServerStatus:

@@ -15,7 +15,7 @@ import msgspec
 
 from runlease.actors.clock import RuntimeClock
 from runlease.actors.system import ActorSystem
-from runlease.core import stuck, views
+from runlease.core import context, stuck, views
 from runlease.core.machine import Machine, snapshot_run, snapshot_task
 from runlease.core.model import Event, Run, Session, Task, TaskStatus
 from runlease.errors import InvalidInput
@@ -107,11 +107,21 @@ class MemoryReads:
         return msgspec.structs.replace(self._machine.get_session(session_id))
 
     def list_sessions(self, *, live_only: bool = False) -> list[Session]:
-        return [
-            msgspec.structs.replace(s)
-            for s in self._machine.sessions.values()
-            if not live_only or s.state == "live"
-        ]
+        """Sessions, oldest first. With ``live_only`` each shows its age and when it last
+        made a request (``age_seconds``, ``last_active_at``): what an operator looks at to
+        find forgotten sessions. The full listing stays a plain copy of the records."""
+        if not live_only:
+            return [msgspec.structs.replace(s) for s in self._machine.sessions.values()]
+        now = self._clock.now()
+        activity = self._system.activity
+        out: list[Session] = []
+        for session in self._machine.sessions.values():
+            if session.state == "live":
+                view = msgspec.structs.replace(session)
+                view.last_active_at = activity.last_active(session)
+                view.age_seconds = max(0.0, now - session.opened_at)
+                out.append(view)
+        return out
 
     # ------------------------------------------------------------------ scheduler
     def scheduler_status(self) -> views.SchedulerStatus:
@@ -156,6 +166,19 @@ class MemoryReads:
         return self.history.read(
             after_seq=after_seq, limit=EVERYTHING if limit is None else limit, task_id=task_id
         )
+
+    def context_bundle(self, session_id: str, run_id: str) -> context.ContextBundle:
+        """The context bundle of ``run_id`` for ``session_id``, which must hold its live
+        lease (see core/context.py); recent events come from the task's timeline."""
+        now = self._clock.now()
+        run = context.holder_run(self._machine, session_id, run_id, now)
+        events = self.recent_task_events(run.task_id, context.MAX_CONTEXT_EVENTS)
+        return context.build_bundle(self._machine, run, now, events)
+
+    def recent_task_events(self, task_id: str, limit: int) -> list[Event]:
+        """The newest ``limit`` retained events of a task, oldest first."""
+        self._machine.get_task(task_id)
+        return self.history.recent(limit, task_id=task_id) if limit > 0 else []
 
     def inspect_task(self, task_id: str) -> views.InspectView:
         """Current run, bound session, recent runs and events (claim hashes as 8-hex

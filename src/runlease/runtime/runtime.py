@@ -23,6 +23,7 @@ import trio
 
 from runlease.actors.clock import RuntimeClock
 from runlease.actors.commit import Committer, MemoryCommitter
+from runlease.actors.idle_sessions import DEFAULT_SESSION_IDLE_TIMEOUT, check_idle_timeout
 from runlease.actors.lease_clock import LEASE_CLOCK
 from runlease.actors.requests import Request as Pending
 from runlease.actors.starvation_watch import check_starve_after
@@ -154,6 +155,7 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         allow_agent_force: bool = False,
         starve_after: float | None = None,
         idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
+        session_idle_timeout: float | None = None,
     ) -> None:
         self._workspace_roots = workspace_roots
         self._allow_agent_force = allow_agent_force
@@ -164,8 +166,14 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self.history = history if history is not None else EventHistory()
         self._committer: Committer = MemoryCommitter(self._acknowledge)
         self._system = ActorSystem(
-            machine, clock, self._committer, starve_after=check_starve_after(starve_after)
+            machine,
+            clock,
+            self._committer,
+            starve_after=check_starve_after(starve_after),
+            session_idle_timeout=check_idle_timeout(session_idle_timeout),
         )
+        # When each session last made a request (Call.session_id touches it).
+        self.activity = self._system.activity
         self._inflight: set[Pending] = set()
         self._closed = False
         self._call = Call(self)
@@ -343,6 +351,9 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             if not pending.resolved and not pending.assigned:
                 pending.abandoned = True
             self._inflight.discard(pending)
+            if wait and command.session_id is not None:
+                # The session was busy for the whole wait: its idle time starts at the end.
+                self.activity.touch(command.session_id)
         claim: Claim = pending.result()
         return claim
 
@@ -398,6 +409,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             if not pending.resolved and not pending.assigned:
                 pending.abandoned = True  # the caller is gone: do not wait on its behalf
             self._inflight.discard(pending)
+            if wait and claim.session_id is not None:
+                self.activity.touch(claim.session_id)
 
     async def _finished(self, pending: Pending) -> Finished:
         part = pending.finish_part
@@ -472,11 +485,16 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             auto_stop_on_parent=auto_stop_on_parent,
         )
         session: Session = await self.submit(request.command(Call(self)))
+        self.session_opened(session.id)
         return SessionHandle(self, session.id)
 
     # For an out-of-process agent: the session and its bearer token (shown this once; only
     # its hash is kept, and session_id_for_token maps a presented token back).
     open_session_with_token = method(OpenSession)
+
+    def session_opened(self, session_id: str) -> None:
+        """Start watching a new session for idleness (see actors/idle_sessions.py)."""
+        self._system.session_opened(session_id)
 
     def session_id_for_token(self, token: str | None) -> str:
         """The session a bearer token belongs to; AUTONOMY_SESSION_REQUIRED if none."""
@@ -660,6 +678,7 @@ async def open_runtime(
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
     observers: Iterable[Observer] = (),
     history_retention: HistoryRetention | None = None,
+    session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -686,6 +705,10 @@ async def open_runtime(
     session could take (capabilities, owner) for that many seconds is parked in
     ``needs_attention`` with reason ``starved``, for an operator to ``recover_run``. Off
     (None) by default.
+
+    ``session_idle_timeout`` (24 h by default; None or 0 turns it off) stops a live session
+    that holds no lease and has made no request for that many seconds, with reason
+    ``idle``. Activity is kept in memory; a restart counts as activity for every session.
 
     Boot never starts the clock earlier than the newest time the recovered state recorded,
     so a wall clock stepped back while the runtime was down cannot lengthen a lease.
@@ -717,6 +740,7 @@ async def open_runtime(
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
     starve_after = check_starve_after(starve_after)
     idempotency_window = check_window(idempotency_window)
+    session_idle_timeout = check_idle_timeout(session_idle_timeout)
     collector = None if gc_tuning is None else TunedCollector(gc_tuning)
     try:
         async with _open_runtime(
@@ -735,6 +759,7 @@ async def open_runtime(
             idempotency_window=idempotency_window,
             observers=list(observers),
             retention=history_retention or HistoryRetention(),
+            session_idle_timeout=session_idle_timeout,
         ) as runtime:
             yield runtime
     finally:
@@ -760,6 +785,7 @@ async def _open_runtime(
     idempotency_window: float,
     observers: list[Observer],
     retention: HistoryRetention,
+    session_idle_timeout: float | None = None,
 ) -> AsyncIterator[Runtime]:
     if collector is not None:
         collector.start()
@@ -773,6 +799,7 @@ async def _open_runtime(
             allow_agent_force=allow_agent_force,
             starve_after=starve_after,
             idempotency_window=idempotency_window,
+            session_idle_timeout=session_idle_timeout,
         )
         runtime.collector = collector
         try:
@@ -817,6 +844,7 @@ async def _open_runtime(
             allow_agent_force=allow_agent_force,
             starve_after=starve_after,
             idempotency_window=idempotency_window,
+            session_idle_timeout=session_idle_timeout,
         )
         runtime.boot_report = report
         runtime.history_retention = retention

@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import trio
 
+from runlease.actors.idle_sessions import DEFAULT_SESSION_IDLE_TIMEOUT
 from runlease.core.create_keys import DEFAULT_IDEMPOTENCY_WINDOW
 from runlease.errors import RunleaseError
 from runlease.persistence.events import HistoryRetention
@@ -82,6 +83,7 @@ def run_server(
     starve_after: float | None = None,
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
     history_retention: HistoryRetention | None = None,
+    session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
@@ -91,8 +93,9 @@ def run_server(
     :func:`open_runtime` (start empty where the database is missing or empty).
     ``limits`` bounds what clients may hold (:class:`ServerLimits`). ``starve_after``
     turns on the starvation backstop, ``idempotency_window`` is how long a create's
-    idempotency key is kept and ``history_retention`` how long events are kept (see
-    :func:`open_runtime` for each). The soft open-file
+    idempotency key is kept, ``history_retention`` how long events are kept and
+    ``session_idle_timeout`` stops forgotten sessions (see :func:`open_runtime` for each).
+    The soft open-file
     limit is raised towards the hard one first, so the connection cap is not lowered
     needlessly.
 
@@ -114,6 +117,7 @@ def run_server(
             starve_after,
             idempotency_window,
             history_retention,
+            session_idle_timeout,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -150,6 +154,7 @@ async def _serve_until_signalled(
     starve_after: float | None = None,
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
     history_retention: HistoryRetention | None = None,
+    session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -178,6 +183,7 @@ async def _serve_until_signalled(
             starve_after=starve_after,
             idempotency_window=idempotency_window,
             history_retention=history_retention,
+            session_idle_timeout=session_idle_timeout,
             # The server owns its process: keep the collector's pauses off the large,
             # long-lived state (frozen after boot and as it grows; see runtime.collector).
             gc_tuning=GcTuning(),

@@ -89,6 +89,7 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("task", "steal"): f"{_CLAIMS}:task_steal",
     ("task", "timeline"): f"{_TASKS}:task_timeline",
     ("task", "inspect"): f"{_TASKS}:task_inspect",
+    ("task", "context"): f"{_CLAIMS}:task_context",
     ("run", "inspect"): f"{_RUNS}:run_inspect",
     ("run", "claim"): f"{_CLAIMS}:run_claim",
     ("run", "cancel"): f"{_RUNS}:run_cancel",

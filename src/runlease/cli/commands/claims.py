@@ -403,3 +403,18 @@ def task_steal(
     with connect() as client:
         claim = client.steal(task_id, force=force, lease_seconds=lease_seconds, reason=reason)
     return show_claim(claim)
+
+
+def task_context(run_id: str, /) -> int:
+    """What the session needs to work on a run it holds: the task, the run, earlier
+    attempts, last checkpoints, recent events and limits (at most 64 KiB of JSON; what was
+    cut is listed under cuts and shortened).
+
+    Parameters
+    ----------
+    run_id
+        The run the session holds.
+    """
+    with connect() as client:
+        bundle = client.context(run_id)
+    return show(plain(bundle))

@@ -101,6 +101,13 @@ def serve(
         str | None,
         Param(help="Keep only the newest N events; 0 or none: no count limit (the default)."),
     ] = None,
+    session_idle_timeout: Annotated[
+        str,
+        Param(
+            help="Stop, with reason idle, a live session that holds no lease and has made "
+            "no request for SECONDS; 0 or none: never."
+        ),
+    ] = "86400",
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -129,6 +136,7 @@ def serve(
         )
 
     retention = history_retention(history_max_age, history_max_events)
+    idle_seconds = _idle_timeout(session_idle_timeout)
 
     directory = data_dir.expanduser() if data_dir is not None else default_data_dir()
     socket_path = GLOBALS.socket or default_socket_path(directory)
@@ -150,6 +158,7 @@ def serve(
         starve_after=starve_after,
         idempotency_window=idempotency_window,
         history_retention=retention,
+        session_idle_timeout=idle_seconds,
     )
     return 0
 
@@ -178,6 +187,11 @@ def _limit(flag: str, text: str | None, default: N | None, kind: Callable[[str],
         what = "seconds" if kind is float else "a whole number"
         raise UsageError(f'{flag} takes {what} (0 or "none": no limit), got {text!r}')
     return value or None
+
+
+def _idle_timeout(text: str) -> float | None:
+    """``--session-idle-timeout``: seconds, or 0 / none for off."""
+    return _limit("--session-idle-timeout", text, None, float)
 
 
 def status() -> int:
