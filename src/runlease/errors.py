@@ -48,6 +48,8 @@ RUN_NOT_FOUND: Final = "RUN_NOT_FOUND"
 SESSION_NOT_FOUND: Final = "SESSION_NOT_FOUND"
 NO_CLAIMABLE_RUN: Final = "NO_CLAIMABLE_RUN"
 DEPENDENCY_NOT_FOUND: Final = "DEPENDENCY_NOT_FOUND"
+# hook retry names a delivery the hook log does not hold.
+HOOK_DELIVERY_NOT_FOUND: Final = "HOOK_DELIVERY_NOT_FOUND"
 
 # Task graph, lifecycle and operator controls.
 IMMUTABLE_FIELD: Final = "IMMUTABLE_FIELD"
@@ -173,6 +175,7 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
     SESSION_NOT_FOUND: NotFound,
     NO_CLAIMABLE_RUN: NotFound,
     DEPENDENCY_NOT_FOUND: NotFound,
+    HOOK_DELIVERY_NOT_FOUND: NotFound,
     IMMUTABLE_FIELD: InvalidInput,
     INVALID_SCOPE_BINDING: InvalidInput,
     GRAPH_LIMIT_EXCEEDED: InvalidInput,

@@ -88,6 +88,7 @@ from runlease.errors import (
     UNKNOWN_OP,
     InvalidInput,
 )
+from runlease.hooks import HookDelivery, HookInfo, HookReport
 from runlease.operations import (
     MAX_PAGE_BYTES,
     OPERATIONS,
@@ -123,6 +124,7 @@ from runlease.operations import (
     InspectRun,
     InspectTask,
     ListEvents,
+    ListHookDeliveries,
     ListSessions,
     ListStuck,
     ListTasks,
@@ -142,6 +144,7 @@ from runlease.operations import (
     Request,
     ResumeScheduler,
     ResumeTask,
+    RetryHookDelivery,
     RetryRun,
     ServerStatus,
     SessionPage,
@@ -321,6 +324,18 @@ class InspectReply(Reply, tag="inspect"):
     view: InspectView
 
 
+class HookListReply(Reply, tag="hooks"):
+    """The configured hooks and one page of their deliveries, newest first."""
+
+    spreads = HookReport
+    hooks: list[HookInfo]
+    deliveries: list[HookDelivery]
+
+
+class HookDeliveryReply(Reply, tag="hook_delivery"):
+    delivery: HookDelivery
+
+
 AnyReply = (
     Welcome
     | ErrorReply
@@ -347,6 +362,8 @@ AnyReply = (
     | BacklogReply
     | StuckReply
     | InspectReply
+    | HookListReply
+    | HookDeliveryReply
 )
 
 
@@ -407,6 +424,8 @@ _VALUE_REPLIES: Final[tuple[type[Reply], ...]] = (
     BacklogReply,
     StuckReply,
     InspectReply,
+    HookListReply,
+    HookDeliveryReply,
 )
 _CARRIERS: Final = _carriers()
 
@@ -745,10 +764,13 @@ __all__ = [
     "HeartbeatReply",
     "HeartbeatRun",
     "Hello",
+    "HookDeliveryReply",
+    "HookListReply",
     "InspectReply",
     "InspectRun",
     "InspectTask",
     "ListEvents",
+    "ListHookDeliveries",
     "ListSessions",
     "ListStuck",
     "ListTasks",
@@ -771,6 +793,7 @@ __all__ = [
     "RequestRejected",
     "ResumeScheduler",
     "ResumeTask",
+    "RetryHookDelivery",
     "RetryReply",
     "RetryRun",
     "RunReply",

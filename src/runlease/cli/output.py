@@ -42,6 +42,9 @@ TIME_FIELDS: Final = frozenset(
         "completed_at",
         "since",
         "as_of",
+        # Hook deliveries.
+        "delivered_at",
+        "next_attempt_at",
     }
 )
 # Internal bookkeeping of the core, never shown (the force-operation rate window, whether

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from hashlib import sha256
 from os import urandom
@@ -66,6 +66,7 @@ from runlease.errors import (
     RunleaseError,
     Unavailable,
 )
+from runlease.hooks import Hook
 from runlease.operation_methods import AsyncLeaseMethods, AsyncTaskMethods, method
 from runlease.operations import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -81,6 +82,7 @@ from runlease.persistence.store import DEFAULT_MAP_SIZE, Store
 from runlease.runtime.calls import EMBEDDED, Call
 from runlease.runtime.collector import GcTuning, TunedCollector
 from runlease.runtime.events import EventFeed
+from runlease.runtime.hooks import HookService, event_source_from_feed, no_hooks, open_hooks
 from runlease.runtime.journal import (
     DEFAULT_SNAPSHOT_EVERY_RECORDS,
     DEFAULT_SNAPSHOT_EVERY_SECONDS,
@@ -168,6 +170,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self.boot_report: BootReport | None = None
         # Set when the runtime tunes the garbage collector (``gc_tuning``): its statistics.
         self.collector: TunedCollector | None = None
+        # The hooks' dispatchers and delivery log (``hook list``, ``hook retry``).
+        self.hooks: HookService = no_hooks()
 
     def use_committer(self, committer: Committer) -> None:
         """Swap in a durable committer before the runtime starts serving."""
@@ -647,6 +651,7 @@ async def open_runtime(
     fresh_store: bool = False,
     starve_after: float | None = None,
     gc_tuning: GcTuning | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -687,6 +692,10 @@ async def open_runtime(
     freeze the recovered state after boot and any large long-lived heap after a long full
     collection, and to raise the young generation's threshold (see
     :mod:`runlease.runtime.collector`). Everything is restored when the block exits.
+
+    ``hooks`` (:class:`runlease.hooks.Hook`) send events to URLs or commands at least
+    once, from the durable history, each by a dispatcher of its own; ``rt.hooks`` lists
+    their deliveries and retries a failed one.
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
@@ -706,6 +715,7 @@ async def open_runtime(
             fresh_store=fresh_store,
             starve_after=starve_after,
             collector=collector,
+            hooks=hooks,
         ) as runtime:
             yield runtime
     finally:
@@ -728,6 +738,7 @@ async def _open_runtime(
     fresh_store: bool,
     starve_after: float | None,
     collector: TunedCollector | None,
+    hooks: Sequence[Hook] = (),
 ) -> AsyncIterator[Runtime]:
     if collector is not None:
         collector.start()
@@ -747,7 +758,8 @@ async def _open_runtime(
                 if collector is not None:
                     collector.after_boot()  # nothing recovered, but the process's own heap
                 try:
-                    yield runtime
+                    async with _running_hooks(runtime, hooks, None):
+                        yield runtime
                 finally:
                     runtime._close()
                     nursery.cancel_scope.cancel()
@@ -801,7 +813,8 @@ async def _open_runtime(
                     collector.after_boot()
                 await nursery.start(run_snapshotter, machine, committer, policy)
                 try:
-                    yield runtime
+                    async with _running_hooks(runtime, hooks, store):
+                        yield runtime
                 finally:
                     with trio.move_on_after(SHUTDOWN_GRACE_SECONDS) as scope:
                         scope.shield = True
@@ -817,3 +830,17 @@ async def _open_runtime(
 
 
 SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+@asynccontextmanager
+async def _running_hooks(
+    runtime: Runtime, hooks: Sequence[Hook], store: Store | None
+) -> AsyncIterator[None]:
+    """Deliver ``hooks`` while the block runs (nothing starts when there are none)."""
+    if not hooks:
+        yield
+        return
+    source = event_source_from_feed(runtime._feed, runtime._machine.last_seq)
+    async with open_hooks(hooks, source, store) as service:
+        runtime.hooks = service
+        yield

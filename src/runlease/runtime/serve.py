@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +20,7 @@ from typing import IO, Any
 import trio
 
 from runlease.errors import RunleaseError
+from runlease.hooks import Hook
 from runlease.runtime.collector import GcTuning
 from runlease.runtime.runtime import Durability, Runtime, open_runtime
 from runlease.runtime.server import (
@@ -78,6 +79,7 @@ def run_server(
     fresh_store: bool = False,
     limits: ServerLimits | None = None,
     starve_after: float | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
@@ -86,7 +88,8 @@ def run_server(
     use the force operations (see :func:`open_runtime`). ``fresh_store`` is passed to
     :func:`open_runtime` (start empty where the database is missing or empty).
     ``limits`` bounds what clients may hold (:class:`ServerLimits`). ``starve_after``
-    turns on the starvation backstop (see :func:`open_runtime`). The soft open-file
+    turns on the starvation backstop (see :func:`open_runtime`). ``hooks`` are delivered
+    as :func:`open_runtime` says. The soft open-file
     limit is raised towards the hard one first, so the connection cap is not lowered
     needlessly.
 
@@ -106,6 +109,7 @@ def run_server(
             fresh_store,
             limits,
             starve_after,
+            hooks,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -140,6 +144,7 @@ async def _serve_until_signalled(
     fresh_store: bool = False,
     limits: ServerLimits | None = None,
     starve_after: float | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -169,6 +174,7 @@ async def _serve_until_signalled(
             # The server owns its process: keep the collector's pauses off the large,
             # long-lived state (frozen after boot and as it grows; see runtime.collector).
             gc_tuning=GcTuning(),
+            hooks=hooks,
         ) as rt:
             report = getattr(rt, "boot_report", None)
             if report is not None:
@@ -180,6 +186,17 @@ async def _serve_until_signalled(
                             "replayed": report.replayed,
                             "orphaned_leases": len(report.orphaned_leases),
                             "expired_sessions": len(report.expired_sessions),
+                        }
+                    },
+                )
+            for hook in hooks:  # never the secret
+                log.info(
+                    "hook",
+                    extra={
+                        "fields": {
+                            "name": hook.name,
+                            "kinds": sorted(hook.kinds) if hook.kinds is not None else ["*"],
+                            "target": hook.shown_target,
                         }
                     },
                 )

@@ -37,6 +37,7 @@ GROUPS: Final[dict[str, str]] = {
     "scheduler": (
         "Pause, resume or drain the scheduler; see its status and the backlog of queued runs."
     ),
+    "hook": "The delivery log of the hooks given to serve: list deliveries, retry a failed one.",
 }
 
 _SERVER = "runlease.cli.commands.server"
@@ -46,6 +47,7 @@ _GRAPH = "runlease.cli.commands.graph"
 _CLAIMS = "runlease.cli.commands.claims"
 _RUNS = "runlease.cli.commands.runs"
 _SCHEDULER = "runlease.cli.commands.scheduler"
+_HOOKS = "runlease.cli.commands.hooks"
 
 # The words of a command -> "module:function".
 COMMANDS: Final[dict[tuple[str, ...], str]] = {
@@ -97,6 +99,8 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("scheduler", "drain"): f"{_SCHEDULER}:scheduler_drain",
     ("scheduler", "status"): f"{_SCHEDULER}:scheduler_status",
     ("scheduler", "backlog"): f"{_SCHEDULER}:scheduler_backlog",
+    ("hook", "list"): f"{_HOOKS}:hook_list",
+    ("hook", "retry"): f"{_HOOKS}:hook_retry",
 }
 
 Command = Callable[..., int]

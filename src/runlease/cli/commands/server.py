@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -9,7 +10,11 @@ from runlease.cli.context import GLOBALS, connect, show
 from runlease.cli.output import plain
 from runlease.cli.params import Param
 from runlease.errors import InvalidInput, UsageError
+from runlease.hooks import Hook, parse_hook
 from runlease.paths import default_data_dir, default_socket_path
+
+# Where `serve` reads the secret of URL hooks when no --hook-secret-file is given.
+ENV_HOOK_SECRET = "RUNLEASE_HOOK_SECRET"
 
 
 def serve(
@@ -80,6 +85,22 @@ def serve(
             "a frame that would exceed it is refused with SERVER_BUSY."
         ),
     ] = 64 * 1024 * 1024,
+    hook: Annotated[
+        list[str] | None,
+        Param(
+            help="KINDS=URL or KINDS=exec:COMMAND: send each event of those kinds (a comma "
+            "list, or * for all) to the URL as a signed JSON POST, or to the command on its "
+            "standard input; at least once, with retries. Repeatable.",
+            negative=(),
+        ),
+    ] = None,
+    hook_secret_file: Annotated[
+        Path | None,
+        Param(
+            help="File holding the secret that signs URL hooks' deliveries (else "
+            "$RUNLEASE_HOOK_SECRET)."
+        ),
+    ] = None,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -111,6 +132,7 @@ def serve(
         if not sep or not root:
             raise UsageError(f"--workspace-root takes WORKSPACE=DIR, got {item!r}")
         roots[workspace] = str(Path(root).expanduser().resolve())
+    hooks = _hooks(hook or [], hook_secret_file)
     configure_logging()
     run_server(
         socket_path,
@@ -121,8 +143,33 @@ def serve(
         fresh_store=fresh_store,
         limits=limits,
         starve_after=starve_after,
+        hooks=hooks,
     )
     return 0
+
+
+def _hooks(specs: list[str], secret_file: Path | None) -> list[Hook]:
+    """The hooks of ``--hook`` flags, each checked now (a usage error otherwise)."""
+    if not specs:
+        return []
+    secret = os.environ.get(ENV_HOOK_SECRET) or None
+    if secret_file is not None:
+        try:
+            secret = secret_file.expanduser().read_text().strip() or None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --hook-secret-file {secret_file}: {exc.strerror}"
+            ) from None
+    hooks: list[Hook] = []
+    for spec in specs:
+        try:
+            hooks.append(parse_hook(spec, secret))
+        except InvalidInput as exc:
+            raise UsageError(f"--hook {spec!r}: {exc.message}") from None
+    names = [h.name for h in hooks]
+    if len(set(names)) != len(names):
+        raise UsageError("two --hook flags name the same event kinds and target")
+    return hooks
 
 
 def status() -> int:
