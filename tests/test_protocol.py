@@ -142,6 +142,8 @@ GRAPH_EXAMPLES: list[p.Request[Any]] = [
     p.UnblockTask(id=65, task_id="tsk_1", reason="answered"),
     p.ClaimRun("run_1", id=67, token="rl_session_x", workspace="w", lease_seconds=60),
     p.ClaimTask("tsk_1", id=68, scope="global", priority_min="urgent"),
+    p.ListHookDeliveries(id=45, status="failed", hook="hook_0123456789ab", limit=10),
+    p.RetryHookDelivery(id=46, delivery_id="hook_0123456789ab.7"),
 ]
 
 
@@ -203,6 +205,9 @@ def test_the_wire_names_are_stable() -> None:
         # claim a chosen run, by its id or its task's
         "claim_run",
         "claim_task",
+        # the hooks' delivery log
+        "hook_list",
+        "hook_retry",
     }
     assert expected_ops == p.OPS
     reply_types: tuple[type[p.Reply], ...] = p.AnyReply.__args__
@@ -233,6 +238,8 @@ def test_the_wire_names_are_stable() -> None:
         "backlog",
         "stuck",
         "inspect",
+        "hooks",
+        "hook_delivery",
     }
     assert expected_replies == {t.__struct_config__.tag for t in reply_types}
     assert {type(r) for r in EXAMPLES + GRAPH_EXAMPLES} == set(p.REQUEST_TYPES)

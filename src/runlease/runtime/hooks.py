@@ -714,6 +714,9 @@ async def open_hooks(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
+            # A new hook's starting cursor is stored before any event can reach it, so a
+            # crash before its first record resumes there instead of skipping the event.
+            await deliveries.flush()
             try:
                 yield service
             finally:

@@ -24,7 +24,7 @@ def hook_list(
     return show({"hooks": plain(report.hooks), "deliveries": plain(report.deliveries)})
 
 
-def hook_retry(delivery_id: Annotated[str, Param(help="The failed delivery's id.")]) -> int:
+def hook_retry(delivery_id: str, /) -> int:
     """Send a failed delivery again, with a new round of attempts."""
     with connect() as client:
         delivery = client.retry_hook_delivery(delivery_id)
