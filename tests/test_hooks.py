@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from cli_helpers import RUNLEASE, Cli, Server, clean_env, poll_until
-from runlease.errors import InvalidInput
+from runlease import Runtime, open_runtime
+from runlease.errors import InvalidInput, NotFound
 from runlease.hooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     Hook,
+    HookDelivery,
     delivery_id,
     parse_hook,
     sign,
@@ -285,3 +288,40 @@ def test_a_kill_between_send_and_record_sends_the_same_delivery_again(tmp_path: 
     finally:
         again.kill()
         recv.close()
+
+
+# ------------------------------------------------------------------------- embedded
+async def wait_for_deliveries(rt: Runtime, count: int) -> list[HookDelivery]:
+    """The delivered records once ``count`` exist (the exec hook runs in real time)."""
+    with trio.fail_after(WAIT):
+        # The log offers nothing to wait on from outside: poll it, bounded by the deadline.
+        while len(done := (await rt.hook_deliveries(status="delivered")).deliveries) < count:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    return done
+
+
+async def test_an_embedded_runtime_delivers_and_its_store_keeps_the_log(tmp_path: Path) -> None:
+    out = tmp_path / "exec-out"
+    hook = Hook(kinds=frozenset({"task_created"}), target=exec_target(out))
+    async with open_runtime() as memory:
+        assert (await memory.hook_deliveries()).hooks == []
+        with pytest.raises(NotFound) as missing:
+            await memory.retry_hook_delivery(f"{hook.name}.1")
+        assert missing.value.code == "HOOK_DELIVERY_NOT_FOUND"
+    async with open_runtime(data_dir=tmp_path / "data", hooks=[hook]) as rt:
+        first = await rt.create_task("one")
+        await rt.create_task("two", start=True)
+        delivered = await wait_for_deliveries(rt, 2)
+        seqs = sorted(d.seq for d in delivered)
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == seqs
+    assert json.loads(lines[0])["task_id"] == first.id
+    async with open_runtime(data_dir=tmp_path / "data", hooks=[hook]) as again:
+        report = await again.hook_deliveries()
+        (info,) = report.hooks
+        assert info.name == hook.name
+        assert info.cursor >= seqs[-1]
+        assert sorted(d.seq for d in report.deliveries) == seqs
+        await again.create_task("three")
+        assert len(await wait_for_deliveries(again, 3)) == 3
+    assert len(out.read_text().splitlines()) == 3
