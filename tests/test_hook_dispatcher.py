@@ -18,6 +18,7 @@ from runlease.core.model import Event
 from runlease.errors import HOOK_DELIVERY_NOT_FOUND, InvalidInput, NotFound
 from runlease.hooks import DeliveryStatus, Hook, HookDelivery, RetryPolicy, delivery_id, event_body
 from runlease.runtime.hooks import (
+    WRITE_INTERVAL,
     DeliveryFailed,
     DeliveryLog,
     HookDispatcher,
@@ -324,11 +325,14 @@ async def test_log_writes_are_batched(
     await nursery.start(service.run)
     history.publish(*["task_updated"] * 200)
     await settle(history, service.dispatchers[hook.name])
-    await trio.sleep(1)
-    assert 1 <= store.writes < 20
     resumed = DeliveryLog()
-    resumed.load(store.read_hook_log())
-    assert resumed.cursor(hook.name) == 200
+    with trio.fail_after(3600):
+        # The writer runs on a worker thread, which mock time does not wait for.
+        while resumed.cursor(hook.name) != 200:
+            await trio.sleep(WRITE_INTERVAL)
+            resumed = DeliveryLog()
+            resumed.load(store.read_hook_log())
+    assert 1 <= store.writes < 20
     assert len(resumed.deliveries(status="delivered")) == 200
 
 

@@ -253,11 +253,23 @@ def _delivery_key(hook: str, seq: int) -> bytes:
 
 
 class _HookEntries:
-    """One hook's cursor and its newest deliveries, by event seq."""
+    """One hook's cursor and its newest deliveries: by event seq, and per status in the
+    order they were last recorded (oldest first), so trimming one costs O(1)."""
 
     def __init__(self) -> None:
         self.cursor: int | None = None
-        self.deliveries: OrderedDict[int, _Stored] = OrderedDict()
+        self.deliveries: dict[int, _Stored] = {}
+        self.by_status: dict[str, OrderedDict[int, None]] = {
+            status: OrderedDict() for status in ("pending", "delivered", "failed")
+        }
+
+    def put(self, stored: _Stored) -> None:
+        seq = stored.delivery.seq
+        old = self.deliveries.get(seq)
+        if old is not None:
+            del self.by_status[old.delivery.status][seq]
+        self.deliveries[seq] = stored
+        self.by_status[stored.delivery.status][seq] = None
 
 
 class DeliveryLog:
@@ -281,10 +293,14 @@ class DeliveryLog:
         self._hooks: dict[str, _HookEntries] = {}
         self._dirty: dict[bytes, bytes | None] = {}
         self._changed = trio.Event()
+        # One write at a time, so a newer batch never lands before an older one. Only
+        # writers wait on it; recording goes on meanwhile.
+        self._writing = trio.Lock()
         self.failure: str | None = None
 
     # ------------------------------------------------------------------- loading
     def load(self, entries: Iterable[tuple[bytes, bytes]]) -> None:
+        loaded: list[_Stored] = []
         for key, value in entries:
             if key.startswith(_CURSOR_PREFIX):
                 hook = key[len(_CURSOR_PREFIX) :].decode()
@@ -295,10 +311,10 @@ class DeliveryLog:
                 except msgspec.DecodeError:
                     log.warning("hook_log_entry_unreadable", extra={"fields": {"key": repr(key)}})
                     continue
-                delivery = stored.delivery
-                self._entries(delivery.hook).deliveries[delivery.seq] = stored
-        for hook_entries in self._hooks.values():
-            hook_entries.deliveries = OrderedDict(sorted(hook_entries.deliveries.items()))
+                loaded.append(stored)
+        loaded.sort(key=lambda stored: stored.delivery.updated_at)
+        for stored in loaded:
+            self._entries(stored.delivery.hook).put(stored)
 
     def _entries(self, hook: str) -> _HookEntries:
         entries = self._hooks.get(hook)
@@ -331,11 +347,8 @@ class DeliveryLog:
         return out
 
     def counts(self, hook: str) -> dict[str, int]:
-        out = {"pending": 0, "delivered": 0, "failed": 0}
-        entries = self._hooks.get(hook)
-        for stored in () if entries is None else entries.deliveries.values():
-            out[stored.delivery.status] += 1
-        return out
+        entries = self._hooks.get(hook) or _HookEntries()
+        return {status: len(seqs) for status, seqs in entries.by_status.items()}
 
     # ----------------------------------------------------------------- changing
     def set_cursor(self, hook: str, seq: int) -> None:
@@ -350,8 +363,7 @@ class DeliveryLog:
         only while it may be sent again (pending or failed)."""
         entries = self._entries(delivery.hook)
         stored = _Stored(delivery=delivery, body=None if delivery.status == "delivered" else body)
-        entries.deliveries.pop(delivery.seq, None)
-        entries.deliveries[delivery.seq] = stored
+        entries.put(stored)
         self._mark(_delivery_key(delivery.hook, delivery.seq), _encode(stored))
         self._trim(delivery.hook, entries, delivery.status)
 
@@ -359,10 +371,9 @@ class DeliveryLog:
         keep = self._keep.get(status)
         if keep is None:
             return
-        same = [
-            seq for seq, stored in entries.deliveries.items() if stored.delivery.status == status
-        ]
-        for seq in same[: max(len(same) - keep, 0)]:
+        same = entries.by_status[status]
+        while len(same) > keep:
+            seq, _ = same.popitem(last=False)
             del entries.deliveries[seq]
             self._mark(_delivery_key(hook, seq), None)
 
@@ -383,6 +394,10 @@ class DeliveryLog:
 
     async def flush(self) -> None:
         """Write every change made so far (the log stays usable while it runs)."""
+        async with self._writing:
+            await self._write_batch()
+
+    async def _write_batch(self) -> None:
         if self._store is None or not self._dirty:
             self._changed = trio.Event()
             return
