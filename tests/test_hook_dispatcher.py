@@ -362,3 +362,28 @@ def test_retry_policy_defaults_spread_eight_attempts_over_about_an_hour() -> Non
     assert 45 * 60 <= sum(waits) <= 75 * 60
     assert policy.delay(3, 0.0) == policy.nominal(3)
     assert policy.delay(3, 0.999) >= policy.nominal(3) * (1 - policy.jitter)
+
+
+async def test_a_failing_history_read_pauses_the_hook_instead_of_ending_it(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    class Flaky(FakeHistory):
+        failures = 1
+
+        def read(
+            self, *, after_seq: int = 0, limit: int = 100, kinds: frozenset[str] | None = None
+        ) -> list[Event]:
+            if self.failures and self.events:
+                self.failures -= 1
+                raise OSError("the disk hiccuped")
+            return super().read(after_seq=after_seq, limit=limit, kinds=kinds)
+
+    history = Flaky()
+    deliveries = DeliveryLog()
+    sender = FakeSender(deliveries)
+    dispatcher = HookDispatcher(exec_hook(), history, sender, deliveries, policy=POLICY)
+    await nursery.start(dispatcher.run)
+    history.publish("run_completed")
+    await settle(history, dispatcher)
+    assert sender.seqs() == [1]
+    assert history.failures == 0

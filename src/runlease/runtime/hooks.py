@@ -61,6 +61,8 @@ log = logging.getLogger("runlease.hooks")
 
 # Events a dispatcher reads from the history at a time.
 READ_BATCH: Final = 256
+# Seconds a dispatcher waits after an unexpected failure before it reads again.
+DISPATCHER_PAUSE: Final = 5.0
 # The delivery log's writer waits this long after a write before the next one, so a busy
 # hook costs a few LMDB commits a second, not one per event.
 WRITE_INTERVAL: Final = 0.25
@@ -465,18 +467,29 @@ class HookDispatcher:
         source.hold(name, cursor)
         task_status.started()
         while True:
-            await self._send_retries()
-            newest = source.last_seq
-            events = source.read(after_seq=self.cursor, limit=READ_BATCH, kinds=kinds)
-            for event in events:
-                body = event_body(event)
-                await self._deliver(self._first_record(event), body)
-                self._advance(event.seq)
-            if len(events) < READ_BATCH:
-                # Nothing else of our kinds up to ``newest``: the cursor may pass it.
-                self._advance(max(newest, self.cursor))
-                if not await self._wait():
+            try:
+                if not await self._round(kinds):
                     return
+            except Exception:
+                # A failed read of the history must not take the runtime down with the
+                # hook: say so and try again from the same cursor a little later.
+                log.exception("hook_dispatcher_failed", extra={"fields": {"hook": name}})
+                await trio.sleep(DISPATCHER_PAUSE)
+
+    async def _round(self, kinds: frozenset[str] | None) -> bool:
+        """Send what is due, then wait for more; False once the history closed."""
+        source = self._source
+        await self._send_retries()
+        newest = source.last_seq
+        events = source.read(after_seq=self.cursor, limit=READ_BATCH, kinds=kinds)
+        for event in events:
+            await self._deliver(self._first_record(event), event_body(event))
+            self._advance(event.seq)
+        if len(events) == READ_BATCH:
+            return True
+        # Nothing else of our kinds up to ``newest``: the cursor may pass it.
+        self._advance(max(newest, self.cursor))
+        return await self._wait()
 
     def _advance(self, seq: int) -> None:
         if seq <= self.cursor:
