@@ -162,6 +162,9 @@ LIST_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "claim_token_hash_prefix",
     ),
     "recent_events": ("seq", "at", "kind", "run_id", "session_id", "data"),
+    # Hooks.
+    "hooks": ("name", "kinds", "target", "cursor", "pending", "failed"),
+    "deliveries": ("id", "status", "attempts", "kind", "updated_at", "last_error"),
 }
 
 
