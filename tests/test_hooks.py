@@ -10,6 +10,7 @@ import os
 import queue
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ from runlease.hooks import (
     sign,
     signature_matches,
 )
+from runlease.runtime.hooks import DeliveryFailed, HttpSender
 
 SECRET = "s3cret-for-tests"
 WAIT = 30.0
@@ -126,7 +128,11 @@ class Receiver:
     the connection is dropped without one.
     """
 
-    def __init__(self, before_answer: Callable[[dict[str, str], bytes], bool] | None = None):
+    def __init__(
+        self,
+        before_answer: Callable[[dict[str, str], bytes], bool] | None = None,
+        status: int = 204,
+    ):
         self.posts: queue.Queue[tuple[dict[str, str], bytes]] = queue.Queue()
         receiver = self
 
@@ -138,7 +144,8 @@ class Receiver:
                 if before_answer is not None and not before_answer(headers, body):
                     self.close_connection = True
                     return
-                self.send_response(204)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -325,3 +332,29 @@ async def test_an_embedded_runtime_delivers_and_its_store_keeps_the_log(tmp_path
         await again.create_task("three")
         assert len(await wait_for_deliveries(again, 3)) == 3
     assert len(out.read_text().splitlines()) == 3
+
+
+async def test_the_http_sender_signs_and_reports_refusals(tmp_path: Path) -> None:
+    ok, refusing = Receiver(), Receiver(status=503)
+    sender = HttpSender()
+    delivery = HookDelivery(
+        id="hook_x.3", hook="hook_x", seq=3, kind="task_created", status="pending"
+    )
+    body = b'{"type":"event","seq":3,"kind":"task_created","at":1.0}'
+    try:
+        await sender.send(parse_hook(f"*={ok.url}", SECRET), delivery, body)
+        headers, received = ok.next_post()
+        assert received == body
+        check_signed(headers, received)
+        assert headers[DELIVERY_HEADER.lower()] == "hook_x.3"
+        with pytest.raises(DeliveryFailed, match="HTTP 503"):
+            await sender.send(parse_hook(f"*={refusing.url}", SECRET), delivery, body)
+        with socket.socket() as probe:  # a loopback port nobody listens on once closed
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with pytest.raises(DeliveryFailed, match="Connect"):
+            await sender.send(parse_hook(f"*=http://127.0.0.1:{port}/h", SECRET), delivery, body)
+    finally:
+        await sender.aclose()
+        ok.close()
+        refusing.close()
