@@ -48,7 +48,13 @@ from bench.common import (
     summarize,
 )
 from bench.runlease_one_trip import one_trip_systems
-from bench.runlease_systems import EchoFloor, EmbeddedRunlease, Mode, SocketRunlease
+from bench.runlease_systems import (
+    EchoFloor,
+    EmbeddedRunlease,
+    HookedRunlease,
+    Mode,
+    SocketRunlease,
+)
 from bench.sqlite_queue import SqliteQueue
 
 DEFAULT_OUT: Final = Path(__file__).resolve().parent / "results"
@@ -95,6 +101,8 @@ def all_systems() -> list[System]:
         EmbeddedRunlease("memory"),
         EmbeddedRunlease("relaxed"),
         EmbeddedRunlease("durable"),
+        HookedRunlease("durable", "slow"),
+        HookedRunlease("durable", "dead"),
         SocketRunlease("memory"),
         SocketRunlease("relaxed"),
         SocketRunlease("durable"),
@@ -112,7 +120,9 @@ GROUPS: Final[dict[str, Callable[[System], bool]]] = {
     "all": lambda s: True,
     "runlease": lambda s: s.is_runlease,
     "peers": lambda s: s.family in report.PEER_FAMILIES,
-    "embedded": lambda s: s.family == "runlease-embedded",
+    "embedded": lambda s: s.family == "runlease-embedded" and not isinstance(s, HookedRunlease),
+    # The durable embedded row beside its variants with a slow and a dead hook endpoint.
+    "hooks": lambda s: s.key.startswith("embedded-durable"),
     "socket": lambda s: s.family == "runlease-socket",
     "sqlite": lambda s: s.family == "sqlite",
     "beanstalkd": lambda s: s.family == "beanstalkd",

@@ -28,6 +28,7 @@ from bench.common import (
     monotonic,
     short_socket_dir,
 )
+from bench.hook_endpoints import dead_endpoint, slow_endpoint
 from bench.procs import (
     await_message,
     report_failure,
@@ -38,6 +39,7 @@ from bench.procs import (
 from runlease import protocol as p
 from runlease.core.model import Claim, LeaseView, Priority, Run, Session, Task
 from runlease.errors import BAD_REQUEST, NO_CLAIMABLE_RUN, NotFound, RunleaseError
+from runlease.hooks import Hook
 from runlease.runtime.client import open_client
 from runlease.runtime.collector import GcTuning
 from runlease.runtime.runtime import Runtime, open_runtime
@@ -157,6 +159,10 @@ class EmbeddedRunlease(System):
     ) -> RawRun:
         return trio.run(self._run, workload, contenders, workdir, profiler)
 
+    def options(self, workdir: Path) -> dict[str, Any]:
+        """The keyword arguments of open_runtime for this row."""
+        return runtime_options(self.mode, workdir)
+
     async def _run(
         self,
         workload: Workload,
@@ -164,7 +170,7 @@ class EmbeddedRunlease(System):
         workdir: Path,
         profiler: cProfile.Profile | None,
     ) -> RawRun:
-        async with open_runtime(**runtime_options(self.mode, workdir)) as rt:
+        async with open_runtime(**self.options(workdir)) as rt:
             expected = await preload(rt, workload.priorities())
             handles = [await rt.open_session(agent=f"bench-{i}") for i in range(contenders)]
             logs = [ContenderLog() for _ in handles]
@@ -182,6 +188,38 @@ class EmbeddedRunlease(System):
                 profiler.disable()
             problems = verify_runtime(rt, expected)
         return RawRun(expected=expected, start=start, contenders=logs, system_problems=problems)
+
+
+class HookedRunlease(EmbeddedRunlease):
+    """The embedded row with a hook on every event whose endpoint is slow or down.
+
+    Beside the plain row it shows what a hook costs the claim path: its dispatcher reads
+    the history, posts and retries on the same trio loop, and writes its delivery log.
+    """
+
+    def __init__(self, mode: Mode, endpoint: Literal["slow", "dead"]) -> None:
+        super().__init__(mode)
+        self.endpoint = endpoint
+        self.key = f"embedded-{mode}-hook-{endpoint}"
+        what = "answers after 2 s" if endpoint == "slow" else "refuses connections"
+        self.label = f"runlease embedded, {mode}, hook endpoint {what}"
+        self._url = ""
+
+    def run(
+        self,
+        workload: Workload,
+        contenders: int,
+        workdir: Path,
+        profiler: cProfile.Profile | None = None,
+    ) -> RawRun:
+        endpoint = slow_endpoint() if self.endpoint == "slow" else dead_endpoint()
+        with endpoint as url:
+            self._url = url
+            return super().run(workload, contenders, workdir, profiler)
+
+    def options(self, workdir: Path) -> dict[str, Any]:
+        hook = Hook(kinds=None, target=self._url, secret="bench")
+        return {**super().options(workdir), "hooks": [hook]}
 
 
 # ------------------------------------------------------------------------------ socket

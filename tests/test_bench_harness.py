@@ -34,7 +34,12 @@ from bench.common import (  # noqa: E402
     summarize,
 )
 from bench.procs import report_failure, run_client_processes  # noqa: E402
-from bench.runlease_systems import EchoFloor, EmbeddedRunlease, SocketRunlease  # noqa: E402
+from bench.runlease_systems import (  # noqa: E402
+    EchoFloor,
+    EmbeddedRunlease,
+    HookedRunlease,
+    SocketRunlease,
+)
 from rich.console import Console  # noqa: E402
 
 TINY = 200
@@ -75,6 +80,8 @@ def test_embedded_and_peers_drain_exactly_once(tmp_path: Path) -> None:
     systems: list[System] = [
         EmbeddedRunlease("memory"),
         EmbeddedRunlease("durable"),
+        HookedRunlease("durable", "slow"),
+        HookedRunlease("durable", "dead"),
         sqlite_queue.SqliteQueue("FULL"),
         sqlite_queue.SqliteQueue("NORMAL"),
     ]
@@ -274,6 +281,12 @@ def test_system_selection_by_group_and_key() -> None:
         "embedded-relaxed",
         "embedded-durable",
         "sqlite-full",
+    ]
+    hooked = contention.select_systems(["hooks"], systems)
+    assert [s.key for s in hooked] == [
+        "embedded-durable",
+        "embedded-durable-hook-slow",
+        "embedded-durable-hook-dead",
     ]
     with pytest.raises(SystemExit):
         contention.select_systems(["nope"], systems)

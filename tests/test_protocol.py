@@ -144,6 +144,8 @@ GRAPH_EXAMPLES: list[p.Request[Any]] = [
     p.ClaimTask("tsk_1", id=68, scope="global", priority_min="urgent"),
     p.GetEvent(id=69, seq=12),
     p.GetContext(id=69, token="rl_session_x", run_id="run_1"),
+    p.ListHookDeliveries(id=45, status="failed", hook="hook_0123456789ab", limit=10),
+    p.RetryHookDelivery(id=46, delivery_id="hook_0123456789ab.7"),
 ]
 
 
@@ -209,6 +211,9 @@ def test_the_wire_names_are_stable() -> None:
         "get_event",
         # the context bundle of a leased run
         "get_context",
+        # the hooks' delivery log
+        "hook_list",
+        "hook_retry",
     }
     assert expected_ops == p.OPS
     reply_types: tuple[type[p.Reply], ...] = p.AnyReply.__args__
@@ -241,6 +246,8 @@ def test_the_wire_names_are_stable() -> None:
         "inspect",
         "event_record",
         "context",
+        "hooks",
+        "hook_delivery",
     }
     assert expected_replies == {t.__struct_config__.tag for t in reply_types}
     assert {type(r) for r in EXAMPLES + GRAPH_EXAMPLES} == set(p.REQUEST_TYPES)

@@ -50,6 +50,8 @@ NO_CLAIMABLE_RUN: Final = "NO_CLAIMABLE_RUN"
 DEPENDENCY_NOT_FOUND: Final = "DEPENDENCY_NOT_FOUND"
 # An event sequence that is not in the history: compacted away, or not written yet.
 EVENT_NOT_FOUND: Final = "EVENT_NOT_FOUND"
+# hook retry names a delivery the hook log does not hold.
+HOOK_DELIVERY_NOT_FOUND: Final = "HOOK_DELIVERY_NOT_FOUND"
 
 # Task graph, lifecycle and operator controls.
 IMMUTABLE_FIELD: Final = "IMMUTABLE_FIELD"
@@ -178,6 +180,7 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
     NO_CLAIMABLE_RUN: NotFound,
     DEPENDENCY_NOT_FOUND: NotFound,
     EVENT_NOT_FOUND: NotFound,
+    HOOK_DELIVERY_NOT_FOUND: NotFound,
     IMMUTABLE_FIELD: InvalidInput,
     INVALID_SCOPE_BINDING: InvalidInput,
     GRAPH_LIMIT_EXCEEDED: InvalidInput,

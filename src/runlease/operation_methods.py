@@ -70,6 +70,8 @@ class AsyncTaskMethods(AsyncCaller):
     resume_scheduler = method(op.ResumeScheduler)
     drain_scheduler = method(op.DrainScheduler)
     stop_session = method(op.StopSession)
+    hook_deliveries = method(op.ListHookDeliveries)
+    retry_hook_delivery = method(op.RetryHookDelivery)
 
     async def bulk_force_release(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
         """Force-release up to 50 runs; one outcome per run, in the order given."""

@@ -72,6 +72,7 @@ from runlease.core.views import (
     priority_rank,
 )
 from runlease.errors import InvalidInput
+from runlease.hooks import DeliveryStatus, HookDelivery, HookReport
 
 if TYPE_CHECKING:
     from runlease.runtime.calls import Call
@@ -1199,6 +1200,30 @@ class GetStatus(ReadRequest[ServerStatus], tag="status"):
 
     def answer(self, call: Call) -> ServerStatus:
         return call.status()
+
+
+# -------------------------------------------------------------------------------- hooks
+@operation(operator=True, read=True)
+class ListHookDeliveries(Request[HookReport], tag="hook_list"):
+    """The configured hooks and their deliveries, newest first, filtered by ``status``
+    (pending, delivered, failed) and ``hook`` (a hook's name)."""
+
+    status: DeliveryStatus | None = None
+    hook: str | None = None
+    limit: int | None = None
+
+    async def execute(self, call: Call) -> HookReport:
+        return call.runtime.hooks.report(status=self.status, hook=self.hook, limit=self.limit)
+
+
+@operation(operator=True)
+class RetryHookDelivery(Request[HookDelivery], tag="hook_retry"):
+    """Send a failed delivery again (a new round of attempts); answers it, now pending."""
+
+    delivery_id: str
+
+    async def execute(self, call: Call) -> HookDelivery:
+        return call.runtime.hooks.retry(self.delivery_id)
 
 
 # ------------------------------------------------------------------------------- helpers

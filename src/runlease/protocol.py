@@ -89,6 +89,7 @@ from runlease.errors import (
     UNKNOWN_OP,
     InvalidInput,
 )
+from runlease.hooks import HookDelivery, HookInfo, HookReport
 from runlease.operations import (
     MAX_PAGE_BYTES,
     OPERATIONS,
@@ -126,6 +127,7 @@ from runlease.operations import (
     InspectRun,
     InspectTask,
     ListEvents,
+    ListHookDeliveries,
     ListSessions,
     ListStuck,
     ListTasks,
@@ -145,6 +147,7 @@ from runlease.operations import (
     Request,
     ResumeScheduler,
     ResumeTask,
+    RetryHookDelivery,
     RetryRun,
     ServerStatus,
     SessionPage,
@@ -336,6 +339,18 @@ class ContextReply(Reply, tag="context"):
     bundle: ContextBundle
 
 
+class HookListReply(Reply, tag="hooks"):
+    """The configured hooks and one page of their deliveries, newest first."""
+
+    spreads = HookReport
+    hooks: list[HookInfo]
+    deliveries: list[HookDelivery]
+
+
+class HookDeliveryReply(Reply, tag="hook_delivery"):
+    delivery: HookDelivery
+
+
 AnyReply = (
     Welcome
     | ErrorReply
@@ -364,6 +379,8 @@ AnyReply = (
     | InspectReply
     | EventReply
     | ContextReply
+    | HookListReply
+    | HookDeliveryReply
 )
 
 
@@ -426,6 +443,8 @@ _VALUE_REPLIES: Final[tuple[type[Reply], ...]] = (
     InspectReply,
     EventReply,
     ContextReply,
+    HookListReply,
+    HookDeliveryReply,
 )
 _CARRIERS: Final = _carriers()
 
@@ -768,10 +787,13 @@ __all__ = [
     "HeartbeatReply",
     "HeartbeatRun",
     "Hello",
+    "HookDeliveryReply",
+    "HookListReply",
     "InspectReply",
     "InspectRun",
     "InspectTask",
     "ListEvents",
+    "ListHookDeliveries",
     "ListSessions",
     "ListStuck",
     "ListTasks",
@@ -794,6 +816,7 @@ __all__ = [
     "RequestRejected",
     "ResumeScheduler",
     "ResumeTask",
+    "RetryHookDelivery",
     "RetryReply",
     "RetryRun",
     "RunReply",

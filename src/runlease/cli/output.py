@@ -45,6 +45,9 @@ TIME_FIELDS: Final = frozenset(
         # Session activity and the context bundle.
         "last_active_at",
         "generated_at",
+        # Hook deliveries.
+        "delivered_at",
+        "next_attempt_at",
     }
 )
 # Internal bookkeeping of the core, never shown (the force-operation rate window, whether
@@ -183,6 +186,9 @@ LIST_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "result_summary",
     ),
     "cuts": ("field", "kept", "dropped"),
+    # Hooks.
+    "hooks": ("name", "kinds", "target", "cursor", "pending", "failed"),
+    "deliveries": ("id", "status", "attempts", "kind", "updated_at", "last_error"),
 }
 
 

@@ -277,6 +277,8 @@ class Store:
         self._pending_bytes = 0
         # Set once a log write failed midway: the log's end is unknown, appends stop.
         self._log_failed: str | None = None
+        # The hooks' delivery log, opened on first use (see read_hook_log).
+        self._hooks: lmdb._Database | None = None
 
     @property
     def wal_dir(self) -> Path:
@@ -908,6 +910,49 @@ class Store:
         with self._mutex:
             return msgspec.structs.replace(self._stats)
 
+    # ----------------------------------------------------------- hook delivery log
+    def read_hook_log(self) -> list[tuple[bytes, bytes]]:
+        """Every entry of the hooks' delivery log (cursors and deliveries), by key.
+
+        The log is the hooks' own: keys and values are opaque here (see
+        runlease.runtime.hooks). It lives beside the journal, never on the commit path.
+        """
+        with self._mutex:
+            self._check_open()
+
+            def read(txn: lmdb.Transaction[bytes]) -> list[tuple[bytes, bytes]]:
+                cursor = txn.cursor(self._hook_db(txn))
+                return [(bytes(key), bytes(value)) for key, value in cursor]
+
+            return self._write("read the hooks' delivery log", read)
+
+    def write_hook_log(
+        self, puts: Sequence[tuple[bytes, bytes]], deletes: Sequence[bytes] = ()
+    ) -> None:
+        """Store and delete delivery-log entries in one flushed LMDB transaction.
+
+        Takes the LMDB mutex only, like a checkpoint: appends to the journal go on.
+        """
+        if not puts and not deletes:
+            return
+        with self._mutex:
+            self._check_open()
+
+            def write(txn: lmdb.Transaction[bytes]) -> None:
+                db = self._hook_db(txn)
+                for key in deletes:
+                    txn.delete(key, db=db)
+                for key, value in puts:
+                    txn.put(key, value, db=db)
+
+            self._write("write the hooks' delivery log", write)
+
+    def _hook_db(self, txn: lmdb.Transaction[bytes]) -> lmdb._Database:
+        """The delivery log's database, created on first use (old stores lack it)."""
+        if self._hooks is None:
+            self._hooks = self._env.open_db(b"hooks", txn=txn)
+        return self._hooks
+
     # -------------------------------------------------------------------- internals
     def _check_open(self) -> None:
         if self._closed:
@@ -1130,7 +1175,8 @@ def _open_env(path: Path, *, durability: Durability, map_size: int) -> lmdb.Envi
             str(path),
             map_size=map_size,
             subdir=True,
-            max_dbs=4,
+            # journal, snapshots, meta and the hooks' delivery log, with room to spare.
+            max_dbs=16,
             # Every LMDB commit is a checkpoint (or a snapshot, or a trim), rare and flushed
             # in both modes: the log is deleted behind it, and an unflushed commit could
             # leave the file inconsistent after a power cut.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from hashlib import sha256
 from os import urandom
@@ -68,6 +68,7 @@ from runlease.errors import (
     RunleaseError,
     Unavailable,
 )
+from runlease.hooks import Hook
 from runlease.operation_methods import AsyncLeaseMethods, AsyncTaskMethods, method
 from runlease.operations import (
     DEFAULT_DRAIN_TIMEOUT,
@@ -84,6 +85,7 @@ from runlease.persistence.store import DEFAULT_MAP_SIZE, Store
 from runlease.runtime.calls import EMBEDDED, Call
 from runlease.runtime.collector import GcTuning, TunedCollector
 from runlease.runtime.history import DEFAULT_MEMORY_EVENTS, EventHistory, Observer
+from runlease.runtime.hooks import HookService, no_hooks, open_hooks
 from runlease.runtime.journal import (
     DEFAULT_SNAPSHOT_EVERY_RECORDS,
     DEFAULT_SNAPSHOT_EVERY_SECONDS,
@@ -186,6 +188,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self.history_retention: HistoryRetention | None = None
         # Set when the runtime tunes the garbage collector (``gc_tuning``): its statistics.
         self.collector: TunedCollector | None = None
+        # The hooks' dispatchers and delivery log (``hook list``, ``hook retry``).
+        self.hooks: HookService = no_hooks()
 
     def use_committer(self, committer: Committer) -> None:
         """Swap in a durable committer before the runtime starts serving."""
@@ -679,6 +683,7 @@ async def open_runtime(
     observers: Iterable[Observer] = (),
     history_retention: HistoryRetention | None = None,
     session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
+    hooks: Sequence[Hook] = (),
 ) -> AsyncIterator[Runtime]:
     """Run a lease runtime for the duration of the block.
 
@@ -735,6 +740,10 @@ async def open_runtime(
     ``history_retention.max_events`` events (100,000 when it sets none, or
     ``event_capacity``). With one, the store keeps it and ``event_capacity`` (10,000) of
     the newest stay in memory for live followers.
+
+    ``hooks`` (:class:`runlease.hooks.Hook`) send events to URLs or commands at least
+    once, from the durable history, each by a dispatcher of its own; ``rt.hooks`` lists
+    their deliveries and retries a failed one.
     """
     if durability not in ("durable", "relaxed"):
         raise InvalidInput(f"durability must be durable or relaxed, not {durability!r}")
@@ -760,6 +769,7 @@ async def open_runtime(
             observers=list(observers),
             retention=history_retention or HistoryRetention(),
             session_idle_timeout=session_idle_timeout,
+            hooks=hooks,
         ) as runtime:
             yield runtime
     finally:
@@ -786,6 +796,7 @@ async def _open_runtime(
     observers: list[Observer],
     retention: HistoryRetention,
     session_idle_timeout: float | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> AsyncIterator[Runtime]:
     if collector is not None:
         collector.start()
@@ -808,7 +819,8 @@ async def _open_runtime(
                 if collector is not None:
                     collector.after_boot()  # nothing recovered, but the process's own heap
                 try:
-                    yield runtime
+                    async with _running_hooks(runtime, hooks, None):
+                        yield runtime
                 finally:
                     runtime._close()
                     nursery.cancel_scope.cancel()
@@ -871,7 +883,8 @@ async def _open_runtime(
                     collector.after_boot()
                 await nursery.start(run_snapshotter, machine, committer, policy)
                 try:
-                    yield runtime
+                    async with _running_hooks(runtime, hooks, store):
+                        yield runtime
                 finally:
                     with trio.move_on_after(SHUTDOWN_GRACE_SECONDS) as scope:
                         scope.shield = True
@@ -887,3 +900,16 @@ async def _open_runtime(
 
 
 SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+@asynccontextmanager
+async def _running_hooks(
+    runtime: Runtime, hooks: Sequence[Hook], store: Store | None
+) -> AsyncIterator[None]:
+    """Deliver ``hooks`` while the block runs (nothing starts when there are none)."""
+    if not hooks:
+        yield
+        return
+    async with open_hooks(hooks, runtime.history, store) as service:
+        runtime.hooks = service
+        yield

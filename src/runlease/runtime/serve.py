@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -22,6 +22,7 @@ import trio
 from runlease.actors.idle_sessions import DEFAULT_SESSION_IDLE_TIMEOUT
 from runlease.core.create_keys import DEFAULT_IDEMPOTENCY_WINDOW
 from runlease.errors import RunleaseError
+from runlease.hooks import Hook
 from runlease.persistence.events import HistoryRetention
 from runlease.runtime.collector import GcTuning
 from runlease.runtime.runtime import Durability, Runtime, open_runtime
@@ -84,6 +85,7 @@ def run_server(
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
     history_retention: HistoryRetention | None = None,
     session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
+    hooks: Sequence[Hook] = (),
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
@@ -94,8 +96,8 @@ def run_server(
     ``limits`` bounds what clients may hold (:class:`ServerLimits`). ``starve_after``
     turns on the starvation backstop, ``idempotency_window`` is how long a create's
     idempotency key is kept, ``history_retention`` how long events are kept and
-    ``session_idle_timeout`` stops forgotten sessions (see :func:`open_runtime` for each).
-    The soft open-file
+    ``session_idle_timeout`` stops forgotten sessions (see :func:`open_runtime` for each);
+    ``hooks`` are delivered as :func:`open_runtime` says. The soft open-file
     limit is raised towards the hard one first, so the connection cap is not lowered
     needlessly.
 
@@ -118,6 +120,7 @@ def run_server(
             idempotency_window,
             history_retention,
             session_idle_timeout,
+            hooks,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -155,6 +158,7 @@ async def _serve_until_signalled(
     idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
     history_retention: HistoryRetention | None = None,
     session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
+    hooks: Sequence[Hook] = (),
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -187,6 +191,7 @@ async def _serve_until_signalled(
             # The server owns its process: keep the collector's pauses off the large,
             # long-lived state (frozen after boot and as it grows; see runtime.collector).
             gc_tuning=GcTuning(),
+            hooks=hooks,
         ) as rt:
             report = getattr(rt, "boot_report", None)
             if report is not None:
@@ -198,6 +203,17 @@ async def _serve_until_signalled(
                             "replayed": report.replayed,
                             "orphaned_leases": len(report.orphaned_leases),
                             "expired_sessions": len(report.expired_sessions),
+                        }
+                    },
+                )
+            for hook in hooks:  # never the secret
+                log.info(
+                    "hook",
+                    extra={
+                        "fields": {
+                            "name": hook.name,
+                            "kinds": sorted(hook.kinds) if hook.kinds is not None else ["*"],
+                            "target": hook.shown_target,
                         }
                     },
                 )

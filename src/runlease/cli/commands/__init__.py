@@ -42,6 +42,7 @@ GROUPS: Final[dict[str, str]] = {
         "The event history: events filtered by task, run, session or type, one event by its "
         "sequence (get), or --follow to stream them live."
     ),
+    "hook": "The delivery log of the hooks given to serve: list deliveries, retry a failed one.",
 }
 
 _SERVER = "runlease.cli.commands.server"
@@ -52,6 +53,7 @@ _CLAIMS = "runlease.cli.commands.claims"
 _RUNS = "runlease.cli.commands.runs"
 _SCHEDULER = "runlease.cli.commands.scheduler"
 _EVENTS = "runlease.cli.commands.events"
+_HOOKS = "runlease.cli.commands.hooks"
 
 # The words of a command -> "module:function".
 COMMANDS: Final[dict[tuple[str, ...], str]] = {
@@ -106,6 +108,8 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("scheduler", "backlog"): f"{_SCHEDULER}:scheduler_backlog",
     ("events",): f"{_EVENTS}:events",
     ("events", "get"): f"{_EVENTS}:events_get",
+    ("hook", "list"): f"{_HOOKS}:hook_list",
+    ("hook", "retry"): f"{_HOOKS}:hook_retry",
 }
 
 Command = Callable[..., int]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
@@ -10,12 +11,15 @@ from runlease.cli.context import GLOBALS, connect, show
 from runlease.cli.output import plain
 from runlease.cli.params import Param
 from runlease.errors import InvalidInput, UsageError
+from runlease.hooks import Hook, parse_hook
 from runlease.paths import default_data_dir, default_socket_path
 
 if TYPE_CHECKING:
     from runlease.persistence.events import HistoryRetention
 
 N = TypeVar("N", int, float)
+# Where `serve` reads the secret of URL hooks when no --hook-secret-file is given.
+ENV_HOOK_SECRET = "RUNLEASE_HOOK_SECRET"
 
 
 def serve(
@@ -108,6 +112,22 @@ def serve(
             "no request for SECONDS; 0 or none: never."
         ),
     ] = "86400",
+    hook: Annotated[
+        list[str] | None,
+        Param(
+            help="KINDS=URL or KINDS=exec:COMMAND: send each event of those kinds (a comma "
+            "list, or * for all) to the URL as a signed JSON POST, or to the command on its "
+            "standard input; at least once, with retries. Repeatable.",
+            negative=(),
+        ),
+    ] = None,
+    hook_secret_file: Annotated[
+        Path | None,
+        Param(
+            help="File holding the secret that signs URL hooks' deliveries (else "
+            "$RUNLEASE_HOOK_SECRET)."
+        ),
+    ] = None,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -146,6 +166,7 @@ def serve(
         if not sep or not root:
             raise UsageError(f"--workspace-root takes WORKSPACE=DIR, got {item!r}")
         roots[workspace] = str(Path(root).expanduser().resolve())
+    hooks = _hooks(hook or [], hook_secret_file)
     configure_logging()
     run_server(
         socket_path,
@@ -159,6 +180,7 @@ def serve(
         idempotency_window=idempotency_window,
         history_retention=retention,
         session_idle_timeout=idle_seconds,
+        hooks=hooks,
     )
     return 0
 
@@ -192,6 +214,30 @@ def _limit(flag: str, text: str | None, default: N | None, kind: Callable[[str],
 def _idle_timeout(text: str) -> float | None:
     """``--session-idle-timeout``: seconds, or 0 / none for off."""
     return _limit("--session-idle-timeout", text, None, float)
+
+
+def _hooks(specs: list[str], secret_file: Path | None) -> list[Hook]:
+    """The hooks of ``--hook`` flags, each checked now (a usage error otherwise)."""
+    if not specs:
+        return []
+    secret = os.environ.get(ENV_HOOK_SECRET) or None
+    if secret_file is not None:
+        try:
+            secret = secret_file.expanduser().read_text().strip() or None
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read --hook-secret-file {secret_file}: {exc.strerror}"
+            ) from None
+    hooks: list[Hook] = []
+    for spec in specs:
+        try:
+            hooks.append(parse_hook(spec, secret))
+        except InvalidInput as exc:
+            raise UsageError(f"--hook {spec!r}: {exc.message}") from None
+    names = [h.name for h in hooks]
+    if len(set(names)) != len(names):
+        raise UsageError("two --hook flags name the same event kinds and target")
+    return hooks
 
 
 def status() -> int:
