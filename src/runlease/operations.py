@@ -42,6 +42,7 @@ from typing import (
 import msgspec
 
 from runlease.core import commands as c
+from runlease.core.finding import TaskFilters
 from runlease.core.model import (
     Actor,
     ApprovalPolicy,
@@ -271,6 +272,7 @@ class ClaimArgs(TypedDict, total=False):
     workspace: str | None
     scope: Scope | None
     priority_min: str | int | None
+    tags: list[str]
 
 
 @operation(session=True)
@@ -283,8 +285,8 @@ class ClaimNext(SessionRequest[Claim], tag="claim_next"):
     Filters: ``workspace`` (only that workspace's tasks; without it, only tasks with no
     workspace), ``scope`` (the same said explicitly: "global" takes no workspace,
     "workspace" needs one), ``priority_min`` (a priority name or rank; lower ones are
-    skipped). With ``wait`` the claim parks until work
-    arrives or ``timeout`` seconds pass (then NO_CLAIMABLE_RUN).
+    skipped), ``tags`` (only tasks carrying every one of them). With ``wait`` the claim
+    parks until work arrives or ``timeout`` seconds pass (then NO_CLAIMABLE_RUN).
     """
 
     wait: bool = False
@@ -293,6 +295,7 @@ class ClaimNext(SessionRequest[Claim], tag="claim_next"):
     workspace: str | None = None
     scope: Scope | None = None
     priority_min: str | int | None = None
+    tags: list[str] = []
 
     def long(self) -> bool:
         return self.wait
@@ -323,6 +326,7 @@ def claim_command(options: ClaimNext, session_id: str, call: Call) -> c.ClaimNex
         workspace_id=options.workspace,
         scope=options.scope,
         priority_min=priority_rank(options.priority_min),
+        tags=strings(options.tags, "tags"),
         **options.who(call),
     )
 
@@ -392,6 +396,7 @@ class CreateTask(Request[Task], tag="create_task"):
     workspace root that must exist before a run may complete. ``auto_enqueue_on_ready``
     starts a run by itself once its last open dependency completes; ``stale_after`` is how
     many seconds without a heartbeat or checkpoint make its leased run show in ``stuck``.
+    ``tags`` label it for ``list_tasks`` and tag-filtered claims.
     """
 
     title: str
@@ -411,6 +416,7 @@ class CreateTask(Request[Task], tag="create_task"):
     required_artifacts: list[str] = []
     auto_enqueue_on_ready: bool = False
     stale_after: float | None = None
+    tags: list[str] = []
 
     def command(self, call: Call) -> c.CreateTask:
         rt = call.runtime
@@ -434,6 +440,7 @@ class CreateTask(Request[Task], tag="create_task"):
             required_artifacts=strings(self.required_artifacts, "required_artifacts"),
             auto_enqueue_on_ready=self.auto_enqueue_on_ready,
             stale_after=self.stale_after,
+            tags=strings(self.tags, "tags"),
             **self.who(call),
         )
 
@@ -477,19 +484,43 @@ class GetRun(ReadRequest[Run], tag="get_run"):
 
 
 @operation(read=True)
-class ListTasks(ReadRequest[TaskPage], tag="list_tasks"):
-    """One page of tasks in creation order; ``next_after`` continues it."""
+class ListTasks(ReadRequest[TaskPage], SessionRequest[TaskPage], tag="list_tasks"):
+    """One page of the tasks matching every filter, in creation order; ``next_after``
+    continues it. ``tags``: the task has all of them; ``owner``: its assignee's ref (a
+    session id or an agent pool name); ``parent``: its direct children; ``root``: that
+    task and everything below it; ``search``: a case-insensitive substring of the title or
+    the description; ``available``: what the caller's session could claim now (needs a
+    session)."""
 
     status: TaskStatus | None = None
     workspace: str | None = None
     after: str | None = None
     limit: int | None = None
+    priority: Priority | None = None
+    tags: list[str] = []
+    owner: str | None = None
+    parent: str | None = None
+    root: str | None = None
+    search: str | None = None
+    available: bool = False
+
+    def filters(self, call: Call) -> TaskFilters:
+        """The filters of the embedded read (``available`` becomes the caller's session)."""
+        return TaskFilters(
+            status=self.status,
+            priority=self.priority,
+            tags=self.tags,
+            owner=self.owner,
+            parent=self.parent,
+            root=self.root,
+            workspace=self.workspace,
+            search=self.search,
+            available_to=call.session_id() if self.available else None,
+        )
 
     def answer(self, call: Call) -> TaskPage:
         limit = page_limit(self.limit)
-        tasks = call.runtime.list_tasks(
-            status=self.status, workspace=self.workspace, after=self.after, limit=limit + 1
-        )
+        tasks = call.runtime.list_tasks(after=self.after, limit=limit + 1, **self.filters(call))
         return page(tasks, limit, lambda items, more: TaskPage(items, _last(items, more).id))
 
 
@@ -785,7 +816,8 @@ class RejectTask(Request[Task], tag="reject_task"):
 class UpdateTask(Request[Task], tag="update_task"):
     """Change mutable fields (title, description, priority, max_attempts, metadata,
     required_capabilities, preferred_capabilities, owner, auto_enqueue_on_ready,
-    stale_after, approval_policy); any other raises IMMUTABLE_FIELD. ``owner`` takes
+    stale_after, approval_policy, tags); any other raises IMMUTABLE_FIELD. ``tags`` takes
+    a list (replaces them) or {"add": [...], "remove": [...]}. ``owner`` takes
     {"kind", "ref"} or None. Switching ``approval_policy`` to none clears the approval
     state; to manual makes a task that never ran wait for approval, while a task that has
     a run keeps it and counts as approved."""

@@ -74,6 +74,7 @@ class CreateTask(Command[Task], tag="create_task"):
     required_artifacts: list[str] = []
     auto_enqueue_on_ready: bool = False
     stale_after: float | None = None
+    tags: list[str] = []
 
 
 class StartTask(Command[Run], tag="start_task"):
@@ -282,6 +283,8 @@ class ClaimNext(Command[Claim], tag="claim_next"):
     scope: Scope | None = None
     # Lowest priority rank accepted (PRIORITY_RANK values: low 10 ... urgent 40).
     priority_min: int | None = None
+    # Only runs whose task carries every one of these tags.
+    tags: list[str] = []
 
 
 class ClaimRun(Command[Claim], tag="claim_run"):
