@@ -460,9 +460,18 @@ class ClaimIndex:
         """Per (view, owner key, group): the live runs as (rank, place, id), best first.
 
         For tests that compare two indexes (a replayed machine against the original)."""
+        return self._order(self._buckets)
+
+    def tag_claim_order(
+        self,
+    ) -> dict[str, dict[tuple[str, str, _Group], list[tuple[int, int, str]]]]:
+        """:meth:`claim_order` of each tag's lanes."""
+        return {tag: self._order(space) for tag, space in self._tag_spaces.items()}
+
+    def _order(self, space: _Space) -> dict[tuple[str, str, _Group], list[tuple[int, int, str]]]:
         entries = self._entries
         out: dict[tuple[str, str, _Group], list[tuple[int, int, str]]] = {}
-        for view, by_owner in self._buckets.items():
+        for view, by_owner in space.items():
             for owner_key, by_group in by_owner.items():
                 for group_id, lanes in by_group.items():
                     live = [
