@@ -11,6 +11,7 @@ tags sees only runs whose task carries every one of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -29,8 +30,12 @@ CLAIMERS: list[tuple[str, ...]] = [(), ("s:1",), ("s:1", "p:a"), ("s:2", "p:b")]
 MIN_RANKS: list[int | None] = [None, None, None, 20, 40]
 TAGS = ["red", "blue", "green"]
 # Most runs untagged, as in a workload that does not use tags.
-RUN_TAGS = st.one_of(st.just(frozenset()), st.frozensets(st.sampled_from(TAGS), max_size=3))
-CLAIM_TAGS = st.one_of(st.just(frozenset()), st.frozensets(st.sampled_from(TAGS), max_size=2))
+RUN_TAGS: st.SearchStrategy[frozenset[str]] = st.one_of(
+    st.just(frozenset()), st.frozensets(st.sampled_from(TAGS), max_size=3)
+)
+CLAIM_TAGS: st.SearchStrategy[frozenset[str]] = st.one_of(
+    st.just(frozenset()), st.frozensets(st.sampled_from(TAGS), max_size=2)
+)
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,7 @@ class IndexVersusModel(RuleBasedStateMachine):
         readd: bool,
     ) -> None:
         """Bulk indexing (boot) must agree with adding the runs one by one."""
-        items: list[tuple[object, ...]] = []
+        items: list[tuple[Any, ...]] = []
         if readd:
             items += [
                 (run_id, e.rank, e.queued_at, e.workspace_id, e.caps, e.preferred, e.owner, e.tags)
@@ -177,7 +182,7 @@ class IndexVersusModel(RuleBasedStateMachine):
         items += [(self._new_id(), *fields) for fields in batch]
         self.index.add_many(iter(items))
         for run_id, *fields in items:
-            self.model[run_id] = Entry(*fields)  # type: ignore[arg-type]
+            self.model[run_id] = Entry(*fields)
             self.gone.pop(run_id, None)
 
     @rule(pick=st.integers(0, 1000))
