@@ -326,7 +326,7 @@ def claim_command(options: ClaimNext, session_id: str, call: Call) -> c.ClaimNex
         workspace_id=options.workspace,
         scope=options.scope,
         priority_min=priority_rank(options.priority_min),
-        tags=strings(options.tags, "tags"),
+        tags=strings(options.tags, "tags") if options.tags else [],
         **options.who(call),
     )
 

@@ -202,7 +202,7 @@ class ClaimIndex:
         entry = self._entries.pop(run_id, None)
         if entry is None:
             return False
-        self._left(entry, None)
+        self._left(entry, None, None)
         return True
 
     def peek(
@@ -246,7 +246,7 @@ class ClaimIndex:
             popped = None  # a multi-tag claim found it behind runs lacking a tag
         run_id = entry[_RUN_ID]
         del self._entries[run_id]
-        self._left(entry, popped)
+        self._left(entry, popped, None if tags else lane)
         return run_id
 
     # ------------------------------------------------------------------ internals
@@ -279,11 +279,12 @@ class ClaimIndex:
             space = self._tag_spaces[tag] = {}
         return space
 
-    def _left(self, entry: _Entry, popped: _Lane | None) -> None:
+    def _left(self, entry: _Entry, popped: _Lane | None, main_lane: _Lane | None) -> None:
         """Tidy every lane that held ``entry``, whose run just left the index; ``popped``
-        is the lane it was taken from (no longer stored there), if any."""
+        is the lane it was taken from (no longer stored there), if any, and ``main_lane``
+        its lane among all runs when the caller already has it."""
         main = self._buckets
-        lane = self._find_lane(main, entry)
+        lane = main_lane or self._find_lane(main, entry)
         self._settle(main, entry, lane, counted=lane is not popped)
         if not self._run_tags:
             return
