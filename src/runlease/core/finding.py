@@ -8,7 +8,8 @@ paging and none is shown twice.
 ``available_to`` asks what that session could claim right now, by the one eligibility rule
 of :func:`runlease.core.claims.refusal`, in whatever workspace: the task's current run is
 queued and not held back (draft, paused, blocked), the scheduler runs, and the session is
-live, offers the required capabilities and is admitted by the task's owner.
+live, offers the required capabilities and is admitted by the task's owner. A lease the
+session holds does not empty the answer: it is what a finish with ``--next`` could take.
 """
 
 from __future__ import annotations
