@@ -129,6 +129,10 @@ class ClaimIndex:
     def run_ids(self) -> Iterator[str]:
         return iter(self._entries)
 
+    def tags_of(self, run_id: str) -> frozenset[str]:
+        """The tags a queued run is filed under (empty for an untagged one)."""
+        return self._run_tags.get(run_id, _NO_TAGS)
+
     def add(
         self,
         run_id: str,
