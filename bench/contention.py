@@ -59,6 +59,8 @@ from bench.sqlite_queue import SqliteQueue
 
 DEFAULT_OUT: Final = Path(__file__).resolve().parent / "results"
 PARTS: Final = ("contention", "scale", "expiry", "wakeup")
+# The tag-filtered rows of the scale part: every task carries one of this many tags.
+SCALE_TAGS: Final = 16
 EXIT_VIOLATION: Final = 1
 EXIT_ERROR: Final = 2
 
@@ -198,11 +200,15 @@ def run_scale(console: Console, config: Config) -> list[dict[str, Any]]:
     from bench.timing import as_dict, depth_probe, in_child
 
     results = []
-    for depth in config.depths:
-        window = config.window
-        console.print(f"  depth {depth:,}: preloading, then {window:,} claim+complete cycles")
-        result = in_child(depth_probe, depth, window, config.seed)
-        results.append(as_dict(result))
+    for tags in (0, SCALE_TAGS):
+        for depth in config.depths:
+            window = config.window
+            what = f", each claim asking for 1 of {tags} tags" if tags else ""
+            console.print(
+                f"  depth {depth:,}: preloading, then {window:,} claim+complete cycles{what}"
+            )
+            result = in_child(depth_probe, depth, window, config.seed, tags)
+            results.append(as_dict(result))
     return results
 
 
@@ -424,13 +430,15 @@ def print_summary(
         console.print(f"[dim]{report.durability_legend()}[/]")
     if "scale" in document:
         console.print(report.scale_table(document["scale"]))
-        scale = document["scale"]
-        if len(scale) >= 2 and scale[0]["cycle_p50_us"] > 0:
-            growth = scale[-1]["cycle_p50_us"] / scale[0]["cycle_p50_us"]
-            console.print(
-                f"claim+complete p50 at {scale[-1]['depth']:,} queued ÷ at {scale[0]['depth']:,}: "
-                f"{growth:.2f}x (flat is 1.0)"
-            )
+        for tags in sorted({r.get("tags", 0) for r in document["scale"]}):
+            scale = [r for r in document["scale"] if r.get("tags", 0) == tags]
+            if len(scale) >= 2 and scale[0]["cycle_p50_us"] > 0:
+                growth = scale[-1]["cycle_p50_us"] / scale[0]["cycle_p50_us"]
+                what = f" (claims by tag, 1 of {tags})" if tags else ""
+                console.print(
+                    f"claim+complete p50{what} at {scale[-1]['depth']:,} queued ÷ at "
+                    f"{scale[0]['depth']:,}: {growth:.2f}x (flat is 1.0)"
+                )
     if "expiry" in document or "wakeup" in document:
         console.print(report.timing_table(document.get("expiry"), document.get("wakeup", [])))
     console.print(f"[dim]took {document['duration_s']:.0f} s[/]")

@@ -89,11 +89,19 @@ def ratio_lines(ratios: list[dict[str, Any]]) -> list[str]:
 
 def scale_lines(scale: list[dict[str, Any]]) -> list[str]:
     lines = _table(
-        ["queued runs", "cycle p50 µs", "cycle p99 µs", "claim p50 µs", "RSS / task+run"],
-        ["--:"] * 5,
+        [
+            "queued runs",
+            "claim by tag",
+            "cycle p50 µs",
+            "cycle p99 µs",
+            "claim p50 µs",
+            "RSS / task+run",
+        ],
+        ["--:", "--:", "--:", "--:", "--:", "--:"],
         (
             [
                 f"{s['depth']:,}",
+                f"1 of {s['tags']}" if s.get("tags") else "-",
                 f"{s['cycle_p50_us']:.0f}",
                 f"{s['cycle_p99_us']:.0f}",
                 f"{s['claim_p50_us']:.0f}",
@@ -102,10 +110,16 @@ def scale_lines(scale: list[dict[str, Any]]) -> list[str]:
             for s in scale
         ),
     )
-    if len(scale) >= 2:
-        ratio = scale[-1]["cycle_p50_us"] / scale[0]["cycle_p50_us"]
-        deepest, shallowest = scale[-1]["depth"], scale[0]["depth"]
-        lines += ["", f"Cycle p50 at {deepest:,} queued ÷ at {shallowest:,}: {ratio:.2f}{TIMES}."]
+    for tags in sorted({s.get("tags", 0) for s in scale}):
+        rows = [s for s in scale if s.get("tags", 0) == tags]
+        if len(rows) >= 2:
+            ratio = rows[-1]["cycle_p50_us"] / rows[0]["cycle_p50_us"]
+            deepest, shallowest = rows[-1]["depth"], rows[0]["depth"]
+            what = f" (claims by tag, 1 of {tags})" if tags else ""
+            lines += [
+                "",
+                f"Cycle p50{what} at {deepest:,} queued ÷ at {shallowest:,}: {ratio:.2f}{TIMES}.",
+            ]
     return lines
 
 

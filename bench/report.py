@@ -200,6 +200,7 @@ def scale_table(results: Sequence[dict[str, Any]]) -> Table:
     table = Table(title="Claim + complete cost vs queue depth (embedded, in memory, 1 contender)")
     for name in (
         "queued runs",
+        "claim by tag",
         "window",
         "cycle mean µs",
         "cycle p50 µs",
@@ -213,6 +214,7 @@ def scale_table(results: Sequence[dict[str, Any]]) -> Table:
     for r in results:
         table.add_row(
             f"{r['depth']:,}",
+            f"1 of {r['tags']}" if r.get("tags") else "-",
             f"{r['window']:,}",
             _fmt(r["cycle_mean_us"], 1),
             _fmt(r["cycle_p50_us"], 1),

@@ -69,8 +69,11 @@ def runtime_options(mode: Mode, workdir: Path | None) -> dict[str, Any]:
     return {"data_dir": workdir / "data", "durability": mode}
 
 
-async def preload(rt: Runtime, priorities: Sequence[str]) -> list[str]:
-    """Create one started task per priority; their run ids, in creation order.
+async def preload(
+    rt: Runtime, priorities: Sequence[str], tags: Sequence[list[str]] | None = None
+) -> list[str]:
+    """Create one started task per priority (with ``tags[i]`` if given); their run ids, in
+    creation order.
 
     Many writers at once, so a durable runtime batches the creates into few commits
     (preloading is not measured).
@@ -80,7 +83,9 @@ async def preload(rt: Runtime, priorities: Sequence[str]) -> list[str]:
     async def writer(first: int) -> None:
         for i in range(first, len(priorities), PRELOAD_WRITERS):
             priority: Priority = priorities[i]  # type: ignore[assignment]
-            task = await rt.create_task(f"bench run {i}", priority=priority, start=True)
+            task = await rt.create_task(
+                f"bench run {i}", priority=priority, start=True, tags=tags[i] if tags else []
+            )
             assert task.current_run_id is not None
             run_ids[i] = task.current_run_id
 

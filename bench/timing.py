@@ -107,19 +107,26 @@ class DepthResult:
     # Full garbage collections during the whole probe (preload included): how many, their
     # pauses, how often the runtime froze the heap.
     gc: dict[str, float] = field(default_factory=dict)
+    # 0: untagged tasks and claims. N: each task carries one of N tags and each claim asks
+    # for one of them (a tag-filtered claim), so a claim may take 1/N of the queue.
+    tags: int = 0
 
 
-def depth_probe(depth: int, window: int, seed: int) -> DepthResult:
-    return trio.run(_depth_probe, depth, window, seed)
+def depth_probe(depth: int, window: int, seed: int, tags: int = 0) -> DepthResult:
+    return trio.run(_depth_probe, depth, window, seed, tags)
 
 
-async def _depth_probe(depth: int, window: int, seed: int) -> DepthResult:
+def _tag(i: int, tags: int) -> list[str]:
+    return [f"tag-{i % tags}"] if tags else []
+
+
+async def _depth_probe(depth: int, window: int, seed: int, tags: int) -> DepthResult:
     priorities = Workload(depth, seed).priorities()
     async with open_runtime(gc_tuning=GC_TUNING) as rt:
         gc.collect()
         before = rss_bytes()
         began = time.perf_counter()
-        await preload(rt, priorities)
+        await preload(rt, priorities, [_tag(i, tags) for i in range(depth)] if tags else None)
         preload_s = time.perf_counter() - began
         gc.collect()
         per_run = (rss_bytes() - before) / depth
@@ -128,15 +135,22 @@ async def _depth_probe(depth: int, window: int, seed: int) -> DepthResult:
         claims: list[float] = []
         cycles: list[float] = []
         for i in range(window):
+            wanted = _tag(i, tags)
             t0 = clock()
-            claim = await handle.claim_next(lease_seconds=LONG_LEASE)
+            claim = await handle.claim_next(lease_seconds=LONG_LEASE, tags=wanted)
             t1 = clock()
             await handle.complete(claim.run.id)
             t2 = clock()
             claims.append(t1 - t0)
             cycles.append(t2 - t0)
-            # Not timed: a replacement run keeps the queue at exactly ``depth``.
-            await rt.create_task("refill", priority=priorities[i % depth], start=True)  # type: ignore[arg-type]
+            # Not timed: a replacement run (with the tag taken) keeps the queue at exactly
+            # ``depth``, and each tag's share of it as it was.
+            await rt.create_task(
+                "refill",
+                priority=priorities[i % depth],  # type: ignore[arg-type]
+                start=True,
+                tags=wanted,
+            )
         if rt.status().queued_runs != depth:
             raise RuntimeError(f"depth drifted to {rt.status().queued_runs}")
         collected = collector_summary(rt)
@@ -153,6 +167,7 @@ async def _depth_probe(depth: int, window: int, seed: int) -> DepthResult:
         claim_p50_us=percentile(claims, 50) * 1e6,
         claim_p99_us=percentile(claims, 99) * 1e6,
         gc=collected,
+        tags=tags,
     )
 
 

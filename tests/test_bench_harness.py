@@ -296,6 +296,8 @@ def test_timing_probes_run_small(tmp_path: Path) -> None:
     depth = timing.in_child(timing.depth_probe, 300, 50, 5)
     assert depth.depth == 300
     assert depth.rss_bytes_per_run > 0
+    tagged = timing.in_child(timing.depth_probe, 300, 50, 5, 16)
+    assert (tagged.depth, tagged.tags) == (300, 16)
     expiry = timing.in_child(timing.expiry_probe, 300, 0.5)
     assert expiry.fired == expiry.measured == 270
     assert expiry.requeued == expiry.measured

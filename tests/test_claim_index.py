@@ -4,12 +4,14 @@ The model states the claim order directly: a claim that names no workspace sees 
 of tasks with none, a workspace claim only that workspace's; the claimer must offer every
 required capability and be admitted by the owner; the best run has the highest priority,
 then is the claimer's own (session or pool) rather than unowned, then matches more of its
-preferred capabilities, then came first, then has the smaller id.
+preferred capabilities, then came first, then has the smaller id. A claim that asks for
+tags sees only runs whose task carries every one of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -26,6 +28,14 @@ OWNERS: list[str | None] = [None, None, "s:1", "s:2", "p:a"]
 # The owner keys a claimer answers to: none, its session's, its session's and its pool's.
 CLAIMERS: list[tuple[str, ...]] = [(), ("s:1",), ("s:1", "p:a"), ("s:2", "p:b")]
 MIN_RANKS: list[int | None] = [None, None, None, 20, 40]
+TAGS = ["red", "blue", "green"]
+# Most runs untagged, as in a workload that does not use tags.
+RUN_TAGS: st.SearchStrategy[frozenset[str]] = st.one_of(
+    st.just(frozenset()), st.frozensets(st.sampled_from(TAGS), max_size=3)
+)
+CLAIM_TAGS: st.SearchStrategy[frozenset[str]] = st.one_of(
+    st.just(frozenset()), st.frozensets(st.sampled_from(TAGS), max_size=2)
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,7 @@ class Entry:
     caps: frozenset[str]
     preferred: frozenset[str] = frozenset()
     owner: str | None = None
+    tags: frozenset[str] = frozenset()
 
 
 def expected_winner(
@@ -44,6 +55,7 @@ def expected_winner(
     offered: frozenset[str],
     owners: tuple[str, ...] = (),
     min_rank: int | None = None,
+    tags: frozenset[str] = frozenset(),
 ) -> str | None:
     candidates = [
         (
@@ -58,6 +70,7 @@ def expected_winner(
         and e.caps <= offered
         and (e.owner is None or e.owner in owners)
         and (min_rank is None or e.rank >= min_rank)
+        and tags <= e.tags
     ]
     return min(candidates)[-1] if candidates else None
 
@@ -67,15 +80,17 @@ def heap_stats(index: ClaimIndex) -> list[tuple[int, int, int]]:
     return index.lane_stats()
 
 
-def assert_heaps_bounded(index: ClaimIndex) -> None:
+def assert_heaps_bounded(index: ClaimIndex, lanes_per_run: int | None = None) -> None:
+    """Each lane at most half dead; ``lanes_per_run``: how many lanes hold the runs in all
+    (one each, plus one per tag), so nothing is stored beyond twice that."""
     total = 0
     for items, live, dead in heap_stats(index):
         assert dead == items - live, "the dead counter drifted from the heap contents"
         assert live >= 1, "a heap with no live entry was kept"
         assert items <= 2 * live, f"heap of {items} entries holds only {live} live ones"
         total += items
-    # Each live run sits in exactly one lane, each at most half dead.
-    assert total <= 2 * len(index)
+    # Each live run sits in one lane plus one per tag, each lane at most half dead.
+    assert total <= 2 * (len(index) if lanes_per_run is None else lanes_per_run)
 
 
 class IndexVersusModel(RuleBasedStateMachine):
@@ -100,6 +115,7 @@ class IndexVersusModel(RuleBasedStateMachine):
             capabilities=entry.caps,
             preferred=entry.preferred,
             owner=entry.owner,
+            tags=entry.tags,
         )
         self.model[run_id] = entry
         self.gone.pop(run_id, None)
@@ -111,6 +127,7 @@ class IndexVersusModel(RuleBasedStateMachine):
         caps=st.frozensets(st.sampled_from(CAPS), max_size=2),
         preferred=st.sampled_from([frozenset(), frozenset(), frozenset({"y"})]),
         owner=st.sampled_from(OWNERS),
+        tags=RUN_TAGS,
     )
     def add(
         self,
@@ -120,8 +137,9 @@ class IndexVersusModel(RuleBasedStateMachine):
         caps: frozenset[str],
         preferred: frozenset[str],
         owner: str | None,
+        tags: frozenset[str],
     ) -> None:
-        entry = Entry(rank, queued_at, workspace_id, caps, preferred, owner)
+        entry = Entry(rank, queued_at, workspace_id, caps, preferred, owner, tags)
         self._add(self._new_id(), entry)
 
     @rule(pick=st.integers(0, 1000))
@@ -141,6 +159,7 @@ class IndexVersusModel(RuleBasedStateMachine):
                 st.frozensets(st.sampled_from(CAPS), max_size=2),
                 st.sampled_from([frozenset(), frozenset({"y"})]),
                 st.sampled_from(OWNERS),
+                RUN_TAGS,
             ),
             max_size=6,
         ),
@@ -148,21 +167,22 @@ class IndexVersusModel(RuleBasedStateMachine):
     )
     def add_many(
         self,
-        batch: list[tuple[int, int, str | None, frozenset[str], frozenset[str], str | None]],
+        batch: list[
+            tuple[int, int, str | None, frozenset[str], frozenset[str], str | None, frozenset[str]]
+        ],
         readd: bool,
     ) -> None:
         """Bulk indexing (boot) must agree with adding the runs one by one."""
-        items: list[tuple[str, int, int, str | None, frozenset[str], frozenset[str], str | None]]
-        items = []
+        items: list[tuple[Any, ...]] = []
         if readd:
             items += [
-                (run_id, e.rank, e.queued_at, e.workspace_id, e.caps, e.preferred, e.owner)
+                (run_id, e.rank, e.queued_at, e.workspace_id, e.caps, e.preferred, e.owner, e.tags)
                 for run_id, e in self.gone.items()
             ]
         items += [(self._new_id(), *fields) for fields in batch]
         self.index.add_many(iter(items))
         for run_id, *fields in items:
-            self.model[run_id] = Entry(*fields)  # type: ignore[arg-type]
+            self.model[run_id] = Entry(*fields)
             self.gone.pop(run_id, None)
 
     @rule(pick=st.integers(0, 1000))
@@ -179,6 +199,7 @@ class IndexVersusModel(RuleBasedStateMachine):
         offered=st.frozensets(st.sampled_from(CAPS)),
         owners=st.sampled_from(CLAIMERS),
         min_rank=st.sampled_from(MIN_RANKS),
+        tags=CLAIM_TAGS,
     )
     def take(
         self,
@@ -186,13 +207,15 @@ class IndexVersusModel(RuleBasedStateMachine):
         offered: frozenset[str],
         owners: tuple[str, ...],
         min_rank: int | None,
+        tags: frozenset[str],
     ) -> None:
-        expected = expected_winner(self.model, workspace_id, offered, owners, min_rank)
+        expected = expected_winner(self.model, workspace_id, offered, owners, min_rank, tags)
         asked = {
             "workspace_id": workspace_id,
             "offered": offered,
             "owners": owners,
             "min_rank": min_rank,
+            "tags": tags,
         }
         assert self.index.peek(**asked) == expected  # type: ignore[arg-type]
         got = self.index.take(**asked)  # type: ignore[arg-type]
@@ -220,10 +243,13 @@ class IndexVersusModel(RuleBasedStateMachine):
             assert run_id not in self.index
         if not self.model:
             assert self.index._buckets == {}, "empty index still keeps heaps"
+        if not any(e.tags for e in self.model.values()):
+            assert self.index._tag_spaces == {}, "no tagged run, yet tag lanes are kept"
 
     @invariant()
     def heaps_bounded(self) -> None:
-        assert_heaps_bounded(self.index)
+        lanes = sum(1 + len(e.tags) for e in self.model.values())
+        assert_heaps_bounded(self.index, lanes)
 
 
 IndexVersusModel.TestCase.settings = settings(stateful_step_count=60)
@@ -294,3 +320,57 @@ def test_add_many_refuses_a_run_already_indexed() -> None:
         index.add_many([("run_a", 20, 0.0, None, frozenset())])
     index.add_many([])
     assert list(index.run_ids()) == ["run_a"]
+
+
+def test_a_tag_claim_looks_only_at_the_lanes_of_its_rarest_tag() -> None:
+    index = ClaimIndex()
+    for i in range(2000):
+        index.add(f"run_u{i:05d}", rank=40, seq=i, workspace_id=None, capabilities=frozenset())
+    index.add(
+        "run_t1",
+        rank=10,
+        seq=5000,
+        workspace_id=None,
+        capabilities=frozenset(),
+        tags=frozenset({"gpu", "common"}),
+    )
+    for i in range(50):
+        index.add(
+            f"run_c{i:03d}",
+            rank=30,
+            seq=6000 + i,
+            workspace_id=None,
+            capabilities=frozenset(),
+            tags=frozenset({"common"}),
+        )
+    # Untagged runs are filed in no tag lane; a tagged one in one lane set per tag.
+    assert set(index._tag_spaces) == {"gpu", "common"}
+    assert index.peek(workspace_id=None, offered=frozenset(), tags=frozenset({"absent"})) is None
+    assert index.take(workspace_id=None, offered=frozenset(), tags=frozenset({"gpu"})) == "run_t1"
+    assert set(index._tag_spaces) == {"common"}
+    both = frozenset({"gpu", "common"})
+    assert index.take(workspace_id=None, offered=frozenset(), tags=both) is None
+    # An untagged claim still takes the best run of all, tagged or not.
+    assert index.take(workspace_id=None, offered=frozenset()) == "run_u00000"
+
+
+def test_a_multi_tag_claim_takes_a_run_from_behind_others() -> None:
+    index = ClaimIndex()
+    red = frozenset({"red"})
+    for i in range(5):
+        index.add(f"run_{i}", rank=20, seq=i, workspace_id="w", capabilities=frozenset(), tags=red)
+    index.add(
+        "run_9",
+        rank=20,
+        seq=9,
+        workspace_id="w",
+        capabilities=frozenset(),
+        tags=frozenset({"red", "blue"}),
+    )
+    wanted = frozenset({"red", "blue"})
+    assert index.take(workspace_id="w", offered=frozenset(), tags=wanted) == "run_9"
+    assert "run_9" not in index
+    taken = [index.take(workspace_id="w", offered=frozenset(), tags=red) for _ in range(6)]
+    assert taken == ["run_0", "run_1", "run_2", "run_3", "run_4", None]
+    assert index._tag_spaces == {}
+    assert index._buckets == {}

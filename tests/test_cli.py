@@ -64,6 +64,8 @@ TASK_FIELDS = {
     # Operator verbs: start on its own once ready; idle time before `task stuck` lists it.
     "auto_enqueue_on_ready",
     "stale_after",
+    # Labels to find and claim it by.
+    "tags",
 }
 RUN_FIELDS = {
     "id",

@@ -134,6 +134,7 @@ def test_every_shaping_field_is_in_the_fingerprint() -> None:
         "required_artifacts": ["out.txt"],
         "auto_enqueue_on_ready": True,
         "stale_after": 60.0,
+        "tags": ["urgent"],
     }
     stamps = {"now", "actor", "origin", "task_id", "idempotency_key", "idempotency_window"}
     # A field added to CreateTask later must land in one of the two lists.

@@ -49,6 +49,7 @@ from runlease.persistence.store import Store
 START = 1_700_000_000.0
 CAPS = ("py", "gpu", "net")
 WORKSPACES = (None, None, "ws-a", "ws-b")
+TAGS = ("red", "blue")
 STEPS = (0.0, 0.5, 3.0, 30.0, 400.0, 5000.0)
 STEP_WEIGHTS = (3.0, 4.0, 4.0, 3.0, 0.6, 0.2)
 
@@ -98,6 +99,7 @@ class CommandStream:
                 metadata=rng.choice((None, {"k": self.counter, "nested": {"x": [1, 2.5]}})),
                 required_capabilities=_some_caps(rng),
                 start_run_id=self._id("run") if rng.random() < 0.8 else None,
+                tags=rng.sample(TAGS, rng.choice((0, 0, 1, 2))),
             )
         if roll < 0.30:
             return StartTask(now=now, task_id=self._pick(list(m.tasks)), run_id=self._id("run"))
@@ -119,6 +121,7 @@ class CommandStream:
                 claim_token=f"rl_claim_{self._id('tok')}",
                 lease_seconds=rng.choice((None, 10.0, 100.0, 1e9)),
                 workspace_id=rng.choice(WORKSPACES),
+                tags=rng.sample(TAGS, rng.choice((0, 0, 0, 1, 2))),
             )
         if roll < 0.80 and holders:
             holder = rng.choice(holders)
@@ -184,6 +187,7 @@ def assert_same_machine(got: Machine, want: Machine) -> None:
     assert got.last_seq == want.last_seq
     assert set(got.index.run_ids()) == set(want.index.run_ids())
     assert index_order(got) == index_order(want)
+    assert got.index.tag_claim_order() == want.index.tag_claim_order()
     got.check_invariants()
 
 

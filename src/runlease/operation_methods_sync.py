@@ -10,7 +10,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, Unpack
 import msgspec
 
 from runlease import operations as op
-from runlease.core.model import BulkResult, Event, Finished, Session, Task, TaskStatus
+from runlease.core.finding import ListFilters
+from runlease.core.model import BulkResult, Event, Finished, Session, Task
 from runlease.core.views import StuckRun
 from runlease.operations import ClaimArgs, ClaimNext, FinishRequest, Request, strings
 
@@ -163,17 +164,18 @@ class ClientMethods(TaskMethods, LeaseMethods):
     def list_tasks(
         self,
         *,
-        status: TaskStatus | None = None,
-        workspace: str | None = None,
         after: str | None = None,
         limit: int | None = None,
+        available: bool = False,
+        **filters: Unpack[ListFilters],
     ) -> list[Task]:
-        """Tasks in creation order; every page of them when ``limit`` is None."""
+        """Tasks matching every filter, in creation order; every page of them when
+        ``limit`` is None. ``available``: what this client's session could claim now."""
         out: list[Task] = []
         while limit is None or len(out) < limit:
             want = None if limit is None else limit - len(out)
             page = self.call(
-                op.ListTasks(status=status, workspace=workspace, after=after, limit=want)
+                op.ListTasks(after=after, limit=want, available=available, **filters)
             )
             out.extend(page.tasks)
             if (after := page.next_after) is None:

@@ -43,6 +43,7 @@ import msgspec
 
 from runlease.core import commands as c
 from runlease.core.context import ContextBundle
+from runlease.core.finding import TaskFilters
 from runlease.core.model import (
     Actor,
     ApprovalPolicy,
@@ -273,6 +274,7 @@ class ClaimArgs(TypedDict, total=False):
     workspace: str | None
     scope: Scope | None
     priority_min: str | int | None
+    tags: list[str]
 
 
 @operation(session=True)
@@ -285,8 +287,8 @@ class ClaimNext(SessionRequest[Claim], tag="claim_next"):
     Filters: ``workspace`` (only that workspace's tasks; without it, only tasks with no
     workspace), ``scope`` (the same said explicitly: "global" takes no workspace,
     "workspace" needs one), ``priority_min`` (a priority name or rank; lower ones are
-    skipped). With ``wait`` the claim parks until work
-    arrives or ``timeout`` seconds pass (then NO_CLAIMABLE_RUN).
+    skipped), ``tags`` (only tasks carrying every one of them). With ``wait`` the claim
+    parks until work arrives or ``timeout`` seconds pass (then NO_CLAIMABLE_RUN).
     """
 
     wait: bool = False
@@ -295,6 +297,7 @@ class ClaimNext(SessionRequest[Claim], tag="claim_next"):
     workspace: str | None = None
     scope: Scope | None = None
     priority_min: str | int | None = None
+    tags: list[str] = []
 
     def long(self) -> bool:
         return self.wait
@@ -325,6 +328,7 @@ def claim_command(options: ClaimNext, session_id: str, call: Call) -> c.ClaimNex
         workspace_id=options.workspace,
         scope=options.scope,
         priority_min=priority_rank(options.priority_min),
+        tags=strings(options.tags, "tags") if options.tags else [],
         **options.who(call),
     )
 
@@ -397,6 +401,7 @@ class CreateTask(Request[Task], tag="create_task"):
     ``idempotency_key`` makes a retry safe: the same key with the same request answers the
     task it first made (``already``), with a different request it is refused with CONFLICT;
     the runtime keeps a key for its idempotency window (24 h by default).
+    ``tags`` label it for ``list_tasks`` and tag-filtered claims.
     """
 
     title: str
@@ -417,6 +422,7 @@ class CreateTask(Request[Task], tag="create_task"):
     auto_enqueue_on_ready: bool = False
     stale_after: float | None = None
     idempotency_key: str | None = None
+    tags: list[str] = []
 
     def command(self, call: Call) -> c.CreateTask:
         rt = call.runtime
@@ -442,6 +448,7 @@ class CreateTask(Request[Task], tag="create_task"):
             stale_after=self.stale_after,
             idempotency_key=self.idempotency_key,
             idempotency_window=None if self.idempotency_key is None else rt.idempotency_window,
+            tags=strings(self.tags, "tags"),
             **self.who(call),
         )
 
@@ -485,19 +492,43 @@ class GetRun(ReadRequest[Run], tag="get_run"):
 
 
 @operation(read=True)
-class ListTasks(ReadRequest[TaskPage], tag="list_tasks"):
-    """One page of tasks in creation order; ``next_after`` continues it."""
+class ListTasks(ReadRequest[TaskPage], SessionRequest[TaskPage], tag="list_tasks"):
+    """One page of the tasks matching every filter, in creation order; ``next_after``
+    continues it. ``tags``: the task has all of them; ``owner``: its assignee's ref (a
+    session id or an agent pool name); ``parent``: its direct children; ``root``: that
+    task and everything below it; ``search``: a case-insensitive substring of the title or
+    the description; ``available``: what the caller's session could claim now (needs a
+    session)."""
 
     status: TaskStatus | None = None
     workspace: str | None = None
     after: str | None = None
     limit: int | None = None
+    priority: Priority | None = None
+    tags: list[str] = []
+    owner: str | None = None
+    parent: str | None = None
+    root: str | None = None
+    search: str | None = None
+    available: bool = False
+
+    def filters(self, call: Call) -> TaskFilters:
+        """The filters of the embedded read (``available`` becomes the caller's session)."""
+        return TaskFilters(
+            status=self.status,
+            priority=self.priority,
+            tags=self.tags,
+            owner=self.owner,
+            parent=self.parent,
+            root=self.root,
+            workspace=self.workspace,
+            search=self.search,
+            available_to=call.session_id() if self.available else None,
+        )
 
     def answer(self, call: Call) -> TaskPage:
         limit = page_limit(self.limit)
-        tasks = call.runtime.list_tasks(
-            status=self.status, workspace=self.workspace, after=self.after, limit=limit + 1
-        )
+        tasks = call.runtime.list_tasks(after=self.after, limit=limit + 1, **self.filters(call))
         return page(tasks, limit, lambda items, more: TaskPage(items, _last(items, more).id))
 
 
@@ -820,7 +851,8 @@ class RejectTask(Request[Task], tag="reject_task"):
 class UpdateTask(Request[Task], tag="update_task"):
     """Change mutable fields (title, description, priority, max_attempts, metadata,
     required_capabilities, preferred_capabilities, owner, auto_enqueue_on_ready,
-    stale_after, approval_policy); any other raises IMMUTABLE_FIELD. ``owner`` takes
+    stale_after, approval_policy, tags); any other raises IMMUTABLE_FIELD. ``tags`` takes
+    a list (replaces them) or {"add": [...], "remove": [...]}. ``owner`` takes
     {"kind", "ref"} or None. Switching ``approval_policy`` to none clears the approval
     state; to manual makes a task that never ran wait for approval, while a task that has
     a run keeps it and counts as approved."""

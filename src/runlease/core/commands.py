@@ -79,6 +79,7 @@ class CreateTask(Command[Task], tag="create_task"):
     # replay decides expiry exactly as the first run did.
     idempotency_key: str | None = None
     idempotency_window: float | None = None
+    tags: list[str] = []
 
 
 class StartTask(Command[Run], tag="start_task"):
@@ -298,6 +299,8 @@ class ClaimNext(Command[Claim], tag="claim_next"):
     scope: Scope | None = None
     # Lowest priority rank accepted (PRIORITY_RANK values: low 10 ... urgent 40).
     priority_min: int | None = None
+    # Only runs whose task carries every one of these tags.
+    tags: list[str] = []
 
 
 class ClaimRun(Command[Claim], tag="claim_run"):

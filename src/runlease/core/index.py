@@ -29,6 +29,13 @@ An entry is live while ``_entries`` maps its run id to that very tuple; removing
 the middle of a lane (a cancel, a pause, a claim by id) just drops the mapping, and the dead
 tuple is dropped when it reaches its lane's front, or when a lane holds more dead entries
 than live ones.
+
+**Tags.** A run whose task carries tags is also filed, by the same (view, owner, group,
+rank), in one lane set per tag. A claim that asks for tags looks only in the lanes of the
+rarest of them, so a claim for one tag costs what an untagged claim costs. A claim for
+several tags walks that tag's lanes past the runs lacking the others (a cost in the runs
+skipped, never in the queue's depth when one tag is asked for). Untagged runs are in no tag
+lane and untagged claims never look at one, so a workload without tags pays nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ _Entry = tuple[int, str, int, str, str, int]
 _Group = tuple[frozenset[str], frozenset[str]]
 _RUN_ID: Final = 1
 _NO_PREFERENCE: frozenset[str] = frozenset()
+_NO_TAGS: frozenset[str] = frozenset()
 
 _GLOBAL = ""  # the view of tasks with no workspace (workspace ids are never empty)
 
@@ -95,11 +103,19 @@ class _RankedLanes:
         return new
 
 
+# view key -> owner key -> group id -> lanes: the whole queue, or the runs of one tag.
+_Space = dict[str, dict[str, dict[int, _RankedLanes]]]
+
+
 class ClaimIndex:
     def __init__(self) -> None:
         # view key -> owner key -> group id -> lanes
-        self._buckets: dict[str, dict[str, dict[int, _RankedLanes]]] = {}
+        self._buckets: _Space = {}
         self._entries: dict[str, _Entry] = {}
+        # Tagged runs only: tag -> its own lanes, a run's tags, live runs per tag.
+        self._tag_spaces: dict[str, _Space] = {}
+        self._run_tags: dict[str, frozenset[str]] = {}
+        self._tag_counts: dict[str, int] = {}
         # Capability groups by id and ids by group, so entries carry a small int.
         self._groups: list[_Group] = []
         self._group_ids: dict[_Group, int] = {}
@@ -113,6 +129,10 @@ class ClaimIndex:
     def run_ids(self) -> Iterator[str]:
         return iter(self._entries)
 
+    def tags_of(self, run_id: str) -> frozenset[str]:
+        """The tags a queued run is filed under (empty for an untagged one)."""
+        return self._run_tags.get(run_id, _NO_TAGS)
+
     def add(
         self,
         run_id: str,
@@ -123,21 +143,28 @@ class ClaimIndex:
         capabilities: frozenset[str],
         preferred: frozenset[str] = _NO_PREFERENCE,
         owner: str | None = None,
+        tags: frozenset[str] = _NO_TAGS,
     ) -> None:
-        """Index a queued run. ``owner`` is an owner key ("s:<session>", "p:<pool>")."""
+        """Index a queued run. ``owner`` is an owner key ("s:<session>", "p:<pool>");
+        ``tags`` are its task's tags."""
         if run_id in self._entries:
             raise ValueError(f"run {run_id} is already indexed")
         entry = self._entry(run_id, rank, seq, workspace_id, capabilities, preferred, owner)
         self._entries[run_id] = entry
-        self._lane(entry[3], entry).push(entry)
+        self._lane(self._buckets, entry).push(entry)
+        if tags:
+            self._file_tags(run_id, tags)
+            for tag in tags:
+                self._lane(self._tag_space(tag), entry).push(entry)
 
     def add_many(self, items: Iterable[tuple[Any, ...]]) -> None:
         """Index many runs at once (boot): each lane is sorted once instead of pushed into.
 
         Each item is (run_id, rank, seq, workspace_id, capabilities), optionally
-        followed by (preferred, owner key).
+        followed by (preferred, owner key, tags).
         """
         fresh: dict[str, _Entry] = {}
+        tagged: dict[str, frozenset[str]] = {}
         for item in items:
             run_id, rank, seq, workspace_id, capabilities = item[:5]
             preferred = item[5] if len(item) > 5 else _NO_PREFERENCE
@@ -147,15 +174,24 @@ class ClaimIndex:
             fresh[run_id] = self._entry(
                 run_id, rank, seq, workspace_id, capabilities, preferred, owner
             )
+            if len(item) > 7 and item[7]:
+                tagged[run_id] = item[7]
         # Checked first, changed after: a refused batch leaves the index as it was.
         self._entries.update(fresh)
         batches: dict[int, tuple[_Lane, list[_Entry]]] = {}
+
+        def batch(lane: _Lane, entry: _Entry) -> None:
+            found = batches.get(id(lane))
+            if found is None:
+                found = batches[id(lane)] = (lane, [])
+            found[1].append(entry)
+
         for entry in fresh.values():
-            lane = self._lane(entry[3], entry)
-            batch = batches.get(id(lane))
-            if batch is None:
-                batch = batches[id(lane)] = (lane, [])
-            batch[1].append(entry)
+            batch(self._lane(self._buckets, entry), entry)
+        for run_id, tags in tagged.items():
+            self._file_tags(run_id, tags)
+            for tag in tags:
+                batch(self._lane(self._tag_space(tag), fresh[run_id]), fresh[run_id])
         for lane, entries in batches.values():
             entries.sort()
             if lane.stored():
@@ -170,8 +206,7 @@ class ClaimIndex:
         entry = self._entries.pop(run_id, None)
         if entry is None:
             return False
-        view = entry[3]
-        self._settle(view, entry, self._find_lane(view, entry), counted=True)
+        self._left(entry, None, None)
         return True
 
     def peek(
@@ -181,8 +216,9 @@ class ClaimIndex:
         offered: frozenset[str],
         owners: tuple[str, ...] = (),
         min_rank: int | None = None,
+        tags: frozenset[str] = _NO_TAGS,
     ) -> str | None:
-        best = self._best(workspace_id, offered, owners, min_rank)
+        best = self._best(workspace_id, offered, owners, min_rank, tags)
         return None if best is None else best[0][_RUN_ID]
 
     def take(
@@ -192,24 +228,29 @@ class ClaimIndex:
         offered: frozenset[str],
         owners: tuple[str, ...] = (),
         min_rank: int | None = None,
+        tags: frozenset[str] = _NO_TAGS,
     ) -> str | None:
         """Remove and return the best run this claimer may take, or None.
 
         ``workspace_id`` None (or "") means tasks with no workspace only. ``owners`` are
         the owner keys the claimer answers to besides unowned work (their runs go first at
-        equal priority); ``min_rank`` skips lower priorities.
+        equal priority); ``min_rank`` skips lower priorities; ``tags``: only runs whose
+        task has every one of them.
         """
-        best = self._best(workspace_id, offered, owners, min_rank)
+        best = self._best(workspace_id, offered, owners, min_rank, tags)
         if best is None:
             return None
         entry, lane = best
+        popped: _Lane | None = lane
         if lane.fifo and lane.fifo[0] is entry:
             lane.fifo.popleft()
-        else:
+        elif lane.late and lane.late[0] is entry:
             heapq.heappop(lane.late)
+        else:
+            popped = None  # a multi-tag claim found it behind runs lacking a tag
         run_id = entry[_RUN_ID]
         del self._entries[run_id]
-        self._settle(entry[3], entry, lane, counted=False)
+        self._left(entry, popped, None if tags else lane)
         return run_id
 
     # ------------------------------------------------------------------ internals
@@ -230,10 +271,46 @@ class ClaimIndex:
             self._groups.append(group)
         return (seq, run_id, rank, workspace_id or _GLOBAL, owner or "", group_id)
 
-    def _lane(self, view: str, entry: _Entry) -> _Lane:
-        by_owner = self._buckets.get(view)
+    def _file_tags(self, run_id: str, tags: frozenset[str]) -> None:
+        self._run_tags[run_id] = tags
+        counts = self._tag_counts
+        for tag in tags:
+            counts[tag] = counts.get(tag, 0) + 1
+
+    def _tag_space(self, tag: str) -> _Space:
+        space = self._tag_spaces.get(tag)
+        if space is None:
+            space = self._tag_spaces[tag] = {}
+        return space
+
+    def _left(self, entry: _Entry, popped: _Lane | None, main_lane: _Lane | None) -> None:
+        """Tidy every lane that held ``entry``, whose run just left the index; ``popped``
+        is the lane it was taken from (no longer stored there), if any, and ``main_lane``
+        its lane among all runs when the caller already has it."""
+        main = self._buckets
+        lane = main_lane or self._find_lane(main, entry)
+        self._settle(main, entry, lane, counted=lane is not popped)
+        if not self._run_tags:
+            return
+        tags = self._run_tags.pop(entry[_RUN_ID], None)
+        if tags is None:
+            return
+        counts = self._tag_counts
+        for tag in tags:
+            counts[tag] -= 1
+            if not counts[tag]:
+                del counts[tag]
+            space = self._tag_spaces[tag]
+            lane = self._find_lane(space, entry)
+            self._settle(space, entry, lane, counted=lane is not popped)
+            if not space:
+                del self._tag_spaces[tag]
+
+    def _lane(self, space: _Space, entry: _Entry) -> _Lane:
+        view = entry[3]
+        by_owner = space.get(view)
         if by_owner is None:
-            by_owner = self._buckets[view] = {}
+            by_owner = space[view] = {}
         by_group = by_owner.get(entry[4])
         if by_group is None:
             by_group = by_owner[entry[4]] = {}
@@ -242,13 +319,13 @@ class ClaimIndex:
             lanes = by_group[entry[5]] = _RankedLanes()
         return lanes.lane(entry[2])
 
-    def _find_lane(self, view: str, entry: _Entry) -> _Lane:
-        for lane in self._buckets[view][entry[4]][entry[5]].lanes:
+    def _find_lane(self, space: _Space, entry: _Entry) -> _Lane:
+        for lane in space[entry[3]][entry[4]][entry[5]].lanes:
             if lane.rank == entry[2]:
                 return lane
         raise AssertionError(f"no lane holds run {entry[_RUN_ID]}")  # pragma: no cover
 
-    def _settle(self, view: str, entry: _Entry, lane: _Lane, *, counted: bool) -> None:
+    def _settle(self, space: _Space, entry: _Entry, lane: _Lane, *, counted: bool) -> None:
         """Tidy ``lane`` after one of its runs left the index.
 
         ``counted``: the dead entry is still stored in the lane. Dead entries at the fronts
@@ -260,7 +337,8 @@ class ClaimIndex:
         if lane.dead:
             self._drop_dead_fronts(lane)
         if lane.stored() == 0:
-            by_owner = self._buckets[view]
+            view = entry[3]
+            by_owner = space[view]
             by_group = by_owner[entry[4]]
             lanes = by_group[entry[5]]
             lanes.lanes.remove(lane)
@@ -269,7 +347,7 @@ class ClaimIndex:
                 if not by_group:
                     del by_owner[entry[4]]
                     if not by_owner:
-                        del self._buckets[view]
+                        del space[view]
         elif lane.dead * 2 > lane.stored():
             entries = self._entries
             lane.fifo = deque(e for e in lane.fifo if entries.get(e[_RUN_ID]) is e)
@@ -298,14 +376,45 @@ class ClaimIndex:
             return fifo[0]
         return late[0] if late else None
 
+    def _first_tagged(self, lane: _Lane, need: frozenset[str]) -> _Entry | None:
+        """The lane's first live run whose task also has every tag of ``need``."""
+        entries, run_tags = self._entries, self._run_tags
+        top = self._front(lane)
+        if top is None or need <= run_tags[top[_RUN_ID]]:
+            return top
+        found: _Entry | None = None
+        for entry in lane.fifo:  # in queue order: the first match is the fifo's best
+            if entries.get(entry[_RUN_ID]) is entry and need <= run_tags[entry[_RUN_ID]]:
+                found = entry
+                break
+        for entry in lane.late:
+            if (
+                (found is None or entry < found)
+                and entries.get(entry[_RUN_ID]) is entry
+                and need <= run_tags[entry[_RUN_ID]]
+            ):
+                found = entry
+        return found
+
     def _best(
         self,
         workspace_id: str | None,
         offered: frozenset[str],
         owners: tuple[str, ...] = (),
         min_rank: int | None = None,
+        tags: frozenset[str] = _NO_TAGS,
     ) -> tuple[_Entry, _Lane] | None:
-        by_owner = self._buckets.get(workspace_id or _GLOBAL)
+        space = self._buckets
+        need: frozenset[str] | None = None
+        if tags:
+            counts = self._tag_counts
+            if not all(tag in counts for tag in tags):
+                return None
+            rarest = min(tags, key=counts.__getitem__)
+            space = self._tag_spaces[rarest]
+            if len(tags) > 1:
+                need = tags - {rarest}
+        by_owner = space.get(workspace_id or _GLOBAL)
         if not by_owner:
             return None
         groups = self._groups
@@ -329,7 +438,7 @@ class ClaimIndex:
                         best_key is not None and -rank > best_key[0]
                     ):
                         break  # lanes are ranked: nothing below can win
-                    top = self._front(lane)
+                    top = self._front(lane) if need is None else self._first_tagged(lane, need)
                     if top is None:
                         continue
                     key = (-rank, unowned, -score, top[0], top[1])
@@ -342,7 +451,8 @@ class ClaimIndex:
         """(stored entries, live entries, recorded dead) per lane: for tests of the bounds."""
         entries = self._entries
         stats = []
-        for by_owner in self._buckets.values():
+        spaces = [self._buckets, *self._tag_spaces.values()]
+        for by_owner in (by_owner for space in spaces for by_owner in space.values()):
             for by_group in by_owner.values():
                 for lanes in by_group.values():
                     for lane in lanes.lanes:
@@ -355,9 +465,18 @@ class ClaimIndex:
         """Per (view, owner key, group): the live runs as (rank, place, id), best first.
 
         For tests that compare two indexes (a replayed machine against the original)."""
+        return self._order(self._buckets)
+
+    def tag_claim_order(
+        self,
+    ) -> dict[str, dict[tuple[str, str, _Group], list[tuple[int, int, str]]]]:
+        """:meth:`claim_order` of each tag's lanes."""
+        return {tag: self._order(space) for tag, space in self._tag_spaces.items()}
+
+    def _order(self, space: _Space) -> dict[tuple[str, str, _Group], list[tuple[int, int, str]]]:
         entries = self._entries
         out: dict[tuple[str, str, _Group], list[tuple[int, int, str]]] = {}
-        for view, by_owner in self._buckets.items():
+        for view, by_owner in space.items():
             for owner_key, by_group in by_owner.items():
                 for group_id, lanes in by_group.items():
                     live = [

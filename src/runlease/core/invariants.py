@@ -31,6 +31,9 @@ def check(m: State) -> None:
         queued = run.status == "queued"
         gated = queued and m.gate(m.tasks[run.task_id]) is not None
         assert (run.id in m.index) == (queued and not gated), f"index: {run.id}"
+        if run.id in m.index:
+            tags = m.index.tags_of(run.id)
+            assert tags == set(m.tasks[run.task_id].tags), f"tag lanes of {run.id}"
         assert (run.id in m.held) == gated, f"held: {run.id}"
         if leased:
             assert holders.get(run.id) == run.session_id, f"lease holder of {run.id}"

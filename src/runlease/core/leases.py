@@ -61,6 +61,7 @@ from runlease.errors import (
 )
 
 MAX_ERROR_CHARS = 8 * 1024
+_NO_TAGS: frozenset[str] = frozenset()
 
 
 # ------------------------------------------------------------------- claim inputs
@@ -122,6 +123,7 @@ def lease_hash(cmd: ClaimNext | ClaimRun | StealRun) -> str:
 def claim_next(m: State, cmd: ClaimNext) -> Outcome[Claim]:
     session = m.live_session(cmd.session_id)
     inputs = check_claim(cmd)
+    tags = m.capability_set(validate.tags(cmd.tags)) if cmd.tags else _NO_TAGS
     events, queued = expire_stale_lease(m, session, cmd.now)
     run_id = (
         None
@@ -131,6 +133,7 @@ def claim_next(m: State, cmd: ClaimNext) -> Outcome[Claim]:
             offered=m.capability_set(session.capabilities),
             owners=(f"s:{session.id}", f"p:{session.agent}"),
             min_rank=cmd.priority_min,
+            tags=tags,
         )
     )
     if run_id is None:
@@ -139,6 +142,8 @@ def claim_next(m: State, cmd: ClaimNext) -> Outcome[Claim]:
             if cmd.workspace_id
             else " among tasks with no workspace (name a workspace to take its tasks)"
         )
+        if tags:
+            where += f" tagged {', '.join(sorted(tags))}"
         if m.scheduler.paused:
             where += " (the scheduler is paused)"
         error = NotFound(

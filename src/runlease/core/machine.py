@@ -117,6 +117,8 @@ class Machine(State):
                 machine.dependents.setdefault(blocker, set()).add(task.id)
             if task.paused:
                 machine.paused_tasks.add(task.id)
+            if task.tags:
+                task.tags = machine.shared_tags(task.tags)
             if task.status == "pending":
                 # Records written before awaiting approval was derived as blocked, and a
                 # failed run with attempts left as ready, stored pending for both; only
@@ -151,6 +153,7 @@ class Machine(State):
                         machine.capability_set(task.required_capabilities),
                         machine.capability_set(task.preferred_capabilities),
                         machine.owner_key(task),
+                        machine.capability_set(task.tags),
                     )
 
         machine.index.add_many(queued())

@@ -25,6 +25,9 @@ MAX_TITLE_CHARS: Final = 512
 MAX_DESCRIPTION_CHARS: Final = 16 * 1024
 MAX_NAME_CHARS: Final = 200
 MAX_CAPABILITIES: Final = 32
+MAX_TAGS: Final = 32
+# How long a ``task list --search`` text may be.
+MAX_SEARCH_CHARS: Final = 200
 MAX_REASON_CHARS: Final = 2048
 # Task graph and operator limits.
 MAX_HIERARCHY_DEPTH: Final = 8
@@ -92,6 +95,7 @@ MUTABLE_TASK_FIELDS: Final = frozenset(
         "auto_enqueue_on_ready",
         "stale_after",
         "approval_policy",
+        "tags",
     }
 )
 IMMUTABLE_TASK_FIELDS: Final = frozenset(
@@ -216,6 +220,8 @@ class Task(msgspec.Struct, kw_only=True, tag="task", gc=False, omit_defaults=Tru
     # Seconds without a heartbeat or checkpoint after which ``stuck`` reports its leased
     # run; None leaves it to the threshold the caller of ``stuck`` gives.
     stale_after: float | None = None
+    # Labels to find and claim it by (sorted, distinct; the rules of capability names).
+    tags: tuple[str, ...] = ()
     # Only ever true on a reply: a repeated publish found the task already published and
     # changed nothing. Records in the state keep the default, so it is never persisted.
     already: bool = False

@@ -84,9 +84,11 @@ class State:
         self.session_by_token_hash: dict[str, str] = {}
         self.index = ClaimIndex()
         self.last_seq = 0
-        # One shared frozenset per distinct capability tuple: a new one per queued run
-        # would cost ~200 bytes each at a million tasks.
+        # One shared frozenset per distinct capability (or tag) tuple: a new one per
+        # queued run would cost ~200 bytes each at a million tasks.
         self._capability_sets: dict[tuple[str, ...], frozenset[str]] = {}
+        # One shared tuple per distinct tag list, for the same reason.
+        self._tag_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         # Run ids of live leases, in the order the leases were taken (an ordered set). The
         # lease's token hash is on the run; raw tokens are never kept.
         self.leased: dict[str, None] = {}
@@ -179,6 +181,10 @@ class State:
         if found is None:
             found = self._capability_sets[capabilities] = frozenset(capabilities)
         return found
+
+    def shared_tags(self, tags: tuple[str, ...]) -> tuple[str, ...]:
+        """The one tuple the state keeps for this tag list (tasks share it)."""
+        return self._tag_tuples.setdefault(tags, tags)
 
     def live_session(self, session_id: str | None) -> Session:
         """The session a lease operation acts for; it must be named and live."""
@@ -326,6 +332,7 @@ class State:
             capabilities=self.capability_set(task.required_capabilities),
             preferred=self.capability_set(task.preferred_capabilities),
             owner=self.owner_key(task),
+            tags=self.capability_set(task.tags),
         )
 
     def unqueue(self, run: Run) -> None:

@@ -109,6 +109,7 @@ def create_task(m: State, cmd: CreateTask) -> Outcome[Task]:
     metadata = validate.json_object(cmd.metadata, "metadata", max_bytes=MAX_METADATA_BYTES)
     caps = validate.capabilities(cmd.required_capabilities, "required_capabilities")
     preferred = validate.capabilities(cmd.preferred_capabilities, "preferred_capabilities")
+    tags = m.shared_tags(validate.tags(cmd.tags))
     owner = _owner(cmd.owner)
     artifacts = _artifact_paths(cmd.required_artifacts)
     if cmd.approval_policy not in ("none", "manual"):
@@ -167,6 +168,7 @@ def create_task(m: State, cmd: CreateTask) -> Outcome[Task]:
         required_artifacts=artifacts,
         auto_enqueue_on_ready=auto_enqueue,
         stale_after=stale_after,
+        tags=tags,
         created_at=cmd.now,
         updated_at=cmd.now,
     )
@@ -400,6 +402,8 @@ def update_task(m: State, cmd: UpdateTask) -> Outcome[Task]:
             new[field] = _stale_after(value)
         elif field == "approval_policy":
             new[field] = _approval_policy(value)
+        elif field == "tags":
+            new[field] = m.shared_tags(_new_tags(task.tags, value))
         else:  # owner
             new[field] = _owner(value)
     run = m.current_run(task)
@@ -417,6 +421,21 @@ def update_task(m: State, cmd: UpdateTask) -> Outcome[Task]:
     m.settle(task, run, cmd.now)
     event = m.event("task_updated", cmd.now, task_id=task.id, data={"fields": sorted(new)})
     return Outcome(reply=snapshot_task(task), events=[event])
+
+
+def _new_tags(current: tuple[str, ...], value: object) -> tuple[str, ...]:
+    """A task's tags after an update: a list replaces them; {"add": [...], "remove":
+    [...]} changes them in place, so concurrent edits of different tags both stand."""
+    if not isinstance(value, dict):
+        return validate.tags(value)
+    unknown = set(value) - {"add", "remove"}
+    if unknown:
+        raise InvalidInput(
+            f"a tags change takes a list, or an object with add and remove; not {sorted(unknown)}"
+        )
+    added = validate.tags(value.get("add", []), "tags add")
+    removed = set(validate.tags(value.get("remove", []), "tags remove"))
+    return validate.tags([t for t in (*current, *added) if t not in removed])
 
 
 # ------------------------------------------------------------------------- delete

@@ -15,6 +15,7 @@ from runlease.core.model import (
     MAX_NAME_CHARS,
     MAX_PAYLOAD_DEPTH,
     MAX_REASON_CHARS,
+    MAX_TAGS,
 )
 from runlease.errors import INVALID_INPUT, PAYLOAD_TOO_LARGE, InvalidInput
 
@@ -63,6 +64,20 @@ def capabilities(values: object, field: str) -> tuple[str, ...]:
             code=PAYLOAD_TOO_LARGE,
         )
     return tuple(caps)
+
+
+def tags(values: object, field: str = "tags") -> tuple[str, ...]:
+    """Task tags: the rules of capability names (printable, no whitespace, at most 200
+    characters), sorted and distinct, at most MAX_TAGS of them."""
+    if not isinstance(values, list | tuple | set | frozenset):
+        raise InvalidInput(f"{field} must be a list of strings")
+    found = sorted({name(v, f"{field} entry") for v in values})
+    if len(found) > MAX_TAGS:
+        raise InvalidInput(
+            f"{field} has {len(found)} entries; the limit is {MAX_TAGS}",
+            code=PAYLOAD_TOO_LARGE,
+        )
+    return tuple(found)
 
 
 def lease_seconds(value: object) -> tuple[float, bool]:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncGenerator, Iterable
+from typing import Unpack
 
 import msgspec
 
 from runlease.actors.clock import RuntimeClock
 from runlease.actors.system import ActorSystem
-from runlease.core import context, stuck, views
+from runlease.core import context, finding, stuck, views
+from runlease.core.finding import TaskFilters
 from runlease.core.machine import Machine, snapshot_run, snapshot_task
-from runlease.core.model import Event, Run, Session, Task, TaskStatus
+from runlease.core.model import Event, Run, Session, Task
 from runlease.errors import InvalidInput
 from runlease.operations import DEFAULT_STUCK_THRESHOLD
 from runlease.runtime.history import EVERYTHING, EventHistory
@@ -54,30 +56,12 @@ class MemoryReads:
         return snapshot_run(self._machine.get_run(run_id))
 
     def list_tasks(
-        self,
-        *,
-        status: TaskStatus | None = None,
-        workspace: str | None = None,
-        after: str | None = None,
-        limit: int | None = None,
+        self, *, after: str | None = None, limit: int | None = None, **filters: Unpack[TaskFilters]
     ) -> list[Task]:
-        """Tasks in creation order, optionally filtered; page with ``after`` and ``limit``."""
-        if limit is not None and limit < 0:
-            raise InvalidInput("limit must be zero or positive")
-        out: list[Task] = []
-        seen_after = after is None
-        for task in self._machine.tasks.values():
-            if not seen_after:
-                seen_after = task.id == after
-                continue
-            if status is not None and task.status != status:
-                continue
-            if workspace is not None and task.workspace_id != workspace:
-                continue
-            if limit is not None and len(out) >= limit:
-                break
-            out.append(snapshot_task(task))
-        return out
+        """Tasks matching every filter, in creation order; page with ``after`` (the last id
+        of the previous page) and ``limit``. The filters: see core/finding.py."""
+        found = finding.find_tasks(self._machine, after=after, limit=limit, **filters)
+        return [snapshot_task(task) for task in found]
 
     def runs_of(self, task_id: str) -> list[Run]:
         """Every run of a task, oldest first (follows previous_run_id back from the current)."""

@@ -31,6 +31,10 @@ def task_next(
     priority_min: Annotated[
         Priority | None, Param(help="Skip runs of a lower priority than this.")
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        Param(help="Only runs whose task carries this TAG (repeatable: all must match)."),
+    ] = None,
 ) -> int:
     """Claim the best queued run this session may take.
 
@@ -45,6 +49,7 @@ def task_next(
             workspace=workspace,
             scope=scope,
             priority_min=priority_min,
+            tags=tag or [],
         )
     return show_claim(claim)
 
@@ -163,6 +168,13 @@ NextPriorityMin = Annotated[
     Priority | None,
     Param(help="With --next: skip runs of a lower priority.", group="Claim next"),
 ]
+NextTag = Annotated[
+    list[str] | None,
+    Param(
+        help="With --next: only runs whose task carries this TAG (repeatable: all must match).",
+        group="Claim next",
+    ),
+]
 
 
 class _NextOptions(NamedTuple):
@@ -173,6 +185,7 @@ class _NextOptions(NamedTuple):
     workspace: str | None
     scope: Literal["global", "workspace"] | None = None
     priority_min: Priority | None = None
+    tags: tuple[str, ...] = ()
 
     @classmethod
     def of(
@@ -184,16 +197,17 @@ class _NextOptions(NamedTuple):
         workspace: str | None,
         scope: Literal["global", "workspace"] | None = None,
         priority_min: Priority | None = None,
+        tags: list[str] | None = None,
     ) -> _NextOptions:
         claim_options = (wait, timeout is not None, lease_seconds is not None, workspace, scope)
-        if not wanted and (any(claim_options) or priority_min):
+        if not wanted and (any(claim_options) or priority_min or tags):
             raise UsageError(
-                "--wait, --timeout, --lease-seconds, --workspace, --scope and --priority-min "
-                "apply to the claim of --next; add --next"
+                "--wait, --timeout, --lease-seconds, --workspace, --scope, --priority-min and "
+                "--tag apply to the claim of --next; add --next"
             )
         return cls(
             wanted, wait or timeout is not None, timeout, lease_seconds, workspace, scope,
-            priority_min,
+            priority_min, tuple(tags or ()),
         )  # fmt: skip
 
     def kwargs(self) -> dict[str, Any]:
@@ -204,6 +218,7 @@ class _NextOptions(NamedTuple):
             "workspace": self.workspace,
             "scope": self.scope,
             "priority_min": self.priority_min,
+            "tags": list(self.tags),
         }
 
 
@@ -265,6 +280,7 @@ def task_complete(
     workspace: NextWorkspace = None,
     scope: NextScope = None,
     priority_min: NextPriorityMin = None,
+    tag: NextTag = None,
 ) -> int:
     """Finish the session's run successfully.
 
@@ -278,7 +294,9 @@ def task_complete(
         The run the session holds.
     """
     value = json_arg(result, "--result")
-    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace, scope, priority_min)
+    after = _NextOptions.of(
+        next_, wait, timeout, lease_seconds, workspace, scope, priority_min, tag
+    )
     with connect() as client:
         if after.wanted:
             with spinner(after.wait):
@@ -301,6 +319,7 @@ def task_fail(
     workspace: NextWorkspace = None,
     scope: NextScope = None,
     priority_min: NextPriorityMin = None,
+    tag: NextTag = None,
 ) -> int:
     """End the session's run as failed (the task may be started again while attempts remain).
 
@@ -313,7 +332,9 @@ def task_fail(
         The run the session holds.
     """
     meta = json_arg(metadata, "--metadata", object_only=True)
-    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace, scope, priority_min)
+    after = _NextOptions.of(
+        next_, wait, timeout, lease_seconds, workspace, scope, priority_min, tag
+    )
     with connect() as client:
         if after.wanted:
             with spinner(after.wait):
@@ -337,6 +358,7 @@ def task_release(
     workspace: NextWorkspace = None,
     scope: NextScope = None,
     priority_min: NextPriorityMin = None,
+    tag: NextTag = None,
 ) -> int:
     """Give the run back to the queue (same attempt) without finishing it.
 
@@ -349,7 +371,9 @@ def task_release(
     run_id
         The run the session holds.
     """
-    after = _NextOptions.of(next_, wait, timeout, lease_seconds, workspace, scope, priority_min)
+    after = _NextOptions.of(
+        next_, wait, timeout, lease_seconds, workspace, scope, priority_min, tag
+    )
     with connect() as client:
         if after.wanted:
             with spinner(after.wait):

@@ -99,6 +99,9 @@ def task_update(
         Literal["none", "manual"] | None,
         Param(help="manual: a task that never ran waits for `task approve`; none: no gate."),
     ] = None,
+    tag: Annotated[list[str] | None, Param(help="Replace the tags (repeatable).")] = None,
+    add_tag: Annotated[list[str] | None, Param(help="Add this TAG (repeatable).")] = None,
+    remove_tag: Annotated[list[str] | None, Param(help="Remove this TAG (repeatable).")] = None,
     changes: Annotated[
         str | None,
         Param(help='Raw changes as a JSON object, e.g. \'{"title": "x"}\' (merged first).'),
@@ -135,6 +138,14 @@ def task_update(
         wanted["owner"] = {"kind": assignee.kind, "ref": assignee.ref}
     elif no_owner:
         wanted["owner"] = None
+    if tag is not None and (add_tag or remove_tag):
+        raise UsageError(
+            "--tag replaces the tags; it cannot be combined with --add-tag or --remove-tag"
+        )
+    if tag is not None:
+        wanted["tags"] = tag
+    elif add_tag or remove_tag:
+        wanted["tags"] = {"add": add_tag or [], "remove": remove_tag or []}
     if not wanted:
         raise UsageError("nothing to change: give at least one field option or --changes")
     with connect() as client:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from runlease.cli.context import GLOBALS, connect, json_arg, owner, show
 from runlease.cli.output import emit_event, plain
 from runlease.cli.params import Param
+from runlease.core.finding import ListFilters
 from runlease.core.model import Priority, TaskStatus
 
 
@@ -59,6 +60,9 @@ def task_create(
             '(with "already": true); another request with it is refused with CONFLICT.'
         ),
     ] = None,
+    tag: Annotated[
+        list[str] | None, Param(help="A TAG to find and claim it by (repeatable).")
+    ] = None,
 ) -> int:
     """Create a task.
 
@@ -88,6 +92,7 @@ def task_create(
             auto_enqueue_on_ready=auto_enqueue,
             stale_after=stale_after,
             idempotency_key=idempotency_key,
+            tags=tag or [],
         )
     return show({"task": plain(task), **({"already": True} if task.already else {})})
 
@@ -149,13 +154,56 @@ def task_show(task_id: str, /) -> int:
 def task_list(
     *,
     status: Annotated[TaskStatus | None, Param(help="Only tasks in this status.")] = None,
+    priority: Annotated[Priority | None, Param(help="Only tasks of this priority.")] = None,
+    tag: Annotated[
+        list[str] | None, Param(help="Only tasks carrying this TAG (repeatable: all must match).")
+    ] = None,
+    owner: Annotated[
+        str | None, Param(help="Only tasks assigned to this SESSION_ID or agent pool name.")
+    ] = None,
+    parent: Annotated[str | None, Param(help="Only the direct children of this TASK_ID.")] = None,
+    root: Annotated[
+        str | None, Param(help="Only this TASK_ID and the tasks below it, at any depth.")
+    ] = None,
     workspace: Annotated[str | None, Param(help="Only tasks of this workspace.")] = None,
-    limit: Annotated[int | None, Param(help="At most this many tasks.")] = None,
+    search: Annotated[
+        str | None,
+        Param(help="Only tasks whose title or description contains TEXT (any case)."),
+    ] = None,
+    available: Annotated[
+        bool,
+        Param(negative=(), help="Only tasks this session could claim now (needs a session)."),
+    ] = False,
+    limit: Annotated[int | None, Param(help="At most this many tasks (one page).")] = None,
+    after: Annotated[
+        str | None, Param(help="Continue after this TASK_ID (the next_after of a page).")
+    ] = None,
 ) -> int:
-    """List tasks in creation order."""
+    """List tasks in creation order, filtered (every filter must hold).
+
+    With --limit the output carries "next_after": pass it as --after for the next page
+    (null once there is no more).
+    """
+    filters: ListFilters = {
+        "status": status,
+        "priority": priority,
+        "tags": tag or [],
+        "owner": owner,
+        "parent": parent,
+        "root": root,
+        "workspace": workspace,
+        "search": search,
+    }
     with connect() as client:
-        tasks = client.list_tasks(status=status, workspace=workspace, limit=limit)
-    return show({"tasks": plain(tasks)})
+        if limit is None:
+            tasks = client.list_tasks(after=after, available=available, **filters)
+            return show({"tasks": plain(tasks)})
+        # One more than asked says whether another page follows.
+        tasks = client.list_tasks(after=after, limit=limit + 1, available=available, **filters)
+    more = len(tasks) > limit
+    tasks = tasks[:limit]
+    next_after = tasks[-1].id if more and tasks else None
+    return show({"tasks": plain(tasks), "next_after": next_after})
 
 
 def task_events(
