@@ -23,7 +23,7 @@ import trio
 import trio.testing
 
 from runlease import open_runtime
-from runlease.core.model import Run, Session, Task
+from runlease.core.model import Event, Run, Session, Task
 from runlease.core.snapshot import UnsupportedFormat
 from runlease.errors import (
     AUTONOMY_LEASE_EXPIRED,
@@ -117,7 +117,7 @@ def fail_appends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Simulate a full disk: every journal append fails. Returns the batch sizes tried."""
     tried: list[int] = []
 
-    def full(self: Store, records: Sequence[bytes]) -> int:
+    def full(self: Store, records: Sequence[bytes], events: Sequence[Event] = ()) -> int:
         tried.append(len(records))
         raise Unavailable("no space left on device (simulated)", code=STORAGE_FAILED)
 

@@ -780,7 +780,11 @@ async def _open_runtime(
         runtime.boot_report = report
         runtime.collector = collector
         committer = JournalCommitter(
-            store, machine, runtime._acknowledge, on_rollback=runtime._system.after_rollback
+            store,
+            machine,
+            runtime._acknowledge,
+            on_rollback=runtime._system.after_rollback,
+            clock=runtime._clock.now,
         )
         runtime.use_committer(committer)
         try:
