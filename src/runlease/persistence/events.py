@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from collections.abc import Iterable
 from typing import Final
 
 import msgspec
@@ -67,30 +68,85 @@ def key_seq(key: bytes) -> int:
     return int(_U64.unpack(key)[0])
 
 
-def encode_event(key: bytes, event: Event) -> bytes:
-    """The framed record of ``event`` stored under ``key`` (its ``seq_key``)."""
-    body = _encoder.encode(event)
-    crc = zlib.crc32(body, zlib.crc32(_FRAME_PREFIX, zlib.crc32(key)))
-    return b"".join((_FRAME_PREFIX, _CRC.pack(crc), body))
+def encode_events(
+    events: Iterable[Event],
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    """The stored items of ``events`` (seq key, framed event) and their index entries
+    (:func:`task_key`, empty value), ready for ``putmulti``.
+
+    The checkpoint encodes thousands of events at a time while the event loop waits for
+    the interpreter, so the lookups are hoisted out of the loop and each task's key prefix
+    is made once.
+    """
+    encode = _encoder.encode
+    pack_seq = _U64.pack
+    pack_crc = _CRC.pack
+    crc32 = zlib.crc32
+    frame = _FRAME_PREFIX
+    prefixes: dict[str, bytes] = {}
+    items = []
+    index = []
+    for event in events:
+        key = pack_seq(event.seq)
+        body = encode(event)
+        items.append((key, frame + pack_crc(crc32(body, crc32(key + frame))) + body))
+        task_id = event.task_id
+        if task_id is not None:
+            prefix = prefixes.get(task_id)
+            if prefix is None:
+                prefix = prefixes[task_id] = task_prefix(task_id)
+            index.append((prefix + key, b""))
+    return items, index
 
 
-def decode_event(seq: int, stored: bytes) -> Event:
-    """The event stored under ``seq``, after checking its frame; raises EventCorrupt."""
+def check_event(seq: int, stored: bytes) -> None:
+    """Check the frame and checksum of the event stored under ``seq``; raise EventCorrupt."""
     if len(stored) < _HEADER_SIZE or stored[0] != _FRAME_MAGIC:
         raise EventCorrupt(f"event {seq} has no valid frame")
     if stored[1] != _FRAME_VERSION:
         raise EventCorrupt(f"event {seq} has an unknown frame version {stored[1]}")
     body = memoryview(stored)[_HEADER_SIZE:]
-    crc = zlib.crc32(body, zlib.crc32(stored[:2], zlib.crc32(_U64.pack(seq))))
-    if crc != _CRC.unpack_from(stored, 2)[0]:
+    if (
+        zlib.crc32(body, zlib.crc32(_U64.pack(seq) + _FRAME_PREFIX))
+        != _CRC.unpack_from(stored, 2)[0]
+    ):
         raise EventCorrupt(f"event {seq} fails its checksum")
+
+
+def decode_event(seq: int, stored: bytes) -> Event:
+    """The event stored under ``seq``, after checking its frame; raises EventCorrupt."""
+    check_event(seq, stored)
     try:
-        event = _decoder.decode(body)
+        event = _decoder.decode(memoryview(stored)[_HEADER_SIZE:])
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
         raise EventCorrupt(f"event {seq} does not decode: {exc}") from None
     if event.seq != seq:
         raise EventCorrupt(f"event stored under {seq} says it is event {event.seq}")
     return event
+
+
+def decode_matching(raw: Iterable[tuple[int, bytes]], needles: tuple[bytes, ...]) -> list[Event]:
+    """Decode the stored events that contain every one of ``needles``, checking them all.
+
+    A filtered scan decodes only the events that can match: an id or kind a filter asks
+    for is in the encoded event as its UTF-8 bytes, so an event without them is skipped
+    after its (cheap) checksum, not decoded. The caller still applies its exact filter.
+    """
+    found = []
+    crc32, pack_seq, unpack_crc, prefix = zlib.crc32, _U64.pack, _CRC.unpack_from, _FRAME_PREFIX
+    for seq, stored in raw:
+        if needles and not all(needle in stored for needle in needles):
+            # The checks of check_event, inlined: a scan passes over many events.
+            if stored[:2] != prefix or len(stored) < _HEADER_SIZE:
+                check_event(seq, stored)
+            if (
+                crc32(stored[_HEADER_SIZE:], crc32(pack_seq(seq) + prefix))
+                != unpack_crc(stored, 2)[0]
+            ):
+                check_event(seq, stored)
+            continue
+        found.append(decode_event(seq, stored))
+    return found
 
 
 def task_prefix(task_id: str) -> bytes:

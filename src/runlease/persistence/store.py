@@ -152,7 +152,8 @@ from runlease.persistence.events import (
     HistoryRetention,
     check_retention,
     decode_event,
-    encode_event,
+    decode_matching,
+    encode_events,
     key_seq,
     seq_key,
     task_key,
@@ -745,13 +746,7 @@ class Store:
         """Write ``events`` (seq ascending) and their index entries; encoding happens here."""
         if not events:
             return
-        items = []
-        index = []
-        for event in events:
-            key = seq_key(event.seq)
-            items.append((key, encode_event(key, event)))
-            if event.task_id is not None:
-                index.append((task_key(event.task_id, event.seq), b""))
+        items, index = encode_events(events)
         cursor = txn.cursor(self._events)
         # Appending at the end is the common case and the cheapest; anything else (events
         # boot regenerates over ones already stored) overwrites, with identical bytes.
@@ -969,18 +964,23 @@ class Store:
 
         # Without a scanned filter every candidate matches: read no more than asked for.
         budget = _EVENT_SCAN_CHUNK if scanned else min(limit, _EVENT_SCAN_CHUNK)
+        needles = tuple(value.encode() for value in (run_id, session_id) if value is not None)
+        if kinds is not None and len(kinds) == 1:
+            needles += tuple(kind.encode() for kind in kinds)
         found: list[Event] = []
         if newest:
             position: int | None = upper
             while position is not None and len(found) < limit:
-                candidates, position = self._events_before(position, after_seq, task_id, budget)
+                candidates, position = self._events_before(
+                    position, after_seq, task_id, budget, needles
+                )
                 found.extend(event for event in candidates if matches(event))
             del found[limit:]
             found.reverse()
         else:
             position = after_seq
             while position is not None and len(found) < limit:
-                candidates, position = self._events_after(position, upper, task_id, budget)
+                candidates, position = self._events_after(position, upper, task_id, budget, needles)
                 found.extend(event for event in candidates if matches(event))
             del found[limit:]
         return found
@@ -1103,10 +1103,15 @@ class Store:
             return cutoff is not None and self._decode_event(seq, cursor.value()).at < cutoff
 
     def _events_after(
-        self, position: int, upper: int, task_id: str | None, budget: int
+        self,
+        position: int,
+        upper: int,
+        task_id: str | None,
+        budget: int,
+        needles: tuple[bytes, ...],
     ) -> tuple[list[Event], int | None]:
-        """Up to ``budget`` stored events with ``position < seq < upper`` (of ``task_id``),
-        ascending, and where to go on from (None: the range is done)."""
+        """Up to ``budget`` stored events with ``position < seq < upper`` (of ``task_id``,
+        holding ``needles``), ascending, and where to go on from (None: the range is done)."""
         raw: list[tuple[int, bytes]] = []
         tail: list[Event] = []
         done = True
@@ -1150,7 +1155,7 @@ class Store:
                                 stored = events.get(key[len(prefix) :])
                                 if stored is not None:
                                     raw.append((seq, stored))
-        found = [self._decode_event(seq, value) for seq, value in raw]
+        found = self._decode_matching(raw, needles)
         if not done:
             return found, raw[-1][0]
         if task_id is not None:
@@ -1158,7 +1163,12 @@ class Store:
         return found + tail, None
 
     def _events_before(
-        self, position: int, lower: int, task_id: str | None, budget: int
+        self,
+        position: int,
+        lower: int,
+        task_id: str | None,
+        budget: int,
+        needles: tuple[bytes, ...],
     ) -> tuple[list[Event], int | None]:
         """Up to ``budget`` stored events with ``lower < seq < position`` (of ``task_id``),
         plus the newer ones not checkpointed yet, descending, and where to go on from."""
@@ -1211,8 +1221,16 @@ class Store:
                                     raw.append((seq, stored))
         if task_id is not None:
             tail = [event for event in tail if event.task_id == task_id]
-        found = tail[::-1] + [self._decode_event(seq, value) for seq, value in raw]
+        found = tail[::-1] + self._decode_matching(raw, needles)
         return found, (raw[-1][0] if not done else None)
+
+    def _decode_matching(
+        self, raw: list[tuple[int, bytes]], needles: tuple[bytes, ...]
+    ) -> list[Event]:
+        try:
+            return decode_matching(raw, needles)
+        except EventCorrupt as exc:
+            raise _corrupt(f"the history in {self.data_path} is damaged: {exc}") from None
 
     def _decode_event(self, seq: int, stored: bytes) -> Event:
         try:
