@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -528,3 +529,74 @@ async def test_the_checkpoint_loop_applies_the_retention(
         held[0] = None
         await committer._compact_history()
         assert everything(store) == new
+
+
+async def test_a_store_from_before_events_starts_its_history_at_the_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    async with open_runtime(Clock(), data_dir=data_dir) as rt:
+        await drive(rt, 3, "old")
+        await take_snapshot(rt._machine, rt._committer).done.wait()  # type: ignore[arg-type]
+        at_snapshot = rt._machine.last_seq
+        # No snapshot at shutdown: the records after this one stay to be replayed.
+        monkeypatch.setattr(Store, "write_snapshot", lambda *_: None)
+        await drive(rt, 2, "after")
+        await rt.settled()
+        acknowledged = everything(store_of(rt))
+    # What a store written before events were kept holds: records, snapshots, no history.
+    with Store.open(data_dir, durability="durable") as store:
+        with store._env.begin(write=True) as txn:
+            txn.drop(store._events, delete=False)
+            txn.drop(store._events_by_task, delete=False)
+            txn.delete(b"events_through", db=store._meta)
+        snapshot = store.snapshot_seqs()[-1]
+    with caplog.at_level("INFO", logger="runlease.journal"):
+        history, report = boot_copy(data_dir)
+    assert report.snapshot_seq == snapshot
+    assert f"history starts after journal record {snapshot}" in caplog.text
+    # The replayed records' events come back; the snapshot's records have none to give.
+    assert history == [e for e in acknowledged if e.seq > at_snapshot]
+    assert history
+    caplog.clear()
+    with caplog.at_level("INFO", logger="runlease.journal"):
+        assert boot_copy(data_dir)[0] == history
+    assert "history" not in caplog.text
+
+
+def test_reads_see_one_history_while_checkpoints_move_it(tmp_path: Path) -> None:
+    """Appends and checkpoints on one thread, reads on another: never a gap or a repeat."""
+    store = open_store(tmp_path / "data")
+    appended = [0]
+
+    def write() -> None:
+        seq = 0
+        for batch in range(1000):
+            store.append([b"r"], [event(seq + 1), event(seq + 2), event(seq + 3)])
+            seq += 3
+            appended[0] = seq
+            if batch % 40 == 0:
+                store.checkpoint()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    failures: list[str] = []
+    try:
+        while True:
+            finished = not writer.is_alive()
+            at_least = appended[0]
+            seqs = [e.seq for e in store.read_events(limit=ALL)]
+            if seqs != list(range(1, len(seqs) + 1)) or len(seqs) < at_least:
+                failures.append(f"forward read: {len(seqs)} events, {at_least} appended")
+            newest = [e.seq for e in store.read_events(limit=50, newest=True)]
+            if newest != seqs[-50:] and (not newest or newest[-1] < seqs[-1]):
+                failures.append(f"newest read {newest[-3:]} behind the forward read")
+            if newest and newest != list(range(newest[0], newest[0] + len(newest))):
+                failures.append(f"newest read has a gap: {newest}")
+            if finished:
+                break
+    finally:
+        writer.join()
+        store.close()
+    assert not failures, failures[:3]
+    assert appended[0] == 3000
