@@ -600,3 +600,34 @@ def test_reads_see_one_history_while_checkpoints_move_it(tmp_path: Path) -> None
         store.close()
     assert not failures, failures[:3]
     assert appended[0] == 3000
+
+
+async def test_the_checkpoint_loop_compacts_by_the_runtime_clock(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    clock = Clock()
+    async with open_runtime(clock, data_dir=tmp_path / "data", durability="relaxed") as rt:
+        committer = rt._committer
+        assert isinstance(committer, JournalCommitter)
+        store = store_of(rt)
+        await drive(rt, 2, "old")
+        await rt.settled()
+        kept = len(everything(store))
+        committer._history_retention = HistoryRetention(max_age=60.0)
+        # Hear each compaction round of the loop, with how many events it left.
+        send, rounds = trio.open_memory_channel[int](100)
+        compact = committer._compact_history
+
+        async def watched() -> None:
+            await compact()
+            send.send_nowait(len(everything(store)))
+
+        committer._compact_history = watched  # type: ignore[method-assign]
+        with trio.fail_after(journal.COMPACT_IDLE_EVERY_SECONDS * 10):
+            # By the runtime's clock nothing is old yet, though by the wall clock these
+            # events are years old.
+            assert await rounds.receive() == kept
+            clock.now += 3600
+            while await rounds.receive():
+                pass
+        assert store.stats().events_compacted == kept

@@ -75,6 +75,9 @@ CHECKPOINT_EVERY_SECONDS = 2.0
 RELAXED_FLUSH_DELAY = 0.05
 # Thirty days of events, however many (see HistoryRetention).
 DEFAULT_HISTORY_RETENTION = HistoryRetention()
+# The history is compacted after every checkpoint that stored something, and at least this
+# often while idle (only time moves events past an age limit then).
+COMPACT_IDLE_EVERY_SECONDS = 60.0
 
 
 _T = TypeVar("_T")
@@ -291,20 +294,26 @@ class JournalCommitter:
             self._commit_thread.stop()
 
     async def _checkpoint_loop(self) -> None:
-        """Copy what only the log holds into LMDB, off the commit path, now and then."""
+        """Copy what only the log holds into LMDB, off the commit path, now and then, and
+        compact the history after it."""
+        compacted_at = trio.current_time()
         while True:
             with trio.move_on_after(CHECKPOINT_EVERY_SECONDS):
                 await self._checkpoint_wanted.wait()
             self._checkpoint_wanted = trio.Event()
             if self.failure is not None:
                 continue
-            if self._store.records_only_in_log:
+            stored = bool(self._store.records_only_in_log)
+            if stored:
                 try:
                     await trio.to_thread.run_sync(self._store.checkpoint)
                 except RunleaseError as exc:
                     # Nothing is lost: the log keeps the records, and the next round retries.
                     log.warning("checkpoint failed; the write-ahead log keeps the records: %s", exc)
-            await self._compact_history()
+                    continue
+            if stored or trio.current_time() - compacted_at >= COMPACT_IDLE_EVERY_SECONDS:
+                await self._compact_history()
+                compacted_at = trio.current_time()
 
     async def _compact_history(self) -> None:
         """Drop the events past the retention (off the commit path, like the checkpoint)."""
