@@ -107,6 +107,17 @@ def test_an_empty_store_has_no_history(store: Store) -> None:
     assert store.read_events(limit=10, newest=True) == []
 
 
+def test_out_of_range_arguments_find_nothing_instead_of_failing(store: Store) -> None:
+    events = [event(seq) for seq in range(1, 6)]
+    append_events(store, events)
+    store.checkpoint()
+    assert [store.get_event(seq) for seq in (0, -1, 1 << 64, 1 << 70)] == [None] * 4
+    assert store.read_events(after_seq=-10, limit=ALL) == events
+    assert store.read_events(before_seq=1 << 70, limit=2, newest=True) == events[-2:]
+    assert store.read_events(after_seq=1 << 70, limit=ALL) == []
+    assert store.read_events(before_seq=-3, limit=ALL, newest=True) == []
+
+
 @dataclass(frozen=True)
 class Query:
     """One read_events call, and what a plain list says it must return."""

@@ -234,6 +234,8 @@ _EVENT_SCAN_CHUNK: Final = 4096
 # interleave with a large first compaction.
 _COMPACT_CHUNK: Final = 10_000
 _event_seq: Final = attrgetter("seq")
+# Past every event sequence a key can hold: the open upper end of a history read.
+_NO_SEQ: Final = 1 << 64
 
 _T = TypeVar("_T")
 
@@ -947,10 +949,9 @@ class Store:
         bounded chunk per read transaction. A damaged event in the way raises
         ``STORAGE_CORRUPT``.
         """
-        if limit <= 0:
-            return []
-        upper = before_seq if before_seq is not None else 1 << 64
-        if upper <= after_seq + 1:
+        after_seq = max(after_seq, 0)
+        upper = _NO_SEQ if before_seq is None else min(before_seq, _NO_SEQ)
+        if limit <= 0 or upper <= after_seq + 1:
             return []
         scanned = run_id is not None or session_id is not None or kinds is not None
 
@@ -964,9 +965,8 @@ class Store:
 
         # Without a scanned filter every candidate matches: read no more than asked for.
         budget = _EVENT_SCAN_CHUNK if scanned else min(limit, _EVENT_SCAN_CHUNK)
-        needles = tuple(value.encode() for value in (run_id, session_id) if value is not None)
-        if kinds is not None and len(kinds) == 1:
-            needles += tuple(kind.encode() for kind in kinds)
+        wanted = [run_id, session_id, *(kinds if kinds is not None and len(kinds) == 1 else ())]
+        needles = tuple(value.encode("utf-8", "surrogatepass") for value in wanted if value)
         found: list[Event] = []
         if newest:
             position: int | None = upper
@@ -987,6 +987,8 @@ class Store:
 
     def get_event(self, seq: int) -> Event | None:
         """The stored event ``seq``, or None if there is none (never stored, or compacted)."""
+        if not 0 < seq < _NO_SEQ:
+            return None
         with self._env_lock:
             self._check_open()
             with self._log_lock:
