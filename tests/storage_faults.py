@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
+from runlease.core.model import Event
 from runlease.persistence.store import Store
 
 # Real seconds a held append waits for the test before giving up, so a failing test
@@ -35,8 +36,8 @@ class AppendGate:
         self.fail_next: Exception | None = None
         self.appends = 0
 
-        def append(store: Store, records: Sequence[bytes]) -> int:
-            return self._append(store, records)
+        def append(store: Store, records: Sequence[bytes], events: Sequence[Event] = ()) -> int:
+            return self._append(store, records, events)
 
         monkeypatch.setattr(Store, "append", append)
 
@@ -52,7 +53,7 @@ class AppendGate:
         self._error = error
         self._go.set()
 
-    def _append(self, store: Store, records: Sequence[bytes]) -> int:
+    def _append(self, store: Store, records: Sequence[bytes], events: Sequence[Event]) -> int:
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error
@@ -64,4 +65,4 @@ class AppendGate:
             if self._error is not None:
                 raise self._error
         self.appends += 1
-        return self._real(store, records)
+        return self._real(store, records, events)

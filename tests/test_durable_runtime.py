@@ -23,7 +23,7 @@ import trio
 import trio.testing
 
 from runlease import open_runtime
-from runlease.core.model import Run, Session, Task
+from runlease.core.model import Event, Run, Session, Task
 from runlease.core.snapshot import UnsupportedFormat
 from runlease.errors import (
     AUTONOMY_LEASE_EXPIRED,
@@ -117,7 +117,7 @@ def fail_appends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Simulate a full disk: every journal append fails. Returns the batch sizes tried."""
     tried: list[int] = []
 
-    def full(self: Store, records: Sequence[bytes]) -> int:
+    def full(self: Store, records: Sequence[bytes], events: Sequence[Event] = ()) -> int:
         tried.append(len(records))
         raise Unavailable("no space left on device (simulated)", code=STORAGE_FAILED)
 
@@ -196,7 +196,10 @@ async def test_state_and_leases_survive_a_restart(
         claim = await rt.session(finisher.id).claim_next()
         assert claim.run.id == retry.id
         assert claim.run.attempt == 2
-        assert rt.events()[0].seq > events_before
+        # The history outlives the restart and goes on from where it stood.
+        assert rt.history.get(1).seq == 1
+        assert rt.history.last_seq > events_before
+        assert rt.history.read(after_seq=events_before - 1, limit=1)[0].seq == events_before
         rt._machine.check_invariants()
 
 

@@ -9,7 +9,9 @@ Layout of a data directory::
             journal        8-byte big-endian sequence -> framed record (see below)
             snapshots      8-byte big-endian sequence -> header + snapshot image
             meta           small named values: store format, store id, last sequence,
-                           first checksummed sequence
+                           first checksummed sequence, events through
+            events         8-byte big-endian event seq -> framed event (see below)
+            events_by_task task id + event seq -> b"", the index of each task's events
             wal/           the write-ahead log: segment files (see runlease.persistence.wal)
 
 Sequences start at 1 and have no gaps. A snapshot stored under sequence S holds the state
@@ -85,16 +87,36 @@ unacknowledged batch as "unknown", which replay handles. A checkpoint that fails
 nothing (the log still holds its records) and is retried; an LMDB failure it cannot
 resolve (a failed remap, a panic) makes the store refuse all further work.
 
-All methods are thread-safe (a mutex for LMDB and a lock for the log, taken in that order,
-so appends never wait for a checkpoint), but the store is designed for one writer thread:
-the runtime hands it everything that accumulated while the previous commit ran.
+History (events): :meth:`Store.append` takes the events of its records beside them. They
+are readable (:meth:`Store.read_events`, :meth:`Store.get_event`) once the append
+returned, kept in memory until the next checkpoint writes them into ``events`` and
+``events_by_task`` in the same transaction as their records, with ``events_through`` in
+``meta`` (the last journal record whose events are stored). The commit path only hands the
+Event objects over: encoding, the index and the flush happen in the checkpoint. Records the
+store replays from the log at open come without events (the store cannot compute them):
+boot (``runlease.runtime.journal.load_machine``) regenerates the events of every record it
+replays past ``events_through`` and stores them with :meth:`Store.store_replayed_events`
+before serving. Events are history, not state: a store written before events were kept
+(or by an older runlease that ignored them) starts its history at the first record boot
+replays after the upgrade; nothing earlier is invented. Retention and the event format are
+in :mod:`runlease.persistence.events`; :meth:`Store.compact_events` applies retention.
+
+All methods are thread-safe (a mutex for LMDB writes and a lock for the log, taken in
+that order, so appends never wait for a checkpoint), but the store is designed for one
+writer thread: the runtime hands it everything that accumulated while the previous commit
+ran. History reads take neither the mutex nor a write transaction: a short lock that only
+growing the map and closing take (between those two) keeps the environment alive under
+their read transaction, so a read never waits for a checkpoint's flush and may run on the
+event loop's thread.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import struct
@@ -102,6 +124,7 @@ import threading
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from operator import attrgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Literal, Self, TypeVar
@@ -110,6 +133,7 @@ import lmdb
 import lmdb.verify as lmdb_verify
 import msgspec
 
+from runlease.core.model import Event
 from runlease.core.snapshot import UnsupportedFormat
 from runlease.errors import (
     DATA_DIR_LOCKED,
@@ -123,6 +147,18 @@ from runlease.errors import (
     Unavailable,
 )
 from runlease.persistence import wal
+from runlease.persistence.events import (
+    EventCorrupt,
+    HistoryRetention,
+    check_retention,
+    decode_event,
+    decode_matching,
+    encode_events,
+    key_seq,
+    seq_key,
+    task_key,
+    task_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +188,8 @@ _META_LAST_SEQ: Final = b"last_seq"
 _META_STORE_ID: Final = b"store_id"
 # Records from this sequence on must carry a checksum frame; older ones may be bare.
 _META_CHECKSUMMED_FROM: Final = b"checksummed_from"
+# The last journal record whose events are in the events database.
+_META_EVENTS_THROUGH: Final = b"events_through"
 
 # Journal record frame: magic, frame version, crc32. 0xC1 is the one byte msgpack never
 # uses, so a bare (pre-checksum) record, always a msgpack map, can never start with it.
@@ -189,6 +227,15 @@ _TRIM_CHUNK: Final = 20_000
 CHECKPOINT_RECORDS: Final = 20_000
 CHECKPOINT_BYTES: Final = 16 * MiB
 _PENDING_HARD_LIMIT: Final = 256 * MiB
+# History reads look at this many stored events per read transaction, so a filtered scan
+# of a long history never holds the environment lock for long.
+_EVENT_SCAN_CHUNK: Final = 4096
+# Compaction deletes this many events per write transaction, so appends and checkpoints
+# interleave with a large first compaction.
+_COMPACT_CHUNK: Final = 10_000
+_event_seq: Final = attrgetter("seq")
+# Past every event sequence a key can hold: the open upper end of a history read.
+_NO_SEQ: Final = 1 << 64
 
 _T = TypeVar("_T")
 
@@ -214,6 +261,9 @@ class StoreStats(msgspec.Struct, kw_only=True):
     lmdb_commits: int = 0
     checkpoints: int = 0
     records_checkpointed: int = 0
+    events_checkpointed: int = 0
+    events_regenerated: int = 0
+    events_compacted: int = 0
 
 
 class SnapshotProblem(msgspec.Struct, frozen=True):
@@ -235,6 +285,8 @@ class Store:
         journal: lmdb._Database,
         snapshots: lmdb._Database,
         meta: lmdb._Database,
+        events: lmdb._Database,
+        events_by_task: lmdb._Database,
         lock_fd: int,
         data_fd: int,
         last_seq: int,
@@ -242,6 +294,8 @@ class Store:
         store_id: str,
         checksummed_from: int,
         log: wal.LogWriter,
+        events_through: int = 0,
+        last_event_seq: int = 0,
     ) -> None:
         self.data_dir = data_dir
         self.durability: Durability = durability
@@ -250,6 +304,8 @@ class Store:
         self._journal = journal
         self._snapshots = snapshots
         self._meta = meta
+        self._events = events
+        self._events_by_task = events_by_task
         self._lock_fd: int | None = lock_fd
         # The data file stays open for the store's lifetime, so growing the map needs no
         # new descriptor (which could fail with EMFILE when the process is at its limit).
@@ -260,6 +316,10 @@ class Store:
         self._checksummed_from = checksummed_from
         self._compress = compress_snapshots
         self._mutex = threading.Lock()
+        # Keeps the environment alive under history reads: taken by those reads, and by
+        # growing the map and closing (with the mutex held). Order: _mutex, _env_lock,
+        # _log_lock.
+        self._env_lock = threading.Lock()
         # Serialises identity-file rewrites, which run outside the mutex (they fsync).
         self._identity_lock = threading.Lock()
         self._identity_seq = 0
@@ -279,6 +339,14 @@ class Store:
         self._log_failed: str | None = None
         # The hooks' delivery log, opened on first use (see read_hook_log).
         self._hooks: lmdb._Database | None = None
+        # The events of the pending records, oldest first (guarded by _log_lock); LMDB
+        # holds every stored event up to _events_lmdb_seq, these are the ones after it.
+        self._pending_events: list[Event] = []
+        self._events_lmdb_seq = last_event_seq
+        # The last journal record whose events are stored (in LMDB or pending), and the
+        # one LMDB's events_through says.
+        self._events_through = events_through
+        self._events_lmdb_through = events_through
 
     @property
     def wal_dir(self) -> Path:
@@ -399,6 +467,8 @@ class Store:
                 journal=state.journal,
                 snapshots=state.snapshots,
                 meta=state.meta,
+                events=state.events,
+                events_by_task=state.events_by_task,
                 lock_fd=lock_fd,
                 data_fd=data_fd,
                 last_seq=last_seq,
@@ -406,6 +476,8 @@ class Store:
                 store_id=store_id,
                 checksummed_from=state.checksummed_from,
                 log=writer,
+                events_through=state.events_through,
+                last_event_seq=state.last_event_seq,
             )
             if identity is None or identity.store_id != store_id or updates:
                 store._flush_and_record_identity(last_seq, raise_errors=True)
@@ -441,7 +513,8 @@ class Store:
                     # Only once LMDB holds every record may the log go.
                     obsolete = self._log.all_paths() if not self._pending else []
                 _delete_segments(self.wal_dir, obsolete)
-                self._env.close()
+                with self._env_lock:
+                    self._env.close()
                 if self._data_fd is not None:
                     os.close(self._data_fd)
                     self._data_fd = None
@@ -499,8 +572,12 @@ class Store:
         """The sequence of the newest committed record (0 for a new store)."""
         return self._last_seq
 
-    def append(self, records: Sequence[bytes]) -> int:
+    def append(self, records: Sequence[bytes], events: Sequence[Event] = ()) -> int:
         """Commit a batch of records as one group commit; return the last sequence.
+
+        ``events`` are the events those records caused, in order (seq ascending). They are
+        readable by :meth:`read_events` once this returned, and reach LMDB with their
+        records at the next checkpoint; nothing is done with them here but keeping them.
 
         The records get consecutive sequences after :meth:`last_seq` and are written to the
         log in one write; when durable, one ``fdatasync`` makes them durable before this
@@ -538,6 +615,9 @@ class Store:
             self._pending.extend(records)
             self._pending_bytes += sum(len(record) for record in records)
             self._last_seq = last = first + len(records) - 1
+            if events:
+                self._pending_events.extend(events)
+            self._events_through = last
             self._stats.commits += 1
             if self.durability == "durable":
                 self._stats.fsyncs += 1
@@ -620,6 +700,10 @@ class Store:
         with self._log_lock:
             first = self._lmdb_last + 1
             records = list(self._pending)
+            # Appends add records and their events together, so these are exactly the
+            # events of ``records``.
+            events = list(self._pending_events)
+            events_through = self._events_through
         if not records and also is None:
             return None
         last = first + len(records) - 1
@@ -627,16 +711,24 @@ class Store:
         def write(txn: lmdb.Transaction[bytes]) -> _T | None:
             if records:
                 self._put_records(txn, first, records)
+                self._put_events(txn, events, append=True)
+                if events_through != self._events_lmdb_through:
+                    txn.put(_META_EVENTS_THROUGH, _U64.pack(events_through), db=self._meta)
             return also(txn) if also is not None else None
 
         result = self._write(what, write)
         if records:
             self._lmdb_last = last
+            self._events_lmdb_through = events_through
             self._stats.checkpoints += 1
             self._stats.records_checkpointed += len(records)
+            self._stats.events_checkpointed += len(events)
         with self._log_lock:
             del self._pending[: len(records)]
             self._pending_bytes -= sum(len(record) for record in records)
+            if events:
+                del self._pending_events[: len(events)]
+                self._events_lmdb_seq = max(self._events_lmdb_seq, events[-1].seq)
             obsolete = self._log.covered_through(self._lmdb_last)
         _delete_segments(self.wal_dir, obsolete)
         return result
@@ -651,6 +743,24 @@ class Store:
             # Only possible if the journal holds keys past the checkpoint: a bug.
             raise InternalError(f"journal in {self.data_dir} already has records after {first - 1}")
         txn.put(_META_LAST_SEQ, _U64.pack(first + len(records) - 1), db=self._meta)
+
+    def _put_events(
+        self, txn: lmdb.Transaction[bytes], events: Sequence[Event], *, append: bool
+    ) -> None:
+        """Write ``events`` (seq ascending) and their index entries; encoding happens here."""
+        if not events:
+            return
+        items, index = encode_events(events)
+        cursor = txn.cursor(self._events)
+        # Appending at the end is the common case and the cheapest; anything else (events
+        # boot regenerates over ones already stored) overwrites, with identical bytes.
+        at_end = append and (not cursor.last() or key_seq(cursor.key()) < events[0].seq)
+        _consumed, added = cursor.putmulti(items, append=at_end)
+        if added != len(items) and at_end:
+            raise InternalError(f"the events in {self.data_dir} are not in sequence order")
+        if index:
+            index.sort()
+            txn.cursor(self._events_by_task).putmulti(index)
 
     def _prepare_spare_segment(self) -> None:
         """Make the next log segment now, off the append path, if the active one is half full."""
@@ -785,6 +895,352 @@ class Store:
             f"journal record {expected} is missing from {self.data_dir} ({where}); records "
             "up to the older kept snapshot are trimmed, so replay must start from a snapshot"
         )
+
+    # ----------------------------------------------------------------------- history
+    def events_through(self) -> int:
+        """The last journal record whose events are stored (0: none are)."""
+        with self._log_lock:
+            return self._events_through
+
+    def store_replayed_events(self, through: int, events: Sequence[Event]) -> None:
+        """Store the events boot regenerated for the records up to ``through``.
+
+        Boot calls this before serving, with the events of every record it replayed after
+        :meth:`events_through` (seq ascending), in one flushed transaction. The events of
+        records that were already stored are overwritten with identical bytes.
+        """
+        if through > self._last_seq:
+            raise ValueError(f"record {through} is past the journal's end {self._last_seq}")
+        with self._mutex:
+            self._check_open()
+            with self._log_lock:
+                if through <= self._events_through:
+                    return
+                if self._pending:
+                    raise InternalError("replayed events must be stored before any append")
+
+            def write(txn: lmdb.Transaction[bytes]) -> None:
+                self._put_events(txn, events, append=False)
+                txn.put(_META_EVENTS_THROUGH, _U64.pack(through), db=self._meta)
+
+            self._write("store the events of the replayed records", write)
+            self._stats.events_regenerated += len(events)
+            self._events_lmdb_through = through
+            with self._log_lock:
+                self._events_through = through
+                if events:
+                    self._events_lmdb_seq = max(self._events_lmdb_seq, events[-1].seq)
+
+    def read_events(
+        self,
+        *,
+        after_seq: int = 0,
+        before_seq: int | None = None,
+        limit: int,
+        newest: bool = False,
+        task_id: str | None = None,
+        run_id: str | None = None,
+        session_id: str | None = None,
+        kinds: frozenset[str] | None = None,
+    ) -> list[Event]:
+        """Stored events with ``after_seq < seq < before_seq`` that match every filter given.
+
+        Oldest first: the first ``limit`` such events, or with ``newest`` the last
+        ``limit`` (still oldest first). Covers LMDB and the events not checkpointed yet.
+        ``task_id`` walks its index (O(log n + k)); the other filters scan the range, a
+        bounded chunk per read transaction. A damaged event in the way raises
+        ``STORAGE_CORRUPT``.
+        """
+        after_seq = max(after_seq, 0)
+        upper = _NO_SEQ if before_seq is None else min(before_seq, _NO_SEQ)
+        if limit <= 0 or upper <= after_seq + 1:
+            return []
+        scanned = run_id is not None or session_id is not None or kinds is not None
+
+        def matches(event: Event) -> bool:
+            return (
+                (task_id is None or event.task_id == task_id)
+                and (run_id is None or event.run_id == run_id)
+                and (session_id is None or event.session_id == session_id)
+                and (kinds is None or event.kind in kinds)
+            )
+
+        # Without a scanned filter every candidate matches: read no more than asked for.
+        budget = _EVENT_SCAN_CHUNK if scanned else min(limit, _EVENT_SCAN_CHUNK)
+        wanted = [run_id, session_id, *(kinds if kinds is not None and len(kinds) == 1 else ())]
+        needles = tuple(value.encode("utf-8", "surrogatepass") for value in wanted if value)
+        found: list[Event] = []
+        if newest:
+            position: int | None = upper
+            while position is not None and len(found) < limit:
+                candidates, position = self._events_before(
+                    position, after_seq, task_id, budget, needles
+                )
+                found.extend(event for event in candidates if matches(event))
+            del found[limit:]
+            found.reverse()
+        else:
+            position = after_seq
+            while position is not None and len(found) < limit:
+                candidates, position = self._events_after(position, upper, task_id, budget, needles)
+                found.extend(event for event in candidates if matches(event))
+            del found[limit:]
+        return found
+
+    def get_event(self, seq: int) -> Event | None:
+        """The stored event ``seq``, or None if there is none (never stored, or compacted)."""
+        if not 0 < seq < _NO_SEQ:
+            return None
+        with self._env_lock:
+            self._check_open()
+            with self._log_lock:
+                if seq > self._events_lmdb_seq:
+                    pending = self._pending_events
+                    i = bisect.bisect_left(pending, seq, key=_event_seq)
+                    return pending[i] if i < len(pending) and pending[i].seq == seq else None
+            with self._reading("read an event"), self._env.begin(db=self._events) as txn:
+                stored = txn.get(seq_key(seq))
+        return None if stored is None else self._decode_event(seq, stored)
+
+    def event_bounds(self) -> tuple[int, int]:
+        """(oldest stored event seq or 0, newest stored event seq or 0)."""
+        with self._env_lock:
+            self._check_open()
+            with self._reading("read the event bounds"), self._env.begin(db=self._events) as txn:
+                cursor = txn.cursor()
+                oldest = key_seq(cursor.key()) if cursor.first() else 0
+                newest = key_seq(cursor.key()) if cursor.last() else 0
+                with self._log_lock:
+                    pending = self._pending_events
+                    if pending:
+                        oldest = oldest or pending[0].seq
+                        newest = pending[-1].seq
+        return oldest, newest
+
+    def compact_events(
+        self, *, now: float, retention: HistoryRetention, keep_after: int | None
+    ) -> int:
+        """Delete the oldest events that break a retention limit; return how many went.
+
+        Goes from the oldest event up and stops at the first one that may stay: older
+        than ``now - retention.max_age`` or not among the newest ``retention.max_events``
+        (counting the ones not checkpointed yet) is what makes an event go, and an event
+        with seq > ``keep_after`` (the lowest hold) never goes. So what remains is always
+        every event from some seq on. Events not checkpointed yet are left to a later
+        compaction. Deletes in batches of bounded size, each its own transaction, with its
+        index entries.
+        """
+        check_retention(retention)
+        if retention.max_age is None and retention.max_events is None:
+            return 0
+        cutoff = None if retention.max_age is None else now - retention.max_age
+        total = 0
+        while True:
+            with self._mutex:
+                self._check_open()
+                if not self._compaction_due(cutoff, retention.max_events, keep_after):
+                    return total
+                with self._log_lock:
+                    pending = len(self._pending_events)
+                batch = functools.partial(
+                    self._compact_batch,
+                    cutoff=cutoff,
+                    max_events=retention.max_events,
+                    keep_after=keep_after,
+                    pending=pending,
+                )
+                deleted = self._write("compact the history", batch)
+                self._stats.events_compacted += deleted
+            total += deleted
+            if deleted < _COMPACT_CHUNK:
+                return total
+
+    def _compact_batch(
+        self,
+        txn: lmdb.Transaction[bytes],
+        *,
+        cutoff: float | None,
+        max_events: int | None,
+        keep_after: int | None,
+        pending: int,
+    ) -> int:
+        """Delete up to one batch of the oldest events that must go; return how many."""
+        excess = 0
+        if max_events is not None:
+            excess = txn.stat(self._events)["entries"] + pending - max_events
+        cursor = txn.cursor(self._events)
+        index = txn.cursor(self._events_by_task)
+        deleted = 0
+        if not cursor.first():
+            return 0
+        while deleted < _COMPACT_CHUNK:
+            seq = key_seq(cursor.key())
+            if keep_after is not None and seq > keep_after:
+                break
+            event = self._decode_event(seq, cursor.value())
+            if not (deleted < excess or (cutoff is not None and event.at < cutoff)):
+                break
+            if event.task_id is not None and index.set_key(task_key(event.task_id, seq)):
+                index.delete()
+            cursor.delete()
+            deleted += 1
+            if not cursor.key():  # the cursor ran off the end
+                break
+        return deleted
+
+    def _compaction_due(
+        self, cutoff: float | None, max_events: int | None, keep_after: int | None
+    ) -> bool:
+        """Whether the oldest stored event must go (a read transaction; saves a write one)."""
+        with self._reading("read the history"), self._env.begin(db=self._events) as txn:
+            cursor = txn.cursor()
+            if not cursor.first():
+                return False
+            seq = key_seq(cursor.key())
+            if keep_after is not None and seq > keep_after:
+                return False
+            if max_events is not None:
+                with self._log_lock:
+                    pending = len(self._pending_events)
+                if txn.stat(self._events)["entries"] + pending > max_events:
+                    return True
+            return cutoff is not None and self._decode_event(seq, cursor.value()).at < cutoff
+
+    def _events_after(
+        self,
+        position: int,
+        upper: int,
+        task_id: str | None,
+        budget: int,
+        needles: tuple[bytes, ...],
+    ) -> tuple[list[Event], int | None]:
+        """Up to ``budget`` stored events with ``position < seq < upper`` (of ``task_id``,
+        holding ``needles``), ascending, and where to go on from (None: the range is done)."""
+        raw: list[tuple[int, bytes]] = []
+        tail: list[Event] = []
+        done = True
+        with self._env_lock:
+            self._check_open()
+            with self._log_lock:
+                split = self._events_lmdb_seq
+                pending = self._pending_events
+                if upper - 1 > split and pending:
+                    start = bisect.bisect_right(pending, max(position, split), key=_event_seq)
+                    stop = bisect.bisect_left(pending, upper, key=_event_seq)
+                    tail = pending[start:stop]
+            if position < split:
+                end = min(split + 1, upper)  # exclusive
+                with self._reading("read the history"), self._env.begin() as txn:
+                    if task_id is None:
+                        cursor = txn.cursor(self._events)
+                        if cursor.set_range(seq_key(position + 1)):
+                            for key, value in cursor.iternext():
+                                seq = key_seq(key)
+                                if seq >= end:
+                                    break
+                                if len(raw) >= budget:
+                                    done = False
+                                    break
+                                raw.append((seq, value))
+                    else:
+                        prefix = task_prefix(task_id)
+                        cursor = txn.cursor(self._events_by_task)
+                        events = txn.cursor(self._events)
+                        if cursor.set_range(prefix + seq_key(position + 1)):
+                            for key in cursor.iternext(keys=True, values=False):
+                                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                                    break
+                                seq = key_seq(key[len(prefix) :])
+                                if seq >= end:
+                                    break
+                                if len(raw) >= budget:
+                                    done = False
+                                    break
+                                stored = events.get(key[len(prefix) :])
+                                if stored is not None:
+                                    raw.append((seq, stored))
+        found = self._decode_matching(raw, needles)
+        if not done:
+            return found, raw[-1][0]
+        if task_id is not None:
+            tail = [event for event in tail if event.task_id == task_id]
+        return found + tail, None
+
+    def _events_before(
+        self,
+        position: int,
+        lower: int,
+        task_id: str | None,
+        budget: int,
+        needles: tuple[bytes, ...],
+    ) -> tuple[list[Event], int | None]:
+        """Up to ``budget`` stored events with ``lower < seq < position`` (of ``task_id``),
+        plus the newer ones not checkpointed yet, descending, and where to go on from."""
+        raw: list[tuple[int, bytes]] = []
+        tail: list[Event] = []
+        done = True
+        with self._env_lock:
+            self._check_open()
+            with self._log_lock:
+                split = self._events_lmdb_seq
+                pending = self._pending_events
+                if position - 1 > split and pending:
+                    start = bisect.bisect_right(pending, max(lower, split), key=_event_seq)
+                    stop = bisect.bisect_left(pending, position, key=_event_seq)
+                    tail = pending[start:stop]
+            top = min(position, split + 1)  # exclusive
+            if top - 1 > lower:
+                with self._reading("read the history"), self._env.begin() as txn:
+                    if task_id is None:
+                        cursor = txn.cursor(self._events)
+                        if _seek_before(cursor, seq_key(top)):
+                            for key, value in cursor.iterprev():
+                                seq = key_seq(key)
+                                if seq >= top:
+                                    continue
+                                if seq <= lower:
+                                    break
+                                if len(raw) >= budget:
+                                    done = False
+                                    break
+                                raw.append((seq, value))
+                    else:
+                        prefix = task_prefix(task_id)
+                        cursor = txn.cursor(self._events_by_task)
+                        events = txn.cursor(self._events)
+                        if _seek_before(cursor, prefix + seq_key(top)):
+                            for key in cursor.iterprev(keys=True, values=False):
+                                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                                    break
+                                seq = key_seq(key[len(prefix) :])
+                                if seq >= top:
+                                    continue
+                                if seq <= lower:
+                                    break
+                                if len(raw) >= budget:
+                                    done = False
+                                    break
+                                stored = events.get(key[len(prefix) :])
+                                if stored is not None:
+                                    raw.append((seq, stored))
+        if task_id is not None:
+            tail = [event for event in tail if event.task_id == task_id]
+        found = tail[::-1] + self._decode_matching(raw, needles)
+        return found, (raw[-1][0] if not done else None)
+
+    def _decode_matching(
+        self, raw: list[tuple[int, bytes]], needles: tuple[bytes, ...]
+    ) -> list[Event]:
+        try:
+            return decode_matching(raw, needles)
+        except EventCorrupt as exc:
+            raise _corrupt(f"the history in {self.data_path} is damaged: {exc}") from None
+
+    def _decode_event(self, seq: int, stored: bytes) -> Event:
+        try:
+            return decode_event(seq, stored)
+        except EventCorrupt as exc:
+            raise _corrupt(f"the history in {self.data_path} is damaged: {exc}") from None
 
     # -------------------------------------------------------------------- snapshots
     def write_snapshot(self, seq: int, data: bytes) -> None:
@@ -1009,7 +1465,8 @@ class Store:
             assert self._data_fd is not None  # open until close(), which takes the mutex
             _reserve(self._data_fd, self.data_dir / "db" / "data.mdb", new, what)
         try:
-            self._env.set_mapsize(new)
+            with self._env_lock:  # no history read may hold a transaction across this
+                self._env.set_mapsize(new)
         except lmdb.Error as exc:
             # LMDB unmapped the old map before failing to map the new one: the environment
             # must not be touched again in this process.
@@ -1068,6 +1525,13 @@ def _unpack_snapshot(key_seq: int, blob: bytes) -> bytes:
     if len(image) != image_len:
         raise _CorruptSnapshot(f"image is {len(image)} bytes, header says {image_len}")
     return image
+
+
+def _seek_before(cursor: lmdb.Cursor[bytes], key: bytes) -> bool:
+    """Put the cursor on the last item below ``key``; False if there is none."""
+    if cursor.set_range(key):
+        return cursor.prev()
+    return cursor.last()
 
 
 def _keys(cursor: lmdb.Cursor[bytes]) -> list[int]:
@@ -1175,7 +1639,8 @@ def _open_env(path: Path, *, durability: Durability, map_size: int) -> lmdb.Envi
             str(path),
             map_size=map_size,
             subdir=True,
-            # journal, snapshots, meta and the hooks' delivery log, with room to spare.
+            # journal, snapshots, meta, events, their index and the hooks' delivery log,
+            # with room to spare.
             max_dbs=16,
             # Every LMDB commit is a checkpoint (or a snapshot, or a trim), rare and flushed
             # in both modes: the log is deleted behind it, and an unflushed commit could
@@ -1206,6 +1671,11 @@ class _DbState(msgspec.Struct, kw_only=True):
     store_id: str | None
     has_data: bool
     checksummed_from: int
+    events: lmdb._Database
+    events_by_task: lmdb._Database
+    # The last journal record whose events are stored (0: none, or an older store).
+    events_through: int
+    last_event_seq: int
 
 
 def _open_databases(env: lmdb.Environment, data_path: Path) -> _DbState:
@@ -1215,6 +1685,8 @@ def _open_databases(env: lmdb.Environment, data_path: Path) -> _DbState:
             journal = env.open_db(b"journal", txn=txn)
             snapshots = env.open_db(b"snapshots", txn=txn)
             meta = env.open_db(b"meta", txn=txn)
+            events = env.open_db(b"events", txn=txn)
+            events_by_task = env.open_db(b"events_by_task", txn=txn)
             raw_format = txn.get(_META_FORMAT, db=meta)
             stored_format = 0 if raw_format is None else _U64.unpack(raw_format)[0]
             if stored_format > STORE_FORMAT:
@@ -1238,6 +1710,10 @@ def _open_databases(env: lmdb.Environment, data_path: Path) -> _DbState:
                 last = max(last, _U64.unpack(cursor.key())[0])
             raw_id = txn.get(_META_STORE_ID, db=meta)
             raw_from = txn.get(_META_CHECKSUMMED_FROM, db=meta)
+            raw_events_through = txn.get(_META_EVENTS_THROUGH, db=meta)
+            events_through = 0 if raw_events_through is None else key_seq(raw_events_through)
+            cursor = txn.cursor(events)
+            last_event_seq = key_seq(cursor.key()) if cursor.last() else 0
     except (lmdb.Error, OSError, struct.error) as exc:
         raise _read_error(f"cannot open the databases in {env.path()}", exc) from exc
     has_data = has_records or meta_last > 0
@@ -1269,6 +1745,10 @@ def _open_databases(env: lmdb.Environment, data_path: Path) -> _DbState:
         store_id=store_id,
         has_data=has_data,
         checksummed_from=checksummed_from,
+        events=events,
+        events_by_task=events_by_task,
+        events_through=events_through,
+        last_event_seq=last_event_seq,
     )
 
 

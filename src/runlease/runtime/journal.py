@@ -7,8 +7,13 @@ worker thread when durable); only after that commit returns are their replies re
 (and their events published). So a reply always describes durable state, the number of
 commits adapts to load with no timer, and the event loop never waits on disk. Two helper
 tasks keep the store tidy off that path: a checkpointer copies what only the log holds
-into LMDB every few seconds (or sooner when it piles up), and in relaxed mode a flusher
-makes the log durable shortly after each write.
+into LMDB every few seconds (or sooner when it piles up) and then compacts the history to
+its retention, and in relaxed mode a flusher makes the log durable shortly after each write.
+
+Each commit hands the store the events of its records too (they are only kept in memory
+there until the checkpoint writes them beside their records), so every acknowledged event
+is on disk with the change that caused it; boot regenerates the events of records the log
+held beyond the last checkpoint (``load_machine``).
 
 Snapshots go through the same writer, in order with the records, so a snapshot taken after
 the k-th submitted command is stored only once the first k records are committed, and is
@@ -33,6 +38,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -43,7 +49,7 @@ from runlease.actors.commit import Acknowledge
 from runlease.actors.requests import Request
 from runlease.core.commands import AnyCommand, ExpireLease, ExpireSession
 from runlease.core.machine import Machine, Outcome
-from runlease.core.model import LEASED_RUN_STATUSES, REASON_ORPHANED_ON_BOOT
+from runlease.core.model import LEASED_RUN_STATUSES, REASON_ORPHANED_ON_BOOT, Event
 from runlease.core.snapshot import UnsupportedFormat, decode_snapshot, encode_snapshot
 from runlease.errors import (
     RESOURCE_EXHAUSTED,
@@ -53,6 +59,7 @@ from runlease.errors import (
     RunleaseError,
     Unavailable,
 )
+from runlease.persistence.events import HistoryRetention, check_retention
 from runlease.persistence.records import decode_command, encode_record
 from runlease.persistence.store import Store
 
@@ -66,6 +73,11 @@ CHECKPOINT_EVERY_SECONDS = 2.0
 # Relaxed mode flushes the log at most this long after a write (a power cut loses at most
 # about that much; a killed process loses nothing).
 RELAXED_FLUSH_DELAY = 0.05
+# Thirty days of events, however many (see HistoryRetention).
+DEFAULT_HISTORY_RETENTION = HistoryRetention()
+# The history is compacted after every checkpoint that stored something, and at least this
+# often while idle (only time moves events past an age limit then).
+COMPACT_IDLE_EVERY_SECONDS = 60.0
 
 
 _T = TypeVar("_T")
@@ -148,6 +160,10 @@ class JournalCommitter:
 
     ``on_rollback`` runs after memory was rolled back to the journal, so the actors can
     watch the deadlines of the restored state and let waiting claimers look again.
+
+    After each checkpoint round the history is compacted to ``history_retention`` at the
+    time ``clock()`` (the runtime's clock, the one events are stamped with), never past
+    ``keep_events_after()`` (the lowest hold on the history, None for none).
     """
 
     def __init__(
@@ -157,7 +173,14 @@ class JournalCommitter:
         acknowledge: Acknowledge,
         *,
         on_rollback: Callable[[], None] | None = None,
+        history_retention: HistoryRetention = DEFAULT_HISTORY_RETENTION,
+        keep_events_after: Callable[[], int | None] = lambda: None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        check_retention(history_retention)
+        self._history_retention = history_retention
+        self._keep_events_after = keep_events_after
+        self._clock = clock
         self._store = store
         self._machine = machine
         self._acknowledge = acknowledge
@@ -271,18 +294,43 @@ class JournalCommitter:
             self._commit_thread.stop()
 
     async def _checkpoint_loop(self) -> None:
-        """Copy what only the log holds into LMDB, off the commit path, now and then."""
+        """Copy what only the log holds into LMDB, off the commit path, now and then, and
+        compact the history after it."""
+        compacted_at = trio.current_time()
         while True:
             with trio.move_on_after(CHECKPOINT_EVERY_SECONDS):
                 await self._checkpoint_wanted.wait()
             self._checkpoint_wanted = trio.Event()
-            if self.failure is not None or not self._store.records_only_in_log:
+            if self.failure is not None:
                 continue
-            try:
-                await trio.to_thread.run_sync(self._store.checkpoint)
-            except RunleaseError as exc:
-                # Nothing is lost: the log keeps the records, and the next round retries.
-                log.warning("checkpoint failed; the write-ahead log keeps the records: %s", exc)
+            stored = bool(self._store.records_only_in_log)
+            if stored:
+                try:
+                    await trio.to_thread.run_sync(self._store.checkpoint)
+                except RunleaseError as exc:
+                    # Nothing is lost: the log keeps the records, and the next round retries.
+                    log.warning("checkpoint failed; the write-ahead log keeps the records: %s", exc)
+                    continue
+            if stored or trio.current_time() - compacted_at >= COMPACT_IDLE_EVERY_SECONDS:
+                await self._compact_history()
+                compacted_at = trio.current_time()
+
+    async def _compact_history(self) -> None:
+        """Drop the events past the retention (off the commit path, like the checkpoint)."""
+        now = self._clock()
+        keep_after = self._keep_events_after()
+        try:
+            deleted = await trio.to_thread.run_sync(
+                lambda: self._store.compact_events(
+                    now=now, retention=self._history_retention, keep_after=keep_after
+                )
+            )
+        except RunleaseError as exc:
+            # History only: the state is untouched, and the next round tries again.
+            log.warning("compacting the history failed: %s", exc)
+            return
+        if deleted:
+            log.info("compacted %d events past the history's retention", deleted)
 
     async def _flush_loop(self) -> None:
         """Relaxed mode: flush the log shortly after writes, off the commit path."""
@@ -322,16 +370,21 @@ class JournalCommitter:
         """
         if not items:
             return None
-        records = [item[0] for item in items if not isinstance(item, _Hold)]
+        records: list[bytes] = []
+        events: list[Event] = []
+        for item in items:
+            if not isinstance(item, _Hold):
+                records.append(item[0])
+                events += item[2].events
         if records and self.failure is None:
             try:
                 if self._store.durability == "relaxed":
                     # A log write without a flush takes ~10 us; a trip to a worker thread
                     # ~120 us. The flush follows within RELAXED_FLUSH_DELAY.
-                    self._store.append(records)
+                    self._store.append(records, events)
                     self._log_written.set()
                 else:
-                    await self._commit_thread.run(lambda: self._store.append(records))
+                    await self._commit_thread.run(lambda: self._store.append(records, events))
                 if self._store.checkpoint_due():
                     self._checkpoint_wanted.set()
             except Exception as exc:
@@ -481,6 +534,8 @@ class BootReport:
         self.skipped_snapshots = 0
         self.orphaned_leases: list[str] = []
         self.expired_sessions: list[str] = []
+        # Events boot regenerated for records the store held without their events.
+        self.regenerated_events = 0
 
 
 def load_machine(store: Store, report: BootReport) -> Machine:
@@ -490,6 +545,15 @@ def load_machine(store: Store, report: BootReport) -> Machine:
     replay, a gap, a database LMDB cannot read) raises ``Unavailable(code=STORAGE_CORRUPT)``
     naming the data file; a newer format raises :class:`UnsupportedFormat`. A snapshot that
     fails its checks is skipped for an older one, as the journal still covers the gap.
+
+    The events of every replayed record the store has no events for yet (the records the
+    log held beyond the last checkpoint, which the store replays without them) are
+    regenerated by the replay itself, identical to the ones published before, and stored
+    before this returns. Records folded into the snapshot are not replayed, so their events
+    cannot be regenerated: a checkpoint always stores a record's events with it and a
+    snapshot is written only with a checkpoint, so that happens only to a store written
+    before events were kept (its history starts here) or by a runlease that ignored them
+    (a gap in the history, logged). The state is unaffected either way.
     """
     where = store.data_path
     machine: Machine | None = None
@@ -509,6 +573,8 @@ def load_machine(store: Store, report: BootReport) -> Machine:
     report.skipped_snapshots = decode_failures + len(store.snapshot_problems)
     if machine is None:
         machine = Machine()
+    events_through = store.events_through()
+    regenerated: list[Event] = []
     expected = report.snapshot_seq + 1
     records = store.iter_journal(report.snapshot_seq)
     while True:
@@ -533,14 +599,39 @@ def load_machine(store: Store, report: BootReport) -> Machine:
         except Exception as exc:  # any decode failure means "damaged"
             raise _corrupt(f"journal record {seq} in {where} does not decode: {exc}") from None
         try:
-            machine.apply(command)
+            applied = machine.apply(command)
         except Exception as exc:  # a stored command that cannot replay
             raise _corrupt(
                 f"journal record {seq} ({type(command).__name__}) in {where} does not replay: {exc}"
             ) from None
+        if seq > events_through:
+            regenerated += applied.events
         expected += 1
         report.replayed += 1
+    last = expected - 1
+    if last > events_through:
+        if report.snapshot_seq > events_through:
+            _note_history_gap(store, events_through, report.snapshot_seq)
+        store.store_replayed_events(last, regenerated)
+        report.regenerated_events = len(regenerated)
     return machine
+
+
+def _note_history_gap(store: Store, events_through: int, snapshot_seq: int) -> None:
+    if events_through == 0:
+        log.info(
+            "the store in %s kept no events before; its history starts after journal record %d",
+            store.data_dir,
+            snapshot_seq,
+        )
+    else:
+        log.warning(
+            "the store in %s has no events for journal records %d to %d (written by a "
+            "runlease that did not keep them); the history skips them",
+            store.data_dir,
+            events_through + 1,
+            snapshot_seq,
+        )
 
 
 def _corrupt(message: str) -> Unavailable:

@@ -183,9 +183,6 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         # How long a create's idempotency key is kept, stamped on each keyed create.
         self.idempotency_window = check_window(idempotency_window)
         self.boot_report: BootReport | None = None
-        # How long the store keeps events (its compaction keeps those after
-        # ``history.keep_after`` too); None without a store.
-        self.history_retention: HistoryRetention | None = None
         # Set when the runtime tunes the garbage collector (``gc_tuning``): its statistics.
         self.collector: TunedCollector | None = None
         # The hooks' dispatchers and delivery log (``hook list``, ``hook retry``).
@@ -846,8 +843,8 @@ async def _open_runtime(
             RuntimeClock(clock, floor=machine.high_water),
             history=EventHistory(
                 capacity=event_capacity or DEFAULT_EVENT_CAPACITY,
-                # Once the store keeps events: store=store (it reads older events there).
-                store=None,
+                # Events older than the memory ring are read from the store.
+                store=store,
                 start_seq=machine.last_seq,
                 observers=observers,
             ),
@@ -859,10 +856,16 @@ async def _open_runtime(
             session_idle_timeout=session_idle_timeout,
         )
         runtime.boot_report = report
-        runtime.history_retention = retention
         runtime.collector = collector
         committer = JournalCommitter(
-            store, machine, runtime._acknowledge, on_rollback=runtime._system.after_rollback
+            store,
+            machine,
+            runtime._acknowledge,
+            on_rollback=runtime._system.after_rollback,
+            clock=runtime._clock.now,
+            history_retention=retention,
+            # Compaction keeps what followers and hooks have not read yet.
+            keep_events_after=lambda: runtime.history.keep_after,
         )
         runtime.use_committer(committer)
         try:
