@@ -174,3 +174,34 @@ async def test_messages_for_a_busy_scheduler_wait_in_order_for_its_next_batch() 
         assert first.result().run.id == "run_1"
         assert second.result().run.id == "run_2"
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("wait", [True, False])
+async def test_a_claim_given_up_while_queued_for_a_busy_scheduler_is_never_made(
+    wait: bool,
+) -> None:
+    machine = Machine()
+    system = ActorSystem(machine, RuntimeClock(lambda: START), MemoryCommitter(_acknowledge))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(system.run)
+        await _call(system, Request(OpenSession(now=0.0, session_id="ses_a", agent="a")))
+        create = CreateTask(now=0.0, task_id="tsk_a", title="a", start_run_id="run_a")
+        await _call(system, Request(create))
+        await trio.testing.wait_all_tasks_blocked()
+
+        # The scheduler is woken but has not run: the claim waits in its mailbox, and its
+        # caller gives up there (a wait that ran out, a cancelled request).
+        system.scheduler.wake_nowait()
+        claim = _claim(1, wait=wait)
+        await system.send(claim)
+        assert not claim.resolved
+        claim.abandoned = True
+        await trio.testing.wait_all_tasks_blocked()
+
+        # Nobody is told of a claim made now, so none is made: the run stays queued and
+        # the session free to claim it with its next request.
+        assert not claim.resolved
+        assert machine.runs["run_a"].status == "queued"
+        assert machine.sessions["ses_a"].lease_run_id is None
+        assert (await _call(system, _claim(2))).run.id == "run_a"
+        nursery.cancel_scope.cancel()

@@ -160,11 +160,18 @@ class Scheduler:
             self._idle = False
 
     def _handle(self, message: SchedulerMessage) -> None:
-        if isinstance(message.command, ClaimNext) and message.wait:
-            if not self._try_claim_for(message):
-                self.waiters.park(message)
-            return
-        if isinstance(message.command, FinishAndClaim):
+        command = message.command
+        if isinstance(command, ClaimNext):
+            if message.abandoned:
+                # The caller stopped waiting (its timeout ran out, it was cancelled) while
+                # the claim sat in the mailbox: making it now would hand a lease to nobody,
+                # and the session's next claim would find it already holding one.
+                return
+            if message.wait:
+                if not self._try_claim_for(message):
+                    self.waiters.park(message)
+                return
+        elif isinstance(command, FinishAndClaim):
             self._finish_and_claim(message)
             return
         self._applier.execute(message)
