@@ -103,7 +103,7 @@ class MemoryReads:
             if session.state == "live":
                 view = msgspec.structs.replace(session)
                 view.last_active_at = activity.last_active(session)
-                view.age_seconds = max(0.0, now - session.opened_at)
+                view.age_seconds = round(max(0.0, now - session.opened_at), 1)
                 out.append(view)
         return out
 
