@@ -117,6 +117,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import struct
@@ -1131,34 +1132,10 @@ class Store:
             if position < split:
                 end = min(split + 1, upper)  # exclusive
                 with self._reading("read the history"), self._env.begin() as txn:
-                    if task_id is None:
-                        cursor = txn.cursor(self._events)
-                        if cursor.set_range(seq_key(position + 1)):
-                            for key, value in cursor.iternext():
-                                seq = key_seq(key)
-                                if seq >= end:
-                                    break
-                                if len(raw) >= budget:
-                                    done = False
-                                    break
-                                raw.append((seq, value))
-                    else:
-                        prefix = task_prefix(task_id)
-                        cursor = txn.cursor(self._events_by_task)
-                        events = txn.cursor(self._events)
-                        if cursor.set_range(prefix + seq_key(position + 1)):
-                            for key in cursor.iternext(keys=True, values=False):
-                                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
-                                    break
-                                seq = key_seq(key[len(prefix) :])
-                                if seq >= end:
-                                    break
-                                if len(raw) >= budget:
-                                    done = False
-                                    break
-                                stored = events.get(key[len(prefix) :])
-                                if stored is not None:
-                                    raw.append((seq, stored))
+                    walk = self._walk_events(txn, task_id, position, end, backward=False)
+                    raw = list(itertools.islice(walk, budget + 1))
+                done = len(raw) <= budget
+                del raw[budget:]
         found = self._decode_matching(raw, needles)
         if not done:
             return found, raw[-1][0]
@@ -1191,42 +1168,53 @@ class Store:
             top = min(position, split + 1)  # exclusive
             if top - 1 > lower:
                 with self._reading("read the history"), self._env.begin() as txn:
-                    if task_id is None:
-                        cursor = txn.cursor(self._events)
-                        if _seek_before(cursor, seq_key(top)):
-                            for key, value in cursor.iterprev():
-                                seq = key_seq(key)
-                                if seq >= top:
-                                    continue
-                                if seq <= lower:
-                                    break
-                                if len(raw) >= budget:
-                                    done = False
-                                    break
-                                raw.append((seq, value))
-                    else:
-                        prefix = task_prefix(task_id)
-                        cursor = txn.cursor(self._events_by_task)
-                        events = txn.cursor(self._events)
-                        if _seek_before(cursor, prefix + seq_key(top)):
-                            for key in cursor.iterprev(keys=True, values=False):
-                                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
-                                    break
-                                seq = key_seq(key[len(prefix) :])
-                                if seq >= top:
-                                    continue
-                                if seq <= lower:
-                                    break
-                                if len(raw) >= budget:
-                                    done = False
-                                    break
-                                stored = events.get(key[len(prefix) :])
-                                if stored is not None:
-                                    raw.append((seq, stored))
+                    walk = self._walk_events(txn, task_id, lower, top, backward=True)
+                    raw = list(itertools.islice(walk, budget + 1))
+                done = len(raw) <= budget
+                del raw[budget:]
         if task_id is not None:
             tail = [event for event in tail if event.task_id == task_id]
         found = tail[::-1] + self._decode_matching(raw, needles)
         return found, (raw[-1][0] if not done else None)
+
+    def _walk_events(
+        self,
+        txn: lmdb.Transaction[bytes],
+        task_id: str | None,
+        lower: int,
+        upper: int,
+        *,
+        backward: bool,
+    ) -> Iterator[tuple[int, bytes]]:
+        """Stored ``(seq, framed event)`` with ``lower < seq < upper`` (of ``task_id``, through
+        its index), ascending, or descending when ``backward``."""
+        prefix = b"" if task_id is None else task_prefix(task_id)
+        events = None if task_id is None else txn.cursor(self._events)
+        cursor = txn.cursor(self._events if task_id is None else self._events_by_task)
+        if backward:
+            if not _seek_before(cursor, prefix + seq_key(upper)):
+                return
+            items = cursor.iterprev()
+        else:
+            if not cursor.set_range(prefix + seq_key(lower + 1)):
+                return
+            items = cursor.iternext()
+        for key, value in items:
+            if events is not None:
+                if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                    return  # past the task's entries
+                key = key[len(prefix) :]
+            seq = key_seq(key)
+            if not lower < seq < upper:
+                if (seq <= lower) if backward else (seq >= upper):
+                    return
+                continue
+            if events is not None:
+                stored = events.get(key)
+                if stored is None:
+                    continue
+                value = stored
+            yield seq, value
 
     def _decode_matching(
         self, raw: list[tuple[int, bytes]], needles: tuple[bytes, ...]
