@@ -59,6 +59,7 @@ import msgspec
 from runlease.core.context import ContextBundle
 from runlease.core.model import (
     MAX_PAYLOAD_DEPTH,
+    AccessToken,
     BulkResult,
     Checkpoint,
     Claim,
@@ -107,6 +108,7 @@ from runlease.operations import (
     ClaimTask,
     CompleteRun,
     CreateTask,
+    CreateToken,
     DeleteTask,
     DrainScheduler,
     EventPage,
@@ -126,11 +128,13 @@ from runlease.operations import (
     HeartbeatRun,
     InspectRun,
     InspectTask,
+    IssuedToken,
     ListEvents,
     ListHookDeliveries,
     ListSessions,
     ListStuck,
     ListTasks,
+    ListTokens,
     NextClaim,
     OpenedSession,
     OpenSession,
@@ -149,6 +153,7 @@ from runlease.operations import (
     ResumeTask,
     RetryHookDelivery,
     RetryRun,
+    RevokeToken,
     ServerStatus,
     SessionPage,
     SessionRequest,
@@ -158,6 +163,7 @@ from runlease.operations import (
     StopSession,
     StuckList,
     TaskPage,
+    TokenList,
     UnblockTask,
     UpdateTask,
     WhoAmI,
@@ -351,6 +357,23 @@ class HookDeliveryReply(Reply, tag="hook_delivery"):
     delivery: HookDelivery
 
 
+class TokenIssued(Reply, tag="token_issued"):
+    """A new access token and its secret, which is shown only in this reply."""
+
+    spreads = IssuedToken
+    token: AccessToken
+    secret: str
+
+
+class AccessTokenReply(Reply, tag="access_token"):
+    token: AccessToken
+
+
+class TokenListReply(Reply, tag="tokens"):
+    spreads = TokenList
+    tokens: list[AccessToken]
+
+
 AnyReply = (
     Welcome
     | ErrorReply
@@ -381,6 +404,9 @@ AnyReply = (
     | ContextReply
     | HookListReply
     | HookDeliveryReply
+    | TokenIssued
+    | AccessTokenReply
+    | TokenListReply
 )
 
 
@@ -390,6 +416,9 @@ class Hello(Request[Welcome], tag="hello"):
 
     versions: list[int]
     client: str = ""
+    # An access token (``rl_token_...``): the connection then acts with its role. Required
+    # on a connection that is not the owner-only local socket.
+    auth_token: str | None = None
 
 
 class Cancel(Request[Ok], tag="cancel"):
@@ -445,6 +474,9 @@ _VALUE_REPLIES: Final[tuple[type[Reply], ...]] = (
     ContextReply,
     HookListReply,
     HookDeliveryReply,
+    TokenIssued,
+    AccessTokenReply,
+    TokenListReply,
 )
 _CARRIERS: Final = _carriers()
 
@@ -739,6 +771,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
     "SUPPORTED_VERSIONS",
+    "AccessTokenReply",
     "AddDependency",
     "AnyReply",
     "AnyRequest",
@@ -760,6 +793,7 @@ __all__ = [
     "CompleteRun",
     "ContextReply",
     "CreateTask",
+    "CreateToken",
     "DeleteTask",
     "DrainReply",
     "DrainScheduler",
@@ -792,11 +826,13 @@ __all__ = [
     "InspectReply",
     "InspectRun",
     "InspectTask",
+    "IssuedToken",
     "ListEvents",
     "ListHookDeliveries",
     "ListSessions",
     "ListStuck",
     "ListTasks",
+    "ListTokens",
     "NextClaim",
     "Ok",
     "OpenSession",
@@ -819,6 +855,7 @@ __all__ = [
     "RetryHookDelivery",
     "RetryReply",
     "RetryRun",
+    "RevokeToken",
     "RunReply",
     "SchedulerReply",
     "ServerStatus",
@@ -840,6 +877,9 @@ __all__ = [
     "TaskList",
     "TaskPage",
     "TaskReply",
+    "TokenIssued",
+    "TokenList",
+    "TokenListReply",
     "UnblockTask",
     "UpdateTask",
     "Welcome",
