@@ -210,6 +210,11 @@ class _InFlight:
 
 
 class _Connection:
+    # The owner-only Unix socket: trusted as the operator when it presents no token. A
+    # listener that is not local sets this False on its connections, which must then
+    # authenticate in their hello.
+    local: bool = True
+
     def __init__(self, stream: trio.SocketStream, number: int, max_inflight: int) -> None:
         self.stream = stream
         # The hot path reads and writes through the wire; the stream closes the socket.
@@ -224,9 +229,6 @@ class _Connection:
         self.handshaken = False
         self.client_name = ""  # what the client called itself in hello
         self._origin: Origin | None = None
-        # The owner-only Unix socket: trusted as the operator when no token is presented.
-        # A connection from elsewhere must authenticate in its hello.
-        self.local = True
         # The access token this connection authenticated with (its id, its actor), if any.
         self.token_id: str | None = None
         self.token_actor: Actor | None = None
@@ -701,7 +703,13 @@ class SocketServer:
             conn.post(p.ErrorReply(id=exc.request_id, code=exc.code, message=exc.message))
             return
         if isinstance(request, p.Hello):
-            conn.post(self._hello(conn, request))
+            reply = self._hello(conn, request)
+            if isinstance(reply, p.ErrorReply) and reply.code == AUTH_TOKEN_REFUSED:
+                # Nothing more is read from a connection that failed to authenticate.
+                await conn.send_last(reply)
+                conn.begin_drain("auth_refused")
+                return
+            conn.post(reply)
             return
         if not conn.handshaken:
             conn.post(
@@ -783,7 +791,6 @@ class SocketServer:
                     code=AUTH_TOKEN_REFUSED,
                 )
         except RunleaseError as exc:
-            conn.begin_drain("auth_refused")
             return p.ErrorReply(id=hello.id, code=exc.code, message=exc.message)
         conn.greeted(hello.client, token)
         conn.buffer.limit(p.MAX_FRAME_BYTES)
