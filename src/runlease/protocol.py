@@ -26,7 +26,11 @@ Handshake
     The first request on a connection must be :class:`Hello`, listing the protocol versions
     the client speaks; the server answers :class:`Welcome` with the version it picked, or an
     ``UNSUPPORTED_VERSION`` error. Any other request before that gets
-    ``HANDSHAKE_REQUIRED``.
+    ``HANDSHAKE_REQUIRED``. The hello may carry an access token (``auth_token``,
+    ``rl_token_...``): the connection then acts with the token's role, every request is
+    checked against the role its operation needs (``PERMISSION_DENIED``), and writes name
+    the token. An unknown, revoked or expired token gets ``AUTH_TOKEN_REFUSED`` and the
+    connection is closed.
 
 Sessions
     Requests that act for a session (claim, heartbeat, complete, fail, release, block,
