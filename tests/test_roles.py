@@ -310,3 +310,18 @@ async def test_writes_are_stamped_with_the_tokens_name(tmp_path: Path) -> None:
         assert origin is not None
         assert origin.ref == "token:builder"
         assert events["run_force_released"].actor == Actor(kind="token", ref="oncall")
+
+
+def test_clients_present_runlease_token_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runlease.client import Client
+    from runlease.client_common import resolve_auth_token
+
+    monkeypatch.setenv("RUNLEASE_TOKEN", "rl_token_from-env")
+    assert resolve_auth_token(None) == "rl_token_from-env"
+    assert resolve_auth_token("rl_token_given") == "rl_token_given"
+    assert resolve_auth_token("") is None
+    assert Client("/nowhere.sock").auth_token == "rl_token_from-env"
+    monkeypatch.delenv("RUNLEASE_TOKEN")
+    assert Client("/nowhere.sock").auth_token is None
