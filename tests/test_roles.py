@@ -270,6 +270,7 @@ async def test_an_agent_token_acts_only_with_the_sessions_it_opened(tmp_path: Pa
                 as_bob.heartbeat(claim.run.id, token=alice_session),
                 as_bob.complete(claim.run.id, token=alice_session),
                 as_bob.stop_session(session.id),
+                as_bob.open_session(agent="child", parent=session.id),
             ):
                 error = await refused(attempt)
                 assert error.code == PERMISSION_DENIED

@@ -628,6 +628,9 @@ class OpenSession(Request[OpenedSession], tag="open_session"):
         return OpenedSession(session, token)
 
     def command(self, call: Call, token_hash: str | None = None) -> c.OpenSession:
+        if self.parent is not None:
+            # An agent token opens children only under its own sessions.
+            call.check_session(self.parent)
         return c.OpenSession(
             now=0.0,
             session_id=call.runtime.new_id("ses"),

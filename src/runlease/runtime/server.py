@@ -261,9 +261,9 @@ class _Connection:
     def greeted(self, client_name: str, token: AccessToken | None) -> None:
         self.handshaken = True
         self.client_name = client_name
-        if token is not None:
-            self.token_id = token.id
-            self.token_actor = Actor(kind="token", ref=token.name)
+        # Each hello says anew who the connection is.
+        self.token_id = None if token is None else token.id
+        self.token_actor = None if token is None else Actor(kind="token", ref=token.name)
         self._origin = None
 
     def fields(self, **more: Any) -> dict[str, Any]:
