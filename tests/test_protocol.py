@@ -146,6 +146,9 @@ GRAPH_EXAMPLES: list[p.Request[Any]] = [
     p.GetContext(id=69, token="rl_session_x", run_id="run_1"),
     p.ListHookDeliveries(id=45, status="failed", hook="hook_0123456789ab", limit=10),
     p.RetryHookDelivery(id=46, delivery_id="hook_0123456789ab.7"),
+    p.CreateToken(id=47, name="ci", role="agent", ttl=3600.0),
+    p.RevokeToken(id=48, token="ci"),
+    p.ListTokens(id=49),
 ]
 
 
@@ -214,6 +217,10 @@ def test_the_wire_names_are_stable() -> None:
         # the hooks' delivery log
         "hook_list",
         "hook_retry",
+        # access tokens
+        "create_token",
+        "revoke_token",
+        "list_tokens",
     }
     assert expected_ops == p.OPS
     reply_types: tuple[type[p.Reply], ...] = p.AnyReply.__args__
@@ -248,6 +255,9 @@ def test_the_wire_names_are_stable() -> None:
         "context",
         "hooks",
         "hook_delivery",
+        "token_issued",
+        "access_token",
+        "tokens",
     }
     assert expected_replies == {t.__struct_config__.tag for t in reply_types}
     assert {type(r) for r in EXAMPLES + GRAPH_EXAMPLES} == set(p.REQUEST_TYPES)

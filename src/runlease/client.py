@@ -45,6 +45,7 @@ from runlease.client_common import (
     closed_by_server,
     hello,
     outgoing,
+    resolve_auth_token,
     resolve_socket,
     unreachable,
 )
@@ -101,7 +102,8 @@ class Client(ClientMethods):
     Its named methods (generated in :mod:`runlease.operation_methods_sync`) build a request
     and :meth:`call` it. ``session_token`` is used by the session-scoped calls (claim_next,
     heartbeat, complete, fail, release, block, whoami, ...) unless the request names its
-    own ``token``. ``reply_timeout``
+    own ``token``. ``auth_token`` (default: $RUNLEASE_TOKEN) is the access token presented
+    in the handshake: the connection then acts with its role. ``reply_timeout``
     bounds how long a call waits for its reply (None: forever); a waiting claim gets its own
     timeout on top, and a followed event stream waits as long as it is read.
 
@@ -118,8 +120,11 @@ class Client(ClientMethods):
         connect_timeout: float = 5.0,
         reply_timeout: float | None = None,
         client_name: str = CLIENT_NAME,
+        auth_token: str | None = None,
     ) -> None:
         self.path = resolve_socket(path)
+        # Presented in every handshake (see resolve_auth_token); never sent anywhere else.
+        self.auth_token = resolve_auth_token(auth_token)
         self.client_name = client_name
         self.session_token = session_token
         self.connect_timeout = connect_timeout
@@ -138,7 +143,7 @@ class Client(ClientMethods):
         self._buffer = p.FrameBuffer()
         self.welcome = None
         try:
-            greeting = hello(self._take_id(), self.client_name)
+            greeting = hello(self._take_id(), self.client_name, self.auth_token)
             self.welcome = check_reply(self._exchange(greeting), p.Welcome)
         except BaseException:
             self.close()
@@ -347,10 +352,13 @@ class _EventStream:
 
 
 def connect(
-    path: str | os.PathLike[str] | None = None, *, session_token: str | None = None
+    path: str | os.PathLike[str] | None = None,
+    *,
+    session_token: str | None = None,
+    auth_token: str | None = None,
 ) -> Client:
     """A connected :class:`Client` (close it, or use ``with``)."""
-    return Client(path, session_token=session_token).connect()
+    return Client(path, session_token=session_token, auth_token=auth_token).connect()
 
 
 def __getattr__(name: str) -> Any:

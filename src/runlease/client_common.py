@@ -26,7 +26,7 @@ from runlease.errors import (
     error_for_code,
 )
 from runlease.operations import ClaimNext, FinishRequest, Request, SessionRequest
-from runlease.paths import default_socket_path
+from runlease.paths import ENV_ACCESS_TOKEN, default_socket_path
 
 CLIENT_NAME: Final = "runlease-python"
 RECEIVE_BYTES: Final = 64 * 1024
@@ -108,8 +108,18 @@ class ConnectBackoff:
         return min(delay, left)
 
 
-def hello(rid: int, client: str = CLIENT_NAME) -> p.Hello:
-    return p.Hello(id=rid, versions=list(p.SUPPORTED_VERSIONS), client=client)
+def hello(rid: int, client: str = CLIENT_NAME, auth_token: str | None = None) -> p.Hello:
+    return p.Hello(
+        id=rid, versions=list(p.SUPPORTED_VERSIONS), client=client, auth_token=auth_token
+    )
+
+
+def resolve_auth_token(token: str | None) -> str | None:
+    """The access token to present: ``token``, else $RUNLEASE_TOKEN, else none ("" means
+    none even when the variable is set)."""
+    if token is None:
+        token = os.environ.get(ENV_ACCESS_TOKEN)
+    return token or None
 
 
 def check_reply(reply: p.AnyReply, expected: type[ReplyT]) -> ReplyT:

@@ -10,7 +10,8 @@ InternalError         1      a bug or an unexpected failure inside runlease
 UsageError            2      the command line itself is wrong (CLI only)
 InvalidInput          3      the request is malformed, too large, or not allowed now
 NotFound              4      the named thing does not exist, or nothing is claimable
-LeaseRefused          5      the session may not do this to that lease (AUTONOMY_* codes)
+LeaseRefused          5      the session may not do this to that lease (AUTONOMY_* codes),
+                             or the caller's role or token may not do this at all
 Unavailable           6      the runtime is not serving (closed, recovering, unreachable)
 ====================  =====  ============================================================
 """
@@ -77,6 +78,14 @@ RUN_ALREADY_FINISHED: Final = "RUN_ALREADY_FINISHED"
 FORBIDDEN_OPERATOR_ACTION: Final = "FORBIDDEN_OPERATOR_ACTION"
 # An idempotency key already made a task from a different request; the first task stands.
 CONFLICT: Final = "CONFLICT"
+# The caller's role may not run this operation, or its agent token may not act for that
+# session.
+PERMISSION_DENIED: Final = "PERMISSION_DENIED"
+# The connection presented an unknown, revoked or expired token, or none where one is
+# required (a connection that is not the owner-only local socket).
+AUTH_TOKEN_REFUSED: Final = "AUTH_TOKEN_REFUSED"
+# token revoke names no token (by id, or by the name of a live one).
+TOKEN_NOT_FOUND: Final = "TOKEN_NOT_FOUND"
 
 # Runtime availability and bugs.
 RUNTIME_CLOSED: Final = "RUNTIME_CLOSED"
@@ -200,6 +209,9 @@ _CLASS_BY_CODE: dict[str, type[RunleaseError]] = {
     RUN_ALREADY_FINISHED: InvalidInput,
     FORBIDDEN_OPERATOR_ACTION: LeaseRefused,
     CONFLICT: InvalidInput,
+    PERMISSION_DENIED: LeaseRefused,
+    AUTH_TOKEN_REFUSED: LeaseRefused,
+    TOKEN_NOT_FOUND: NotFound,
     RUNTIME_CLOSED: Unavailable,
     RECOVERING: Unavailable,
     SERVER_UNAVAILABLE: Unavailable,

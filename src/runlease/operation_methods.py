@@ -18,7 +18,7 @@ import msgspec
 
 from runlease import operations as op
 from runlease.core.finding import ListFilters
-from runlease.core.model import BulkResult, Event, Finished, Session, Task
+from runlease.core.model import AccessToken, BulkResult, Event, Finished, Session, Task
 from runlease.core.views import StuckRun
 from runlease.operations import ClaimArgs, ClaimNext, FinishRequest, Request, strings
 
@@ -73,6 +73,8 @@ class AsyncTaskMethods(AsyncCaller):
     stop_session = method(op.StopSession)
     hook_deliveries = method(op.ListHookDeliveries)
     retry_hook_delivery = method(op.RetryHookDelivery)
+    create_token = method(op.CreateToken)
+    revoke_token = method(op.RevokeToken)
 
     async def bulk_force_release(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
         """Force-release up to 50 runs; one outcome per run, in the order given."""
@@ -160,6 +162,10 @@ class AsyncClientMethods(AsyncTaskMethods, AsyncLeaseMethods):
     inspect_task = method(op.InspectTask)
     inspect_run = method(op.InspectRun)
     get_event = method(op.GetEvent)
+
+    async def list_tokens(self) -> list[AccessToken]:
+        """Every access token, oldest first, with its role and state (never a secret)."""
+        return (await self.call(op.ListTokens())).tokens
 
     async def get_task(self, task_id: str) -> Task:
         return (await self.show_task(task_id)).task

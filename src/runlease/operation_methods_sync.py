@@ -11,7 +11,7 @@ import msgspec
 
 from runlease import operations as op
 from runlease.core.finding import ListFilters
-from runlease.core.model import BulkResult, Event, Finished, Session, Task
+from runlease.core.model import AccessToken, BulkResult, Event, Finished, Session, Task
 from runlease.core.views import StuckRun
 from runlease.operations import ClaimArgs, ClaimNext, FinishRequest, Request, strings
 
@@ -66,6 +66,8 @@ class TaskMethods(Caller):
     stop_session = method(op.StopSession)
     hook_deliveries = method(op.ListHookDeliveries)
     retry_hook_delivery = method(op.RetryHookDelivery)
+    create_token = method(op.CreateToken)
+    revoke_token = method(op.RevokeToken)
 
     def bulk_force_release(self, run_ids: Iterable[str], *, reason: str) -> BulkResult:
         """Force-release up to 50 runs; one outcome per run, in the order given."""
@@ -153,6 +155,10 @@ class ClientMethods(TaskMethods, LeaseMethods):
     inspect_task = method(op.InspectTask)
     inspect_run = method(op.InspectRun)
     get_event = method(op.GetEvent)
+
+    def list_tokens(self) -> list[AccessToken]:
+        """Every access token, oldest first, with its role and state (never a secret)."""
+        return (self.call(op.ListTokens())).tokens
 
     def get_task(self, task_id: str) -> Task:
         return (self.show_task(task_id)).task

@@ -45,6 +45,9 @@ from runlease.core import commands as c
 from runlease.core.context import ContextBundle
 from runlease.core.finding import TaskFilters
 from runlease.core.model import (
+    ROLE_RANK,
+    ROLES,
+    AccessToken,
     Actor,
     ApprovalPolicy,
     BulkResult,
@@ -55,6 +58,7 @@ from runlease.core.model import (
     Ownership,
     Priority,
     RetryResult,
+    Role,
     Run,
     Scope,
     Session,
@@ -104,8 +108,10 @@ class Operation:
     reply: type
     # Acts for the session whose token it carries (over the socket; embedded: the handle's).
     session: bool
-    # Its actor defaults to the operator when the caller names none.
-    operator: bool
+    # The least role a caller must hold (see ROLES): reads are "reader", what agents do to
+    # their own work "agent", and what overrules others or the host "operator". An
+    # operator operation's actor defaults to the operator when the caller names none.
+    role: Role
     # Only reads memory: answered once every change it could show is durable.
     read: bool
     # Streams replies (events) before its last one.
@@ -117,22 +123,29 @@ class Operation:
 
 
 OPERATIONS: dict[str, Operation] = {}
-# The request types whose actor defaults to the operator (Operation.operator), by type: a
+# The request types whose actor defaults to the operator (role "operator"), by type: a
 # lookup on every write.
 _OPERATOR_DEFAULT: set[type] = set()
+# Each request type's required role as its rank (ROLE_RANK), by type: a lookup on every
+# request over the socket.
+REQUIRED_RANK: dict[type, int] = {}
 
 
 def operation(
-    *, session: bool = False, operator: bool = False, read: bool = False, stream: bool = False
+    *, role: Role, session: bool = False, read: bool = False, stream: bool = False
 ) -> Callable[[type[Q]], type[Q]]:
-    """Register a request class in the operation table (see :class:`Operation`)."""
+    """Register a request class in the operation table (see :class:`Operation`). The role
+    has no default: every operation says who may run it."""
+    if role not in ROLE_RANK:
+        raise TypeError(f"role must be one of {ROLES}, got {role!r}")
 
     def register(cls: type[Q]) -> type[Q]:
-        entry = Operation(cls, cls.reply_type(), session, operator, read, stream)
+        entry = Operation(cls, cls.reply_type(), session, role, read, stream)
         if entry.tag in OPERATIONS:
             raise TypeError(f"two operations are tagged {entry.tag!r}")
         OPERATIONS[entry.tag] = entry
-        if operator:
+        REQUIRED_RANK[cls] = ROLE_RANK[role]
+        if role == "operator":
             _OPERATOR_DEFAULT.add(cls)
         return cls
 
@@ -244,6 +257,17 @@ class OpenedSession(NamedTuple):
     token: str
 
 
+class IssuedToken(NamedTuple):
+    """A new access token and its secret (shown this once; only its hash is kept)."""
+
+    token: AccessToken
+    secret: str
+
+
+class TokenList(NamedTuple):
+    tokens: list[AccessToken]
+
+
 class TaskPage(NamedTuple):
     tasks: list[Task]
     next_after: str | None = None
@@ -277,7 +301,7 @@ class ClaimArgs(TypedDict, total=False):
     tags: list[str]
 
 
-@operation(session=True)
+@operation(role="agent", session=True)
 class ClaimNext(SessionRequest[Claim], tag="claim_next"):
     """Claim the best queued run the session may take; also the claim options.
 
@@ -361,7 +385,7 @@ class _ClaimChosen(SessionRequest[Claim], kw_only=True):
         )
 
 
-@operation(session=True)
+@operation(role="agent", session=True)
 class ClaimRun(_ClaimChosen, tag="claim_run"):
     """Claim this queued run for the session, as ``claim_next`` would if it came first:
     same filters (the workspace scope included), one lease per session, not while its
@@ -374,7 +398,7 @@ class ClaimRun(_ClaimChosen, tag="claim_run"):
         return self.run_id, None
 
 
-@operation(session=True)
+@operation(role="agent", session=True)
 class ClaimTask(_ClaimChosen, tag="claim_task"):
     """Claim the task's current run for the session (see :class:`ClaimRun`)."""
 
@@ -385,7 +409,7 @@ class ClaimTask(_ClaimChosen, tag="claim_task"):
 
 
 # -------------------------------------------------------------------------------- tasks
-@operation()
+@operation(role="agent")
 class CreateTask(Request[Task], tag="create_task"):
     """Create a task; with ``start`` also enqueue its first run.
 
@@ -453,7 +477,7 @@ class CreateTask(Request[Task], tag="create_task"):
         )
 
 
-@operation()
+@operation(role="agent")
 class StartTask(Request[Run], tag="start_task"):
     """Enqueue a new run of a task (its next attempt). A task whose run is queued or
     leased already is answered with that run, marked ``already``, and a repeated
@@ -473,7 +497,7 @@ class StartTask(Request[Run], tag="start_task"):
         )
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class ShowTask(ReadRequest[TaskDetail], tag="show_task"):
     """A task with every run, its checkpoints, graph edges and retained events."""
 
@@ -483,7 +507,7 @@ class ShowTask(ReadRequest[TaskDetail], tag="show_task"):
         return call.runtime.show_task(self.task_id)
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class GetRun(ReadRequest[Run], tag="get_run"):
     run_id: str
 
@@ -491,7 +515,7 @@ class GetRun(ReadRequest[Run], tag="get_run"):
         return call.runtime.get_run(self.run_id)
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class ListTasks(ReadRequest[TaskPage], SessionRequest[TaskPage], tag="list_tasks"):
     """One page of the tasks matching every filter, in creation order; ``next_after``
     continues it. ``tags``: the task has all of them; ``owner``: its assignee's ref (a
@@ -532,7 +556,7 @@ class ListTasks(ReadRequest[TaskPage], SessionRequest[TaskPage], tag="list_tasks
         return page(tasks, limit, lambda items, more: TaskPage(items, _last(items, more).id))
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class ListEvents(ReadRequest[EventPage], tag="events"):
     """One page of acknowledged events after ``after_seq``, oldest first, matching every
     filter given (``kinds``: any of these event types); ``next_after_seq`` continues it."""
@@ -557,7 +581,7 @@ class ListEvents(ReadRequest[EventPage], tag="events"):
         return page(events, limit, _event_page)
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class GetEvent(ReadRequest[Event], tag="get_event"):
     """One event by its sequence; EVENT_NOT_FOUND says whether it was compacted away
     (older than the history's retention) or is not written yet."""
@@ -568,7 +592,7 @@ class GetEvent(ReadRequest[Event], tag="get_event"):
         return call.runtime.get_event(self.seq)
 
 
-@operation(read=True, stream=True)
+@operation(role="reader", read=True, stream=True)
 class FollowEvents(Request[Event], tag="follow_events"):
     """Matching events after ``after_seq`` (filters as in ``events``), then new ones as
     they are acknowledged. Resuming with the last seq seen repeats and skips nothing."""
@@ -587,7 +611,7 @@ class FollowEvents(Request[Event], tag="follow_events"):
 
 
 # ----------------------------------------------------------------------------- sessions
-@operation()
+@operation(role="agent")
 class OpenSession(Request[OpenedSession], tag="open_session"):
     """Open a session for an agent; the answer holds its bearer token (kept only hashed)."""
 
@@ -604,6 +628,9 @@ class OpenSession(Request[OpenedSession], tag="open_session"):
         return OpenedSession(session, token)
 
     def command(self, call: Call, token_hash: str | None = None) -> c.OpenSession:
+        if self.parent is not None:
+            # An agent token opens children only under its own sessions.
+            call.check_session(self.parent)
         return c.OpenSession(
             now=0.0,
             session_id=call.runtime.new_id("ses"),
@@ -613,11 +640,12 @@ class OpenSession(Request[OpenedSession], tag="open_session"):
             auto_stop_on_parent=self.auto_stop_on_parent,
             capabilities=strings(self.capabilities, "capabilities"),
             session_token_hash=token_hash,
+            token_id=call.token_id,
             **self.who(call),
         )
 
 
-@operation()
+@operation(role="agent")
 class StopSession(Request[SessionReleased], tag="stop_session"):
     """Stop a session: release its lease and stop its auto-stopping children."""
 
@@ -625,12 +653,13 @@ class StopSession(Request[SessionReleased], tag="stop_session"):
     reason: str | None = None
 
     def command(self, call: Call) -> c.StopSession:
+        call.check_session(self.session_id)
         return c.StopSession(
             now=0.0, session_id=self.session_id, reason=self.reason, **self.who(call)
         )
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class GetSession(ReadRequest[Session], tag="get_session"):
     session_id: str
 
@@ -638,7 +667,7 @@ class GetSession(ReadRequest[Session], tag="get_session"):
         return call.runtime.get_session(self.session_id)
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class ListSessions(ReadRequest[SessionPage], tag="list_sessions"):
     live_only: bool = False
     after: str | None = None
@@ -653,7 +682,7 @@ class ListSessions(ReadRequest[SessionPage], tag="list_sessions"):
         return page(sessions, limit, lambda items, more: SessionPage(items, _last(items, more).id))
 
 
-@operation(session=True, read=True)
+@operation(role="reader", session=True, read=True)
 class WhoAmI(SessionRequest[Session], tag="whoami"):
     """The session the caller acts for."""
 
@@ -662,7 +691,7 @@ class WhoAmI(SessionRequest[Session], tag="whoami"):
 
 
 # ------------------------------------------------------------------------------- leases
-@operation(session=True)
+@operation(role="agent", session=True)
 class HeartbeatRun(SessionRequest[Heartbeat], tag="heartbeat"):
     """Renew the session's lease on a run: lease_until = now + lease_seconds."""
 
@@ -728,7 +757,7 @@ class FinishRequest(SessionRequest[Run], kw_only=True):
         raise NotImplementedError
 
 
-@operation(session=True)
+@operation(role="agent", session=True)
 class CompleteRun(FinishRequest, tag="complete"):
     """Complete the session's run. A completion contract's artifacts are checked on disk
     first; missing ones refuse with COMPLETION_CONTRACT_UNMET."""
@@ -746,7 +775,7 @@ class CompleteRun(FinishRequest, tag="complete"):
         )
 
 
-@operation(session=True)
+@operation(role="agent", session=True)
 class FailRun(FinishRequest, tag="fail"):
     """End the session's run as failed."""
 
@@ -765,7 +794,7 @@ class FailRun(FinishRequest, tag="fail"):
         )
 
 
-@operation(session=True)
+@operation(role="agent", session=True)
 class ReleaseRun(FinishRequest, tag="release"):
     """Give the run back to the queue (same attempt). With ``next`` the released run is
     itself a candidate: it keeps its place at the front of its priority band."""
@@ -783,7 +812,7 @@ class ReleaseRun(FinishRequest, tag="release"):
         )
 
 
-@operation(session=True)
+@operation(role="agent", session=True)
 class BlockRun(SessionRequest[Run], tag="block"):
     """Park the session's run as needs_attention for a human, ending the lease."""
 
@@ -801,7 +830,7 @@ class BlockRun(SessionRequest[Run], tag="block"):
 
 
 # ------------------------------------------------------------- task lifecycle and graph
-@operation()
+@operation(role="agent")
 class PublishTask(Request[Task], tag="publish_task"):
     """Publish a draft; with ``start`` (and no manual approval) enqueue its first run. A
     task published already is answered as it is, marked ``already``, and nothing changes
@@ -821,7 +850,7 @@ class PublishTask(Request[Task], tag="publish_task"):
         )
 
 
-@operation(operator=True)
+@operation(role="operator")
 class ApproveTask(Request[Run], tag="approve_task"):
     """Approve a task awaiting manual approval (pending, or rejected earlier); enqueues its
     run and answers it. A task approved already is answered with the run it has, marked
@@ -835,7 +864,7 @@ class ApproveTask(Request[Run], tag="approve_task"):
         )
 
 
-@operation(operator=True)
+@operation(role="operator")
 class RejectTask(Request[Task], tag="reject_task"):
     """Reject a task awaiting approval: ``approval_state`` becomes ``rejected`` and the
     task stays blocked, nothing below it changes, and it can still be approved later."""
@@ -847,7 +876,7 @@ class RejectTask(Request[Task], tag="reject_task"):
         return c.RejectTask(now=0.0, task_id=self.task_id, reason=self.reason, **self.who(call))
 
 
-@operation()
+@operation(role="agent")
 class UpdateTask(Request[Task], tag="update_task"):
     """Change mutable fields (title, description, priority, max_attempts, metadata,
     required_capabilities, preferred_capabilities, owner, auto_enqueue_on_ready,
@@ -866,7 +895,7 @@ class UpdateTask(Request[Task], tag="update_task"):
         )
 
 
-@operation()
+@operation(role="operator")
 class DeleteTask(Request[Task], tag="delete_task"):
     """Delete a task and its finished runs; answers the deleted record. Refused with
     TASK_HAS_CHILDREN while it has children and TASK_HAS_ACTIVE_RUNS while a run is
@@ -879,7 +908,7 @@ class DeleteTask(Request[Task], tag="delete_task"):
         return c.DeleteTask(now=0.0, task_id=self.task_id, **self.who(call))
 
 
-@operation()
+@operation(role="agent")
 class AddDependency(Request[Task], tag="add_dependency"):
     """``task_id`` waits for ``blocked_by`` to complete. At most 32 per task
     (GRAPH_LIMIT_EXCEEDED); a self edge or a cycle raises DEPENDENCY_CYCLE."""
@@ -893,7 +922,7 @@ class AddDependency(Request[Task], tag="add_dependency"):
         )
 
 
-@operation()
+@operation(role="agent")
 class RemoveDependency(Request[Task], tag="remove_dependency"):
     task_id: str
     blocked_by: str
@@ -904,7 +933,7 @@ class RemoveDependency(Request[Task], tag="remove_dependency"):
         )
 
 
-@operation(operator=True)
+@operation(role="operator")
 class PauseTask(Request[Task], tag="pause_task"):
     """Pause a task and its descendants: their queued runs wait until resumed; runs
     already leased carry on."""
@@ -916,7 +945,7 @@ class PauseTask(Request[Task], tag="pause_task"):
         return c.PauseTask(now=0.0, task_id=self.task_id, reason=self.reason, **self.who(call))
 
 
-@operation(operator=True)
+@operation(role="operator")
 class ResumeTask(Request[Task], tag="resume_task"):
     task_id: str
 
@@ -924,7 +953,7 @@ class ResumeTask(Request[Task], tag="resume_task"):
         return c.ResumeTask(now=0.0, task_id=self.task_id, **self.who(call))
 
 
-@operation(operator=True)
+@operation(role="operator")
 class CancelTask(Request[Task], tag="cancel_task"):
     """Cancel a task and every open descendant; their queued or leased runs are canceled."""
 
@@ -935,7 +964,7 @@ class CancelTask(Request[Task], tag="cancel_task"):
         return c.CancelTask(now=0.0, task_id=self.task_id, reason=self.reason, **self.who(call))
 
 
-@operation()
+@operation(role="operator")
 class ReopenTask(Request[Run], tag="reopen_task"):
     """Give a completed or failed task a new queued run with a fresh attempt budget
     (attempt 1, linked to the last run); answers the new run. A reopened task blocks its
@@ -954,7 +983,7 @@ class ReopenTask(Request[Run], tag="reopen_task"):
         )
 
 
-@operation(operator=True)
+@operation(role="operator")
 class UnblockTask(Request[Run], tag="unblock_task"):
     """Operator: clear the block a session placed on the task's run (``block``); the run
     goes back to the queue with its attempt. A session asking gets
@@ -968,7 +997,7 @@ class UnblockTask(Request[Run], tag="unblock_task"):
 
 
 # --------------------------------------------------------------------------- run controls
-@operation(operator=True)
+@operation(role="operator")
 class CancelRun(Request[Run], tag="cancel_run"):
     run_id: str
     reason: str | None = None
@@ -977,7 +1006,7 @@ class CancelRun(Request[Run], tag="cancel_run"):
         return c.CancelRun(now=0.0, run_id=self.run_id, reason=self.reason, **self.who(call))
 
 
-@operation(operator=True)
+@operation(role="operator")
 class RetryRun(Request[RetryResult], tag="retry_run"):
     """Queue a new run after a failed one (previous_run_id links them);
     RETRY_CHAIN_TOO_DEEP past 10 runs, ATTEMPTS_EXHAUSTED past max_attempts."""
@@ -990,7 +1019,7 @@ class RetryRun(Request[RetryResult], tag="retry_run"):
         )
 
 
-@operation(operator=True)
+@operation(role="operator")
 class RecoverRun(Request[Run], tag="recover_run"):
     """Operator: put the task's parked (needs_attention) run back in the queue, whatever
     parked it: a block, too many lost leases, or starvation. It keeps its attempt and its
@@ -1004,7 +1033,7 @@ class RecoverRun(Request[Run], tag="recover_run"):
         return c.RecoverRun(now=0.0, run_id=self.run_id, reason=self.reason, **self.who(call))
 
 
-@operation(operator=True)
+@operation(role="operator")
 class ForceReleaseRun(Request[Run], tag="force_release"):
     """Operator: take a claimed run back to the queue. A reason is required
     (FORCE_REASON_REQUIRED); at most 10 per actor and task per minute."""
@@ -1016,7 +1045,7 @@ class ForceReleaseRun(Request[Run], tag="force_release"):
         return c.ForceReleaseRun(now=0.0, run_id=self.run_id, reason=self.reason, **self.who(call))
 
 
-@operation(operator=True)
+@operation(role="operator")
 class ForceFailRun(Request[Run], tag="force_fail"):
     """Operator: fail a run (failure_kind operator_forced); rules as force_release."""
 
@@ -1027,7 +1056,7 @@ class ForceFailRun(Request[Run], tag="force_fail"):
         return c.ForceFailRun(now=0.0, run_id=self.run_id, reason=self.reason, **self.who(call))
 
 
-@operation(operator=True)
+@operation(role="operator")
 class BulkForceRuns(Request[BulkResult], tag="bulk_force"):
     """Force-release or force-fail up to 50 runs; one outcome per run, in order."""
 
@@ -1056,7 +1085,7 @@ class _SchedulerSwitch(Request[SchedulerStatus], kw_only=True):
         return await call.runtime.read(call.runtime.scheduler_status)
 
 
-@operation(operator=True)
+@operation(role="operator")
 class PauseScheduler(_SchedulerSwitch, tag="pause_scheduler"):
     """Stop all claims (they find NO_CLAIMABLE_RUN; waiters keep waiting). Lease expiry,
     heartbeats and finishes carry on."""
@@ -1065,13 +1094,13 @@ class PauseScheduler(_SchedulerSwitch, tag="pause_scheduler"):
         return c.PauseScheduler(now=0.0, reason=self.reason, **self.who(call))
 
 
-@operation(operator=True)
+@operation(role="operator")
 class ResumeScheduler(_SchedulerSwitch, tag="resume_scheduler"):
     def command(self, call: Call) -> c.ResumeScheduler:
         return c.ResumeScheduler(now=0.0, reason=self.reason, **self.who(call))
 
 
-@operation(operator=True)
+@operation(role="operator")
 class DrainScheduler(Request[DrainResult], tag="drain_scheduler"):
     """Pause the scheduler (if it is not already) and wait until no lease is active or
     ``timeout`` seconds pass (30 when not given); the scheduler stays paused."""
@@ -1094,13 +1123,13 @@ class DrainScheduler(Request[DrainResult], tag="drain_scheduler"):
         return await call.runtime.drain(self.command(call), timeout)
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class GetSchedulerStatus(ReadRequest[SchedulerStatus], tag="scheduler_status"):
     def answer(self, call: Call) -> SchedulerStatus:
         return call.runtime.scheduler_status()
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class GetBacklog(ReadRequest[Backlog], tag="backlog"):
     """One page of queued runs with their task (claimable and held back), by run id."""
 
@@ -1119,7 +1148,7 @@ class GetBacklog(ReadRequest[Backlog], tag="backlog"):
 
 
 # ------------------------------------------------------------------------------ HZL verbs
-@operation()
+@operation(role="agent")
 class CheckpointTask(SessionRequest[Task], tag="checkpoint"):
     """Record a progress note in the task's history (as the session when there is one).
     It counts as progress for ``stuck``; it does not extend a lease."""
@@ -1134,7 +1163,7 @@ class CheckpointTask(SessionRequest[Task], tag="checkpoint"):
         )
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class ListStuck(ReadRequest[StuckList], tag="stuck"):
     """Leased runs whose lease ran out, then those without a heartbeat or checkpoint for
     more than ``threshold`` seconds (600 when not given)."""
@@ -1146,7 +1175,7 @@ class ListStuck(ReadRequest[StuckList], tag="stuck"):
         return StuckList(call.runtime.stuck(threshold=threshold), threshold)
 
 
-@operation(session=True)
+@operation(role="agent", session=True)
 class StealRun(SessionRequest[Claim], tag="steal"):
     """Give the task's current run to the session under a new lease.
 
@@ -1175,7 +1204,7 @@ class StealRun(SessionRequest[Claim], tag="steal"):
         )
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class GetTimeline(ReadRequest[EventPage], tag="timeline"):
     """One page of a task's events after ``after_seq``, oldest first, from its whole
     retained history."""
@@ -1192,7 +1221,7 @@ class GetTimeline(ReadRequest[EventPage], tag="timeline"):
         return page(events, limit, _event_page)
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class InspectTask(ReadRequest[InspectView], tag="inspect_task"):
     """Current run, bound session, recent runs and events (claim hashes as 8-hex
     prefixes), ``diagnostics`` each with its remedy, and the ``next_action``."""
@@ -1203,7 +1232,7 @@ class InspectTask(ReadRequest[InspectView], tag="inspect_task"):
         return call.runtime.inspect_task(self.task_id)
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class InspectRun(ReadRequest[InspectView], tag="inspect_run"):
     """Inspect of the run's task, with this run as the target and only its events."""
 
@@ -1213,7 +1242,7 @@ class InspectRun(ReadRequest[InspectView], tag="inspect_run"):
         return call.runtime.inspect_run(self.run_id)
 
 
-@operation(session=True, read=True)
+@operation(role="reader", session=True, read=True)
 class GetContext(SessionRequest[ContextBundle], tag="get_context"):
     """The context bundle of a run, for the session holding its lease: the task, the run,
     earlier attempts, last checkpoints, recent events and limits, within a byte bound."""
@@ -1226,7 +1255,7 @@ class GetContext(SessionRequest[ContextBundle], tag="get_context"):
         )
 
 
-@operation(read=True)
+@operation(role="reader", read=True)
 class GetStatus(ReadRequest[ServerStatus], tag="status"):
     """Counts of the runtime, and of the server when asked over the socket."""
 
@@ -1235,7 +1264,7 @@ class GetStatus(ReadRequest[ServerStatus], tag="status"):
 
 
 # -------------------------------------------------------------------------------- hooks
-@operation(operator=True, read=True)
+@operation(role="operator", read=True)
 class ListHookDeliveries(Request[HookReport], tag="hook_list"):
     """The configured hooks and their deliveries, newest first, filtered by ``status``
     (pending, delivered, failed) and ``hook`` (a hook's name)."""
@@ -1248,7 +1277,7 @@ class ListHookDeliveries(Request[HookReport], tag="hook_list"):
         return call.runtime.hooks.report(status=self.status, hook=self.hook, limit=self.limit)
 
 
-@operation(operator=True)
+@operation(role="operator")
 class RetryHookDelivery(Request[HookDelivery], tag="hook_retry"):
     """Send a failed delivery again (a new round of attempts); answers it, now pending."""
 
@@ -1256,6 +1285,50 @@ class RetryHookDelivery(Request[HookDelivery], tag="hook_retry"):
 
     async def execute(self, call: Call) -> HookDelivery:
         return call.runtime.hooks.retry(self.delivery_id)
+
+
+# ------------------------------------------------------------------------------- tokens
+@operation(role="operator")
+class CreateToken(Request[IssuedToken], tag="create_token"):
+    """Make an access token for ``role``; the answer holds its secret, shown only here."""
+
+    name: str
+    role: Role
+    ttl: float | None = None
+
+    async def execute(self, call: Call) -> IssuedToken:
+        secret, secret_hash = call.runtime.new_access_token()
+        token: AccessToken = await call.runtime.submit(
+            c.CreateToken(
+                now=0.0,
+                token_id=call.runtime.new_id("tok"),
+                name=self.name,
+                role=self.role,
+                token_hash=secret_hash,
+                ttl_seconds=self.ttl,
+                **self.who(call),
+            )
+        )
+        return IssuedToken(token, secret)
+
+
+@operation(role="operator")
+class RevokeToken(Request[AccessToken], tag="revoke_token"):
+    """Revoke a token by id, or by the name of a live one; its connections are refused
+    from their next request on."""
+
+    token: str
+
+    def command(self, call: Call) -> c.RevokeToken:
+        return c.RevokeToken(now=0.0, ref=self.token, **self.who(call))
+
+
+@operation(role="operator", read=True)
+class ListTokens(ReadRequest[TokenList], tag="list_tokens"):
+    """Every token, oldest first, with its role and state (never a secret)."""
+
+    def answer(self, call: Call) -> TokenList:
+        return TokenList(call.runtime.access_tokens())
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -17,6 +17,8 @@ from typing import Final
 ENV_HOME: Final = "RUNLEASE_HOME"
 ENV_SOCKET: Final = "RUNLEASE_SOCKET"
 ENV_SESSION_TOKEN: Final = "RUNLEASE_SESSION_TOKEN"
+# The access token a client presents in its handshake (see ``runlease token create``).
+ENV_ACCESS_TOKEN: Final = "RUNLEASE_TOKEN"
 SOCKET_NAME: Final = "runlease.sock"
 
 

@@ -26,7 +26,11 @@ Handshake
     The first request on a connection must be :class:`Hello`, listing the protocol versions
     the client speaks; the server answers :class:`Welcome` with the version it picked, or an
     ``UNSUPPORTED_VERSION`` error. Any other request before that gets
-    ``HANDSHAKE_REQUIRED``.
+    ``HANDSHAKE_REQUIRED``. The hello may carry an access token (``auth_token``,
+    ``rl_token_...``): the connection then acts with the token's role, every request is
+    checked against the role its operation needs (``PERMISSION_DENIED``), and writes name
+    the token. An unknown, revoked or expired token gets ``AUTH_TOKEN_REFUSED`` and the
+    connection is closed.
 
 Sessions
     Requests that act for a session (claim, heartbeat, complete, fail, release, block,
@@ -59,6 +63,7 @@ import msgspec
 from runlease.core.context import ContextBundle
 from runlease.core.model import (
     MAX_PAYLOAD_DEPTH,
+    AccessToken,
     BulkResult,
     Checkpoint,
     Claim,
@@ -107,6 +112,7 @@ from runlease.operations import (
     ClaimTask,
     CompleteRun,
     CreateTask,
+    CreateToken,
     DeleteTask,
     DrainScheduler,
     EventPage,
@@ -126,11 +132,13 @@ from runlease.operations import (
     HeartbeatRun,
     InspectRun,
     InspectTask,
+    IssuedToken,
     ListEvents,
     ListHookDeliveries,
     ListSessions,
     ListStuck,
     ListTasks,
+    ListTokens,
     NextClaim,
     OpenedSession,
     OpenSession,
@@ -149,6 +157,7 @@ from runlease.operations import (
     ResumeTask,
     RetryHookDelivery,
     RetryRun,
+    RevokeToken,
     ServerStatus,
     SessionPage,
     SessionRequest,
@@ -158,6 +167,7 @@ from runlease.operations import (
     StopSession,
     StuckList,
     TaskPage,
+    TokenList,
     UnblockTask,
     UpdateTask,
     WhoAmI,
@@ -351,6 +361,23 @@ class HookDeliveryReply(Reply, tag="hook_delivery"):
     delivery: HookDelivery
 
 
+class TokenIssued(Reply, tag="token_issued"):
+    """A new access token and its secret, which is shown only in this reply."""
+
+    spreads = IssuedToken
+    token: AccessToken
+    secret: str
+
+
+class AccessTokenReply(Reply, tag="access_token"):
+    token: AccessToken
+
+
+class TokenListReply(Reply, tag="tokens"):
+    spreads = TokenList
+    tokens: list[AccessToken]
+
+
 AnyReply = (
     Welcome
     | ErrorReply
@@ -381,6 +408,9 @@ AnyReply = (
     | ContextReply
     | HookListReply
     | HookDeliveryReply
+    | TokenIssued
+    | AccessTokenReply
+    | TokenListReply
 )
 
 
@@ -390,6 +420,9 @@ class Hello(Request[Welcome], tag="hello"):
 
     versions: list[int]
     client: str = ""
+    # An access token (``rl_token_...``): the connection then acts with its role. Required
+    # on a connection that is not the owner-only local socket.
+    auth_token: str | None = None
 
 
 class Cancel(Request[Ok], tag="cancel"):
@@ -445,6 +478,9 @@ _VALUE_REPLIES: Final[tuple[type[Reply], ...]] = (
     ContextReply,
     HookListReply,
     HookDeliveryReply,
+    TokenIssued,
+    AccessTokenReply,
+    TokenListReply,
 )
 _CARRIERS: Final = _carriers()
 
@@ -739,6 +775,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
     "SUPPORTED_VERSIONS",
+    "AccessTokenReply",
     "AddDependency",
     "AnyReply",
     "AnyRequest",
@@ -760,6 +797,7 @@ __all__ = [
     "CompleteRun",
     "ContextReply",
     "CreateTask",
+    "CreateToken",
     "DeleteTask",
     "DrainReply",
     "DrainScheduler",
@@ -792,11 +830,13 @@ __all__ = [
     "InspectReply",
     "InspectRun",
     "InspectTask",
+    "IssuedToken",
     "ListEvents",
     "ListHookDeliveries",
     "ListSessions",
     "ListStuck",
     "ListTasks",
+    "ListTokens",
     "NextClaim",
     "Ok",
     "OpenSession",
@@ -819,6 +859,7 @@ __all__ = [
     "RetryHookDelivery",
     "RetryReply",
     "RetryRun",
+    "RevokeToken",
     "RunReply",
     "SchedulerReply",
     "ServerStatus",
@@ -840,6 +881,9 @@ __all__ = [
     "TaskList",
     "TaskPage",
     "TaskReply",
+    "TokenIssued",
+    "TokenList",
+    "TokenListReply",
     "UnblockTask",
     "UpdateTask",
     "Welcome",

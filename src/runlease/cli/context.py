@@ -19,7 +19,7 @@ from runlease.cli.params import Param
 from runlease.client import Client
 from runlease.core.model import Claim, Ownership
 from runlease.errors import InvalidInput, RunleaseError, UsageError
-from runlease.paths import ENV_SESSION_TOKEN, ENV_SOCKET
+from runlease.paths import ENV_ACCESS_TOKEN, ENV_SESSION_TOKEN, ENV_SOCKET
 from runlease.protocol import CLI_CLIENT_NAME
 
 # How long a command waits for the server's answer before calling it unavailable (a waiting
@@ -34,11 +34,14 @@ class Globals:
         self.socket: Path | None = None
         self.output: Output = "json"
         self.session_token: str | None = None
+        self.token: str | None = None
 
     def client(self) -> Client:
         return Client(
             self.socket,
             session_token=self.session_token,
+            # "" rather than None: the option already read RUNLEASE_TOKEN.
+            auth_token=self.token or "",
             reply_timeout=REPLY_TIMEOUT,
             client_name=CLI_CLIENT_NAME,
         ).connect()
@@ -73,6 +76,18 @@ def global_options(
             group="Global options",
         ),
     ] = None,
+    token: Annotated[
+        str | None,
+        Param(
+            env_var=ENV_ACCESS_TOKEN,
+            help=(
+                "An access token (rl_token_...) to act with its role. Prefer the "
+                f"{ENV_ACCESS_TOKEN} environment variable: a command line can be read by "
+                "other users of this machine."
+            ),
+            group="Global options",
+        ),
+    ] = None,
 ) -> int:
     """The options every command takes, before or after it; ``tokens`` is the command.
 
@@ -89,12 +104,14 @@ def execute(
     socket: Path | None = None,
     output: Output | None = None,
     session_token: str | None = None,
+    token: str | None = None,
 ) -> int:
     """Run a parsed command under the global options; a refusal prints its error and exits
     with its class's code."""
     GLOBALS.socket = socket
     GLOBALS.output = output or default_output()
     GLOBALS.session_token = session_token or None
+    GLOBALS.token = token or None
     try:
         result = command(*args, **kwargs)
     except RunleaseError as exc:

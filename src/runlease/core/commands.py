@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from runlease.core.model import (
+    AccessToken,
     Actor,
     ApprovalPolicy,
     BulkResult,
@@ -29,6 +30,7 @@ from runlease.core.model import (
     Ownership,
     Priority,
     RetryResult,
+    Role,
     Run,
     SchedulerState,
     Scope,
@@ -255,6 +257,8 @@ class OpenSession(Command[Session], tag="open_session"):
     capabilities: list[str] = []
     # sha256 of the bearer token handed to socket clients; the token itself is never kept.
     session_token_hash: str | None = None
+    # The access token of the connection that opened it (see Session.token_id).
+    token_id: str | None = None
 
 
 class StopSession(Command[SessionReleased], tag="stop_session"):
@@ -377,8 +381,26 @@ class ExpireLease(Command[Run | None], tag="expire_lease"):
     reason: str = "lease_expired"
 
 
+class CreateToken(Command[AccessToken], tag="create_token"):
+    """Make an access token; the shell drew the id and the secret and passes its hash."""
+
+    token_id: str
+    name: str
+    role: Role
+    token_hash: str
+    ttl_seconds: float | None = None
+
+
+class RevokeToken(Command[AccessToken], tag="revoke_token"):
+    """Revoke a token, named by its id or by the name of a live token."""
+
+    ref: str
+
+
 AnyCommand = (
     CreateTask
+    | CreateToken
+    | RevokeToken
     | StartTask
     | OpenSession
     | StopSession

@@ -47,5 +47,7 @@ EVENT_KINDS: Final[frozenset[str]] = frozenset(
         "task_resumed",
         "task_unblocked",
         "task_updated",
+        "token_created",
+        "token_revoked",
     }
 )

@@ -19,6 +19,7 @@ from typing import Final
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 CLAIM_TOKEN_PREFIX: Final = "rl_claim_"
 SESSION_TOKEN_PREFIX: Final = "rl_session_"
+ACCESS_TOKEN_PREFIX: Final = "rl_token_"
 _TOKEN_HASH: Final = re.compile(r"sha256:[0-9a-f]{64}")
 _RANDOM_BITS: Final = 80
 

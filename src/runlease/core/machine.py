@@ -35,12 +35,14 @@ from runlease.core import (
     sessions,
     starvation,
     tasks,
+    tokens,  # noqa: F401 - registers its handlers
 )
 from runlease.core.commands import Command
 from runlease.core.create_keys import CreateKey
 from runlease.core.model import (
     FINAL_RUN_STATUSES,
     PRIORITY_RANK,
+    AccessToken,
     Run,
     SchedulerState,
     Session,
@@ -88,6 +90,7 @@ class Machine(State):
         high_water: float = 0.0,
         queue_seq: int = 0,
         create_keys: Iterable[CreateKey] = (),
+        access_tokens: Iterable[AccessToken] = (),
     ) -> Machine:
         """Rebuild a machine from its records (a decoded snapshot); the records are adopted.
 
@@ -162,6 +165,9 @@ class Machine(State):
         }
         machine.leased = dict.fromkeys(leased)
         machine.create_keys = {entry.key: entry for entry in create_keys}
+        for token in access_tokens:
+            machine.access_tokens[token.id] = token
+            machine.access_token_by_hash[token.token_hash] = token.id
         machine.last_seq = last_seq
         machine.high_water = high_water
         if scheduler is not None:

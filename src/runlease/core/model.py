@@ -281,6 +281,35 @@ class Session(msgspec.Struct, kw_only=True, tag="session", gc=False, omit_defaul
     # counts as activity) and how long ago it opened.
     last_active_at: float | None = None
     age_seconds: float | None = None
+    # The access token the session was opened with (its id), if any: an agent token may
+    # act only with the sessions it opened.
+    token_id: str | None = None
+
+
+# What a caller may do: read, act as an agent, or everything. Ordered: each role may do
+# what the ones before it may.
+Role = Literal["reader", "agent", "operator"]
+ROLES: Final[tuple[Role, ...]] = ("reader", "agent", "operator")
+ROLE_RANK: Final[dict[str, int]] = {role: rank for rank, role in enumerate(ROLES)}
+
+
+class AccessToken(msgspec.Struct, kw_only=True, tag="access_token", gc=False, omit_defaults=True):
+    """A named credential a connection presents in its handshake to act with ``role``.
+
+    Only the hash of the secret is kept (like a session token's); the secret is shown
+    once, when the token is made."""
+
+    id: str
+    name: str
+    role: Role
+    token_hash: str
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def usable(self, now: float) -> bool:
+        """Neither revoked nor past its expiry at ``now``."""
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
 
 class Event(msgspec.Struct, kw_only=True, tag="event", gc=False, omit_defaults=True):

@@ -63,6 +63,7 @@ def open_session(m: State, cmd: OpenSession) -> Outcome[Session]:
         auto_stop_on_parent=cmd.auto_stop_on_parent,
         capabilities=caps,
         opened_at=cmd.now,
+        token_id=cmd.token_id,
     )
     m.sessions[session.id] = session
     if token_hash is not None:

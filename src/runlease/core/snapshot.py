@@ -2,9 +2,9 @@
 
 A snapshot holds what cannot be recomputed: the task, run and session records, the order
 in which live leases were taken, the event and enqueue counters, the clock's high-water
-mark and the idempotency keys of creates. Everything derived from those (the
-claim index, the parent-to-children map) is rebuilt by :meth:`Machine.restore`, so the
-image stays small and can never disagree with itself about them.
+mark, the idempotency keys of creates and the access tokens (hashed). Everything derived
+from those (the claim index, the parent-to-children map) is rebuilt by
+:meth:`Machine.restore`, so the image stays small and can never disagree with itself about them.
 
 The top-level Struct is tagged with its format version under the key ``format``. A reader
 that meets a version it does not know refuses with :class:`UnsupportedFormat` instead of
@@ -26,7 +26,7 @@ import msgspec
 
 from runlease.core.create_keys import CreateKey
 from runlease.core.machine import Machine
-from runlease.core.model import Run, SchedulerState, Session, Task
+from runlease.core.model import AccessToken, Run, SchedulerState, Session, Task
 from runlease.errors import InternalError
 
 SNAPSHOT_FORMAT: Final = 1
@@ -67,6 +67,8 @@ class SnapshotV1(
     queue_seq: int = 0
     # Idempotency keys of creates, oldest first; absent in images written before them.
     create_keys: list[CreateKey] = []
+    # Access tokens (their hashes, never the secrets); absent in images written before them.
+    access_tokens: list[AccessToken] = []
 
 
 class _FormatOnly(msgspec.Struct):
@@ -92,6 +94,7 @@ def encode_snapshot(machine: Machine) -> bytes:
         high_water=machine.high_water or None,
         queue_seq=machine.queue_seq,
         create_keys=list(machine.create_keys.values()),
+        access_tokens=list(machine.access_tokens.values()),
     )
     return _encoder.encode(image)
 
@@ -134,6 +137,7 @@ def decode_snapshot(data: bytes) -> Machine:
                 high_water=image.high_water or _newest_record_time(image),
                 queue_seq=image.queue_seq,
                 create_keys=image.create_keys,
+                access_tokens=image.access_tokens,
             )
     except (KeyError, ValueError) as exc:
         # A run naming a missing task, a run queued twice: the image contradicts itself.

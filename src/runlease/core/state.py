@@ -28,6 +28,7 @@ from runlease.core.model import (
     PRIORITY_RANK,
     REASON_LEASE_EXPIRED,
     REASON_ORPHANED_ON_BOOT,
+    AccessToken,
     Actor,
     Event,
     LeaseLoss,
@@ -82,6 +83,9 @@ class State:
         self.sessions: dict[str, Session] = {}
         self.children: dict[str, list[str]] = {}
         self.session_by_token_hash: dict[str, str] = {}
+        # Access tokens by id, in the order they were made, and their ids by secret hash.
+        self.access_tokens: dict[str, AccessToken] = {}
+        self.access_token_by_hash: dict[str, str] = {}
         self.index = ClaimIndex()
         self.last_seq = 0
         # One shared frozenset per distinct capability (or tag) tuple: a new one per
@@ -128,6 +132,8 @@ class State:
         self.sessions = other.sessions
         self.children = other.children
         self.session_by_token_hash = other.session_by_token_hash
+        self.access_tokens = other.access_tokens
+        self.access_token_by_hash = other.access_token_by_hash
         self.index = other.index
         self.last_seq = other.last_seq
         self.leased = other.leased

@@ -4,6 +4,10 @@ Every operation runs as ``await request.execute(Call(...))`` (or ``serve`` over 
 socket), wherever it came from; only the :class:`Call` differs. It stamps every command
 with the caller's actor and origin, and resolves the caller's session lazily (from a bearer
 token over the socket), so a refusal for a missing session is an ordinary error reply.
+
+Over the socket a call may also carry the access token its connection authenticated with
+(the principal): the request's operation must need no more than the token's role
+(:meth:`Call.authorize`), and an agent token acts only with the sessions it opened.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from runlease.core.model import Actor, Origin
-from runlease.errors import InvalidInput
-from runlease.operations import ServerStatus
+from runlease.core.model import ROLE_RANK, AccessToken, Actor, Origin
+from runlease.errors import PERMISSION_DENIED, InvalidInput, LeaseRefused
+from runlease.operations import OPERATIONS, REQUIRED_RANK, Request, ServerStatus
 
 if TYPE_CHECKING:
     from runlease.runtime.runtime import Runtime
@@ -33,7 +37,16 @@ class Call:
     the token is resolved per request.
     """
 
-    __slots__ = ("_actor", "_session_id", "_status", "_token", "origin", "runtime", "stop_waiting")
+    __slots__ = (
+        "_actor",
+        "_session_id",
+        "_status",
+        "_token",
+        "origin",
+        "principal",
+        "runtime",
+        "stop_waiting",
+    )
 
     def __init__(
         self,
@@ -45,8 +58,12 @@ class Call:
         token: str | None = None,
         stop_waiting: trio.CancelScope | None = None,
         status: Callable[[], ServerStatus] | None = None,
+        principal: AccessToken | None = None,
     ) -> None:
         self.runtime = runtime
+        # The access token the caller authenticated with; None: trusted (embedded, or the
+        # owner-only local socket without a token), which may do everything.
+        self.principal = principal
         self.origin = origin
         # Cancelling it ends the wait of a finish's claim part (the finish still stands).
         self.stop_waiting = stop_waiting
@@ -73,9 +90,44 @@ class Call:
         Every request made as a session asks for it, so this is where the session's last
         activity is kept (see actors/idle_sessions.py)."""
         if self._session_id is None:
-            self._session_id = self.runtime.session_id_for_token(self._token)
+            session_id = self.runtime.session_id_for_token(self._token)
+            self.check_session(session_id)
+            self._session_id = session_id
         self.runtime.activity.touch(self._session_id)
         return self._session_id
+
+    @property
+    def token_id(self) -> str | None:
+        """The id of the caller's access token, recorded on the sessions it opens."""
+        return None if self.principal is None else self.principal.id
+
+    def authorize(self, request: Request[object]) -> None:
+        """PERMISSION_DENIED unless the caller's role may run ``request``'s operation."""
+        principal = self.principal
+        if principal is None or REQUIRED_RANK[type(request)] <= ROLE_RANK[principal.role]:
+            return
+        needed = OPERATIONS[str(type(request).__struct_config__.tag)].role
+        raise LeaseRefused(
+            f"{type(request).__struct_config__.tag} needs the {needed} role; token "
+            f"{principal.name!r} has the {principal.role} role (an operator can make a "
+            f"token with `runlease token create --role {needed} --name NAME`)",
+            code=PERMISSION_DENIED,
+        )
+
+    def check_session(self, session_id: str) -> None:
+        """An agent token acts only with sessions opened over a connection that presented
+        it; an operator token, like a trusted caller, acts with any. A reader cannot get
+        this far with a write, and may read as any session."""
+        principal = self.principal
+        if principal is None or principal.role != "agent":
+            return
+        session = self.runtime.get_session(session_id)
+        if session.token_id != principal.id:
+            raise LeaseRefused(
+                f"session {session_id} was not opened with token {principal.name!r}; an "
+                "agent token acts only with the sessions it opened (open one with it)",
+                code=PERMISSION_DENIED,
+            )
 
     def status(self) -> ServerStatus:
         if self._status is None:

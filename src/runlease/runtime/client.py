@@ -67,8 +67,15 @@ class AsyncClient(AsyncClientMethods):
     until the reader task hands it its reply: no channel, lock or extra task per call.
     """
 
-    def __init__(self, stream: trio.SocketStream, path: Path, session_token: str | None) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        path: Path,
+        session_token: str | None,
+        auth_token: str | None = None,
+    ) -> None:
         self.path = path
+        self.auth_token = auth_token
         self.session_token = session_token
         self.welcome: p.Welcome | None = None
         self._stream = stream
@@ -218,7 +225,10 @@ class AsyncClient(AsyncClientMethods):
 
     async def _handshake(self) -> None:
         self.welcome = common.check_reply(
-            await self._exchange(common.hello(self._take_id())), p.Welcome
+            await self._exchange(
+                common.hello(self._take_id(), common.CLIENT_NAME, self.auth_token)
+            ),
+            p.Welcome,
         )
 
     async def call(self, request: Request[R]) -> R:
@@ -301,8 +311,10 @@ async def open_client(
     *,
     session_token: str | None = None,
     connect_timeout: float = 5.0,
+    auth_token: str | None = None,
 ) -> AsyncIterator[AsyncClient]:
-    """Connect to the server at ``path`` (default: $RUNLEASE_SOCKET, then the data dir's).
+    """Connect to the server at ``path`` (default: $RUNLEASE_SOCKET, then the data dir's),
+    presenting ``auth_token`` (default: $RUNLEASE_TOKEN) in the handshake if there is one.
 
     While the server's queue of new connections is full the connect is retried, for up
     to ``connect_timeout`` seconds.
@@ -310,7 +322,9 @@ async def open_client(
     socket_path = common.resolve_socket(path)
     stream = await connect_unix(socket_path, connect_timeout)
     try:
-        client = AsyncClient(stream, socket_path, session_token)
+        client = AsyncClient(
+            stream, socket_path, session_token, common.resolve_auth_token(auth_token)
+        )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(client._reader)

@@ -19,7 +19,7 @@ from runlease.actors.system import ActorSystem
 from runlease.core import context, finding, stuck, views
 from runlease.core.finding import TaskFilters
 from runlease.core.machine import Machine, snapshot_run, snapshot_task
-from runlease.core.model import Event, Run, Session, Task
+from runlease.core.model import AccessToken, Event, Run, Session, Task
 from runlease.errors import InvalidInput
 from runlease.operations import DEFAULT_STUCK_THRESHOLD
 from runlease.runtime.history import EVERYTHING, EventHistory
@@ -85,6 +85,11 @@ class MemoryReads:
     def pause_state(self, task_id: str) -> views.PauseState:
         """Direct and effective (inherited from an ancestor) pause of a task."""
         return views.pause_state(self._machine, self._machine.get_task(task_id))
+
+    # --------------------------------------------------------------------- tokens
+    def access_tokens(self) -> list[AccessToken]:
+        """Every access token, oldest first (hashes only; the secrets are never kept)."""
+        return [msgspec.structs.replace(t) for t in self._machine.access_tokens.values()]
 
     # ------------------------------------------------------------------- sessions
     def get_session(self, session_id: str) -> Session:

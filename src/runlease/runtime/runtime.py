@@ -47,15 +47,26 @@ from runlease.core.commands import (
 from runlease.core.commands import ClaimNext as ClaimCommand
 from runlease.core.create_keys import DEFAULT_IDEMPOTENCY_WINDOW, check_window
 from runlease.core.ids import (
+    ACCESS_TOKEN_PREFIX,
     SESSION_TOKEN_PREFIX,
     IdGenerator,
     hash_token,
     new_secret_token,
 )
 from runlease.core.machine import Machine, Outcome
-from runlease.core.model import Actor, Claim, Finished, NoClaim, Origin, Session, SessionReleased
+from runlease.core.model import (
+    AccessToken,
+    Actor,
+    Claim,
+    Finished,
+    NoClaim,
+    Origin,
+    Session,
+    SessionReleased,
+)
 from runlease.core.views import DrainResult
 from runlease.errors import (
+    AUTH_TOKEN_REFUSED,
     AUTONOMY_SESSION_REQUIRED,
     FORBIDDEN_OPERATOR_ACTION,
     NO_CLAIMABLE_RUN,
@@ -260,6 +271,42 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         """A fresh session bearer token and its hash (only the hash is kept)."""
         token = new_secret_token(SESSION_TOKEN_PREFIX)
         return token, hash_token(token)
+
+    @staticmethod
+    def new_access_token() -> tuple[str, str]:
+        """A fresh access-token secret and its hash (only the hash is kept)."""
+        secret = new_secret_token(ACCESS_TOKEN_PREFIX)
+        return secret, hash_token(secret)
+
+    def authenticate(self, secret: str) -> AccessToken:
+        """The access token ``secret`` belongs to, if it is usable now; AUTH_TOKEN_REFUSED
+        otherwise, saying why (unknown, revoked, expired) without echoing the secret."""
+        token_id = None
+        if secret.startswith(ACCESS_TOKEN_PREFIX):
+            token_id = self._machine.access_token_by_hash.get(hash_token(secret))
+        if token_id is None:
+            raise LeaseRefused(
+                "the access token is not recognised; ask an operator for one "
+                "(`runlease token create`)",
+                code=AUTH_TOKEN_REFUSED,
+            )
+        return self.token_in_force(token_id)
+
+    def token_in_force(self, token_id: str) -> AccessToken:
+        """The access token ``token_id`` if it is still usable now (a connection checks
+        its token before each request, so a revoke or an expiry takes effect at once)."""
+        token = self._machine.access_tokens[token_id]
+        if token.revoked_at is not None:
+            raise LeaseRefused(
+                f"access token {token.name!r} was revoked; ask an operator for a new one",
+                code=AUTH_TOKEN_REFUSED,
+            )
+        if not token.usable(self._clock.now()):
+            raise LeaseRefused(
+                f"access token {token.name!r} expired; ask an operator for a new one",
+                code=AUTH_TOKEN_REFUSED,
+            )
+        return token
 
     def _check_open(self) -> None:
         if self._closed:

@@ -23,7 +23,11 @@ log line; they never reach another connection.
 
 Security: the socket file is made safe by :mod:`runlease.runtime.socket_file`, and every
 connection's peer uid (SO_PEERCRED) must be the server's own; others get a
-``PEER_REFUSED`` reply and are closed.
+``PEER_REFUSED`` reply and are closed. A hello may carry an access token
+(``auth_token``): an unknown, revoked or expired one is refused (``AUTH_TOKEN_REFUSED``),
+and a usable one makes the connection act with its role, checked before every request
+(``PERMISSION_DENIED``). A connection that is not local (``_Connection.local``) must
+present one; the local socket without a token acts as the operator.
 
 Limits (:class:`ServerLimits`), so that no client, and no crowd of clients, can starve the
 server: a connection must say hello within ``handshake_timeout`` and may send only small
@@ -56,8 +60,9 @@ from typing import Any, Final
 import trio
 
 from runlease import protocol as p
-from runlease.core.model import Finished, NoClaim, Origin
+from runlease.core.model import AccessToken, Actor, Finished, NoClaim, Origin
 from runlease.errors import (
+    AUTH_TOKEN_REFUSED,
     BAD_REQUEST,
     CONNECTION_TIMEOUT,
     HANDSHAKE_REQUIRED,
@@ -69,6 +74,7 @@ from runlease.errors import (
     SHUTTING_DOWN,
     UNSUPPORTED_VERSION,
     InvalidInput,
+    LeaseRefused,
     RunleaseError,
 )
 from runlease.operations import OPERATOR
@@ -204,6 +210,11 @@ class _InFlight:
 
 
 class _Connection:
+    # The owner-only Unix socket: trusted as the operator when it presents no token. A
+    # listener that is not local sets this False on its connections, which must then
+    # authenticate in their hello.
+    local: bool = True
+
     def __init__(self, stream: trio.SocketStream, number: int, max_inflight: int) -> None:
         self.stream = stream
         # The hot path reads and writes through the wire; the stream closes the socket.
@@ -218,6 +229,9 @@ class _Connection:
         self.handshaken = False
         self.client_name = ""  # what the client called itself in hello
         self._origin: Origin | None = None
+        # The access token this connection authenticated with (its id, its actor), if any.
+        self.token_id: str | None = None
+        self.token_actor: Actor | None = None
         self.draining = False
         self.linger = False  # closing after an error reply: half-close and drain first
         # The reading task is answering a request itself; a drain must let it finish.
@@ -236,12 +250,20 @@ class _Connection:
         Built once per hello (the peer and the client's name are fixed by then)."""
         if self._origin is None:
             kind = "cli" if self.client_name == p.CLI_CLIENT_NAME else "socket"
-            self._origin = Origin(kind=kind, ref="" if self.peer is None else f"pid:{self.peer[0]}")
+            if self.token_actor is not None:
+                # The token says who is behind a session's writes too (audit).
+                ref = f"token:{self.token_actor.ref}"
+            else:
+                ref = "" if self.peer is None else f"pid:{self.peer[0]}"
+            self._origin = Origin(kind=kind, ref=ref)
         return self._origin
 
-    def greeted(self, client_name: str) -> None:
+    def greeted(self, client_name: str, token: AccessToken | None) -> None:
         self.handshaken = True
         self.client_name = client_name
+        # Each hello says anew who the connection is.
+        self.token_id = None if token is None else token.id
+        self.token_actor = None if token is None else Actor(kind="token", ref=token.name)
         self._origin = None
 
     def fields(self, **more: Any) -> dict[str, Any]:
@@ -681,7 +703,13 @@ class SocketServer:
             conn.post(p.ErrorReply(id=exc.request_id, code=exc.code, message=exc.message))
             return
         if isinstance(request, p.Hello):
-            conn.post(self._hello(conn, request))
+            reply = self._hello(conn, request)
+            if isinstance(reply, p.ErrorReply) and reply.code == AUTH_TOKEN_REFUSED:
+                # Nothing more is read from a connection that failed to authenticate.
+                await conn.send_last(reply)
+                conn.begin_drain("auth_refused")
+                return
+            conn.post(reply)
             return
         if not conn.handshaken:
             conn.post(
@@ -752,7 +780,19 @@ class SocketServer:
                     f"the client offered {hello.versions[:10]}"
                 ),
             )
-        conn.greeted(hello.client)
+        token = None
+        try:
+            if hello.auth_token is not None:
+                token = self.runtime.authenticate(hello.auth_token)
+            elif not conn.local:
+                raise LeaseRefused(
+                    "this connection must authenticate: send an access token in hello "
+                    "(--token or RUNLEASE_TOKEN; `runlease token create` makes one)",
+                    code=AUTH_TOKEN_REFUSED,
+                )
+        except RunleaseError as exc:
+            return p.ErrorReply(id=hello.id, code=exc.code, message=exc.message)
+        conn.greeted(hello.client, token)
         conn.buffer.limit(p.MAX_FRAME_BYTES)
         return p.Welcome(id=hello.id, version=version, server=SERVER_NAME, pid=os.getpid())
 
@@ -812,20 +852,29 @@ class SocketServer:
         self, conn: _Connection, request: p.AnyRequest, flight: _InFlight
     ) -> p.Reply:
         """The one executor: carry the request out for its caller, answer its value."""
-        if isinstance(request, p.FollowEvents):
-            return await self._follow(conn, request)
         if isinstance(request, p.Hello | p.Cancel):  # pragma: no cover - the reader's
             raise InvalidInput(f"{type(request).__name__} is handled by the reader")
+        principal = None
+        operator: Actor | None = SOCKET_OPERATOR
+        if conn.token_id is not None:
+            # Checked on every request, so a revoke or an expiry takes effect at once.
+            principal = self.runtime.token_in_force(conn.token_id)
+            operator = conn.token_actor
         token = request.token if isinstance(request, p.SessionRequest) else None
         call = Call(
             self.runtime,
             origin=conn.origin(),
-            # With a token the caller is that session; without, the operator.
-            actor=None if token else SOCKET_OPERATOR,
+            # With a session token the caller is that session; without, the access token's
+            # name, or the operator on the local socket without one.
+            actor=None if token else operator,
             token=token,
             stop_waiting=flight.scope,
             status=self.status,
+            principal=principal,
         )
+        call.authorize(request)
+        if isinstance(request, p.FollowEvents):
+            return await self._follow(conn, request)
         value = await request.serve(call)
         if isinstance(value, Finished) and value.no_claim is not None and flight.why == "shutdown":
             value.no_claim = NoClaim(

@@ -43,6 +43,9 @@ GROUPS: Final[dict[str, str]] = {
         "sequence (get), or --follow to stream them live."
     ),
     "hook": "The delivery log of the hooks given to serve: list deliveries, retry a failed one.",
+    "token": (
+        "Access tokens: make one for a role (reader, agent, operator), list them, revoke one."
+    ),
 }
 
 _SERVER = "runlease.cli.commands.server"
@@ -54,6 +57,7 @@ _RUNS = "runlease.cli.commands.runs"
 _SCHEDULER = "runlease.cli.commands.scheduler"
 _EVENTS = "runlease.cli.commands.events"
 _HOOKS = "runlease.cli.commands.hooks"
+_TOKENS = "runlease.cli.commands.tokens"
 
 # The words of a command -> "module:function".
 COMMANDS: Final[dict[tuple[str, ...], str]] = {
@@ -110,6 +114,9 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("events", "get"): f"{_EVENTS}:events_get",
     ("hook", "list"): f"{_HOOKS}:hook_list",
     ("hook", "retry"): f"{_HOOKS}:hook_retry",
+    ("token", "create"): f"{_TOKENS}:token_create",
+    ("token", "list"): f"{_TOKENS}:token_list",
+    ("token", "revoke"): f"{_TOKENS}:token_revoke",
 }
 
 Command = Callable[..., int]
