@@ -15,10 +15,11 @@ from typing import Any
 
 import anyio
 import pytest
+import sniffio
 
 import runlease.aio
 from cli_helpers import Server
-from runlease.aio import AsyncioRuntime, AsyncioSession
+from runlease.aio import AnyioClient, AsyncioRuntime, AsyncioSession
 from runlease.core.model import Event
 from runlease.errors import (
     NO_CLAIMABLE_RUN,
@@ -26,7 +27,9 @@ from runlease.errors import (
     NotFound,
     Unavailable,
 )
+from runlease.runtime import SessionHandle
 from runlease.runtime.asyncio_host import ABANDONED_REASON
+from runlease.runtime.client import AsyncClient
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "asyncio_agent.py"
 RUN_TIMEOUT = 120.0
@@ -335,3 +338,31 @@ def test_an_anyio_claim_cancelled_at_any_point_leaves_no_lease(
                 assert detail.runs[-1].status == "queued"
 
     anyio.run(main, backend=backend)
+
+
+def test_asyncio_libraries_work_beside_the_embedded_runtime(serve_socket: Path) -> None:
+    """trio runs as a guest on the loop, yet the host's code still sees asyncio: anyio
+    (and whatever is built on it, such as httpx or this client) keeps working."""
+
+    async def main() -> tuple[str, int]:
+        async with runlease.aio.open_runtime() as rt:
+            await rt.create_task("local", start=True)
+            async with runlease.aio.open_client(serve_socket) as remote:
+                status = await remote.status()
+            return sniffio.current_async_library(), status.pid
+
+    library, pid = run_asyncio(main)
+    assert library == "asyncio"
+    assert pid > 0
+
+
+def _public(cls: type) -> set[str]:
+    return {name for name in dir(cls) if not name.startswith("_")}
+
+
+def test_the_anyio_client_has_every_method_of_the_trio_client() -> None:
+    assert _public(AsyncClient) <= _public(AnyioClient)
+
+
+def test_an_asyncio_session_has_every_method_of_a_session_handle() -> None:
+    assert _public(SessionHandle) <= _public(AsyncioSession)
