@@ -24,6 +24,8 @@ from runlease.core.model import Event
 from runlease.errors import (
     NO_CLAIMABLE_RUN,
     RUNTIME_CLOSED,
+    SERVER_UNAVAILABLE,
+    InvalidInput,
     NotFound,
     Unavailable,
 )
@@ -366,3 +368,23 @@ def test_the_anyio_client_has_every_method_of_the_trio_client() -> None:
 
 def test_an_asyncio_session_has_every_method_of_a_session_handle() -> None:
     assert _public(SessionHandle) <= _public(AsyncioSession)
+
+
+def test_a_runtime_that_cannot_start_raises_its_error_in_the_asyncio_program() -> None:
+    async def main() -> None:
+        async with runlease.aio.open_runtime(starve_after=-1):
+            raise AssertionError("the block must not run")
+
+    with pytest.raises(InvalidInput, match="starve_after"):
+        run_asyncio(main)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_anyio_client_reports_a_server_that_is_not_there(tmp_path: Path, backend: str) -> None:
+    async def main() -> None:
+        async with runlease.aio.open_client(tmp_path / "nobody.sock"):
+            raise AssertionError("connected to nobody")
+
+    with pytest.raises(Unavailable) as unreachable:
+        anyio.run(main, backend=backend)
+    assert unreachable.value.code == SERVER_UNAVAILABLE
