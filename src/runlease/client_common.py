@@ -37,6 +37,10 @@ RETRY_MAX_DELAY: Final = 0.05
 # interrupted it. ECONNREFUSED is not among them: on a Unix socket it means nobody listens.
 RETRYABLE_CONNECT_ERRORS: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
 
+# The reason recorded on a lease released because the caller it was made for had been
+# cancelled (the asyncio embedding and the anyio client hand such claims back).
+ABANDONED_CLAIM_REASON: Final = "abandoned: the caller was cancelled before it got the claim"
+
 R = TypeVar("R")
 ReplyT = TypeVar("ReplyT", bound=p.Reply)
 RequestT = TypeVar("RequestT", bound=Request[Any])
@@ -182,6 +186,7 @@ def answer(reply: p.AnyReply, request: Request[R]) -> R:
 
 
 __all__ = [
+    "ABANDONED_CLAIM_REASON",
     "CLIENT_NAME",
     "ConnectBackoff",
     "answer",

@@ -374,23 +374,36 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             self._inflight.discard(pending)
         return pending.result()
 
-    async def claim(self, command: ClaimCommand, options: ClaimNext) -> Claim:
+    async def claim(
+        self,
+        command: ClaimCommand,
+        options: ClaimNext,
+        stop_waiting: trio.CancelScope | None = None,
+    ) -> Claim:
         """Make ``command``'s claim; with ``options.wait``, park until work arrives or
-        ``options.timeout`` seconds pass (then NO_CLAIMABLE_RUN)."""
+        ``options.timeout`` seconds pass (then NO_CLAIMABLE_RUN).
+
+        ``stop_waiting`` is a scope the caller may cancel to give up: a claim not made yet
+        is dropped (REQUEST_CANCELLED), while one the state machine made as the scope was
+        cancelled is still returned, so the caller can hand it back rather than lose it.
+        """
         self._check_open()
         wait, timeout = options.wait, options.timeout
         pending = Pending(command, wait=wait)
         self._inflight.add(pending)
         try:
             await self._system.send(pending)
-            if not wait or timeout is None:
-                await pending.outcome()
-            else:
-                with trio.move_on_after(timeout):
+            with stop_waiting or contextlib.nullcontext():
+                if not wait or timeout is None:
                     await pending.outcome()
+                else:
+                    with trio.move_on_after(timeout):
+                        await pending.outcome()
             if not pending.resolved:
                 if not pending.assigned:
                     pending.abandoned = True
+                    if stop_waiting is not None and stop_waiting.cancel_called:
+                        raise Unavailable("the claim was cancelled", code=REQUEST_CANCELLED)
                     raise _no_claim_within(timeout)
                 # The claim was made as the timeout fired: it must still reach the caller.
                 with trio.CancelScope(shield=True):
