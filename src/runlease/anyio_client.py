@@ -71,10 +71,15 @@ class AnyioClient(AsyncClientMethods):
     names its own ``token``."""
 
     def __init__(
-        self, stream: anyio.abc.ByteStream, where: Path, session_token: str | None
+        self,
+        stream: anyio.abc.ByteStream,
+        where: Path,
+        session_token: str | None,
+        auth_token: str | None = None,
     ) -> None:
         self.path = where
         self.session_token = session_token
+        self.auth_token = auth_token
         self.welcome: p.Welcome | None = None
         self._stream = stream
         self._next_id = 1
@@ -224,7 +229,10 @@ class AnyioClient(AsyncClientMethods):
 
     async def _handshake(self) -> None:
         self.welcome = common.check_reply(
-            await self._exchange(common.hello(self._take_id())), p.Welcome
+            await self._exchange(
+                common.hello(self._take_id(), common.CLIENT_NAME, self.auth_token)
+            ),
+            p.Welcome,
         )
 
     async def call(self, request: Request[R]) -> R:
@@ -320,9 +328,11 @@ async def open_client(
     *,
     session_token: str | None = None,
     connect_timeout: float = 5.0,
+    auth_token: str | None = None,
 ) -> AsyncIterator[AnyioClient]:
     """Connect to the server at ``path`` (default: $RUNLEASE_SOCKET, then the data dir's)
-    from asyncio or trio.
+    from asyncio or trio, presenting ``auth_token`` (default: $RUNLEASE_TOKEN) in the
+    handshake if there is one.
 
     While the server's queue of new connections is full the connect is retried, for up
     to ``connect_timeout`` seconds.
@@ -330,7 +340,7 @@ async def open_client(
     where = common.resolve_socket(path)
     stream = await connect(where, connect_timeout)
     try:
-        client = AnyioClient(stream, where, session_token)
+        client = AnyioClient(stream, where, session_token, common.resolve_auth_token(auth_token))
         try:
             async with anyio.create_task_group() as tasks:
                 await tasks.start(client._reader)
