@@ -238,7 +238,7 @@ class Client(ClientMethods):
             except Unavailable as exc:
                 if not self._connected_once:
                     raise
-                raise ConnectionLost(exc.message, sent=False) from None
+                raise ConnectionLost(exc.message, sent=False, code=exc.code) from None
         assert self._sock is not None
         return self._sock
 

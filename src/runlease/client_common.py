@@ -19,7 +19,10 @@ import msgspec
 
 from runlease import protocol as p
 from runlease.errors import (
+    CONNECTION_TIMEOUT,
+    SERVER_BUSY,
     SERVER_UNAVAILABLE,
+    SHUTTING_DOWN,
     InternalError,
     InvalidInput,
     Unavailable,
@@ -39,6 +42,11 @@ RETRYABLE_CONNECT_ERRORS: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, er
 # Backoff between attempts to reach a server that went away (a restart takes a while).
 RECONNECT_FIRST_DELAY: Final = 0.05
 RECONNECT_MAX_DELAY: Final = 2.0
+# What a server that is away or starting up answers (the others stand, however long one
+# waits).
+OUTAGE_CODES: Final = frozenset(
+    {SERVER_UNAVAILABLE, SERVER_BUSY, SHUTTING_DOWN, CONNECTION_TIMEOUT}
+)
 # How long a client waits, in total, for a server that went away to come back.
 DEFAULT_RECONNECT_TIMEOUT: Final = 30.0
 
@@ -73,8 +81,8 @@ class ConnectionLost(Unavailable):
     and the request's ``may_resend`` whether to send it again.
     """
 
-    def __init__(self, message: str, *, sent: bool = True) -> None:
-        super().__init__(message, code=SERVER_UNAVAILABLE)
+    def __init__(self, message: str, *, sent: bool = True, code: str = SERVER_UNAVAILABLE) -> None:
+        super().__init__(message, code=code)
         self.sent = sent
 
 
@@ -166,7 +174,10 @@ class ConnectBackoff:
 
     def after_outage(self, error: Unavailable) -> float:
         """Seconds to wait before trying to reach a server that went away again; raises
-        SERVER_UNAVAILABLE naming the address once ``timeout`` seconds have passed."""
+        SERVER_UNAVAILABLE naming the address once ``timeout`` seconds have passed. An
+        answer that trying again cannot change (the server refuses this user) is raised."""
+        if error.code not in OUTAGE_CODES:
+            raise error
         self.attempts += 1
         left = self.remaining()
         if left <= 0:
