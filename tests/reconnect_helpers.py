@@ -6,19 +6,25 @@ client and a one-call-at-a-time trio caller use it). Armed for an operation, it 
 next such request on, waits until the real server has answered (so the request was
 applied), and closes the client's connection instead of answering: the client sees "sent,
 the server closed before answering". Streams are not passed through.
+
+:class:`Serving` runs a real ``runlease serve`` on a durable data dir and restarts it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import threading
 from pathlib import Path
 
+from cli_helpers import Server
 from runlease import protocol as p
 
 RECEIVE_BYTES = 65536
+# Bounds a test waits for a server to come back; never reached when things work.
+RECONNECT_TIMEOUT = 60.0
 
 
 class AnswerDroppingProxy:
@@ -112,3 +118,26 @@ def _next_frame(sock: socket.socket, buffer: p.FrameBuffer) -> bytes | None:
         if not data:
             return None
         buffer.feed(data)
+
+
+class Serving:
+    """A ``runlease serve`` on a durable data dir that a test can restart."""
+
+    def __init__(self, base: Path) -> None:
+        self.data = base / "data"
+        self.socket = base / "s.sock"
+        self.server = self._start()
+        self.server.wait_listening()
+
+    def _start(self) -> Server:
+        return Server.serve("--data-dir", str(self.data), "--socket", str(self.socket))
+
+    def restart(self, how: signal.Signals = signal.SIGKILL, *, wait: bool = True) -> None:
+        """Stop the server (SIGKILL: a crash) and start it again on the same data."""
+        if how == signal.SIGKILL:
+            self.server.kill()
+        else:
+            assert self.server.stop(how) == 0
+        self.server = self._start()
+        if wait:
+            self.server.wait_listening()

@@ -10,44 +10,14 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from cli_helpers import Server
-from reconnect_helpers import AnswerDroppingProxy
+from reconnect_helpers import RECONNECT_TIMEOUT, AnswerDroppingProxy, Serving
 from runlease import protocol as p
 from runlease.client import Client
 from runlease.errors import SERVER_UNAVAILABLE, Unavailable
-
-# Bounds a test waits for a server to come back; never reached when things work.
-RECONNECT_TIMEOUT = 60.0
-
-
-class Serving:
-    """A ``runlease serve`` on a durable data dir that a test can restart."""
-
-    def __init__(self, base: Path) -> None:
-        self.data = base / "data"
-        self.socket = base / "s.sock"
-        self.server = self._start()
-        self.server.wait_listening()
-
-    def _start(self) -> Server:
-        return Server.serve("--data-dir", str(self.data), "--socket", str(self.socket))
-
-    def restart(self, how: signal.Signals = signal.SIGKILL, *, wait: bool = True) -> None:
-        """Stop the server (SIGKILL: a crash) and start it again on the same data."""
-        if how == signal.SIGKILL:
-            self.server.kill()
-        else:
-            assert self.server.stop(how) == 0
-        self.server = self._start()
-        if wait:
-            self.server.wait_listening()
-
-    def client(self, path: Path | None = None, **options: object) -> Client:
-        options.setdefault("reconnect_timeout", RECONNECT_TIMEOUT)
-        return Client(path or self.socket, **options).connect()  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -57,6 +27,11 @@ def serving(tmp_path: Path) -> Iterator[Serving]:
         yield served
     finally:
         served.server.kill()
+
+
+def client_of(serving: Serving, path: Path | None = None, **options: Any) -> Client:
+    options.setdefault("reconnect_timeout", RECONNECT_TIMEOUT)
+    return Client(path or serving.socket, **options).connect()
 
 
 @pytest.fixture
@@ -74,9 +49,9 @@ def leased_run(operator: Client, agent: Client, workspace: str = "w") -> str:
 
 
 def test_an_agent_session_carries_on_after_the_server_crashes(serving: Serving) -> None:
-    operator = serving.client()
+    operator = client_of(serving)
     opened = operator.open_session(agent="worker")
-    agent = serving.client(session_token=opened.token)
+    agent = client_of(serving, session_token=opened.token)
     run_id = leased_run(operator, agent)
 
     serving.restart(signal.SIGKILL)
@@ -91,7 +66,7 @@ def test_an_agent_session_carries_on_after_the_server_crashes(serving: Serving) 
 
 
 def test_a_call_made_while_the_server_is_down_waits_for_it(serving: Serving) -> None:
-    client = serving.client()
+    client = client_of(serving)
     task = client.create_task("before")
     # Not waiting for the new server: the call finds no socket, then a starting server,
     # and keeps trying until it answers.
@@ -103,9 +78,9 @@ def test_a_call_made_while_the_server_is_down_waits_for_it(serving: Serving) -> 
 def test_a_resendable_request_whose_answer_was_lost_is_sent_again(
     serving: Serving, proxy: AnswerDroppingProxy, op: str
 ) -> None:
-    operator = serving.client()
+    operator = client_of(serving)
     opened = operator.open_session()
-    agent = serving.client(proxy.listen, session_token=opened.token)
+    agent = client_of(serving, proxy.listen, session_token=opened.token)
     run_id = leased_run(operator, agent)
 
     proxy.arm(op)
@@ -120,9 +95,9 @@ def test_a_resendable_request_whose_answer_was_lost_is_sent_again(
 def test_a_finish_whose_answer_was_lost_is_answered_already(
     serving: Serving, proxy: AnswerDroppingProxy
 ) -> None:
-    operator = serving.client()
+    operator = client_of(serving)
     opened = operator.open_session()
-    agent = serving.client(proxy.listen, session_token=opened.token)
+    agent = client_of(serving, proxy.listen, session_token=opened.token)
     run_id = leased_run(operator, agent)
 
     proxy.arm("complete")
@@ -138,7 +113,7 @@ def test_a_finish_whose_answer_was_lost_is_answered_already(
 def test_a_create_without_a_key_whose_answer_was_lost_says_what_is_known(
     serving: Serving, proxy: AnswerDroppingProxy
 ) -> None:
-    client = serving.client(proxy.listen)
+    client = client_of(serving, proxy.listen)
     proxy.arm("create_task")
     with pytest.raises(Unavailable) as raised:
         client.create_task("maybe", workspace="w")
@@ -155,7 +130,7 @@ def test_a_create_without_a_key_whose_answer_was_lost_says_what_is_known(
 def test_a_create_with_a_key_whose_answer_was_lost_answers_the_same_task(
     serving: Serving, proxy: AnswerDroppingProxy
 ) -> None:
-    client = serving.client(proxy.listen)
+    client = client_of(serving, proxy.listen)
     proxy.arm("create_task")
     task = client.create_task("once", workspace="w", idempotency_key="k-1")
     [first] = proxy.dropped
@@ -168,9 +143,9 @@ def test_a_create_with_a_key_whose_answer_was_lost_answers_the_same_task(
 def test_followed_events_resume_after_a_restart_without_gap_or_repeat(
     serving: Serving,
 ) -> None:
-    writer = serving.client()
+    writer = client_of(serving)
     writer.create_task("one", workspace="w")
-    follower = serving.client()
+    follower = client_of(serving)
     with follower.follow_events() as events:
         seen = [next(events)]
         serving.restart(signal.SIGTERM)
@@ -178,7 +153,7 @@ def test_followed_events_resume_after_a_restart_without_gap_or_repeat(
         last = writer.create_task("two", workspace="w")
         while not any(e.task_id == last.id for e in seen):
             seen.append(next(events))
-    everything = [e for e in serving.client().events() if e.seq <= seen[-1].seq]
+    everything = [e for e in client_of(serving).events() if e.seq <= seen[-1].seq]
     assert [e.seq for e in seen] == [e.seq for e in everything]
 
 
@@ -192,7 +167,9 @@ def test_gives_up_after_the_bounded_wait_naming_the_address(
         waits.append(seconds)
         now[0] += seconds
 
-    client = serving.client(proxy.listen, reconnect_timeout=20.0, sleep=sleep, clock=lambda: now[0])
+    client = client_of(
+        serving, proxy.listen, reconnect_timeout=20.0, sleep=sleep, clock=lambda: now[0]
+    )
     proxy.close()
     with pytest.raises(Unavailable) as raised:
         client.list_tasks()
@@ -209,7 +186,7 @@ def test_gives_up_after_the_bounded_wait_naming_the_address(
 def test_without_reconnecting_a_lost_connection_is_reported_at_once(
     serving: Serving, proxy: AnswerDroppingProxy
 ) -> None:
-    client = serving.client(proxy.listen, reconnect_timeout=0)
+    client = client_of(serving, proxy.listen, reconnect_timeout=0)
     proxy.arm("list_tasks")
     with pytest.raises(Unavailable) as raised:
         client.list_tasks()
