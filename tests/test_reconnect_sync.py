@@ -192,3 +192,12 @@ def test_without_reconnecting_a_lost_connection_is_reported_at_once(
         client.list_tasks()
     assert raised.value.code == SERVER_UNAVAILABLE
     assert proxy.connections == 1
+
+
+def test_following_begins_while_the_server_is_down(serving: Serving) -> None:
+    client = client_of(serving)
+    task = client.create_task("before", workspace="w")
+    serving.restart(signal.SIGTERM, wait=False)
+    with client.follow_events(task_id=task.id) as events:
+        first = next(events)
+    assert first.task_id == task.id

@@ -193,3 +193,14 @@ async def test_gives_up_after_the_bounded_wait_naming_the_address(
     assert str(proxy.listen) in error.message
     assert "did not come back within 20 seconds" in error.message
     assert waited == pytest.approx(20.0)
+
+
+async def test_following_begins_on_a_new_connection_after_a_restart(serving: Serving) -> None:
+    async with client_of(serving) as client:
+        task = await client.create_task("before", workspace="w")
+        # The reader sees the old connection end while the server restarts, so the stream
+        # is asked for on a link already lost (and, were it not, it is lost right after).
+        await restart(serving, signal.SIGKILL)
+        async with client.follow_events(task_id=task.id) as events:
+            first = await events.__anext__()
+    assert first.task_id == task.id

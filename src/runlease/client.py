@@ -366,7 +366,12 @@ class Client(ClientMethods):
             kinds=None if kinds is None else strings(kinds, "kinds"),
         )
         stream = _EventStream(self, follow)
-        stream.start()
+        try:
+            stream.start()
+        except ConnectionLost:
+            if not self._may_reconnect():
+                raise
+            stream._resume()  # the server went away since the last call: follow anew
         try:
             yield stream
         finally:

@@ -144,7 +144,8 @@ class ConnectBackoff:
         jitter: Callable[[], float] = random.random,
     ) -> ConnectBackoff:
         """The backoff for reaching a server that went away: slower steps (a restart takes
-        a while), every failure worth another try until ``timeout`` (see :meth:`after_outage`)."""
+        a while), and any sign of an outage is worth another try until ``timeout`` (see
+        :meth:`after_outage`)."""
         return cls(
             path,
             timeout,

@@ -139,11 +139,11 @@ def operation(
 
     def register(cls: type[Q]) -> type[Q]:
         entry = Operation(cls, cls.reply_type(), session, operator, read, stream, read or resend)
-        if entry.resend:
-            _RESENDABLE.add(cls)
         if entry.tag in OPERATIONS:
             raise TypeError(f"two operations are tagged {entry.tag!r}")
         OPERATIONS[entry.tag] = entry
+        if entry.resend:
+            _RESENDABLE.add(cls)
         if operator:
             _OPERATOR_DEFAULT.add(cls)
         return cls

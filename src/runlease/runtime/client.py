@@ -384,7 +384,12 @@ class AsyncClient(AsyncClientMethods):
         stream = EventStream(self, follow)
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            stream._open()
+            try:
+                stream._open()
+            except common.ConnectionLost:
+                if not self._may_reconnect():
+                    raise
+                await stream._resume()  # the connection had ended: follow on a new one
             await stream._link.wait_for_room()
             yield stream
         finally:
