@@ -104,7 +104,8 @@ async def test_requests_larger_than_the_socket_buffers_from_many_tasks_stay_whol
 async def test_parked_calls_wake_with_an_error_when_the_server_goes_away(
     served: Served,
 ) -> None:
-    async with open_client(served.path) as client:
+    # Without reconnecting: the calls and the next one report the lost connection.
+    async with open_client(served.path, reconnect_timeout=0) as client:
         _, token = await client.open_session(agent="left")
         errors: list[Unavailable] = []
 
@@ -121,7 +122,7 @@ async def test_parked_calls_wake_with_an_error_when_the_server_goes_away(
                 while served.rt.status().waiting_claimers != 3:
                     await trio.testing.wait_all_tasks_blocked()
             # The socket closes under the client (as when the server process dies).
-            client._stream.socket.shutdown(trio.socket.SHUT_RDWR)
+            client._current().stream.socket.shutdown(trio.socket.SHUT_RDWR)
         assert [e.code for e in errors] == [SERVER_UNAVAILABLE] * 3
         with pytest.raises(Unavailable):
             await client.status()

@@ -35,22 +35,28 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from runlease import protocol as p
 from runlease.client_common import (
     CLIENT_NAME,
+    DEFAULT_RECONNECT_TIMEOUT,
     RECEIVE_BYTES,
     ConnectBackoff,
+    ConnectionLost,
     answer,
     check_reply,
     closed_by_server,
     hello,
+    lost,
+    outcome_unknown,
     outgoing,
     resolve_auth_token,
     resolve_socket,
     unreachable,
 )
 from runlease.core.model import Event, Finished
-from runlease.errors import InternalError, RunleaseError, error_for_code
+from runlease.errors import InternalError, RunleaseError, Unavailable, error_for_code
 from runlease.operation_methods_sync import ClientMethods
 from runlease.operations import ClaimNext, FinishRequest, Request, strings
 
@@ -110,6 +116,15 @@ class Client(ClientMethods):
     If the server closed the connection while no call was running (it closes idle ones),
     the next call connects again by itself. A connect retries for ``connect_timeout``
     seconds while the server's queue of new connections is full.
+
+    Once connected, a client survives the server going away (a restart): it connects
+    again with a jittered, doubling backoff for up to ``reconnect_timeout`` seconds in all
+    (0: never), then raises SERVER_UNAVAILABLE. A call whose request had not gone out is
+    sent on the new connection; one whose request went out unanswered is sent again only
+    if its operation allows it (``Request.may_resend``: reads, heartbeats, finishes, a
+    create with an idempotency key, ...), else it raises SERVER_UNAVAILABLE saying the
+    request may have been applied. A followed event stream resumes after the last event
+    it delivered. ``sleep`` and ``clock`` pace the backoff (tests pass fakes).
     """
 
     def __init__(
@@ -121,6 +136,9 @@ class Client(ClientMethods):
         reply_timeout: float | None = None,
         client_name: str = CLIENT_NAME,
         auth_token: str | None = None,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = resolve_socket(path)
         # Presented in every handshake (see resolve_auth_token); never sent anywhere else.
@@ -129,11 +147,15 @@ class Client(ClientMethods):
         self.session_token = session_token
         self.connect_timeout = connect_timeout
         self.reply_timeout = reply_timeout
+        self.reconnect_timeout = reconnect_timeout
         self.welcome: p.Welcome | None = None
         self._sock: socket.socket | None = None
         self._buffer = p.FrameBuffer()
         self._next_id = 1
         self._broken: RunleaseError | None = None
+        self._sleep = sleep
+        self._clock = clock
+        self._connected_once = False
 
     # ------------------------------------------------------------------ connection
     def connect(self) -> Client:
@@ -141,6 +163,7 @@ class Client(ClientMethods):
             return self
         self._sock = connect_unix(self.path, self.connect_timeout)
         self._buffer = p.FrameBuffer()
+        self._broken = None
         self.welcome = None
         try:
             greeting = hello(self._take_id(), self.client_name, self.auth_token)
@@ -148,7 +171,44 @@ class Client(ClientMethods):
         except BaseException:
             self.close()
             raise
+        self._connected_once = True
         return self
+
+    # ------------------------------------------------------------------ reconnecting
+    def _may_reconnect(self) -> bool:
+        return self.reconnect_timeout > 0 and self._connected_once
+
+    def _reconnect(self, backoff: ConnectBackoff | None) -> ConnectBackoff:
+        """Connect again, trying until ``backoff`` runs out (a new one if None); answers
+        the backoff so that one outage, however many calls it spans, has one bound."""
+        if backoff is None:
+            backoff = ConnectBackoff.for_restart(
+                self.path, self.reconnect_timeout, clock=self._clock
+            )
+        self.close()
+        while True:
+            try:
+                self.connect()
+            except Unavailable as exc:
+                self._sleep(backoff.after_outage(exc))
+            else:
+                return backoff
+
+    def _exchange_resending(self, request: Request[Any]) -> p.AnyReply:
+        """:meth:`_exchange` that survives a lost connection: reconnect and send again
+        when that cannot apply the request twice (see the class docstring)."""
+        if isinstance(self._broken, ConnectionLost) and self._may_reconnect():
+            self._broken = None  # the next call finds out whether the server is back
+        backoff: ConnectBackoff | None = None
+        while True:
+            try:
+                return self._exchange(request)
+            except ConnectionLost as exc:
+                if not self._may_reconnect():
+                    raise
+                if exc.sent and not request.may_resend():
+                    raise outcome_unknown(self.path, request) from None
+            backoff = self._reconnect(backoff)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -175,7 +235,15 @@ class Client(ClientMethods):
         if self._broken is not None:
             raise self._broken
         if self._sock is None:
-            self.connect()
+            try:
+                self.connect()
+            except ConnectionLost as exc:
+                exc.sent = False  # the request waiting to go out never did
+                raise
+            except Unavailable as exc:
+                if not self._connected_once:
+                    raise
+                raise ConnectionLost(exc.message, sent=False, code=exc.code) from None
         assert self._sock is not None
         return self._sock
 
@@ -188,7 +256,8 @@ class Client(ClientMethods):
         try:
             sock.sendall(frame)
         except OSError as exc:
-            raise self._break(unreachable(self.path, exc)) from None
+            # Not all of the frame went out, so the server cannot have read the request.
+            raise self._break(lost(self.path, exc, sent=False)) from None
 
     def _closed_between_calls(self) -> bool:
         """Whether the server closed this connection while no call was running on it (an
@@ -248,7 +317,7 @@ class Client(ClientMethods):
                     unreachable(self.path, f"no reply within {timeout} seconds")
                 ) from None
             except OSError as exc:
-                raise self._break(unreachable(self.path, exc)) from None
+                raise self._break(lost(self.path, exc)) from None
             if not data:
                 raise self._break(closed_by_server(self.path))
             self._buffer.feed(data)
@@ -273,11 +342,11 @@ class Client(ClientMethods):
     def call(self, request: Request[R]) -> R:
         """Send ``request`` and answer the value its reply carries (or raise its error)."""
         sent = outgoing(request, self._take_id(), self.session_token)
-        return answer(self._exchange(sent), sent)
+        return answer(self._exchange_resending(sent), sent)
 
     def finish_and_claim(self, finish: FinishRequest, then: ClaimNext) -> Finished:
         sent = outgoing(finish, self._take_id(), self.session_token, then=then)
-        return check_reply(self._exchange(sent), p.FinishedReply).finished
+        return check_reply(self._exchange_resending(sent), p.FinishedReply).finished
 
     @contextmanager
     def follow_events(
@@ -294,18 +363,20 @@ class Client(ClientMethods):
         with client.follow_events(task_id=t) as events:
             for event in events: ...
         """
-        rid = self._take_id()
-        self._send(
-            p.FollowEvents(
-                id=rid,
-                task_id=task_id,
-                after_seq=after_seq,
-                run_id=run_id,
-                session_id=session_id,
-                kinds=None if kinds is None else strings(kinds, "kinds"),
-            )
+        follow = p.FollowEvents(
+            task_id=task_id,
+            after_seq=after_seq,
+            run_id=run_id,
+            session_id=session_id,
+            kinds=None if kinds is None else strings(kinds, "kinds"),
         )
-        stream = _EventStream(self, rid)
+        stream = _EventStream(self, follow)
+        try:
+            stream.start()
+        except ConnectionLost:
+            if not self._may_reconnect():
+                raise
+            stream._resume()  # the server went away since the last call: follow anew
         try:
             yield stream
         finally:
@@ -314,12 +385,24 @@ class Client(ClientMethods):
 
 
 class _EventStream:
-    """The iterator behind :meth:`Client.follow_events`."""
+    """The iterator behind :meth:`Client.follow_events`.
 
-    def __init__(self, client: Client, rid: int) -> None:
+    If the connection is lost (or the server ends the stream because it shuts down), the
+    client connects again and asks for the events after the last one delivered: the
+    history is durable, so nothing is skipped or repeated.
+    """
+
+    def __init__(self, client: Client, follow: p.FollowEvents) -> None:
         self._client = client
-        self._rid = rid
+        self._follow = follow
+        self._rid = 0
+        self._backoff: ConnectBackoff | None = None
         self.ended = False
+
+    def start(self) -> None:
+        """Ask for the events (again, after a reconnect): after the last one delivered."""
+        self._rid = self._client._take_id()
+        self._client._send(msgspec.structs.replace(self._follow, id=self._rid))
 
     def __iter__(self) -> Iterator[Event]:
         return self
@@ -327,14 +410,36 @@ class _EventStream:
     def __next__(self) -> Event:
         if self.ended:
             raise StopIteration
-        reply = self._client._receive_for(self._rid)
+        client = self._client
+        while True:
+            try:
+                reply = client._receive_for(self._rid)
+            except ConnectionLost:
+                if not client._may_reconnect():
+                    raise
+            else:
+                restarting = isinstance(reply, p.StreamEnd) and reply.reason == "shutdown"
+                if not (restarting and client._may_reconnect()):
+                    break
+            self._resume()
         if isinstance(reply, p.EventItem):
+            self._backoff = None  # the outage, if any, is over
+            self._follow = msgspec.structs.replace(self._follow, after_seq=reply.event.seq)
             return reply.event
         self.ended = True
         if isinstance(reply, p.StreamEnd):
             raise StopIteration
         check_reply(reply, p.EventItem)  # raises the error the server sent
         raise StopIteration  # pragma: no cover
+
+    def _resume(self) -> None:
+        while True:
+            self._backoff = self._client._reconnect(self._backoff)
+            try:
+                self.start()
+            except ConnectionLost:
+                continue  # lost again before the request went out: try once more
+            return
 
     def cancel(self) -> None:
         """Ask the server to end the stream and read up to its end, so the client stays usable."""

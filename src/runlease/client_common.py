@@ -19,7 +19,10 @@ import msgspec
 
 from runlease import protocol as p
 from runlease.errors import (
+    CONNECTION_TIMEOUT,
+    SERVER_BUSY,
     SERVER_UNAVAILABLE,
+    SHUTTING_DOWN,
     InternalError,
     InvalidInput,
     Unavailable,
@@ -36,6 +39,16 @@ RETRY_MAX_DELAY: Final = 0.05
 # A connect that may succeed if tried again: the backlog is full (EAGAIN), or a signal
 # interrupted it. ECONNREFUSED is not among them: on a Unix socket it means nobody listens.
 RETRYABLE_CONNECT_ERRORS: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
+# Backoff between attempts to reach a server that went away (a restart takes a while).
+RECONNECT_FIRST_DELAY: Final = 0.05
+RECONNECT_MAX_DELAY: Final = 2.0
+# What a server that is away or starting up answers (the others stand, however long one
+# waits).
+OUTAGE_CODES: Final = frozenset(
+    {SERVER_UNAVAILABLE, SERVER_BUSY, SHUTTING_DOWN, CONNECTION_TIMEOUT}
+)
+# How long a client waits, in total, for a server that went away to come back.
+DEFAULT_RECONNECT_TIMEOUT: Final = 30.0
 
 # The reason recorded on a lease released because the caller it was made for had been
 # cancelled (the asyncio embedding and the anyio client hand such claims back).
@@ -61,8 +74,39 @@ def unreachable(path: Path, exc: BaseException | str) -> Unavailable:
 
 
 def closed_by_server(path: Path) -> Unavailable:
+    return ConnectionLost(f"the runlease server at {path} closed the connection")
+
+
+class ConnectionLost(Unavailable):
+    """The connection to the server ended (it closed, restarted, or the socket broke).
+
+    ``sent``: whether a request had gone out on it and was waiting for its answer when it
+    ended, so the server may have applied it. A client that reconnects decides from this
+    and the request's ``may_resend`` whether to send it again.
+    """
+
+    def __init__(self, message: str, *, sent: bool = True, code: str = SERVER_UNAVAILABLE) -> None:
+        super().__init__(message, code=code)
+        self.sent = sent
+
+
+def lost(path: Path, exc: BaseException | str, *, sent: bool = True) -> ConnectionLost:
+    """The connection to ``path`` broke (``exc`` says how)."""
+    reason = exc if isinstance(exc, str) else (getattr(exc, "strerror", None) or str(exc))
+    return ConnectionLost(
+        f"lost the connection to the runlease server at {path}: {reason}", sent=sent
+    )
+
+
+def outcome_unknown(path: Path, request: Request[Any]) -> Unavailable:
+    """What to say about a request that went out on a connection that then ended, and that
+    may not be sent again: the server may or may not have applied it."""
+    op = request.__struct_config__.tag
     return Unavailable(
-        f"the runlease server at {path} closed the connection", code=SERVER_UNAVAILABLE
+        f"{op} was sent, but the runlease server at {path} closed the connection before "
+        "answering: it may have been applied; check with a read (show, list, events) "
+        "before sending it again",
+        code=SERVER_UNAVAILABLE,
     )
 
 
@@ -82,6 +126,8 @@ class ConnectBackoff:
         *,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
+        first_delay: float = RETRY_FIRST_DELAY,
+        max_delay: float = RETRY_MAX_DELAY,
     ) -> None:
         self.path = path
         self.timeout = timeout
@@ -89,7 +135,29 @@ class ConnectBackoff:
         self._clock = clock
         self._jitter = jitter
         self._deadline = clock() + timeout
-        self._delay = RETRY_FIRST_DELAY
+        self._delay = first_delay
+        self._max_delay = max_delay
+
+    @classmethod
+    def for_restart(
+        cls,
+        path: Path,
+        timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> ConnectBackoff:
+        """The backoff for reaching a server that went away: slower steps (a restart takes
+        a while), and any sign of an outage is worth another try until ``timeout`` (see
+        :meth:`after_outage`)."""
+        return cls(
+            path,
+            timeout,
+            clock=clock,
+            jitter=jitter,
+            first_delay=RECONNECT_FIRST_DELAY,
+            max_delay=RECONNECT_MAX_DELAY,
+        )
 
     def remaining(self) -> float:
         return max(self._deadline - self._clock(), 0.0)
@@ -107,8 +175,28 @@ class ConnectBackoff:
                 f"({self.attempts} attempts); try again later",
                 code=SERVER_UNAVAILABLE,
             ) from None
+        return self._next_delay(left)
+
+    def after_outage(self, error: Unavailable) -> float:
+        """Seconds to wait before trying to reach a server that went away again; raises
+        SERVER_UNAVAILABLE naming the address once ``timeout`` seconds have passed. An
+        answer that trying again cannot change (the server refuses this user) is raised."""
+        if error.code not in OUTAGE_CODES:
+            raise error
+        self.attempts += 1
+        left = self.remaining()
+        if left <= 0:
+            raise Unavailable(
+                f"the runlease server at {self.path} did not come back within "
+                f"{self.timeout:g} seconds ({self.attempts} attempts); last: {error.message}",
+                code=SERVER_UNAVAILABLE,
+            ) from None
+        return self._next_delay(left)
+
+    def _next_delay(self, left: float) -> float:
+        # Jittered (x0.5 to x1.5) so a crowd of clients does not retry in lockstep.
         delay = self._delay * (0.5 + self._jitter())
-        self._delay = min(self._delay * 2, RETRY_MAX_DELAY)
+        self._delay = min(self._delay * 2, self._max_delay)
         return min(delay, left)
 
 
@@ -188,12 +276,16 @@ def answer(reply: p.AnyReply, request: Request[R]) -> R:
 __all__ = [
     "ABANDONED_CLAIM_REASON",
     "CLIENT_NAME",
+    "DEFAULT_RECONNECT_TIMEOUT",
     "ConnectBackoff",
+    "ConnectionLost",
     "answer",
     "check_reply",
     "closed_by_server",
     "expected_reply",
     "hello",
+    "lost",
+    "outcome_unknown",
     "outgoing",
     "resolve_socket",
     "unreachable",

@@ -116,6 +116,9 @@ class Operation:
     read: bool
     # Streams replies (events) before its last one.
     stream: bool
+    # A client may send it again on a new connection when the old one dropped before its
+    # answer came: sending it twice cannot apply it twice (reads always may).
+    resend: bool = False
 
     @property
     def tag(self) -> str:
@@ -129,10 +132,17 @@ _OPERATOR_DEFAULT: set[type] = set()
 # Each request type's required role as its rank (ROLE_RANK), by type: a lookup on every
 # request over the socket.
 REQUIRED_RANK: dict[type, int] = {}
+# The request types a client may send again after a dropped connection (Operation.resend).
+_RESENDABLE: set[type] = set()
 
 
 def operation(
-    *, role: Role, session: bool = False, read: bool = False, stream: bool = False
+    *,
+    role: Role,
+    session: bool = False,
+    read: bool = False,
+    stream: bool = False,
+    resend: bool = False,
 ) -> Callable[[type[Q]], type[Q]]:
     """Register a request class in the operation table (see :class:`Operation`). The role
     has no default: every operation says who may run it."""
@@ -140,11 +150,13 @@ def operation(
         raise TypeError(f"role must be one of {ROLES}, got {role!r}")
 
     def register(cls: type[Q]) -> type[Q]:
-        entry = Operation(cls, cls.reply_type(), session, role, read, stream)
+        entry = Operation(cls, cls.reply_type(), session, role, read, stream, read or resend)
         if entry.tag in OPERATIONS:
             raise TypeError(f"two operations are tagged {entry.tag!r}")
         OPERATIONS[entry.tag] = entry
         REQUIRED_RANK[cls] = ROLE_RANK[role]
+        if entry.resend:
+            _RESENDABLE.add(cls)
         if role == "operator":
             _OPERATOR_DEFAULT.add(cls)
         return cls
@@ -185,6 +197,12 @@ class Request(msgspec.Struct, Generic[R], kw_only=True, tag_field="op", omit_def
     def claims_after_finish(self) -> bool:
         """A finish that claims next: cancelling it only ends the wait of its claim part."""
         return False
+
+    def may_resend(self) -> bool:
+        """Whether a client may send this request again after its connection dropped
+        before the answer came: the table's ``resend`` flag, unless the request itself
+        decides (a create is safe to repeat only with an idempotency key)."""
+        return type(self) in _RESENDABLE
 
     async def execute(self, call: Call) -> R:
         """Carry it out for ``call``: by default, apply its command and answer the reply."""
@@ -448,6 +466,10 @@ class CreateTask(Request[Task], tag="create_task"):
     idempotency_key: str | None = None
     tags: list[str] = []
 
+    def may_resend(self) -> bool:
+        # The key makes a repeat answer the task the first one made (``already``).
+        return self.idempotency_key is not None
+
     def command(self, call: Call) -> c.CreateTask:
         rt = call.runtime
         return c.CreateTask(
@@ -477,7 +499,7 @@ class CreateTask(Request[Task], tag="create_task"):
         )
 
 
-@operation(role="agent")
+@operation(role="agent", resend=True)
 class StartTask(Request[Run], tag="start_task"):
     """Enqueue a new run of a task (its next attempt). A task whose run is queued or
     leased already is answered with that run, marked ``already``, and a repeated
@@ -691,7 +713,7 @@ class WhoAmI(SessionRequest[Session], tag="whoami"):
 
 
 # ------------------------------------------------------------------------------- leases
-@operation(role="agent", session=True)
+@operation(role="agent", session=True, resend=True)
 class HeartbeatRun(SessionRequest[Heartbeat], tag="heartbeat"):
     """Renew the session's lease on a run: lease_until = now + lease_seconds."""
 
@@ -731,6 +753,10 @@ class FinishRequest(SessionRequest[Run], kw_only=True):
     def claims_after_finish(self) -> bool:
         return self.next is not None
 
+    def may_resend(self) -> bool:
+        # A repeated finish answers ``already``; its claim part would claim a second run.
+        return self.next is None and super().may_resend()
+
     async def execute(self, call: Call) -> Run:
         if self.next is not None:
             raise InvalidInput(
@@ -757,7 +783,7 @@ class FinishRequest(SessionRequest[Run], kw_only=True):
         raise NotImplementedError
 
 
-@operation(role="agent", session=True)
+@operation(role="agent", session=True, resend=True)
 class CompleteRun(FinishRequest, tag="complete"):
     """Complete the session's run. A completion contract's artifacts are checked on disk
     first; missing ones refuse with COMPLETION_CONTRACT_UNMET."""
@@ -775,7 +801,7 @@ class CompleteRun(FinishRequest, tag="complete"):
         )
 
 
-@operation(role="agent", session=True)
+@operation(role="agent", session=True, resend=True)
 class FailRun(FinishRequest, tag="fail"):
     """End the session's run as failed."""
 
@@ -794,7 +820,7 @@ class FailRun(FinishRequest, tag="fail"):
         )
 
 
-@operation(role="agent", session=True)
+@operation(role="agent", session=True, resend=True)
 class ReleaseRun(FinishRequest, tag="release"):
     """Give the run back to the queue (same attempt). With ``next`` the released run is
     itself a candidate: it keeps its place at the front of its priority band."""
@@ -830,7 +856,7 @@ class BlockRun(SessionRequest[Run], tag="block"):
 
 
 # ------------------------------------------------------------- task lifecycle and graph
-@operation(role="agent")
+@operation(role="agent", resend=True)
 class PublishTask(Request[Task], tag="publish_task"):
     """Publish a draft; with ``start`` (and no manual approval) enqueue its first run. A
     task published already is answered as it is, marked ``already``, and nothing changes
@@ -850,7 +876,7 @@ class PublishTask(Request[Task], tag="publish_task"):
         )
 
 
-@operation(role="operator")
+@operation(role="operator", resend=True)
 class ApproveTask(Request[Run], tag="approve_task"):
     """Approve a task awaiting manual approval (pending, or rejected earlier); enqueues its
     run and answers it. A task approved already is answered with the run it has, marked

@@ -16,17 +16,18 @@ from __future__ import annotations
 import errno
 import os
 import socket as stdsocket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+import msgspec
 import trio
 
 from runlease import client_common as common
 from runlease import protocol as p
 from runlease.core.model import Event, Finished
-from runlease.errors import InternalError, RunleaseError, error_for_code
+from runlease.errors import InternalError, RunleaseError, Unavailable, error_for_code
 from runlease.operation_methods import AsyncClientMethods
 from runlease.operations import ClaimNext, FinishRequest, Request, strings
 from runlease.runtime.wire import Wire
@@ -55,43 +56,48 @@ class _Pending:
             trio.lowlevel.reschedule(task)
 
 
-class AsyncClient(AsyncClientMethods):
-    """One connection to a runlease server. Create it with :func:`open_client`.
-
-    Its named methods (:class:`~runlease.operation_methods.AsyncClientMethods`) build a
-    request and :meth:`call` it; session-scoped ones carry ``session_token`` unless the
-    request names its own ``token``.
+class _Link:
+    """One connection to the server and the two tasks that serve it.
 
     A call writes its request straight to the socket when the socket has room (a writer
     task sends the rest otherwise, so a call never leaves half a frame behind) and parks
     until the reader task hands it its reply: no channel, lock or extra task per call.
+    Once the connection ends every waiting call is woken with the failure; the client
+    then makes a new link (see :class:`AsyncClient`).
     """
 
-    def __init__(
-        self,
-        stream: trio.SocketStream,
-        path: Path,
-        session_token: str | None,
-        auth_token: str | None = None,
-    ) -> None:
+    def __init__(self, stream: trio.SocketStream, path: Path, take_id: Callable[[], int]) -> None:
         self.path = path
-        self.auth_token = auth_token
-        self.session_token = session_token
-        self.welcome: p.Welcome | None = None
-        self._stream = stream
+        self.stream = stream
+        self._take_id = take_id
         self._wire = Wire(stream.socket)
-        self._next_id = 1
         self._waiting: dict[int, _Pending | trio.MemorySendChannel[p.AnyReply]] = {}
         self._failure: RunleaseError | None = None
         self._writer_wanted = trio.Event()
         self._room = trio.Event()  # set when the writer emptied the outbox
+        self._scope = trio.CancelScope()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the reader and the writer until :meth:`close`; then close the socket."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self._reader)
+                    await nursery.start(self._writer)
+                    task_status.started()
+        finally:
+            self._fail(common.closed_by_server(self.path))
+            with trio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    def close(self) -> None:
+        self._scope.cancel()
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
 
     # ------------------------------------------------------------------ plumbing
-    def _take_id(self) -> int:
-        rid = self._next_id
-        self._next_id += 1
-        return rid
-
     async def _reader(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -103,7 +109,7 @@ class AsyncClient(AsyncClientMethods):
                 try:
                     data = await self._wire.receive_some()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    failure = common.unreachable(self.path, exc)
+                    failure = common.lost(self.path, exc)
                     return
                 if not data:
                     return
@@ -155,25 +161,35 @@ class AsyncClient(AsyncClientMethods):
             try:
                 await self._wire.flush()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._fail(common.unreachable(self.path, exc))
+                self._fail(common.lost(self.path, exc))
                 return
             self._room.set()
 
-    def _post(self, request: Request[Any]) -> None:
+    def _unsent(self) -> RunleaseError:
+        """The failure to raise for a request that never went out on this link."""
+        failure = self._failure
+        assert failure is not None
+        if isinstance(failure, Unavailable):
+            # The connection had ended already (closed, idle timeout, restart): the request
+            # is safe to send on a new one.
+            return common.ConnectionLost(failure.message, sent=False, code=failure.code)
+        return failure
+
+    def post(self, request: Request[Any]) -> None:
         """Put one request on the wire now, or queue what the socket has no room for."""
         if self._failure is not None:
-            raise self._failure
+            raise self._unsent()
         p.append_frame(self._wire.outbox, request)
         try:
             if self._wire.send_ready():
                 return
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise self._failure or common.unreachable(self.path, exc) from None
+            raise self._failure or common.lost(self.path, exc) from None
         if self._room.is_set():
             self._room = trio.Event()
         self._writer_wanted.set()
 
-    async def _wait_for_room(self) -> None:
+    async def wait_for_room(self) -> None:
         """Wait while the requests queued behind a slow server exceed the high-water mark."""
         while len(self._wire.outbox) > OUTBOX_HIGH_WATER and self._failure is None:
             await self._room.wait()
@@ -191,54 +207,162 @@ class AsyncClient(AsyncClientMethods):
             raise self._failure or common.closed_by_server(self.path)
         return pending.reply
 
-    async def _next_reply(self, receive: trio.MemoryReceiveChannel[p.AnyReply]) -> p.AnyReply:
+    async def next_reply(self, receive: trio.MemoryReceiveChannel[p.AnyReply]) -> p.AnyReply:
         try:
             return await receive.receive()
         except trio.EndOfChannel:
             raise self._failure or common.closed_by_server(self.path) from None
 
-    async def _exchange(self, request: Request[Any]) -> p.AnyReply:
+    async def exchange(self, request: Request[Any]) -> p.AnyReply:
         """Send one request and wait for its reply; if cancelled once the request is on
         its way, ask the server to cancel it too."""
         if self._failure is not None:
-            raise self._failure
+            raise self._unsent()
         # Already cancelled: nothing goes out.
         await trio.lowlevel.checkpoint_if_cancelled()
         pending = _Pending()
         self._waiting[request.id] = pending
         try:
-            self._post(request)
+            self.post(request)
             try:
-                await self._wait_for_room()
+                await self.wait_for_room()
                 return await self._wait(pending)
             except trio.Cancelled:
-                self._cancel_remote(request.id)
+                self.cancel_remote(request.id)
                 raise
         finally:
             self._waiting.pop(request.id, None)
 
-    def _cancel_remote(self, target: int) -> None:
+    def subscribe(self, rid: int) -> trio.MemoryReceiveChannel[p.AnyReply]:
+        """The channel the replies to stream ``rid`` arrive on."""
+        send, receive = trio.open_memory_channel[p.AnyReply](STREAM_BUFFER)
+        self._waiting[rid] = send
+        return receive
+
+    def unsubscribe(self, rid: int, *, cancel: bool) -> None:
+        self._waiting.pop(rid, None)
+        if cancel and self._failure is None:
+            self.cancel_remote(rid)
+
+    def cancel_remote(self, target: int) -> None:
         """Ask the server to cancel request ``target``, best effort (queued if the socket
         is full; the writer sends it)."""
         with suppress(RunleaseError):
-            self._post(p.Cancel(id=self._take_id(), target=target))
+            self.post(p.Cancel(id=self._take_id(), target=target))
 
-    async def _handshake(self) -> None:
-        self.welcome = common.check_reply(
-            await self._exchange(
-                common.hello(self._take_id(), common.CLIENT_NAME, self.auth_token)
-            ),
-            p.Welcome,
-        )
+
+class AsyncClient(AsyncClientMethods):
+    """A client of a runlease server. Create it with :func:`open_client`.
+
+    Its named methods (:class:`~runlease.operation_methods.AsyncClientMethods`) build a
+    request and :meth:`call` it; session-scoped ones carry ``session_token`` unless the
+    request names its own ``token``. Calls from several tasks share one connection.
+
+    If the connection is lost (the server restarted, or closed it), the client connects
+    again, with a jittered doubling backoff for up to ``reconnect_timeout`` seconds (0:
+    never), and then raises SERVER_UNAVAILABLE. A call whose request had not gone out is
+    sent on the new connection; one whose request went out unanswered is sent again only
+    if its operation allows it (``Request.may_resend``), else it raises
+    SERVER_UNAVAILABLE saying the request may have been applied. A followed event stream
+    resumes after the last event it delivered.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        session_token: str | None,
+        nursery: trio.Nursery,
+        *,
+        connect_timeout: float = 5.0,
+        reconnect_timeout: float = common.DEFAULT_RECONNECT_TIMEOUT,
+        auth_token: str | None = None,
+    ) -> None:
+        self.path = path
+        self.session_token = session_token
+        self.auth_token = auth_token
+        self.connect_timeout = connect_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.welcome: p.Welcome | None = None
+        self._nursery = nursery
+        self._next_id = 1
+        self._link: _Link | None = None
+        self._relinking = trio.Lock()
+
+    def _take_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def _current(self) -> _Link:
+        assert self._link is not None, "use open_client"
+        return self._link
+
+    # ------------------------------------------------------------------ connections
+    async def _connect(self) -> None:
+        """Open one connection, start serving it and say hello; it becomes the link."""
+        stream = await connect_unix(self.path, self.connect_timeout)
+        link = _Link(stream, self.path, self._take_id)
+        try:
+            await self._nursery.start(link.serve)
+        except BaseException:
+            await stream.aclose()
+            raise
+        try:
+            welcome = common.check_reply(
+                await link.exchange(
+                    common.hello(self._take_id(), common.CLIENT_NAME, self.auth_token)
+                ),
+                p.Welcome,
+            )
+        except BaseException:
+            link.close()
+            raise
+        self.welcome = welcome
+        old, self._link = self._link, link
+        if old is not None:
+            old.close()
+
+    async def _reconnect(self, lost: _Link) -> None:
+        """Replace the lost link with a new connection, unless another task did already;
+        tries until the backoff's bound, then raises SERVER_UNAVAILABLE."""
+        async with self._relinking:
+            if self._link is not lost:
+                return
+            lost.close()
+            backoff = common.ConnectBackoff.for_restart(
+                self.path, self.reconnect_timeout, clock=trio.current_time
+            )
+            while True:
+                try:
+                    await self._connect()
+                except Unavailable as exc:
+                    await trio.sleep(backoff.after_outage(exc))
+                else:
+                    return
+
+    def _may_reconnect(self) -> bool:
+        return self.reconnect_timeout > 0
+
+    async def _exchange_resending(self, request: Request[Any]) -> p.AnyReply:
+        while True:
+            link = self._current()
+            try:
+                return await link.exchange(request)
+            except common.ConnectionLost as exc:
+                if not self._may_reconnect():
+                    raise
+                if exc.sent and not request.may_resend():
+                    raise common.outcome_unknown(self.path, request) from None
+            await self._reconnect(link)
 
     async def call(self, request: Request[R]) -> R:
         """Send ``request`` and answer the value its reply carries (or raise its error)."""
         sent = common.outgoing(request, self._take_id(), self.session_token)
-        return common.answer(await self._exchange(sent), sent)
+        return common.answer(await self._exchange_resending(sent), sent)
 
     async def finish_and_claim(self, finish: FinishRequest, then: ClaimNext) -> Finished:
         sent = common.outgoing(finish, self._take_id(), self.session_token, then=then)
-        return common.check_reply(await self._exchange(sent), p.FinishedReply).finished
+        return common.check_reply(await self._exchange_resending(sent), p.FinishedReply).finished
 
     @asynccontextmanager
     async def follow_events(
@@ -255,39 +379,64 @@ class AsyncClient(AsyncClientMethods):
         async with client.follow_events(task_id=t) as events:
             async for event in events: ...
         """
-        if self._failure is not None:
-            raise self._failure
-        rid = self._take_id()
-        send, receive = trio.open_memory_channel[p.AnyReply](STREAM_BUFFER)
-        self._waiting[rid] = send
-        stream = EventStream(self, receive)
+        follow = p.FollowEvents(
+            task_id=task_id,
+            after_seq=after_seq,
+            run_id=run_id,
+            session_id=session_id,
+            kinds=None if kinds is None else strings(kinds, "kinds"),
+        )
+        stream = EventStream(self, follow)
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
-            self._post(
-                p.FollowEvents(
-                    id=rid,
-                    task_id=task_id,
-                    after_seq=after_seq,
-                    run_id=run_id,
-                    session_id=session_id,
-                    kinds=None if kinds is None else strings(kinds, "kinds"),
-                )
-            )
-            await self._wait_for_room()
+            try:
+                stream._open()
+            except common.ConnectionLost:
+                if not self._may_reconnect():
+                    raise
+                await stream._resume()  # the connection had ended: follow on a new one
+            await stream._link.wait_for_room()
             yield stream
         finally:
-            self._waiting.pop(rid, None)
-            if not stream.ended and self._failure is None:
-                self._cancel_remote(rid)
+            stream._close()
 
 
 class EventStream:
-    """What :meth:`AsyncClient.follow_events` yields: an async iterator of events."""
+    """What :meth:`AsyncClient.follow_events` yields: an async iterator of events.
 
-    def __init__(self, client: AsyncClient, receive: trio.MemoryReceiveChannel[p.AnyReply]) -> None:
+    If the connection is lost (or the server ends the stream because it shuts down), the
+    client connects again and asks for the events after the last one delivered: the
+    history is durable, so nothing is skipped or repeated.
+    """
+
+    def __init__(self, client: AsyncClient, follow: p.FollowEvents) -> None:
         self._client = client
-        self._receive = receive
+        self._follow = follow
+        self._link = client._current()
+        self._rid = 0
+        self._receive: trio.MemoryReceiveChannel[p.AnyReply] | None = None
         self.ended = False
+
+    def _open(self) -> None:
+        """Ask the current link for the events after the last one delivered."""
+        self._link = self._client._current()
+        self._rid = self._client._take_id()
+        self._receive = self._link.subscribe(self._rid)
+        self._link.post(msgspec.structs.replace(self._follow, id=self._rid))
+
+    def _close(self) -> None:
+        if self._rid:
+            self._link.unsubscribe(self._rid, cancel=not self.ended)
+
+    async def _resume(self) -> None:
+        while True:
+            self._close()
+            await self._client._reconnect(self._link)
+            try:
+                self._open()
+            except common.ConnectionLost:
+                continue  # lost again before the request went out
+            return
 
     def __aiter__(self) -> EventStream:
         return self
@@ -295,8 +444,21 @@ class EventStream:
     async def __anext__(self) -> Event:
         if self.ended:
             raise StopAsyncIteration
-        reply = await self._client._next_reply(self._receive)
+        client = self._client
+        while True:
+            assert self._receive is not None
+            try:
+                reply = await self._link.next_reply(self._receive)
+            except common.ConnectionLost:
+                if not client._may_reconnect():
+                    raise
+            else:
+                restarting = isinstance(reply, p.StreamEnd) and reply.reason == "shutdown"
+                if not (restarting and client._may_reconnect()):
+                    break
+            await self._resume()
         if isinstance(reply, p.EventItem):
+            self._follow = msgspec.structs.replace(self._follow, after_seq=reply.event.seq)
             return reply.event
         self.ended = True
         if isinstance(reply, p.StreamEnd):
@@ -312,36 +474,37 @@ async def open_client(
     session_token: str | None = None,
     connect_timeout: float = 5.0,
     auth_token: str | None = None,
+    reconnect_timeout: float = common.DEFAULT_RECONNECT_TIMEOUT,
 ) -> AsyncIterator[AsyncClient]:
     """Connect to the server at ``path`` (default: $RUNLEASE_SOCKET, then the data dir's),
     presenting ``auth_token`` (default: $RUNLEASE_TOKEN) in the handshake if there is one.
 
     While the server's queue of new connections is full the connect is retried, for up
-    to ``connect_timeout`` seconds.
+    to ``connect_timeout`` seconds. Once connected, the client outlives the server going
+    away for up to ``reconnect_timeout`` seconds (see :class:`AsyncClient`).
     """
     socket_path = common.resolve_socket(path)
-    stream = await connect_unix(socket_path, connect_timeout)
     try:
-        client = AsyncClient(
-            stream, socket_path, session_token, common.resolve_auth_token(auth_token)
-        )
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(client._reader)
-                await nursery.start(client._writer)
-                try:
-                    await client._handshake()
-                    yield client
-                finally:
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # The reader and the writer never raise, so a group holds the caller's own
-            # exception: give it back unwrapped, as if no nursery were involved.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-    finally:
-        await stream.aclose()
+        async with trio.open_nursery() as nursery:
+            client = AsyncClient(
+                socket_path,
+                session_token,
+                nursery,
+                connect_timeout=connect_timeout,
+                reconnect_timeout=reconnect_timeout,
+                auth_token=common.resolve_auth_token(auth_token),
+            )
+            try:
+                await client._connect()
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The links' tasks never raise, so a group holds the caller's own exception:
+        # give it back unwrapped, as if no nursery were involved.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
