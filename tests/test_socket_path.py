@@ -121,6 +121,7 @@ async def test_parked_calls_wake_with_an_error_when_the_server_goes_away(
                 while served.rt.status().waiting_claimers != 3:
                     await trio.testing.wait_all_tasks_blocked()
             # The socket closes under the client (as when the server process dies).
+            assert isinstance(client._stream, trio.SocketStream)
             client._stream.socket.shutdown(trio.socket.SHUT_RDWR)
         assert [e.code for e in errors] == [SERVER_UNAVAILABLE] * 3
         with pytest.raises(Unavailable):

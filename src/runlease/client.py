@@ -1,4 +1,5 @@
-"""Talk to a runlease server over its Unix socket, from programs that do not embed it.
+"""Talk to a runlease server over its Unix socket or TCP (TLS), from programs that do not
+embed it.
 
 Two clients with the same methods:
 
@@ -21,6 +22,12 @@ Two clients with the same methods:
 Errors arrive as the same :class:`~runlease.errors.RunleaseError` classes the embedded
 runtime raises, rebuilt from their codes. A server that cannot be reached raises
 ``Unavailable`` with code ``SERVER_UNAVAILABLE`` naming the socket path.
+
+Where the server is: a socket path, or an address (``unix:/path``, ``tcp://host:port``,
+see :class:`~runlease.client_common.ServerAddress`); by default $RUNLEASE_SERVER, else the
+local socket. A TCP connection verifies the server's certificate against $RUNLEASE_TLS_CA
+(else the system's CAs) and shows $RUNLEASE_TLS_CERT / $RUNLEASE_TLS_KEY for mutual TLS
+(see :class:`~runlease.client_common.TlsFiles`).
 """
 
 from __future__ import annotations
@@ -40,11 +47,14 @@ from runlease.client_common import (
     CLIENT_NAME,
     RECEIVE_BYTES,
     ConnectBackoff,
+    ServerAddress,
+    TlsFiles,
     answer,
     check_reply,
     closed_by_server,
     hello,
     outgoing,
+    resolve_address,
     resolve_socket,
     unreachable,
 )
@@ -94,6 +104,41 @@ def _connect_once(path: Path, timeout: float) -> socket.socket:
     return sock
 
 
+def open_connection(
+    address: ServerAddress, timeout: float, tls: TlsFiles | None = None
+) -> socket.socket:
+    """One socket connected to ``address`` (TLS set up for ``tcp://``), within ``timeout``
+    seconds; raises :class:`~runlease.errors.Unavailable` when it cannot be had."""
+    if address.path is not None:
+        return connect_unix(address.path, timeout)
+    try:
+        sock = socket.create_connection((address.host, address.port), timeout=timeout)
+    except OSError as exc:
+        raise unreachable(address, exc) from None
+    try:
+        # Frames are small and each waits for its answer: never hold one back.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if address.tls:
+            context = (tls or TlsFiles.from_env()).context()
+            # The handshake runs here, under the connect timeout.
+            sock = context.wrap_socket(sock, server_hostname=address.host)
+        sock.settimeout(None)
+    except OSError as exc:
+        sock.close()
+        raise unreachable(address, exc) from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _would_block(exc: OSError) -> bool:
+    """A TLS socket read with nothing to read says so with its own error."""
+    import ssl
+
+    return isinstance(exc, ssl.SSLWantReadError | ssl.SSLWantWriteError)
+
+
 # ------------------------------------------------------------------------ sync client
 class Client(ClientMethods):
     """A synchronous connection to a runlease server. Not safe to share between threads.
@@ -108,18 +153,27 @@ class Client(ClientMethods):
     If the server closed the connection while no call was running (it closes idle ones),
     the next call connects again by itself. A connect retries for ``connect_timeout``
     seconds while the server's queue of new connections is full.
+
+    ``path`` is a socket path or a server address (see the module's docstring); ``tls``
+    the files a TCP connection uses (default: from the environment).
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | ServerAddress | None = None,
         *,
         session_token: str | None = None,
         connect_timeout: float = 5.0,
         reply_timeout: float | None = None,
         client_name: str = CLIENT_NAME,
+        tls: TlsFiles | None = None,
     ) -> None:
-        self.path = resolve_socket(path)
+        self.address = resolve_address(path)
+        # What error messages name: the socket path, or the TCP address.
+        self.path: Path | ServerAddress = (
+            self.address.path if self.address.path is not None else self.address
+        )
+        self.tls = tls
         self.client_name = client_name
         self.session_token = session_token
         self.connect_timeout = connect_timeout
@@ -134,7 +188,7 @@ class Client(ClientMethods):
     def connect(self) -> Client:
         if self._sock is not None:
             return self
-        self._sock = connect_unix(self.path, self.connect_timeout)
+        self._sock = open_connection(self.address, self.connect_timeout, self.tls)
         self._buffer = p.FrameBuffer()
         self.welcome = None
         try:
@@ -193,8 +247,10 @@ class Client(ClientMethods):
         timeout = sock.gettimeout()
         # A blocking socket reads without waiting when asked to (no mode switch, which
         # costs system calls); with a timeout, recv would first wait for data, so switch.
-        flags = socket.MSG_DONTWAIT if timeout is None else 0
-        if timeout is not None:
+        # A TLS socket takes no flags: it always switches.
+        switch = timeout is not None or not self.address.local
+        flags = 0 if switch else socket.MSG_DONTWAIT
+        if switch:
             sock.settimeout(0.0)
         try:
             while True:
@@ -202,8 +258,8 @@ class Client(ClientMethods):
                     data = sock.recv(RECEIVE_BYTES, flags)
                 except (BlockingIOError, InterruptedError):
                     return False  # still open, nothing more to read now
-                except OSError:
-                    return True
+                except OSError as exc:
+                    return not (self.address.tls and _would_block(exc))
                 if not data:
                     return True
                 # Late replies to abandoned requests are skipped by the next call as
@@ -211,7 +267,7 @@ class Client(ClientMethods):
                 # the stream.
                 self._buffer.feed(data)
         finally:
-            if timeout is not None:
+            if switch:
                 sock.settimeout(timeout)
 
     def _break(self, error: RunleaseError) -> RunleaseError:
@@ -347,10 +403,13 @@ class _EventStream:
 
 
 def connect(
-    path: str | os.PathLike[str] | None = None, *, session_token: str | None = None
+    path: str | os.PathLike[str] | ServerAddress | None = None,
+    *,
+    session_token: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> Client:
     """A connected :class:`Client` (close it, or use ``with``)."""
-    return Client(path, session_token=session_token).connect()
+    return Client(path, session_token=session_token, tls=tls).connect()
 
 
 def __getattr__(name: str) -> Any:
@@ -366,9 +425,12 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AsyncClient",
     "Client",
+    "ServerAddress",
+    "TlsFiles",
     "check_reply",
     "connect",
     "open_client",
+    "open_connection",
     "resolve_socket",
     "unreachable",
 ]

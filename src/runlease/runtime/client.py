@@ -29,7 +29,7 @@ from runlease.core.model import Event, Finished
 from runlease.errors import InternalError, RunleaseError, error_for_code
 from runlease.operation_methods import AsyncClientMethods
 from runlease.operations import ClaimNext, FinishRequest, Request, strings
-from runlease.runtime.wire import Wire
+from runlease.runtime.wire import StreamWire, Wire
 
 R = TypeVar("R")
 
@@ -67,12 +67,20 @@ class AsyncClient(AsyncClientMethods):
     until the reader task hands it its reply: no channel, lock or extra task per call.
     """
 
-    def __init__(self, stream: trio.SocketStream, path: Path, session_token: str | None) -> None:
-        self.path = path
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        path: Path | common.ServerAddress,
+        session_token: str | None,
+    ) -> None:
+        self.path = path  # the socket path, or the TCP address: what errors name
         self.session_token = session_token
         self.welcome: p.Welcome | None = None
         self._stream = stream
-        self._wire = Wire(stream.socket)
+        # A TLS stream's socket carries records, not frames: its wire goes through it.
+        self._wire: Wire | StreamWire = (
+            Wire(stream.socket) if isinstance(stream, trio.SocketStream) else StreamWire(stream)
+        )
         self._next_id = 1
         self._waiting: dict[int, _Pending | trio.MemorySendChannel[p.AnyReply]] = {}
         self._failure: RunleaseError | None = None
@@ -297,20 +305,26 @@ class EventStream:
 
 @asynccontextmanager
 async def open_client(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | common.ServerAddress | None = None,
     *,
     session_token: str | None = None,
     connect_timeout: float = 5.0,
+    tls: common.TlsFiles | None = None,
 ) -> AsyncIterator[AsyncClient]:
-    """Connect to the server at ``path`` (default: $RUNLEASE_SOCKET, then the data dir's).
+    """Connect to the server at ``path``: a socket path or an address (``unix:/path``,
+    ``tcp://host:port``); default $RUNLEASE_SERVER, else $RUNLEASE_SOCKET, else the data
+    dir's socket. ``tls`` are the files a TCP connection uses (default: the environment's,
+    see :class:`~runlease.client_common.TlsFiles`).
 
     While the server's queue of new connections is full the connect is retried, for up
     to ``connect_timeout`` seconds.
     """
-    socket_path = common.resolve_socket(path)
-    stream = await connect_unix(socket_path, connect_timeout)
+    address = common.resolve_address(path)
+    stream = await open_stream(address, connect_timeout, tls)
     try:
-        client = AsyncClient(stream, socket_path, session_token)
+        client = AsyncClient(
+            stream, address.path if address.path is not None else address, session_token
+        )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(client._reader)
@@ -328,6 +342,38 @@ async def open_client(
             raise
     finally:
         await stream.aclose()
+
+
+async def open_stream(
+    address: common.ServerAddress, timeout: float, tls: common.TlsFiles | None = None
+) -> trio.abc.Stream:
+    """One stream connected to ``address`` (its TLS handshake done for ``tcp://``), within
+    ``timeout`` seconds; raises :class:`~runlease.errors.Unavailable` when it cannot be had."""
+    if address.path is not None:
+        return await connect_unix(address.path, timeout)
+    context = (tls or common.TlsFiles.from_env()).context() if address.tls else None
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(timeout):
+            # trio's TCP streams turn Nagle off: a small frame leaves at once.
+            tcp = stream = await trio.open_tcp_stream(address.host, address.port)
+            if context is not None:
+                stream = trio.SSLStream(tcp, context, server_hostname=address.host)
+                await stream.do_handshake()
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        reason: BaseException | str = exc
+        if isinstance(exc, trio.TooSlowError):
+            reason = f"no connection within {timeout:g} seconds"
+        elif isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+            reason = exc.__cause__  # the TLS error that broke the handshake
+        raise common.unreachable(address, reason) from None
+    except BaseException:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise
+    return stream
 
 
 async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
@@ -363,4 +409,4 @@ async def _connect_once(path: Path) -> trio.SocketStream:
     return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
-__all__ = ["AsyncClient", "EventStream", "open_client"]
+__all__ = ["AsyncClient", "EventStream", "open_client", "open_stream"]
