@@ -240,3 +240,14 @@ async def test_each_connection_knows_whether_it_is_local(tmp_path: Path) -> None
         await server.wait_stopped()
         nursery.cancel_scope.cancel()
     assert not sock.exists()
+
+
+def test_cli_server_and_tls_ca_flags(remote: Remote) -> None:
+    cli = remote.cli()
+    cli.env.clear()
+    assert remote.tls.ca is not None
+    flags = ["--server", remote.url, "--tls-ca", str(remote.tls.ca)]
+    status = cli.ok(*flags, "status")
+    assert status["server"]["pid"] == remote.server.process.pid
+    # Global options may follow the command as well.
+    assert cli.ok("status", "--server", remote.url, "--tls-ca", str(remote.tls.ca))["server"]
