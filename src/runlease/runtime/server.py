@@ -1,4 +1,4 @@
-"""The Unix-socket server: one runtime, many clients, the protocol of :mod:`runlease.protocol`.
+"""The server: one runtime, many clients, the protocol of :mod:`runlease.protocol`.
 
 Each connection has a reader task. Per wake-up it takes every complete frame the socket
 holds; what can be answered at once (hello, cancel, a bad frame) is queued, and the replies
@@ -21,10 +21,10 @@ length prefix above the frame limit closes the connection, because after it the 
 cannot be trusted to be in step. Errors inside a handler become ``INTERNAL`` replies and a
 log line; they never reach another connection.
 
-Listeners: one server may listen on several addresses at once (:mod:`runlease.runtime.
-listeners`): Unix sockets and TCP ports, TLS or (on loopback, or when the operator accepts
-the risk) plain. Every listener feeds the same connections, limits and executor; each
-connection knows whether it came over a Unix socket (``local``) or over TCP.
+Listeners: one server may listen on several addresses at once, Unix sockets and TCP ports,
+TLS or (on loopback, or when the operator accepts the risk) plain; the rules are in
+:mod:`runlease.runtime.listeners`. Every listener feeds the same connections, limits and
+executor; each connection knows whether it came over a Unix socket (``local``) or over TCP.
 
 Security: the socket file is made safe by :mod:`runlease.runtime.socket_file`, and every
 Unix connection's peer uid (SO_PEERCRED) must be the server's own; others get a
