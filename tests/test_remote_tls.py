@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from cli_helpers import Server, clean_env, log_event
@@ -20,7 +21,7 @@ from runlease.client_common import ServerAddress, TlsFiles, hello
 from runlease.errors import SERVER_UNAVAILABLE, InvalidInput, Unavailable
 from runlease.runtime.client import open_client
 from runlease.runtime.listeners import check_listeners, server_tls_context
-from runlease.runtime.server import SocketServer, serve_socket
+from runlease.runtime.server import ServerLimits, SocketServer, serve_socket
 
 STEP = 10.0
 
@@ -251,3 +252,38 @@ def test_cli_server_and_tls_ca_flags(remote: Remote) -> None:
     assert status["server"]["pid"] == remote.server.process.pid
     # Global options may follow the command as well.
     assert cli.ok("status", "--server", remote.url, "--tls-ca", str(remote.tls.ca))["server"]
+
+
+async def test_a_silent_tls_client_is_closed_after_the_handshake_timeout(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    limits = ServerLimits(handshake_timeout=30.0)
+    caplog.set_level("INFO", logger="runlease.server")
+    async with open_runtime() as rt, trio.open_nursery() as nursery:
+        server: SocketServer = await nursery.start(
+            lambda task_status=trio.TASK_STATUS_IGNORED: serve_socket(
+                rt,
+                None,
+                listen=[ServerAddress.parse("tcp://127.0.0.1:0")],
+                tls=server_tls_context(pem),
+                limits=limits,
+                task_status=task_status,
+            )
+        )
+        port = ServerAddress.parse(server.urls[0]).port
+        silent = await trio.open_tcp_stream("127.0.0.1", port)
+        started = trio.current_time()
+        # The server gives up on the handshake and closes: the read ends, with no reply.
+        assert await silent.receive_some(4096) == b""
+        assert trio.current_time() - started >= limits.handshake_timeout
+        await silent.aclose()
+        assert server.connection_count == 0
+        server.shutdown()
+        await server.wait_stopped()
+        nursery.cancel_scope.cancel()
+    assert any(
+        getattr(record, "fields", {}).get("phase") == "tls_handshake" for record in caplog.records
+    )
