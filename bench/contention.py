@@ -54,6 +54,7 @@ from bench.runlease_systems import (
     HookedRunlease,
     Mode,
     SocketRunlease,
+    TlsRunlease,
 )
 from bench.sqlite_queue import SqliteQueue
 
@@ -108,6 +109,9 @@ def all_systems() -> list[System]:
         SocketRunlease("memory"),
         SocketRunlease("relaxed"),
         SocketRunlease("durable"),
+        TlsRunlease("memory"),
+        TlsRunlease("relaxed"),
+        TlsRunlease("durable"),
         *one_trip_systems(),
         EchoFloor(),
         SqliteQueue("FULL"),
@@ -126,6 +130,8 @@ GROUPS: Final[dict[str, Callable[[System], bool]]] = {
     # The durable embedded row beside its variants with a slow and a dead hook endpoint.
     "hooks": lambda s: s.key.startswith("embedded-durable"),
     "socket": lambda s: s.family == "runlease-socket",
+    # The socket rows' server over loopback TCP with TLS.
+    "tls": lambda s: s.key.startswith("tls-"),
     "sqlite": lambda s: s.family == "sqlite",
     "beanstalkd": lambda s: s.family == "beanstalkd",
 }
@@ -231,8 +237,10 @@ def run_wakeup(
     for system in systems:
         if not isinstance(system, EmbeddedRunlease | SocketRunlease):
             continue
-        if system.loop != "claim-complete":
-            continue  # waking a parked claimer does not depend on the contender loop
+        if system.loop != "claim-complete" or isinstance(system, TlsRunlease):
+            # Waking a parked claimer does not depend on the contender loop; the wake-up
+            # probe speaks to the Unix socket only.
+            continue
         workdir = Path(tempfile.mkdtemp(prefix=f"wake-{system.key}-", dir=workroot))
         try:
             console.print(f"  wake-up: {system.key}, {config.wakeup_trials} trials")
@@ -257,7 +265,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--systems",
         nargs="+",
         metavar="NAME",
-        help="system keys or groups (all, runlease, peers, embedded, socket, sqlite, beanstalkd)",
+        help="system keys or groups (all, runlease, peers, embedded, socket, tls, sqlite, "
+        "beanstalkd)",
     )
     parser.add_argument("--contenders", nargs="+", type=int, metavar="C")
     parser.add_argument("--runs", type=int, metavar="N", help="runs preloaded per measurement")

@@ -125,7 +125,7 @@ class SocketOneTrip(SocketRunlease):
                 one_trip_client_main,
                 contenders,
                 CLIENT_PROCESSES,
-                (str(server.socket_path), workload.lease_seconds, self.loop),
+                (str(server.socket_path), workload.lease_seconds, self.loop, ""),
             )
             problems = server.verify()
         return RawRun(
@@ -138,7 +138,7 @@ class SocketOneTrip(SocketRunlease):
 
 
 def one_trip_client_main(
-    index: int, count: int, args: tuple[str, float, str], barrier: Barrier, conn: Connection
+    index: int, count: int, args: tuple[str, float, str, str], barrier: Barrier, conn: Connection
 ) -> None:
     """Client process entry point: importing this module registered the one-trip loop."""
     socket_client_main(index, count, args, barrier, conn)

@@ -1,6 +1,7 @@
-"""runlease under contention: embedded (trio tasks in this process) and over its Unix socket
-(a server process, contenders on connections spread over client processes), plus the echo
-floor: the same framing and trio client against a server that keeps no state at all.
+"""runlease under contention: embedded (trio tasks in this process), over its Unix socket
+and over TCP with TLS on loopback (a server process, contenders on connections spread over
+client processes), plus the echo floor: the same framing and trio client against a server
+that keeps no state at all.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -37,11 +39,13 @@ from bench.procs import (
     stop_processes,
 )
 from runlease import protocol as p
+from runlease.client_common import ServerAddress, TlsFiles
 from runlease.core.model import Claim, LeaseView, Priority, Run, Session, Task
 from runlease.errors import BAD_REQUEST, NO_CLAIMABLE_RUN, NotFound, RunleaseError
 from runlease.hooks import Hook
 from runlease.runtime.client import open_client
 from runlease.runtime.collector import GcTuning
+from runlease.runtime.listeners import server_tls_context
 from runlease.runtime.runtime import Runtime, open_runtime
 from runlease.runtime.server import SocketServer, bind_unix_socket, serve_socket
 from runlease.runtime.wire import Wire
@@ -234,14 +238,15 @@ class SocketSystem(System):
     server_kind: str = "runlease"
     mode: Mode = "memory"
     loop: str = "claim-complete"
+    tls: bool = False  # contenders connect over TCP with TLS instead of the Unix socket
 
     def run(self, workload: Workload, contenders: int, workdir: Path) -> RawRun:
-        with ServerProcess(self.server_kind, self.mode, workdir, workload) as server:
+        with ServerProcess(self.server_kind, self.mode, workdir, workload, tls=self.tls) as server:
             start, logs = run_client_processes(
                 socket_client_main,
                 contenders,
                 CLIENT_PROCESSES,
-                (str(server.socket_path), workload.lease_seconds, self.loop),
+                (server.target, workload.lease_seconds, self.loop, server.ca),
             )
             problems = server.verify()
         return RawRun(
@@ -264,6 +269,17 @@ class SocketRunlease(SocketSystem):
         self.durability: Durability = mode
 
 
+class TlsRunlease(SocketRunlease):
+    """The socket rows' server and clients, over TCP on loopback with TLS."""
+
+    tls = True
+
+    def __init__(self, mode: Mode) -> None:
+        super().__init__(mode)
+        self.key = f"tls-{mode}"
+        self.label = f"runlease TCP+TLS, {mode}"
+
+
 class EchoFloor(SocketSystem):
     """Framing, msgpack and the trio client against a server that keeps no state."""
 
@@ -277,20 +293,29 @@ class EchoFloor(SocketSystem):
 class ServerProcess:
     """A runlease (or echo) server in a child process, preloaded and listening."""
 
-    def __init__(self, kind: str, mode: Mode, workdir: Path, workload: Workload) -> None:
+    def __init__(
+        self, kind: str, mode: Mode, workdir: Path, workload: Workload, *, tls: bool = False
+    ) -> None:
         self.kind = kind
         self.mode = mode
         self.workdir = workdir
         self.workload = workload
         self._socket_dir = short_socket_dir()
         self.socket_path = self._socket_dir / "rl.sock"
+        # Where clients connect (the socket, or the TLS listener's URL once it listens),
+        # and the CA file that vouches for its certificate ("" without TLS).
+        self.target = str(self.socket_path)
+        self.ca = ""
+        server_pem = ""
+        if tls:
+            self.ca, server_pem = make_test_certificates(self._socket_dir)
         self.expected: list[str] = []
         ctx = spawn_context()
         self._pipe, child_end = ctx.Pipe()
         self._child_end = child_end
         self._process = ctx.Process(
             target=server_main,
-            args=(kind, mode, str(workdir), str(self.socket_path), workload, child_end),
+            args=(kind, mode, str(workdir), str(self.socket_path), workload, child_end, server_pem),
             daemon=True,
         )
 
@@ -301,6 +326,8 @@ class ServerProcess:
         if message[0] != "ready":
             raise BenchError(f"the {self.kind} server did not start: {message!r}")
         self.expected = list(message[1])
+        if self.ca:
+            self.target = str(message[2])
         return self
 
     def _receive(self, timeout: float) -> tuple[Any, ...]:
@@ -324,16 +351,36 @@ class ServerProcess:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
+def make_test_certificates(directory: Path) -> tuple[str, str]:
+    """A throwaway CA and a certificate for 127.0.0.1 it signed: (CA file, server file)."""
+    import trustme  # a test dependency, installed with the dev extra
+
+    ca = trustme.CA()
+    ca_pem, server_pem = directory / "ca.pem", directory / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    return str(ca_pem), str(server_pem)
+
+
 def server_main(
-    kind: str, mode: Mode, workdir: str, socket_path: str, workload: Workload, conn: Connection
+    kind: str,
+    mode: Mode,
+    workdir: str,
+    socket_path: str,
+    workload: Workload,
+    conn: Connection,
+    server_pem: str = "",
 ) -> None:
-    """Child process: preload, serve, answer "verify", stop on "stop" (or a closed pipe)."""
+    """Child process: preload, serve, answer "verify", stop on "stop" (or a closed pipe).
+    With ``server_pem``, it also listens on loopback TCP with TLS."""
     try:
         if kind == "echo":
             trio.run(_serve_echo, Path(socket_path), workload, conn)
             Path(socket_path).unlink(missing_ok=True)
         else:
-            trio.run(_serve_runlease, mode, Path(workdir), Path(socket_path), workload, conn)
+            trio.run(
+                _serve_runlease, mode, Path(workdir), Path(socket_path), workload, conn, server_pem
+            )
     except BaseException:
         report_failure(None, conn)
 
@@ -346,14 +393,28 @@ async def _commands(conn: Connection) -> Any:
 
 
 async def _serve_runlease(
-    mode: Mode, workdir: Path, socket_path: Path, workload: Workload, conn: Connection
+    mode: Mode,
+    workdir: Path,
+    socket_path: Path,
+    workload: Workload,
+    conn: Connection,
+    server_pem: str = "",
 ) -> None:
     # Tuned like `runlease serve`, which owns its process the same way.
     async with open_runtime(**runtime_options(mode, workdir), gc_tuning=GcTuning()) as rt:
         expected = await preload(rt, workload.priorities())
         async with trio.open_nursery() as nursery:
-            server: SocketServer = await nursery.start(serve_socket, rt, socket_path)
-            conn.send(("ready", expected))
+            listen = [ServerAddress.parse("tcp://127.0.0.1:0")] if server_pem else []
+            server: SocketServer = await nursery.start(
+                partial(
+                    serve_socket,
+                    rt,
+                    socket_path,
+                    listen=listen,
+                    tls=server_tls_context(server_pem) if server_pem else None,
+                )
+            )
+            conn.send(("ready", expected, server.urls[-1]))
             while (command := await _commands(conn)) != "stop":
                 if command == "verify":
                     conn.send(("verified", verify_runtime(rt, expected)))
@@ -463,13 +524,14 @@ async def _serve_echo(socket_path: Path, workload: Workload, conn: Connection) -
 
 
 def socket_client_main(
-    index: int, count: int, args: tuple[str, float, str], barrier: Barrier, conn: Connection
+    index: int, count: int, args: tuple[str, float, str, str], barrier: Barrier, conn: Connection
 ) -> None:
-    """Child process: ``count`` connections, one session each, contending after the barrier."""
-    socket_path, lease, loop = args
+    """Child process: ``count`` connections, one session each, contending after the barrier.
+    ``args``: where to connect (a socket or a URL), lease, loop, the CA file ("": no TLS)."""
+    socket_path, lease, loop, ca = args
     try:
         start, logs = trio.run(
-            _socket_clients, index, count, socket_path, lease, loop, barrier, conn
+            _socket_clients, index, count, socket_path, lease, loop, barrier, conn, ca
         )
         conn.send(("ok", start, [log.to_wire() for log in logs]))
     except BaseException:
@@ -486,11 +548,13 @@ async def _socket_clients(
     loop: str,
     barrier: Barrier,
     conn: Connection,
+    ca: str = "",
 ) -> tuple[float, list[ContenderLog]]:
+    tls = TlsFiles(ca=Path(ca)) if ca else None
     async with AsyncExitStack() as stack:
         clients = []
         for i in range(count):
-            client = await stack.enter_async_context(open_client(socket_path))
+            client = await stack.enter_async_context(open_client(socket_path, tls=tls))
             _session, token = await client.open_session(agent=f"bench-{index}-{i}")
             client.session_token = token
             clients.append(client)

@@ -37,6 +37,7 @@ from runlease.runtime.client import open_client
 from runlease.runtime.server import (
     ServerLimits,
     SocketServer,
+    _Bound,
     connection_cap,
     default_backlog,
 )
@@ -440,9 +441,9 @@ class PausedServer(SocketServer):
 
     gate: trio.Event
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, bound: _Bound, nursery: trio.Nursery) -> None:
         await self.gate.wait()
-        await super()._accept_loop(listener, nursery)
+        await super()._accept_loop(bound, nursery)
 
 
 @asynccontextmanager

@@ -122,7 +122,9 @@ async def test_parked_calls_wake_with_an_error_when_the_server_goes_away(
                 while served.rt.status().waiting_claimers != 3:
                     await trio.testing.wait_all_tasks_blocked()
             # The socket closes under the client (as when the server process dies).
-            client._current().stream.socket.shutdown(trio.socket.SHUT_RDWR)
+            stream = client._current().stream
+            assert isinstance(stream, trio.SocketStream)
+            stream.socket.shutdown(trio.socket.SHUT_RDWR)
         assert [e.code for e in errors] == [SERVER_UNAVAILABLE] * 3
         with pytest.raises(Unavailable):
             await client.status()

@@ -1,4 +1,5 @@
-"""Talk to a runlease server over its Unix socket, from programs that do not embed it.
+"""Talk to a runlease server over its Unix socket or TCP (TLS), from programs that do not
+embed it.
 
 Two clients with the same methods:
 
@@ -21,6 +22,12 @@ Two clients with the same methods:
 Errors arrive as the same :class:`~runlease.errors.RunleaseError` classes the embedded
 runtime raises, rebuilt from their codes. A server that cannot be reached raises
 ``Unavailable`` with code ``SERVER_UNAVAILABLE`` naming the socket path.
+
+Where the server is: a socket path, or an address (``unix:/path``, ``tcp://host:port``,
+see :class:`~runlease.client_common.ServerAddress`); by default $RUNLEASE_SERVER, else the
+local socket. A TCP connection verifies the server's certificate against $RUNLEASE_TLS_CA
+(else the system's CAs) and shows $RUNLEASE_TLS_CERT / $RUNLEASE_TLS_KEY for mutual TLS
+(see :class:`~runlease.client_common.TlsFiles`).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from runlease.client_common import (
     RECEIVE_BYTES,
     ConnectBackoff,
     ConnectionLost,
+    ServerAddress,
+    TlsFiles,
     answer,
     check_reply,
     closed_by_server,
@@ -51,6 +60,7 @@ from runlease.client_common import (
     lost,
     outcome_unknown,
     outgoing,
+    resolve_address,
     resolve_auth_token,
     resolve_socket,
     unreachable,
@@ -101,6 +111,41 @@ def _connect_once(path: Path, timeout: float) -> socket.socket:
     return sock
 
 
+def open_connection(
+    address: ServerAddress, timeout: float, tls: TlsFiles | None = None
+) -> socket.socket:
+    """One socket connected to ``address`` (TLS set up for ``tcp://``), within ``timeout``
+    seconds; raises :class:`~runlease.errors.Unavailable` when it cannot be had."""
+    if address.path is not None:
+        return connect_unix(address.path, timeout)
+    try:
+        sock = socket.create_connection((address.host, address.port), timeout=timeout)
+    except OSError as exc:
+        raise unreachable(address, exc) from None
+    try:
+        # Frames are small and each waits for its answer: never hold one back.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if address.tls:
+            context = (tls or TlsFiles.from_env()).context()
+            # The handshake runs here, under the connect timeout.
+            sock = context.wrap_socket(sock, server_hostname=address.host)
+        sock.settimeout(None)
+    except OSError as exc:
+        sock.close()
+        raise unreachable(address, exc) from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _would_block(exc: OSError) -> bool:
+    """A TLS socket read with nothing to read says so with its own error."""
+    import ssl
+
+    return isinstance(exc, ssl.SSLWantReadError | ssl.SSLWantWriteError)
+
+
 # ------------------------------------------------------------------------ sync client
 class Client(ClientMethods):
     """A synchronous connection to a runlease server. Not safe to share between threads.
@@ -125,11 +170,13 @@ class Client(ClientMethods):
     create with an idempotency key, ...), else it raises SERVER_UNAVAILABLE saying the
     request may have been applied. A followed event stream resumes after the last event
     it delivered. ``sleep`` and ``clock`` pace the backoff (tests pass fakes).
+    ``path`` is a socket path or a server address (see the module's docstring); ``tls``
+    the files a TCP connection uses (default: from the environment).
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | ServerAddress | None = None,
         *,
         session_token: str | None = None,
         connect_timeout: float = 5.0,
@@ -139,8 +186,14 @@ class Client(ClientMethods):
         reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        tls: TlsFiles | None = None,
     ) -> None:
-        self.path = resolve_socket(path)
+        self.address = resolve_address(path)
+        # What error messages name: the socket path, or the TCP address.
+        self.path: Path | ServerAddress = (
+            self.address.path if self.address.path is not None else self.address
+        )
+        self.tls = tls
         # Presented in every handshake (see resolve_auth_token); never sent anywhere else.
         self.auth_token = resolve_auth_token(auth_token)
         self.client_name = client_name
@@ -161,7 +214,7 @@ class Client(ClientMethods):
     def connect(self) -> Client:
         if self._sock is not None:
             return self
-        self._sock = connect_unix(self.path, self.connect_timeout)
+        self._sock = open_connection(self.address, self.connect_timeout, self.tls)
         self._buffer = p.FrameBuffer()
         self._broken = None
         self.welcome = None
@@ -267,8 +320,10 @@ class Client(ClientMethods):
         timeout = sock.gettimeout()
         # A blocking socket reads without waiting when asked to (no mode switch, which
         # costs system calls); with a timeout, recv would first wait for data, so switch.
-        flags = socket.MSG_DONTWAIT if timeout is None else 0
-        if timeout is not None:
+        # A TLS socket takes no flags: it always switches.
+        switch = timeout is not None or not self.address.local
+        flags = 0 if switch else socket.MSG_DONTWAIT
+        if switch:
             sock.settimeout(0.0)
         try:
             while True:
@@ -276,8 +331,8 @@ class Client(ClientMethods):
                     data = sock.recv(RECEIVE_BYTES, flags)
                 except (BlockingIOError, InterruptedError):
                     return False  # still open, nothing more to read now
-                except OSError:
-                    return True
+                except OSError as exc:
+                    return not (self.address.tls and _would_block(exc))
                 if not data:
                     return True
                 # Late replies to abandoned requests are skipped by the next call as
@@ -285,7 +340,7 @@ class Client(ClientMethods):
                 # the stream.
                 self._buffer.feed(data)
         finally:
-            if timeout is not None:
+            if switch:
                 sock.settimeout(timeout)
 
     def _break(self, error: RunleaseError) -> RunleaseError:
@@ -457,13 +512,14 @@ class _EventStream:
 
 
 def connect(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | ServerAddress | None = None,
     *,
     session_token: str | None = None,
     auth_token: str | None = None,
+    tls: TlsFiles | None = None,
 ) -> Client:
     """A connected :class:`Client` (close it, or use ``with``)."""
-    return Client(path, session_token=session_token, auth_token=auth_token).connect()
+    return Client(path, session_token=session_token, auth_token=auth_token, tls=tls).connect()
 
 
 def __getattr__(name: str) -> Any:
@@ -479,9 +535,12 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AsyncClient",
     "Client",
+    "ServerAddress",
+    "TlsFiles",
     "check_reply",
     "connect",
     "open_client",
+    "open_connection",
     "resolve_socket",
     "unreachable",
 ]

@@ -11,9 +11,9 @@ import errno
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeVar, cast
 
 import msgspec
 
@@ -30,6 +30,9 @@ from runlease.errors import (
 )
 from runlease.operations import ClaimNext, FinishRequest, Request, SessionRequest
 from runlease.paths import ENV_ACCESS_TOKEN, default_socket_path
+
+if TYPE_CHECKING:
+    import ssl
 
 CLIENT_NAME: Final = "runlease-python"
 RECEIVE_BYTES: Final = 64 * 1024
@@ -58,14 +61,164 @@ R = TypeVar("R")
 ReplyT = TypeVar("ReplyT", bound=p.Reply)
 RequestT = TypeVar("RequestT", bound=Request[Any])
 
+# Where a client finds a server that is not on the local default socket, and the files its
+# TLS connection uses: the CA bundle that vouches for the server, and for mutual TLS the
+# client's own certificate and key.
+ENV_SERVER: Final = "RUNLEASE_SERVER"
+ENV_TLS_CA: Final = "RUNLEASE_TLS_CA"
+ENV_TLS_CERT: Final = "RUNLEASE_TLS_CERT"
+ENV_TLS_KEY: Final = "RUNLEASE_TLS_KEY"
+UNIX_SCHEME: Final = "unix:"
+TCP_SCHEME: Final = "tcp://"
+# Plain TCP, for a server started with --insecure-plaintext (or on loopback without TLS).
+PLAINTEXT_TCP_SCHEME: Final = "tcp+plaintext://"
+
+
+class ServerAddress(NamedTuple):
+    """Where a server listens: a Unix socket (``path``) or a TCP host and port.
+
+    ``tls`` says whether a TCP connection speaks TLS (``tcp://``, the default) or plain
+    bytes (``tcp+plaintext://``); a Unix socket never does.
+    """
+
+    kind: Literal["unix", "tcp"]
+    path: Path | None = None
+    host: str = ""
+    port: int = 0
+    tls: bool = False
+
+    @classmethod
+    def unix(cls, path: str | os.PathLike[str]) -> ServerAddress:
+        return cls("unix", path=Path(path).expanduser())
+
+    @classmethod
+    def parse(cls, text: str) -> ServerAddress:
+        """``unix:/path``, ``tcp://host:port``, ``tcp+plaintext://host:port`` or a plain
+        path (a Unix socket). IPv6 hosts go in brackets: ``tcp://[::1]:7070``."""
+        if text.startswith(UNIX_SCHEME):
+            path = text[len(UNIX_SCHEME) :]
+            if path.startswith("//"):  # unix:///path, the URL spelling
+                path = path[2:]
+            if not path:
+                raise InvalidInput(f"{text!r} names no socket path (unix:/path/to/socket)")
+            return cls.unix(path)
+        for scheme, tls in ((TCP_SCHEME, True), (PLAINTEXT_TCP_SCHEME, False)):
+            if text.startswith(scheme):
+                host, port = _host_port(text, text[len(scheme) :])
+                return cls("tcp", host=host, port=port, tls=tls)
+        if "://" in text:
+            raise InvalidInput(
+                f"unknown server address {text!r}: use unix:/path, tcp://host:port or "
+                "tcp+plaintext://host:port"
+            )
+        if not text:
+            raise InvalidInput("the server address is empty")
+        return cls.unix(text)
+
+    @property
+    def local(self) -> bool:
+        """Whether this is the owner-only Unix socket."""
+        return self.kind == "unix"
+
+    @property
+    def url(self) -> str:
+        if self.kind == "unix":
+            return f"{UNIX_SCHEME}{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        scheme = TCP_SCHEME if self.tls else PLAINTEXT_TCP_SCHEME
+        return f"{scheme}{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return str(self.path) if self.kind == "unix" else self.url
+
+
+def _host_port(text: str, rest: str) -> tuple[str, int]:
+    rest = rest.rstrip("/")
+    if rest.startswith("["):
+        host, sep, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+        ok = bool(sep)
+    else:
+        host, _, port_text = rest.rpartition(":")
+        ok = ":" not in host
+    if not ok or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidInput(f"{text!r} is not host:port (like tcp://127.0.0.1:7070)")
+    return host, int(port_text)
+
+
+def resolve_address(
+    target: str | os.PathLike[str] | ServerAddress | None,
+    env: Mapping[str, str] | None = None,
+) -> ServerAddress:
+    """The server to reach: ``target`` (an address, a URL or a socket path), else
+    $RUNLEASE_SERVER, else the Unix socket :func:`resolve_socket` finds."""
+    if isinstance(target, ServerAddress):
+        return target
+    if isinstance(target, str):
+        return ServerAddress.parse(target)
+    if target is not None:
+        return ServerAddress.unix(target)
+    url = (os.environ if env is None else env).get(ENV_SERVER)
+    if url:
+        return ServerAddress.parse(url)
+    return ServerAddress.unix(default_socket_path())
+
+
+class TlsFiles(NamedTuple):
+    """What a client's TLS connection trusts and shows: ``ca`` (a PEM bundle; None: the
+    system's), and for mutual TLS ``cert`` and ``key`` (the key may sit in ``cert``)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, ca: Path | None = None) -> TlsFiles:
+        """``ca`` if given, else $RUNLEASE_TLS_CA; the client pair from $RUNLEASE_TLS_CERT
+        and $RUNLEASE_TLS_KEY."""
+        env = os.environ if env is None else env
+
+        def path(name: str) -> Path | None:
+            value = env.get(name)
+            return Path(value).expanduser() if value else None
+
+        return cls(ca=ca or path(ENV_TLS_CA), cert=path(ENV_TLS_CERT), key=path(ENV_TLS_KEY))
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that verifies the server's certificate and name."""
+        import ssl  # only TLS connections pay for loading it
+
+        try:
+            if self.ca is not None:
+                context = ssl.create_default_context(cafile=os.fspath(self.ca))
+            else:
+                context = ssl.create_default_context()
+            if self.cert is not None:
+                context.load_cert_chain(
+                    os.fspath(self.cert), None if self.key is None else os.fspath(self.key)
+                )
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidInput(
+                f"cannot load the client's TLS files ({ENV_TLS_CA}, {ENV_TLS_CERT}, "
+                f"{ENV_TLS_KEY}): {exc}"
+            ) from None
+        return context
+
 
 def resolve_socket(path: str | os.PathLike[str] | None) -> Path:
     """The socket to use: ``path``, else $RUNLEASE_SOCKET, else the default data dir's."""
     return Path(path).expanduser() if path is not None else default_socket_path()
 
 
-def unreachable(path: Path, exc: BaseException | str) -> Unavailable:
+def unreachable(path: Path | ServerAddress, exc: BaseException | str) -> Unavailable:
     reason = exc if isinstance(exc, str) else (getattr(exc, "strerror", None) or str(exc))
+    if isinstance(path, ServerAddress) and not path.local:
+        return Unavailable(
+            f"cannot reach the runlease server at {path.url}: {reason}; is `runlease serve "
+            f"--listen` running there, and does {ENV_TLS_CA} (--tls-ca) vouch for its "
+            "certificate?",
+            code=SERVER_UNAVAILABLE,
+        )
     return Unavailable(
         f"cannot reach the runlease server at {path}: {reason}; is `runlease serve` running "
         "with this socket (--socket or RUNLEASE_SOCKET)?",
@@ -73,7 +226,7 @@ def unreachable(path: Path, exc: BaseException | str) -> Unavailable:
     )
 
 
-def closed_by_server(path: Path) -> Unavailable:
+def closed_by_server(path: Path | ServerAddress) -> Unavailable:
     return ConnectionLost(f"the runlease server at {path} closed the connection")
 
 
@@ -90,7 +243,9 @@ class ConnectionLost(Unavailable):
         self.sent = sent
 
 
-def lost(path: Path, exc: BaseException | str, *, sent: bool = True) -> ConnectionLost:
+def lost(
+    path: Path | ServerAddress, exc: BaseException | str, *, sent: bool = True
+) -> ConnectionLost:
     """The connection to ``path`` broke (``exc`` says how)."""
     reason = exc if isinstance(exc, str) else (getattr(exc, "strerror", None) or str(exc))
     return ConnectionLost(
@@ -98,7 +253,7 @@ def lost(path: Path, exc: BaseException | str, *, sent: bool = True) -> Connecti
     )
 
 
-def outcome_unknown(path: Path, request: Request[Any]) -> Unavailable:
+def outcome_unknown(path: Path | ServerAddress, request: Request[Any]) -> Unavailable:
     """What to say about a request that went out on a connection that then ended, and that
     may not be sent again: the server may or may not have applied it."""
     op = request.__struct_config__.tag
@@ -121,7 +276,7 @@ class ConnectBackoff:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | ServerAddress,
         timeout: float,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -141,7 +296,7 @@ class ConnectBackoff:
     @classmethod
     def for_restart(
         cls,
-        path: Path,
+        path: Path | ServerAddress,
         timeout: float,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -277,8 +432,14 @@ __all__ = [
     "ABANDONED_CLAIM_REASON",
     "CLIENT_NAME",
     "DEFAULT_RECONNECT_TIMEOUT",
+    "ENV_SERVER",
+    "ENV_TLS_CA",
+    "ENV_TLS_CERT",
+    "ENV_TLS_KEY",
     "ConnectBackoff",
     "ConnectionLost",
+    "ServerAddress",
+    "TlsFiles",
     "answer",
     "check_reply",
     "closed_by_server",
@@ -287,6 +448,7 @@ __all__ = [
     "lost",
     "outcome_unknown",
     "outgoing",
+    "resolve_address",
     "resolve_socket",
     "unreachable",
 ]

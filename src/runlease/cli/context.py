@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from runlease.cli.output import Output, default_output, emit, emit_error, plain
 from runlease.cli.params import Param
 from runlease.client import Client
+from runlease.client_common import ENV_SERVER, ENV_TLS_CA, TlsFiles
 from runlease.core.model import Claim, Ownership
 from runlease.errors import InvalidInput, RunleaseError, UsageError
 from runlease.paths import ENV_ACCESS_TOKEN, ENV_SESSION_TOKEN, ENV_SOCKET
@@ -35,15 +36,19 @@ class Globals:
         self.output: Output = "json"
         self.session_token: str | None = None
         self.token: str | None = None
+        self.server: str | None = None
+        self.tls_ca: Path | None = None
 
     def client(self) -> Client:
+        # --server (or $RUNLEASE_SERVER) names any server; else the Unix socket.
         return Client(
-            self.socket,
+            self.server or self.socket,
             session_token=self.session_token,
             # "" rather than None: the option already read RUNLEASE_TOKEN.
             auth_token=self.token or "",
             reply_timeout=REPLY_TIMEOUT,
             client_name=CLI_CLIENT_NAME,
+            tls=TlsFiles.from_env(ca=self.tls_ca),
         ).connect()
 
 
@@ -88,6 +93,25 @@ def global_options(
             group="Global options",
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        Param(
+            env_var=ENV_SERVER,
+            help="The server's address: unix:/path/to/socket or tcp://host:port (TLS); "
+            "wins over --socket.",
+            group="Global options",
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        Param(
+            env_var=ENV_TLS_CA,
+            help="CA bundle (PEM) that signed a tcp:// server's certificate (default: the "
+            "system's CAs). For mutual TLS the client certificate and key come from "
+            "$RUNLEASE_TLS_CERT and $RUNLEASE_TLS_KEY.",
+            group="Global options",
+        ),
+    ] = None,
 ) -> int:
     """The options every command takes, before or after it; ``tokens`` is the command.
 
@@ -105,9 +129,13 @@ def execute(
     output: Output | None = None,
     session_token: str | None = None,
     token: str | None = None,
+    server: str | None = None,
+    tls_ca: Path | None = None,
 ) -> int:
     """Run a parsed command under the global options; a refusal prints its error and exits
     with its class's code."""
+    GLOBALS.server = server or None
+    GLOBALS.tls_ca = tls_ca
     GLOBALS.socket = socket
     GLOBALS.output = output or default_output()
     GLOBALS.session_token = session_token or None

@@ -30,7 +30,7 @@ from runlease.core.model import Event, Finished
 from runlease.errors import InternalError, RunleaseError, Unavailable, error_for_code
 from runlease.operation_methods import AsyncClientMethods
 from runlease.operations import ClaimNext, FinishRequest, Request, strings
-from runlease.runtime.wire import Wire
+from runlease.runtime.wire import StreamWire, Wire
 
 R = TypeVar("R")
 
@@ -66,11 +66,19 @@ class _Link:
     then makes a new link (see :class:`AsyncClient`).
     """
 
-    def __init__(self, stream: trio.SocketStream, path: Path, take_id: Callable[[], int]) -> None:
-        self.path = path
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        path: Path | common.ServerAddress,
+        take_id: Callable[[], int],
+    ) -> None:
+        self.path = path  # the socket path, or the TCP address: what errors name
         self.stream = stream
         self._take_id = take_id
-        self._wire = Wire(stream.socket)
+        # A TLS stream's socket carries records, not frames: its wire goes through it.
+        self._wire: Wire | StreamWire = (
+            Wire(stream.socket) if isinstance(stream, trio.SocketStream) else StreamWire(stream)
+        )
         self._waiting: dict[int, _Pending | trio.MemorySendChannel[p.AnyReply]] = {}
         self._failure: RunleaseError | None = None
         self._writer_wanted = trio.Event()
@@ -269,15 +277,21 @@ class AsyncClient(AsyncClientMethods):
 
     def __init__(
         self,
-        path: Path,
+        address: common.ServerAddress,
         session_token: str | None,
         nursery: trio.Nursery,
         *,
         connect_timeout: float = 5.0,
         reconnect_timeout: float = common.DEFAULT_RECONNECT_TIMEOUT,
         auth_token: str | None = None,
+        tls: common.TlsFiles | None = None,
     ) -> None:
-        self.path = path
+        self.address = address
+        self.tls = tls
+        # What error messages name: the socket path, or the TCP address.
+        self.path: Path | common.ServerAddress = (
+            address.path if address.path is not None else address
+        )
         self.session_token = session_token
         self.auth_token = auth_token
         self.connect_timeout = connect_timeout
@@ -300,7 +314,7 @@ class AsyncClient(AsyncClientMethods):
     # ------------------------------------------------------------------ connections
     async def _connect(self) -> None:
         """Open one connection, start serving it and say hello; it becomes the link."""
-        stream = await connect_unix(self.path, self.connect_timeout)
+        stream = await open_stream(self.address, self.connect_timeout, self.tls)
         link = _Link(stream, self.path, self._take_id)
         try:
             await self._nursery.start(link.serve)
@@ -469,30 +483,35 @@ class EventStream:
 
 @asynccontextmanager
 async def open_client(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | common.ServerAddress | None = None,
     *,
     session_token: str | None = None,
     connect_timeout: float = 5.0,
     auth_token: str | None = None,
     reconnect_timeout: float = common.DEFAULT_RECONNECT_TIMEOUT,
+    tls: common.TlsFiles | None = None,
 ) -> AsyncIterator[AsyncClient]:
-    """Connect to the server at ``path`` (default: $RUNLEASE_SOCKET, then the data dir's),
-    presenting ``auth_token`` (default: $RUNLEASE_TOKEN) in the handshake if there is one.
+    """Connect to the server at ``path``: a socket path or an address (``unix:/path``,
+    ``tcp://host:port``); default $RUNLEASE_SERVER, else $RUNLEASE_SOCKET, else the data
+    dir's socket. ``tls`` are the files a TCP connection uses (default: the environment's,
+    see :class:`~runlease.client_common.TlsFiles`). ``auth_token`` (default:
+    $RUNLEASE_TOKEN) is presented in the handshake if there is one.
 
     While the server's queue of new connections is full the connect is retried, for up
     to ``connect_timeout`` seconds. Once connected, the client outlives the server going
     away for up to ``reconnect_timeout`` seconds (see :class:`AsyncClient`).
     """
-    socket_path = common.resolve_socket(path)
+    address = common.resolve_address(path)
     try:
         async with trio.open_nursery() as nursery:
             client = AsyncClient(
-                socket_path,
+                address,
                 session_token,
                 nursery,
                 connect_timeout=connect_timeout,
                 reconnect_timeout=reconnect_timeout,
                 auth_token=common.resolve_auth_token(auth_token),
+                tls=tls,
             )
             try:
                 await client._connect()
@@ -505,6 +524,38 @@ async def open_client(
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+async def open_stream(
+    address: common.ServerAddress, timeout: float, tls: common.TlsFiles | None = None
+) -> trio.abc.Stream:
+    """One stream connected to ``address`` (its TLS handshake done for ``tcp://``), within
+    ``timeout`` seconds; raises :class:`~runlease.errors.Unavailable` when it cannot be had."""
+    if address.path is not None:
+        return await connect_unix(address.path, timeout)
+    context = (tls or common.TlsFiles.from_env()).context() if address.tls else None
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(timeout):
+            # trio's TCP streams turn Nagle off: a small frame leaves at once.
+            tcp = stream = await trio.open_tcp_stream(address.host, address.port)
+            if context is not None:
+                stream = trio.SSLStream(tcp, context, server_hostname=address.host)
+                await stream.do_handshake()
+    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        reason: BaseException | str = exc
+        if isinstance(exc, trio.TooSlowError):
+            reason = f"no connection within {timeout:g} seconds"
+        elif isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+            reason = exc.__cause__  # the TLS error that broke the handshake
+        raise common.unreachable(address, reason) from None
+    except BaseException:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise
+    return stream
 
 
 async def connect_unix(path: Path, timeout: float) -> trio.SocketStream:
@@ -540,4 +591,4 @@ async def _connect_once(path: Path) -> trio.SocketStream:
     return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
-__all__ = ["AsyncClient", "EventStream", "open_client"]
+__all__ = ["AsyncClient", "EventStream", "open_client", "open_stream"]

@@ -10,22 +10,25 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 import trio
 
 from runlease.actors.idle_sessions import DEFAULT_SESSION_IDLE_TIMEOUT
+from runlease.client_common import ServerAddress
 from runlease.core.create_keys import DEFAULT_IDEMPOTENCY_WINDOW
 from runlease.errors import RunleaseError
 from runlease.hooks import Hook
 from runlease.persistence.events import HistoryRetention
 from runlease.runtime.collector import GcTuning
-from runlease.runtime.runtime import Durability, Runtime, open_runtime
+from runlease.runtime.runtime import Durability, open_runtime
 from runlease.runtime.server import (
     DEFAULT_SHUTDOWN_GRACE,
     ServerLimits,
@@ -71,7 +74,7 @@ def configure_logging(stream: IO[str] | None = None, level: int = logging.INFO) 
 
 
 def run_server(
-    socket_path: str | os.PathLike[str],
+    socket_path: str | os.PathLike[str] | None,
     *,
     data_dir: str | os.PathLike[str] | None = None,
     durability: Durability = "durable",
@@ -86,6 +89,9 @@ def run_server(
     history_retention: HistoryRetention | None = None,
     session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
     hooks: Sequence[Hook] = (),
+    listen: Sequence[ServerAddress] = (),
+    tls: ssl.SSLContext | None = None,
+    insecure_plaintext: bool = False,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
@@ -97,7 +103,9 @@ def run_server(
     turns on the starvation backstop, ``idempotency_window`` is how long a create's
     idempotency key is kept, ``history_retention`` how long events are kept and
     ``session_idle_timeout`` stops forgotten sessions (see :func:`open_runtime` for each);
-    ``hooks`` are delivered as :func:`open_runtime` says. The soft open-file
+    ``hooks`` are delivered as :func:`open_runtime` says. ``socket_path`` (None: none)
+    and ``listen`` are where it listens, TCP with ``tls`` (see :class:`SocketServer` for
+    ``insecure_plaintext``). The soft open-file
     limit is raised towards the hard one first, so the connection cap is not lowered
     needlessly.
 
@@ -107,7 +115,7 @@ def run_server(
     try:
         trio.run(
             _serve_until_signalled,
-            Path(socket_path),
+            None if socket_path is None else Path(socket_path),
             data_dir,
             durability,
             clock,
@@ -121,6 +129,9 @@ def run_server(
             history_retention,
             session_idle_timeout,
             hooks,
+            listen,
+            tls,
+            insecure_plaintext,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -145,7 +156,7 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def _serve_until_signalled(
-    socket_path: Path,
+    socket_path: Path | None,
     data_dir: str | os.PathLike[str] | None,
     durability: Durability,
     clock: Callable[[], float] | None,
@@ -159,6 +170,9 @@ async def _serve_until_signalled(
     history_retention: HistoryRetention | None = None,
     session_idle_timeout: float | None = DEFAULT_SESSION_IDLE_TIMEOUT,
     hooks: Sequence[Hook] = (),
+    listen: Sequence[ServerAddress] = (),
+    tls: ssl.SSLContext | None = None,
+    insecure_plaintext: bool = False,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -217,34 +231,49 @@ async def _serve_until_signalled(
                         }
                     },
                 )
-            if data_dir is not None:
+            if data_dir is not None and socket_path is not None:
                 make_private_if_socket_dir(Path(data_dir), socket_path)
             async with trio.open_nursery() as nursery:
                 server: SocketServer = await nursery.start(
-                    _serve_with_grace, rt, socket_path, shutdown_grace, limits
+                    partial(
+                        serve_socket,
+                        rt,
+                        socket_path,
+                        shutdown_grace=shutdown_grace,
+                        limits=limits,
+                        listen=listen,
+                        tls=tls,
+                        insecure_plaintext=insecure_plaintext,
+                    )
                 )
+                for url in server.urls:
+                    log.info(
+                        "listener",
+                        extra={
+                            "fields": {
+                                "url": url,
+                                "tls": url.startswith("tcp://"),
+                                "client_certificates": url.startswith("tcp://")
+                                and tls is not None
+                                and tls.verify_mode == ssl.CERT_REQUIRED,
+                            }
+                        },
+                    )
                 log.info(
                     "listening",
-                    extra={"fields": {"socket": str(socket_path), "pid": os.getpid()}},
+                    extra={
+                        "fields": {
+                            "socket": None if server.path is None else str(server.path),
+                            "listeners": server.urls,
+                            "pid": os.getpid(),
+                        }
+                    },
                 )
                 nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
                 await server.wait_stopped()
                 nursery.cancel_scope.cancel()
             log.info("closing_runtime")
     log.info("stopped")
-
-
-async def _serve_with_grace(
-    rt: Runtime,
-    path: Path,
-    shutdown_grace: float,
-    limits: ServerLimits | None,
-    *,
-    task_status: trio.TaskStatus[SocketServer] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve_socket(
-        rt, path, shutdown_grace=shutdown_grace, limits=limits, task_status=task_status
-    )
 
 
 async def _watch_signals(signals: Any, server: SocketServer, scope: trio.CancelScope) -> None:

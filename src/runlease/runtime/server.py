@@ -1,4 +1,4 @@
-"""The Unix-socket server: one runtime, many clients, the protocol of :mod:`runlease.protocol`.
+"""The server: one runtime, many clients, the protocol of :mod:`runlease.protocol`.
 
 Each connection has a reader task. Per wake-up it takes every complete frame the socket
 holds; what can be answered at once (hello, cancel, a bad frame) is queued, and the replies
@@ -21,13 +21,21 @@ length prefix above the frame limit closes the connection, because after it the 
 cannot be trusted to be in step. Errors inside a handler become ``INTERNAL`` replies and a
 log line; they never reach another connection.
 
+Listeners: one server may listen on several addresses at once, Unix sockets and TCP ports,
+TLS or (on loopback, or when the operator accepts the risk) plain; the rules are in
+:mod:`runlease.runtime.listeners`. Every listener feeds the same connections, limits and
+executor; each connection knows whether it came over a Unix socket (``local``) or over TCP.
+
 Security: the socket file is made safe by :mod:`runlease.runtime.socket_file`, and every
-connection's peer uid (SO_PEERCRED) must be the server's own; others get a
-``PEER_REFUSED`` reply and are closed. A hello may carry an access token
-(``auth_token``): an unknown, revoked or expired one is refused (``AUTH_TOKEN_REFUSED``),
-and a usable one makes the connection act with its role, checked before every request
-(``PERMISSION_DENIED``). A connection that is not local (``_Connection.local``) must
-present one; the local socket without a token acts as the operator.
+Unix connection's peer uid (SO_PEERCRED) must be the server's own; others get a
+``PEER_REFUSED`` reply and are closed. A TLS connection must finish its handshake within
+``handshake_timeout``; one that fails (plain bytes sent to a TLS port, an untrusted client
+certificate) is logged and closed before it costs anything more. A hello may carry an
+access token (``auth_token``): an unknown, revoked or expired one is refused
+(``AUTH_TOKEN_REFUSED``), and a usable one makes the connection act with its role, checked
+before every request (``PERMISSION_DENIED``). A connection that is not local
+(``_Connection.local``: it came over TCP) must present one; the local socket without a
+token acts as the operator.
 
 Limits (:class:`ServerLimits`), so that no client, and no crowd of clients, can starve the
 server: a connection must say hello within ``handshake_timeout`` and may send only small
@@ -52,7 +60,9 @@ import logging
 import math
 import os
 import resource
+import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -60,6 +70,7 @@ from typing import Any, Final
 import trio
 
 from runlease import protocol as p
+from runlease.client_common import ServerAddress
 from runlease.core.model import AccessToken, Actor, Finished, NoClaim, Origin
 from runlease.errors import (
     AUTH_TOKEN_REFUSED,
@@ -79,9 +90,10 @@ from runlease.errors import (
 )
 from runlease.operations import OPERATOR
 from runlease.runtime.calls import Call
+from runlease.runtime.listeners import bound_url, check_listeners
 from runlease.runtime.runtime import Runtime
 from runlease.runtime.socket_file import bind_unix_socket, default_backlog, peer_credentials
-from runlease.runtime.wire import Wire
+from runlease.runtime.wire import StreamWire, Wire
 
 log = logging.getLogger("runlease.server")
 
@@ -210,16 +222,25 @@ class _InFlight:
 
 
 class _Connection:
-    # The owner-only Unix socket: trusted as the operator when it presents no token. A
-    # listener that is not local sets this False on its connections, which must then
-    # authenticate in their hello.
-    local: bool = True
-
-    def __init__(self, stream: trio.SocketStream, number: int, max_inflight: int) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        number: int,
+        max_inflight: int,
+        *,
+        local: bool = True,
+    ) -> None:
         self.stream = stream
         # The hot path reads and writes through the wire; the stream closes the socket.
-        self.wire = Wire(stream.socket)
+        # A TLS stream's socket carries records, not frames: its wire goes through it.
+        self.wire: Wire | StreamWire = (
+            Wire(stream.socket) if isinstance(stream, trio.SocketStream) else StreamWire(stream)
+        )
         self.number = number
+        # True for the owner-only Unix socket, False for TCP: what a caller may do without
+        # proving who it is depends on it.
+        self.local = local
+        self.remote = ""  # host:port of a TCP peer
         self.peer: tuple[int, int, int] | None = None
         self.buffer = p.FrameBuffer()
         self.buffer.limit(HANDSHAKE_MAX_FRAME, " before the hello handshake")
@@ -253,10 +274,19 @@ class _Connection:
             if self.token_actor is not None:
                 # The token says who is behind a session's writes too (audit).
                 ref = f"token:{self.token_actor.ref}"
+            elif not self.local:
+                ref = f"tcp:{self.remote}"
             else:
                 ref = "" if self.peer is None else f"pid:{self.peer[0]}"
             self._origin = Origin(kind=kind, ref=ref)
         return self._origin
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        stream = self.stream
+        if isinstance(stream, trio.SSLStream):
+            return stream.transport_stream.socket
+        return stream.socket
 
     def greeted(self, client_name: str, token: AccessToken | None) -> None:
         self.handshaken = True
@@ -270,6 +300,8 @@ class _Connection:
         out: dict[str, Any] = {"conn": self.number}
         if self.peer is not None:
             out["peer_pid"], out["peer_uid"] = self.peer[0], self.peer[1]
+        if self.remote:
+            out["remote"] = self.remote
         out.update(more)
         return out
 
@@ -321,14 +353,16 @@ class _Connection:
         """
         with trio.move_on_after(LINGER_SECONDS):
             try:
-                await self.stream.send_eof()
+                # TLS has no half-close: there the client just reads until we close.
+                if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                    await self.stream.send_eof()
                 discarded = 0
                 while discarded < LINGER_MAX_BYTES:
                     data = await self.stream.receive_some(RECEIVE_BYTES)
                     if not data:
                         return
                     discarded += len(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
                 return
 
     def begin_drain(self, why: str = "shutdown") -> None:
@@ -344,20 +378,58 @@ class _Connection:
                 flight.scope.cancel()
 
 
+class _Bound:
+    """One listening socket and how its connections are served."""
+
+    __slots__ = ("listener", "local", "tls", "url")
+
+    def __init__(
+        self, listener: trio.SocketListener, url: str, *, local: bool, tls: ssl.SSLContext | None
+    ) -> None:
+        self.listener = listener
+        self.url = url
+        self.local = local
+        self.tls = tls
+
+    def wrap(
+        self, stream: trio.SocketStream
+    ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        if self.tls is None:
+            return stream
+        return trio.SSLStream(stream, self.tls, server_side=True)
+
+
 class SocketServer:
-    """Serves one :class:`Runtime` on a Unix socket. Start it with :func:`serve_socket`."""
+    """Serves one :class:`Runtime` on its listeners. Start it with :func:`serve_socket`.
+
+    ``path`` is a Unix socket to listen on; ``listen`` adds more addresses (Unix sockets or
+    TCP ports). TCP listeners speak TLS with the ``tls`` context; without one, a TCP
+    listener off loopback is refused unless ``insecure_plaintext`` (see
+    :func:`runlease.runtime.listeners.check_listeners`).
+    """
 
     def __init__(
         self,
         runtime: Runtime,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None,
         *,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         limits: ServerLimits | None = None,
+        listen: Sequence[ServerAddress] = (),
+        tls: ssl.SSLContext | None = None,
+        insecure_plaintext: bool = False,
     ) -> None:
         self.runtime = runtime
-        self.path = Path(path)
+        self.addresses = [*([] if path is None else [ServerAddress.unix(path)]), *listen]
+        check_listeners(self.addresses, tls=tls is not None, insecure_plaintext=insecure_plaintext)
+        self.tls = tls
+        # The first Unix socket, which status reports; None when serving only TCP.
+        self.path: Path | None = next(
+            (address.path for address in self.addresses if address.path is not None), None
+        )
+        # What clients can connect to, once run() has bound every listener.
+        self.urls: list[str] = []
         self.max_inflight = max_inflight
         self.shutdown_grace = shutdown_grace
         self.limits = limits or ServerLimits()
@@ -376,7 +448,7 @@ class SocketServer:
         self._opened = 0
         self._stopping = False
         self._stopped = trio.Event()
-        self._socket_id: tuple[int, int] | None = None
+        self._socket_ids: dict[Path, tuple[int, int]] = {}
 
     # ----------------------------------------------------------------- life cycle
     @property
@@ -409,18 +481,21 @@ class SocketServer:
                 }
             },
         )
-        raw = bind_unix_socket(self.path, backlog=self.limits.backlog)
-        info = os.stat(self.path)
-        self._socket_id = (info.st_dev, info.st_ino)
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+        bound: list[_Bound] = []
         try:
+            for address in self.addresses:
+                bound += await self._bind(address)
+            self.urls = [each.url for each in bound]
             async with trio.open_nursery() as nursery:
                 task_status.started(self)
                 with self._accept_scope:
                     if not self._stopping:
-                        await self._accept_loop(listener, nursery)
+                        async with trio.open_nursery() as accepting:
+                            for each in bound:
+                                accepting.start_soon(self._accept_loop, each, nursery)
                 # Stopping: no new connections, then drain the ones we have.
-                await listener.aclose()
+                for each in bound:
+                    await each.listener.aclose()
                 self._remove_socket_file()
                 for conn in list(self._connections):
                     conn.begin_drain()
@@ -434,21 +509,42 @@ class SocketServer:
                     )
                 nursery.cancel_scope.cancel()
         finally:
-            with contextlib.suppress(Exception):
-                await listener.aclose()
+            for each in bound:
+                with contextlib.suppress(Exception):
+                    await each.listener.aclose()
             self._remove_socket_file()
             self._stopped.set()
 
+    async def _bind(self, address: ServerAddress) -> list[_Bound]:
+        """Listen on ``address``: one socket, or one per address family for a TCP host."""
+        if address.path is not None:
+            raw = bind_unix_socket(address.path, backlog=self.limits.backlog)
+            info = os.stat(address.path)
+            self._socket_ids[address.path] = (info.st_dev, info.st_ino)
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
+            return [_Bound(listener, address.url, local=True, tls=None)]
+        listeners = await trio.open_tcp_listeners(
+            address.port, host=address.host, backlog=self.limits.backlog
+        )
+        return [
+            _Bound(
+                listener,
+                bound_url(address, listener.socket.getsockname(), tls=self.tls is not None),
+                local=False,
+                tls=self.tls,
+            )
+            for listener in listeners
+        ]
+
     def _remove_socket_file(self) -> None:
-        if self._socket_id is None:
-            return
-        try:
-            info = os.lstat(self.path)
-            if (info.st_dev, info.st_ino) == self._socket_id:
-                os.unlink(self.path)
-        except OSError:
-            pass
-        self._socket_id = None
+        for path, socket_id in list(self._socket_ids.items()):
+            try:
+                info = os.lstat(path)
+                if (info.st_dev, info.st_ino) == socket_id:
+                    os.unlink(path)
+            except OSError:
+                pass
+        self._socket_ids.clear()
 
     async def _wait_connections_changed(self) -> None:
         await self._connections_changed.wait()
@@ -457,22 +553,25 @@ class SocketServer:
         self._connections_changed.set()
         self._connections_changed = trio.Event()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, bound: _Bound, nursery: trio.Nursery) -> None:
         while True:
             try:
-                stream = await listener.accept()
+                accepted = await bound.listener.accept()
             except OSError as exc:
                 # Out of file descriptors or memory: back off instead of spinning.
                 log.error("accept_failed", extra={"fields": {"error": str(exc)}})
                 await trio.sleep(0.1)
                 continue
+            stream = bound.wrap(accepted)
             if len(self._connections) >= self.connection_limit:
                 await self._refuse(stream, nursery)
                 continue
             self._opened += 1
-            nursery.start_soon(self._serve_connection, stream, self._opened)
+            nursery.start_soon(self._serve_connection, stream, self._opened, bound.local)
 
-    async def _refuse(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+    async def _refuse(
+        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], nursery: trio.Nursery
+    ) -> None:
         """At the connection cap: tell the client so and close, rather than leave it hanging
         in the backlog or let accept fail for want of descriptors."""
         self._refused_unlogged += 1
@@ -497,7 +596,9 @@ class SocketServer:
         self._refusing += 1
         nursery.start_soon(self._explain_refusal, stream)
 
-    async def _explain_refusal(self, stream: trio.SocketStream) -> None:
+    async def _explain_refusal(
+        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]
+    ) -> None:
         conn = _Connection(stream, 0, 1)
         try:
             await conn.send_last(
@@ -519,8 +620,13 @@ class SocketServer:
                 await stream.aclose()
 
     # ----------------------------------------------------------------- one client
-    async def _serve_connection(self, stream: trio.SocketStream, number: int) -> None:
-        conn = _Connection(stream, number, self.max_inflight)
+    async def _serve_connection(
+        self,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        number: int,
+        local: bool = True,
+    ) -> None:
+        conn = _Connection(stream, number, self.max_inflight, local=local)
         self._connections.add(conn)
         self._note_connections_changed()
         try:
@@ -542,8 +648,10 @@ class SocketServer:
                 await stream.aclose()
 
     async def _admit(self, conn: _Connection) -> bool:
+        if not conn.local:
+            return await self._admit_remote(conn)
         try:
-            conn.peer = peer_credentials(conn.stream.socket)
+            conn.peer = peer_credentials(conn.socket)
         except OSError:
             conn.peer = None
         if conn.peer is not None and conn.peer[1] != self._uid:
@@ -560,6 +668,31 @@ class SocketServer:
                 )
             )
             return False
+        log.debug("connection_opened", extra={"fields": conn.fields()})
+        return True
+
+    async def _admit_remote(self, conn: _Connection) -> bool:
+        """A TCP client: note its address, and finish the TLS handshake (within the
+        handshake timeout) before reading a frame; a failed one is logged and closed."""
+        with contextlib.suppress(OSError):
+            host, port = conn.socket.getpeername()[:2]
+            conn.remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        stream = conn.stream
+        if isinstance(stream, trio.SSLStream):
+            with trio.move_on_after(self.limits.handshake_timeout) as late:
+                try:
+                    await stream.do_handshake()
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    reason = exc.__cause__ if exc.__cause__ is not None else exc
+                    log.info(
+                        "tls_handshake_failed", extra={"fields": conn.fields(error=str(reason))}
+                    )
+                    return False
+            if late.cancelled_caught:
+                log.info(
+                    "connection_timed_out", extra={"fields": conn.fields(phase="tls_handshake")}
+                )
+                return False
         log.debug("connection_opened", extra={"fields": conn.fields()})
         return True
 
@@ -905,7 +1038,7 @@ class SocketServer:
             version=self.version,
             protocol=p.PROTOCOL_VERSION,
             pid=os.getpid(),
-            socket=str(self.path),
+            socket=str(self.path) if self.path is not None else ",".join(self.urls),
             started_at=self.started_at,
             uptime_seconds=max(time.time() - self.started_at, 0.0),
             connections=len(self._connections),
@@ -922,20 +1055,32 @@ class SocketServer:
 
 async def serve_socket(
     runtime: Runtime,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None,
     *,
     max_inflight: int = DEFAULT_MAX_INFLIGHT,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     limits: ServerLimits | None = None,
+    listen: Sequence[ServerAddress] = (),
+    tls: ssl.SSLContext | None = None,
+    insecure_plaintext: bool = False,
     task_status: trio.TaskStatus[SocketServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``runtime`` on a Unix socket at ``path`` until cancelled or shut down.
+    """Serve ``runtime`` on a Unix socket at ``path`` (and on ``listen``'s addresses; see
+    :class:`SocketServer`) until cancelled or shut down.
 
     With ``await nursery.start(serve_socket, rt, path)`` the caller gets the
-    :class:`SocketServer` once the socket is listening, and may call its ``shutdown()``.
+    :class:`SocketServer` once every listener is listening (its ``urls`` say where), and
+    may call its ``shutdown()``.
     """
     server = SocketServer(
-        runtime, path, max_inflight=max_inflight, shutdown_grace=shutdown_grace, limits=limits
+        runtime,
+        path,
+        max_inflight=max_inflight,
+        shutdown_grace=shutdown_grace,
+        limits=limits,
+        listen=listen,
+        tls=tls,
+        insecure_plaintext=insecure_plaintext,
     )
     await server.run(task_status=task_status)
 

@@ -163,4 +163,61 @@ class Wire:
             self._head_sent = bool(self.outbox)
 
 
-__all__ = ["READY_STREAK", "RECEIVE_BYTES", "Wire"]
+class StreamWire:
+    """The :class:`Wire` interface over any trio stream, for TLS (``trio.SSLStream``), where
+    the bytes on the socket are not the bytes of the frames and so cannot be read or
+    written past the stream.
+
+    It never sends without waiting (:meth:`send_ready` only reports whether the outbox is
+    empty), and one flush at a time sends: a flush that finds another one sending waits
+    for it and then sends what is left, as :meth:`Wire.flush` does.
+    """
+
+    __slots__ = ("_idle", "broken", "outbox", "stream", "torn", "writing")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.outbox = bytearray()
+        self.writing = False
+        self.torn = False
+        self.broken = False
+        self._idle: trio.Event | None = None
+
+    async def receive_some(self, max_bytes: int = RECEIVE_BYTES) -> bytes:
+        return bytes(await self.stream.receive_some(max_bytes))
+
+    def send_ready(self) -> bool:
+        return not self.outbox
+
+    async def flush(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            if self.torn or self.broken:
+                raise trio.BrokenResourceError("the stream can carry nothing more")
+            if not self.writing:
+                break
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
+        self.writing = True
+        try:
+            while self.outbox:
+                data = bytes(self.outbox)
+                del self.outbox[:]
+                try:
+                    await self.stream.send_all(data)
+                except trio.Cancelled:
+                    # A TLS stream whose send was cancelled cannot be trusted to be in step.
+                    self.torn = True
+                    raise
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.broken = True
+                    raise
+        finally:
+            self.writing = False
+            idle, self._idle = self._idle, None
+            if idle is not None:
+                idle.set()
+
+
+__all__ = ["READY_STREAK", "RECEIVE_BYTES", "StreamWire", "Wire"]

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 from runlease.cli.context import GLOBALS, connect, show
 from runlease.cli.output import plain
 from runlease.cli.params import Param
+from runlease.client_common import ServerAddress
 from runlease.errors import InvalidInput, UsageError
 from runlease.hooks import Hook, parse_hook
 from runlease.paths import default_data_dir, default_socket_path
 
 if TYPE_CHECKING:
+    import ssl
+
     from runlease.persistence.events import HistoryRetention
 
 N = TypeVar("N", int, float)
@@ -128,12 +131,44 @@ def serve(
             "$RUNLEASE_HOOK_SECRET)."
         ),
     ] = None,
+    listen: Annotated[
+        list[str] | None,
+        Param(
+            help="Listen on unix:PATH or tcp://HOST:PORT (port 0: any free port). Repeatable; "
+            "without it, the Unix socket (--socket) alone.",
+            negative=(),
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        Param(help="PEM certificate chain that tcp:// listeners present (TLS)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        Param(help="PEM private key of --tls-cert (if not in the same file)."),
+    ] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        Param(
+            help="Mutual TLS: tcp:// clients must present a certificate signed by this CA "
+            "bundle (PEM)."
+        ),
+    ] = None,
+    insecure_plaintext: Annotated[
+        bool,
+        Param(
+            help="Allow a tcp:// listener without TLS on a non-loopback address: anyone on "
+            "the network could read and send requests. (Loopback is allowed without it.)",
+            negative=(),
+        ),
+    ] = False,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
     The data directory defaults to $RUNLEASE_HOME, else $XDG_DATA_HOME/runlease, else
     ~/.local/share/runlease; the socket to --socket, else $RUNLEASE_SOCKET, else
-    <data dir>/runlease.sock. Log lines go to stderr as JSON.
+    <data dir>/runlease.sock. With --listen, exactly the addresses given (unix:PATH,
+    tcp://HOST:PORT); TCP takes --tls-cert and --tls-key. Log lines go to stderr as JSON.
     """
     # The server (and trio with it) loads only here: client commands never pay for it.
     from runlease.runtime.serve import configure_logging, run_server
@@ -167,9 +202,12 @@ def serve(
             raise UsageError(f"--workspace-root takes WORKSPACE=DIR, got {item!r}")
         roots[workspace] = str(Path(root).expanduser().resolve())
     hooks = _hooks(hook or [], hook_secret_file)
+    addresses, tls = _listeners(
+        listen or [], socket_path, tls_cert, tls_key, tls_client_ca, insecure_plaintext
+    )
     configure_logging()
     run_server(
-        socket_path,
+        None,
         data_dir=directory,
         durability=durability,
         workspace_roots=roots,
@@ -181,8 +219,65 @@ def serve(
         history_retention=retention,
         session_idle_timeout=idle_seconds,
         hooks=hooks,
+        listen=addresses,
+        tls=tls,
+        insecure_plaintext=insecure_plaintext,
     )
     return 0
+
+
+def _listeners(
+    specs: list[str],
+    socket_path: Path,
+    cert: Path | None,
+    key: Path | None,
+    client_ca: Path | None,
+    insecure_plaintext: bool,
+) -> tuple[list[ServerAddress], ssl.SSLContext | None]:
+    """The addresses ``--listen`` asks for (the socket when none) and their TLS context,
+    each checked now: a usage error otherwise."""
+    from runlease.runtime.listeners import check_listeners, server_tls_context
+
+    addresses: list[ServerAddress] = []
+    for spec in specs:
+        try:
+            address = ServerAddress.parse(spec)
+        except InvalidInput as exc:
+            raise UsageError(f"--listen {spec!r}: {exc.message}") from None
+        if address.kind == "tcp" and not address.tls:
+            raise UsageError(
+                f"--listen {spec!r}: listen on tcp://HOST:PORT; whether it speaks TLS "
+                "follows --tls-cert"
+            )
+        if address.kind == "unix" and not spec.startswith("unix:"):
+            raise UsageError(f"--listen {spec!r}: write unix:PATH or tcp://HOST:PORT")
+        addresses.append(address)
+    if not addresses:
+        addresses.append(ServerAddress.unix(socket_path))
+    tcp = [address for address in addresses if address.kind == "tcp"]
+    if cert is None and (key is not None or client_ca is not None):
+        raise UsageError("--tls-key and --tls-client-ca go with --tls-cert")
+    if cert is not None and not tcp:
+        raise UsageError("--tls-cert is for tcp:// listeners; add --listen tcp://HOST:PORT")
+    try:
+        tls = None if cert is None else server_tls_context(cert, key, client_ca)
+    except InvalidInput as exc:
+        raise UsageError(exc.message) from None
+    if tls is None:
+        addresses = [
+            address._replace(tls=False) if address.kind == "tcp" else address
+            for address in addresses
+        ]
+    try:
+        check_listeners(
+            addresses,
+            tls=tls is not None,
+            insecure_plaintext=insecure_plaintext,
+            log_warnings=False,
+        )
+    except InvalidInput as exc:
+        raise UsageError(exc.message) from None
+    return addresses, tls
 
 
 def history_retention(max_age: str | None, max_events: str | None) -> HistoryRetention:
