@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import trio
 
 from runlease import open_runtime
 from runlease import protocol as p
+from runlease.client_common import ServerAddress
 from runlease.core.model import ROLE_RANK, ROLES, Actor, Role
 from runlease.errors import (
     AUTH_TOKEN_REFUSED,
@@ -29,7 +31,6 @@ from runlease.errors import (
 )
 from runlease.operations import OPERATIONS
 from runlease.runtime import Runtime
-from runlease.runtime import server as server_module
 from runlease.runtime.client import open_client
 from runlease.runtime.server import SocketServer, serve_socket
 from socket_helpers import Raw
@@ -217,22 +218,31 @@ async def test_a_revoke_or_an_expiry_ends_an_open_connections_rights(tmp_path: P
                 assert why in error.message
 
 
-async def test_a_connection_that_is_not_local_must_authenticate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_connection_that_is_not_local_must_authenticate(tmp_path: Path) -> None:
+    # A loopback TCP listener (plaintext is allowed there): its connections are not local.
     path = tmp_path / "sock" / "s.sock"
-    async with served(path) as rt:
+    async with open_runtime() as rt, trio.open_nursery() as nursery:
+        server: SocketServer = await nursery.start(
+            partial(
+                serve_socket,
+                rt,
+                path,
+                listen=[ServerAddress.parse("tcp+plaintext://127.0.0.1:0")],
+            )
+        )
+        url = next(url for url in server.urls if url.startswith("tcp"))
         agent = await token_for(rt, "agent")
-        monkeypatch.setattr(server_module._Connection, "local", False)
-        raw, reply = await hello(path, None)
-        assert isinstance(reply, p.ErrorReply)
-        assert reply.code == AUTH_TOKEN_REFUSED
-        await raw.close()
-        async with open_client(path, auth_token=agent) as client:
+        with pytest.raises(RunleaseError) as info:
+            async with open_client(url, auth_token=""):
+                pass
+        assert info.value.code == AUTH_TOKEN_REFUSED
+        async with open_client(url, auth_token=agent) as client:
             task = await client.create_task("from afar")
             error = await refused(client.pause_scheduler())
             assert error.code == PERMISSION_DENIED
         assert task.title == "from afar"
+        server.shutdown()
+        await server.wait_stopped()
 
 
 async def test_the_local_socket_without_a_token_is_still_the_operator(tmp_path: Path) -> None:
