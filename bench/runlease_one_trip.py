@@ -138,7 +138,11 @@ class SocketOneTrip(SocketRunlease):
 
 
 def one_trip_client_main(
-    index: int, count: int, args: tuple[str, float, str, str], barrier: Barrier, conn: Connection
+    index: int,
+    count: int,
+    args: tuple[str, float, str, str, str],
+    barrier: Barrier,
+    conn: Connection,
 ) -> None:
     """Client process entry point: importing this module registered the one-trip loop."""
     socket_client_main(index, count, args, barrier, conn)

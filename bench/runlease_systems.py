@@ -246,7 +246,7 @@ class SocketSystem(System):
                 socket_client_main,
                 contenders,
                 CLIENT_PROCESSES,
-                (server.target, workload.lease_seconds, self.loop, server.ca),
+                (server.target, workload.lease_seconds, self.loop, server.ca, server.access_token),
             )
             problems = server.verify()
         return RawRun(
@@ -306,6 +306,8 @@ class ServerProcess:
         # and the CA file that vouches for its certificate ("" without TLS).
         self.target = str(self.socket_path)
         self.ca = ""
+        # The agent token TCP clients authenticate with ("" over the Unix socket).
+        self.access_token = ""
         server_pem = ""
         if tls:
             self.ca, server_pem = make_test_certificates(self._socket_dir)
@@ -328,6 +330,7 @@ class ServerProcess:
         self.expected = list(message[1])
         if self.ca:
             self.target = str(message[2])
+            self.access_token = str(message[3])
         return self
 
     def _receive(self, timeout: float) -> tuple[Any, ...]:
@@ -414,7 +417,9 @@ async def _serve_runlease(
                     tls=server_tls_context(server_pem) if server_pem else None,
                 )
             )
-            conn.send(("ready", expected, server.urls[-1]))
+            # A TCP connection must authenticate: its clients get an agent token.
+            secret = (await rt.create_token(name="bench", role="agent")).secret if listen else ""
+            conn.send(("ready", expected, server.urls[-1], secret))
             while (command := await _commands(conn)) != "stop":
                 if command == "verify":
                     conn.send(("verified", verify_runtime(rt, expected)))
@@ -524,14 +529,19 @@ async def _serve_echo(socket_path: Path, workload: Workload, conn: Connection) -
 
 
 def socket_client_main(
-    index: int, count: int, args: tuple[str, float, str, str], barrier: Barrier, conn: Connection
+    index: int,
+    count: int,
+    args: tuple[str, float, str, str, str],
+    barrier: Barrier,
+    conn: Connection,
 ) -> None:
     """Child process: ``count`` connections, one session each, contending after the barrier.
-    ``args``: where to connect (a socket or a URL), lease, loop, the CA file ("": no TLS)."""
-    socket_path, lease, loop, ca = args
+    ``args``: where to connect (a socket or a URL), lease, loop, the CA file ("": no TLS),
+    the access token ("": none)."""
+    socket_path, lease, loop, ca, access_token = args
     try:
         start, logs = trio.run(
-            _socket_clients, index, count, socket_path, lease, loop, barrier, conn, ca
+            _socket_clients, index, count, socket_path, lease, loop, barrier, conn, ca, access_token
         )
         conn.send(("ok", start, [log.to_wire() for log in logs]))
     except BaseException:
@@ -549,12 +559,15 @@ async def _socket_clients(
     barrier: Barrier,
     conn: Connection,
     ca: str = "",
+    access_token: str = "",
 ) -> tuple[float, list[ContenderLog]]:
     tls = TlsFiles(ca=Path(ca)) if ca else None
     async with AsyncExitStack() as stack:
         clients = []
         for i in range(count):
-            client = await stack.enter_async_context(open_client(socket_path, tls=tls))
+            client = await stack.enter_async_context(
+                open_client(socket_path, tls=tls, auth_token=access_token)
+            )
             _session, token = await client.open_session(agent=f"bench-{index}-{i}")
             client.session_token = token
             clients.append(client)
