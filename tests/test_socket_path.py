@@ -72,6 +72,37 @@ async def test_a_cancelled_call_cancels_its_request_on_the_server(served: Served
         assert claim.task.id == task.id
 
 
+@pytest.mark.parametrize("yields", range(8))
+async def test_a_claim_cancelled_at_any_point_leaves_no_lease_behind(
+    served: Served, yields: int
+) -> None:
+    """However far the claim got before its caller was cancelled, the session ends up
+    holding no lease it does not know of: one the server made anyway is handed back."""
+    async with open_client(served.path) as client:
+        opened = await client.open_session(agent="racer")
+        task = await client.create_task("contested", start=True)
+        got: list[str] = []
+        async with trio.open_nursery() as nursery:
+
+            async def claim() -> None:
+                made = await client.claim_next(token=opened.token, lease_seconds=300)
+                got.append(made.run.id)
+
+            nursery.start_soon(claim)
+            for _ in range(yields):
+                await trio.lowlevel.checkpoint()
+            nursery.cancel_scope.cancel()
+        if got:  # it finished before the cancel reached it: the caller holds the lease
+            await client.release(got[0], token=opened.token)
+        # A claim the server made anyway is handed back once its reply reaches the client:
+        # round trips give that reply time to arrive (the bound fails a missing hand-back).
+        with trio.fail_after(STEP):
+            while served.rt.get_session(opened.session.id).lease_run_id is not None:
+                await client.status()
+        await served.rt.settled()
+        assert served.rt.get_run(task.current_run_id or "").status == "queued"
+
+
 async def test_requests_larger_than_the_socket_buffers_from_many_tasks_stay_whole(
     served: Served,
 ) -> None:

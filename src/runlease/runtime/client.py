@@ -29,7 +29,14 @@ from runlease import protocol as p
 from runlease.core.model import Event, Finished
 from runlease.errors import InternalError, RunleaseError, Unavailable, error_for_code
 from runlease.operation_methods import AsyncClientMethods
-from runlease.operations import ClaimNext, FinishRequest, Request, strings
+from runlease.operations import (
+    ClaimNext,
+    FinishRequest,
+    ReleaseRun,
+    Request,
+    SessionRequest,
+    strings,
+)
 from runlease.runtime.wire import StreamWire, Wire
 
 R = TypeVar("R")
@@ -80,6 +87,9 @@ class _Link:
             Wire(stream.socket) if isinstance(stream, trio.SocketStream) else StreamWire(stream)
         )
         self._waiting: dict[int, _Pending | trio.MemorySendChannel[p.AnyReply]] = {}
+        # Requests whose callers were cancelled before the reply came, by id, with the
+        # session token they carried: a claim that answers one anyway is handed back.
+        self._abandoned: dict[int, str | None] = {}
         self._failure: RunleaseError | None = None
         self._writer_wanted = trio.Event()
         self._room = trio.Event()  # set when the writer emptied the outbox
@@ -128,8 +138,10 @@ class _Link:
                         failure = error_for_code(reply.code, reply.message)
                         return
                     waiter = self._waiting.get(reply.id)
-                    if waiter is None:
-                        continue  # the caller gave up on it (cancelled)
+                    if waiter is None:  # the caller gave up on it (cancelled)
+                        if reply.id in self._abandoned:
+                            self._hand_back(reply, self._abandoned.pop(reply.id))
+                        continue
                     if isinstance(waiter, _Pending):
                         waiter.deliver(reply)
                         continue
@@ -236,7 +248,12 @@ class _Link:
                 await self.wait_for_room()
                 return await self._wait(pending)
             except trio.Cancelled:
-                self.cancel_remote(request.id)
+                token = request.token if isinstance(request, SessionRequest) else None
+                if pending.reply is None:
+                    self.cancel_remote(request.id)
+                    self._abandoned[request.id] = token
+                else:
+                    self._hand_back(pending.reply, token)
                 raise
         finally:
             self._waiting.pop(request.id, None)
@@ -251,6 +268,19 @@ class _Link:
         self._waiting.pop(rid, None)
         if cancel and self._failure is None:
             self.cancel_remote(rid)
+
+    def _hand_back(self, reply: p.AnyReply, token: str | None) -> None:
+        """Release the lease of a claim that answered a cancelled caller, best effort: the
+        caller never learns of it, so it would otherwise sit until its lease ran out."""
+        if isinstance(reply, p.ClaimReply):
+            claim = reply.claim
+        elif isinstance(reply, p.FinishedReply) and reply.finished.claim is not None:
+            claim = reply.finished.claim
+        else:
+            return
+        release = ReleaseRun(claim.run.id, reason=common.ABANDONED_CLAIM_REASON, token=token)
+        with suppress(RunleaseError):
+            self.post(common.outgoing(release, self._take_id(), None))
 
     def cancel_remote(self, target: int) -> None:
         """Ask the server to cancel request ``target``, best effort (queued if the socket
