@@ -8,16 +8,19 @@ or missing is refused in the handshake of a TCP connection.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import trio
 
+from reconnect_helpers import RECONNECT_TIMEOUT
 from remote_helpers import Remote, tls_server
 from runlease import protocol as p
 from runlease.client import Client
 from runlease.client_common import ServerAddress
 from runlease.core.model import ROLES, Role
 from runlease.errors import AUTH_TOKEN_REFUSED
-from runlease.runtime.client import open_stream
+from runlease.runtime.client import open_client, open_stream
 from socket_helpers import STEP, Raw
 from test_roles import runs_what_it_may
 
@@ -95,3 +98,55 @@ async def test_a_wrong_revoked_or_expired_token_is_refused_in_the_tls_handshake(
 async def test_a_tcp_connection_without_a_token_is_refused(remote: Remote) -> None:
     await refused_at_hello(remote, None)
     await refused_at_hello(remote, "")
+
+
+# ------------------------------------------------- a session across a server restart
+def agent_token(remote: Remote, name: str) -> str:
+    secret = make_token(remote, "agent", name)["token"]
+    assert isinstance(secret, str)
+    return secret
+
+
+async def test_an_agent_session_resumes_on_a_new_tls_connection_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    with tls_server(tmp_path) as remote:
+        agent = agent_token(remote, "roaming-agent")
+        first_url = remote.url
+        async with open_client(remote.url, tls=remote.tls, auth_token=agent) as client:
+            session, secret = await client.open_session(agent="roaming")
+            task = await client.create_task("survives a crash", start=True)
+            claim = await client.claim_next(token=secret)
+            assert claim.task.id == task.id
+        # Killed and started again on the same data dir, listening on a new port.
+        await trio.to_thread.run_sync(lambda: remote.restart(same_port=False))
+        async with open_client(remote.url, tls=remote.tls, auth_token=agent) as client:
+            assert (await client.status()).pid == remote.server.process.pid
+            beat = await client.heartbeat(claim.run.id, token=secret)
+            assert beat.run.id == claim.run.id
+            done = await client.complete(claim.run.id, token=secret, result={"after": "crash"})
+            assert done.status == "completed"
+            resumed = await client.get_session(session.id)
+            assert resumed.token_id == session.token_id is not None
+        # The old address is gone: the session moved with the server, not with the port.
+        assert remote.url != first_url
+
+
+def test_the_reconnecting_sync_client_resumes_its_session_over_tls(tmp_path: Path) -> None:
+    with tls_server(tmp_path) as remote:
+        agent = agent_token(remote, "steady-agent")
+        with Client(
+            remote.url, tls=remote.tls, auth_token=agent, reconnect_timeout=RECONNECT_TIMEOUT
+        ) as client:
+            _, secret = client.open_session(agent="steady")
+            client.session_token = secret
+            task = client.create_task("carried across", start=True)
+            claim = client.claim_next()
+            before = client.status().pid
+            # A crash, and the server back on the same port: the same client object carries on.
+            remote.restart()
+            assert client.heartbeat(claim.run.id).run.id == claim.run.id
+            assert client.status().pid == remote.server.process.pid != before
+            done = client.complete(claim.run.id, result={"after": "restart"})
+            assert done.status == "completed"
+            assert client.get_task(task.id).status == "completed"
