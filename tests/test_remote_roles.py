@@ -1,8 +1,10 @@
-"""Roles and tokens end to end over TCP with TLS, against a ``runlease serve`` process.
+"""Reaching a ``runlease serve`` process over TCP with TLS, end to end.
 
 The role rules themselves are tested in process (test_roles.py); here the same table of
-examples goes through a real TLS connection, and a token that is wrong, revoked, expired
-or missing is refused in the handshake of a TCP connection.
+examples goes through a real TLS connection, a token that is wrong, revoked, expired or
+missing is refused in the handshake, an agent's session outlives a crash of the server
+(picked up on a new connection, or by the reconnecting client), and the anyio client
+reaches the server over TLS from asyncio and from trio.
 """
 
 from __future__ import annotations
@@ -10,16 +12,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import trio
 
+import runlease.aio
 from reconnect_helpers import RECONNECT_TIMEOUT
 from remote_helpers import Remote, tls_server
 from runlease import protocol as p
 from runlease.client import Client
-from runlease.client_common import ServerAddress
+from runlease.client_common import ServerAddress, TlsFiles
 from runlease.core.model import ROLES, Role
-from runlease.errors import AUTH_TOKEN_REFUSED
+from runlease.errors import (
+    AUTH_TOKEN_REFUSED,
+    PERMISSION_DENIED,
+    SERVER_UNAVAILABLE,
+    RunleaseError,
+    Unavailable,
+)
 from runlease.runtime.client import open_client, open_stream
 from socket_helpers import STEP, Raw
 from test_roles import runs_what_it_may
@@ -150,3 +160,65 @@ def test_the_reconnecting_sync_client_resumes_its_session_over_tls(tmp_path: Pat
             done = client.complete(claim.run.id, result={"after": "restart"})
             assert done.status == "completed"
             assert client.get_task(task.id).status == "completed"
+
+
+# ------------------------------------------------- the anyio client over TCP+TLS
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_anyio_client_works_over_tls_with_an_agent_token(remote: Remote, backend: str) -> None:
+    agent = agent_token(remote, f"anyio-{backend}")
+
+    async def main() -> str:
+        async with runlease.aio.open_client(remote.url, tls=remote.tls, auth_token=agent) as client:
+            _, secret = await client.open_session(agent=f"anyio-{backend}")
+            task = await client.create_task(f"{backend} over tls", start=True)
+            claim = await client.claim_next(token=secret)
+            assert claim.task.id == task.id
+            await client.heartbeat(claim.run.id, token=secret)
+            # The token's role holds on this connection as on any other.
+            with pytest.raises(RunleaseError) as denied:
+                await client.pause_scheduler()
+            assert denied.value.code == PERMISSION_DENIED
+            done = await client.complete(claim.run.id, token=secret, result={"on": backend})
+            return done.status
+
+    assert anyio.run(main, backend=backend) == "completed"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_anyio_client_is_refused_without_a_token_or_the_servers_ca(
+    remote: Remote, backend: str
+) -> None:
+    async def connect(tls: TlsFiles, token: str) -> None:
+        async with runlease.aio.open_client(remote.url, tls=tls, auth_token=token) as client:
+            await client.status()
+
+    with pytest.raises(RunleaseError) as no_token:
+        anyio.run(connect, remote.tls, "", backend=backend)
+    assert no_token.value.code == AUTH_TOKEN_REFUSED
+    # Without the test CA the server's certificate is not trusted: no connection at all.
+    with pytest.raises(Unavailable) as untrusted:
+        anyio.run(connect, TlsFiles(), remote.token, backend=backend)
+    assert untrusted.value.code == SERVER_UNAVAILABLE
+    assert remote.url in str(untrusted.value)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_anyio_client_reports_a_lost_tls_server_and_leaves_quietly(
+    tmp_path: Path, backend: str
+) -> None:
+    with tls_server(tmp_path) as remote:
+
+        async def main() -> None:
+            async with runlease.aio.open_client(
+                remote.url, tls=remote.tls, auth_token=remote.token
+            ) as client:
+                await client.status()
+                await anyio.to_thread.run_sync(remote.server.kill)
+                with pytest.raises(Unavailable) as lost:
+                    await client.status()
+                assert lost.value.code == SERVER_UNAVAILABLE
+                assert remote.url in str(lost.value)
+            # Leaving the block closed the broken TLS stream without raising.
+
+        anyio.run(main, backend=backend)
+        remote.restart()  # for the helper's clean stop
