@@ -11,13 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trustme
 
 from cli_helpers import Cli, Server
-from runlease.client_common import ENV_SERVER, ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, TlsFiles
+from runlease.client_common import (
+    ENV_SERVER,
+    ENV_TLS_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ServerAddress,
+    TlsFiles,
+)
 from runlease.paths import ENV_ACCESS_TOKEN
 
 
@@ -33,6 +40,18 @@ class Remote:
     base: Path
     local: Path  # the server's private Unix socket (the operator's, without a token)
     token: str  # an operator access token, for TCP clients
+    args: list[str] = field(default_factory=list)  # how the server was started
+
+    def restart(self, *, same_port: bool = True) -> None:
+        """Kill the server (SIGKILL: a crash) and start it again on the same data dir and
+        Unix socket; on the same TCP port, or on a new one (``url`` and ``env`` follow)."""
+        self.server.kill()
+        port = ServerAddress.parse(self.url).port if same_port else 0
+        args = [f"tcp://127.0.0.1:{port}" if a.startswith("tcp://") else a for a in self.args]
+        self.server = Server.serve(*args)
+        record = self.server.wait_listening()
+        self.url = next(url for url in record["listeners"] if url.startswith("tcp://"))
+        self.env[ENV_SERVER] = self.url
 
     def local_cli(self) -> Cli:
         """The CLI on the private Unix socket: the operator, no token."""
@@ -82,6 +101,7 @@ def tls_server(base: Path, *, mutual: bool = False, extra: Sequence[str] = ()) -
     if mutual:
         args += ["--tls-client-ca", str(ca_pem)]
     server = Server.serve(*args, *extra)
+    remote: Remote | None = None
     try:
         record = server.wait_listening()
         url = next(url for url in record["listeners"] if url.startswith("tcp://"))
@@ -92,13 +112,21 @@ def tls_server(base: Path, *, mutual: bool = False, extra: Sequence[str] = ()) -
         env = {ENV_SERVER: url, ENV_TLS_CA: str(ca_pem), ENV_ACCESS_TOKEN: token}
         tls = TlsFiles(ca=ca_pem)
         remote = Remote(
-            server=server, url=url, ca=ca, tls=tls, env=env, base=base, local=local, token=token
+            server=server,
+            url=url,
+            ca=ca,
+            tls=tls,
+            env=env,
+            base=base,
+            local=local,
+            token=token,
+            args=[*args, *extra],
         )
         if mutual:
             tls = remote.tls = remote.client_files("agent")
             assert tls.cert is not None
             env[ENV_TLS_CERT] = env[ENV_TLS_KEY] = str(tls.cert)
         yield remote
-        assert server.stop() == 0, server.log.lines
+        assert remote.server.stop() == 0, remote.server.log.lines
     finally:
-        server.kill()
+        (server if remote is None else remote.server).kill()  # a restart replaces it

@@ -28,7 +28,7 @@ class Served:
 class Raw:
     """A hand-driven connection that records every byte the server sends."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.buffer = p.FrameBuffer()
         self.received = bytearray()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +78,30 @@ async def hello(path: Path, token: str | None) -> tuple[Raw, p.AnyReply | None]:
     return raw, await raw.reply()
 
 
+async def runs_what_it_may(raw: Raw, role: Role) -> None:
+    """Send every operation's example on ``raw`` (authenticated with a ``role`` token): what
+    the role may run is not refused for lack of rights, the rest is PERMISSION_DENIED."""
+    for number, (tag, example) in enumerate(sorted(EXAMPLE_BY_TAG.items()), start=100):
+        needed = OPERATIONS[tag].role
+        allowed = ROLE_RANK[role] >= ROLE_RANK[needed]
+        if allowed and example.long():
+            continue  # a wait, a stream or a drain: the unit test below covers them
+        await raw.send(msgspec.structs.replace(example, id=number))
+        reply = await raw.reply()
+        assert reply is not None, tag
+        assert reply.id == number, (tag, reply)
+        if allowed:
+            assert not (
+                isinstance(reply, p.ErrorReply)
+                and reply.code in (PERMISSION_DENIED, AUTH_TOKEN_REFUSED)
+            ), (tag, reply)
+        else:
+            assert isinstance(reply, p.ErrorReply), (tag, reply)
+            assert reply.code == PERMISSION_DENIED, (tag, reply)
+            assert f"needs the {needed} role" in reply.message
+            assert f"has the {role} role" in reply.message
+
+
 async def refused(call: Any) -> RunleaseError:
     with pytest.raises(RunleaseError) as info:
         await call
@@ -132,25 +155,7 @@ async def test_each_role_runs_what_it_may_and_is_refused_the_rest(
     async with served(path) as rt:
         raw, welcome = await hello(path, await token_for(rt, role))
         assert isinstance(welcome, p.Welcome)
-        for number, (tag, example) in enumerate(sorted(EXAMPLE_BY_TAG.items()), start=100):
-            needed = OPERATIONS[tag].role
-            allowed = ROLE_RANK[role] >= ROLE_RANK[needed]
-            if allowed and example.long():
-                continue  # a wait, a stream or a drain: the unit test below covers them
-            await raw.send(msgspec.structs.replace(example, id=number))
-            reply = await raw.reply()
-            assert reply is not None, tag
-            assert reply.id == number, (tag, reply)
-            if allowed:
-                assert not (
-                    isinstance(reply, p.ErrorReply)
-                    and reply.code in (PERMISSION_DENIED, AUTH_TOKEN_REFUSED)
-                ), (tag, reply)
-            else:
-                assert isinstance(reply, p.ErrorReply), (tag, reply)
-                assert reply.code == PERMISSION_DENIED, (tag, reply)
-                assert f"needs the {needed} role" in reply.message
-                assert f"has the {role} role" in reply.message
+        await runs_what_it_may(raw, role)
         await raw.close()
 
 
@@ -218,31 +223,33 @@ async def test_a_revoke_or_an_expiry_ends_an_open_connections_rights(tmp_path: P
                 assert why in error.message
 
 
-async def test_a_connection_that_is_not_local_must_authenticate(tmp_path: Path) -> None:
-    # A loopback TCP listener (plaintext is allowed there): its connections are not local.
-    path = tmp_path / "sock" / "s.sock"
+async def test_a_connection_that_is_not_local_must_authenticate() -> None:
     async with open_runtime() as rt, trio.open_nursery() as nursery:
+        agent = await token_for(rt, "agent")
+        # A plaintext loopback TCP listener: a connection over it is not the local operator.
         server: SocketServer = await nursery.start(
-            partial(
-                serve_socket,
+            lambda task_status=trio.TASK_STATUS_IGNORED: serve_socket(
                 rt,
-                path,
+                None,
                 listen=[ServerAddress.parse("tcp+plaintext://127.0.0.1:0")],
+                task_status=task_status,
             )
         )
-        url = next(url for url in server.urls if url.startswith("tcp"))
-        agent = await token_for(rt, "agent")
-        with pytest.raises(RunleaseError) as info:
-            async with open_client(url, auth_token=""):
-                pass
-        assert info.value.code == AUTH_TOKEN_REFUSED
-        async with open_client(url, auth_token=agent) as client:
+        address = ServerAddress.parse(server.urls[0])
+        raw = Raw(await trio.open_tcp_stream(address.host, address.port))
+        await raw.send(p.Hello(id=1, versions=[1], auth_token=None))
+        reply = await raw.reply()
+        assert isinstance(reply, p.ErrorReply)
+        assert reply.code == AUTH_TOKEN_REFUSED
+        await raw.close()
+        async with open_client(address, auth_token=agent) as client:
             task = await client.create_task("from afar")
             error = await refused(client.pause_scheduler())
             assert error.code == PERMISSION_DENIED
         assert task.title == "from afar"
         server.shutdown()
         await server.wait_stopped()
+        nursery.cancel_scope.cancel()
 
 
 async def test_the_local_socket_without_a_token_is_still_the_operator(tmp_path: Path) -> None:

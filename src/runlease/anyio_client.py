@@ -73,11 +73,11 @@ class AnyioClient(AsyncClientMethods):
     def __init__(
         self,
         stream: anyio.abc.ByteStream,
-        where: Path,
+        where: Path | common.ServerAddress,
         session_token: str | None,
         auth_token: str | None = None,
     ) -> None:
-        self.path = where
+        self.path = where  # the socket path, or the TCP address: what errors name
         self.session_token = session_token
         self.auth_token = auth_token
         self.welcome: p.Welcome | None = None
@@ -109,7 +109,7 @@ class AnyioClient(AsyncClientMethods):
                 except anyio.EndOfStream:
                     return
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    failure = common.unreachable(self.path, exc)
+                    failure = common.lost(self.path, _why_broken(exc))
                     return
                 buffer.feed(data)
                 for body in buffer.frames():
@@ -165,7 +165,7 @@ class AnyioClient(AsyncClientMethods):
                 try:
                     await self._stream.send(chunk)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                    self._fail(common.unreachable(self.path, exc))
+                    self._fail(common.lost(self.path, _why_broken(exc)))
                     return
             self._room.set()
 
@@ -287,6 +287,12 @@ class AnyioClient(AsyncClientMethods):
                 self._cancel_remote(rid)
 
 
+def _why_broken(exc: BaseException) -> BaseException:
+    """What broke a stream: a TLS stream's broken-resource error says nothing itself and
+    carries the TLS error (an EOF, a reset) as its cause."""
+    return exc.__cause__ if exc.__cause__ is not None and not str(exc) else exc
+
+
 class _ConnectionRefused(Exception):
     """The server refused the whole connection (an error reply to no request)."""
 
@@ -324,21 +330,26 @@ class AnyioEventStream:
 
 @asynccontextmanager
 async def open_client(
-    path: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | common.ServerAddress | None = None,
     *,
     session_token: str | None = None,
     connect_timeout: float = 5.0,
     auth_token: str | None = None,
+    tls: common.TlsFiles | None = None,
 ) -> AsyncIterator[AnyioClient]:
-    """Connect to the server at ``path`` (default: $RUNLEASE_SOCKET, then the data dir's)
-    from asyncio or trio, presenting ``auth_token`` (default: $RUNLEASE_TOKEN) in the
-    handshake if there is one.
+    """Connect from asyncio or trio to the server at ``path``: a socket path or an address
+    (``unix:/path``, ``tcp://host:port``); default $RUNLEASE_SERVER, else $RUNLEASE_SOCKET,
+    else the data dir's socket. ``tls`` are the files a TCP connection uses (default: the
+    environment's, see :class:`~runlease.client_common.TlsFiles`). ``auth_token`` (default:
+    $RUNLEASE_TOKEN) is presented in the handshake if there is one.
 
     While the server's queue of new connections is full the connect is retried, for up
-    to ``connect_timeout`` seconds.
+    to ``connect_timeout`` seconds; a TCP connection and its TLS handshake must be done
+    within it.
     """
-    where = common.resolve_socket(path)
-    stream = await connect(where, connect_timeout)
+    address = common.resolve_address(path)
+    stream = await connect(address, connect_timeout, tls)
+    where: Path | common.ServerAddress = address if address.path is None else address.path
     try:
         client = AnyioClient(stream, where, session_token, common.resolve_auth_token(auth_token))
         try:
@@ -357,16 +368,42 @@ async def open_client(
                 raise group.exceptions[0] from None
             raise
     finally:
-        await stream.aclose()
+        # A TLS stream says goodbye (close_notify) and waits for the server's: a server
+        # that is gone or silent must turn leaving into neither an error nor a hang.
+        with anyio.move_on_after(connect_timeout), suppress(anyio.BrokenResourceError, OSError):
+            await stream.aclose()
 
 
-async def connect(where: Path, timeout: float) -> anyio.abc.ByteStream:
-    """A byte stream to the server at ``where``, retrying a full backlog (see
-    :class:`~runlease.client_common.ConnectBackoff`). Every transport is opened here."""
-    backoff = common.ConnectBackoff(where, timeout, clock=anyio.current_time)
+async def connect(
+    address: common.ServerAddress, timeout: float, tls: common.TlsFiles | None = None
+) -> anyio.abc.ByteStream:
+    """A byte stream to the server at ``address`` (its TLS handshake done for ``tcp://``),
+    within ``timeout`` seconds; raises :class:`~runlease.errors.Unavailable` when it cannot
+    be had. Every transport is opened here."""
+    if address.path is not None:
+        return await _connect_unix(address.path, timeout)
+    context = (tls or common.TlsFiles.from_env()).context() if address.tls else None
+    try:
+        with anyio.fail_after(timeout):
+            # anyio's TCP streams turn Nagle off: a small frame leaves at once.
+            if context is None:
+                return await anyio.connect_tcp(address.host, address.port)
+            return await anyio.connect_tcp(
+                address.host, address.port, ssl_context=context, tls_hostname=address.host
+            )
+    except TimeoutError:
+        raise common.unreachable(address, f"no connection within {timeout:g} seconds") from None
+    except (OSError, anyio.BrokenResourceError) as exc:
+        raise common.unreachable(address, _why_broken(exc)) from None
+
+
+async def _connect_unix(path: Path, timeout: float) -> anyio.abc.ByteStream:
+    """A stream to the socket at ``path``, retrying a full backlog (see
+    :class:`~runlease.client_common.ConnectBackoff`)."""
+    backoff = common.ConnectBackoff(path, timeout, clock=anyio.current_time)
     while True:
         try:
-            return await _connect_unix_once(where)
+            return await _connect_unix_once(path)
         except OSError as exc:
             await anyio.sleep(backoff.after_failure(exc))
 
