@@ -125,7 +125,7 @@ class SocketOneTrip(SocketRunlease):
                 one_trip_client_main,
                 contenders,
                 CLIENT_PROCESSES,
-                (str(server.socket_path), workload.lease_seconds, self.loop, ""),
+                (str(server.socket_path), workload.lease_seconds, self.loop, "", ""),
             )
             problems = server.verify()
         return RawRun(
