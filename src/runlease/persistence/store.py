@@ -974,8 +974,8 @@ class Store:
         if newest:
             position: int | None = upper
             while position is not None and len(found) < limit:
-                candidates, position = self._events_before(
-                    position, after_seq, task_id, budget, needles
+                candidates, position = self._events_between(
+                    after_seq, position, task_id, budget, needles, backward=True
                 )
                 found.extend(event for event in candidates if matches(event))
             del found[limit:]
@@ -983,7 +983,9 @@ class Store:
         else:
             position = after_seq
             while position is not None and len(found) < limit:
-                candidates, position = self._events_after(position, upper, task_id, budget, needles)
+                candidates, position = self._events_between(
+                    position, upper, task_id, budget, needles, backward=False
+                )
                 found.extend(event for event in candidates if matches(event))
             del found[limit:]
         return found
@@ -1107,75 +1109,45 @@ class Store:
                     return True
             return cutoff is not None and self._decode_event(seq, cursor.value()).at < cutoff
 
-    def _events_after(
+    def _events_between(
         self,
-        position: int,
+        lower: int,
         upper: int,
         task_id: str | None,
         budget: int,
         needles: tuple[bytes, ...],
+        *,
+        backward: bool,
     ) -> tuple[list[Event], int | None]:
-        """Up to ``budget`` stored events with ``position < seq < upper`` (of ``task_id``,
-        holding ``needles``), ascending, and where to go on from (None: the range is done)."""
+        """Up to ``budget`` stored events with ``lower < seq < upper`` (of ``task_id``,
+        holding ``needles``), ascending, or descending when ``backward``, and the position
+        to go on from (None: the range is done). The events not checkpointed yet are the
+        newest: last going up, first going down."""
         raw: list[tuple[int, bytes]] = []
         tail: list[Event] = []
-        done = True
         with self._env_lock:
             self._check_open()
             with self._log_lock:
                 split = self._events_lmdb_seq
                 pending = self._pending_events
                 if upper - 1 > split and pending:
-                    start = bisect.bisect_right(pending, max(position, split), key=_event_seq)
+                    start = bisect.bisect_right(pending, max(lower, split), key=_event_seq)
                     stop = bisect.bisect_left(pending, upper, key=_event_seq)
                     tail = pending[start:stop]
-            if position < split:
-                end = min(split + 1, upper)  # exclusive
-                with self._reading("read the history"), self._env.begin() as txn:
-                    walk = self._walk_events(txn, task_id, position, end, backward=False)
-                    raw = list(itertools.islice(walk, budget + 1))
-                done = len(raw) <= budget
-                del raw[budget:]
-        found = self._decode_matching(raw, needles)
-        if not done:
-            return found, raw[-1][0]
-        if task_id is not None:
-            tail = [event for event in tail if event.task_id == task_id]
-        return found + tail, None
-
-    def _events_before(
-        self,
-        position: int,
-        lower: int,
-        task_id: str | None,
-        budget: int,
-        needles: tuple[bytes, ...],
-    ) -> tuple[list[Event], int | None]:
-        """Up to ``budget`` stored events with ``lower < seq < position`` (of ``task_id``),
-        plus the newer ones not checkpointed yet, descending, and where to go on from."""
-        raw: list[tuple[int, bytes]] = []
-        tail: list[Event] = []
-        done = True
-        with self._env_lock:
-            self._check_open()
-            with self._log_lock:
-                split = self._events_lmdb_seq
-                pending = self._pending_events
-                if position - 1 > split and pending:
-                    start = bisect.bisect_right(pending, max(lower, split), key=_event_seq)
-                    stop = bisect.bisect_left(pending, position, key=_event_seq)
-                    tail = pending[start:stop]
-            top = min(position, split + 1)  # exclusive
+            top = min(upper, split + 1)  # exclusive
             if top - 1 > lower:
                 with self._reading("read the history"), self._env.begin() as txn:
-                    walk = self._walk_events(txn, task_id, lower, top, backward=True)
+                    walk = self._walk_events(txn, task_id, lower, top, backward=backward)
                     raw = list(itertools.islice(walk, budget + 1))
-                done = len(raw) <= budget
-                del raw[budget:]
+        more = len(raw) > budget
+        del raw[budget:]
         if task_id is not None:
             tail = [event for event in tail if event.task_id == task_id]
-        found = tail[::-1] + self._decode_matching(raw, needles)
-        return found, (raw[-1][0] if not done else None)
+        found = self._decode_matching(raw, needles)
+        resume = raw[-1][0] if more else None
+        if backward:
+            return tail[::-1] + found, resume
+        return (found, resume) if more else (found + tail, None)
 
     def _walk_events(
         self,
