@@ -247,6 +247,14 @@ class IndexVersusModel(RuleBasedStateMachine):
             assert self.index._tag_spaces == {}, "no tagged run, yet tag lanes are kept"
 
     @invariant()
+    def depth_counts_every_claimable_run(self) -> None:
+        expected: dict[tuple[str, int], int] = {}
+        for e in self.model.values():
+            key = (e.workspace_id or "", e.rank)
+            expected[key] = expected.get(key, 0) + 1
+        assert self.index.depth() == expected
+
+    @invariant()
     def heaps_bounded(self) -> None:
         lanes = sum(1 + len(e.tags) for e in self.model.values())
         assert_heaps_bounded(self.index, lanes)

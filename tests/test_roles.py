@@ -116,6 +116,7 @@ def test_every_operation_declares_its_role() -> None:
             "status", "show_task", "get_run", "list_tasks", "events", "get_event",
             "follow_events", "get_session", "list_sessions", "whoami", "scheduler_status",
             "backlog", "stuck", "timeline", "inspect_task", "inspect_run", "get_context",
+            "overview",
         },
         "agent": {
             "create_task", "start_task", "open_session", "stop_session", "claim_next",

@@ -159,6 +159,7 @@ class AsyncClientMethods(AsyncTaskMethods, AsyncLeaseMethods):
     get_run = method(op.GetRun)
     scheduler_status = method(op.GetSchedulerStatus)
     backlog = method(op.GetBacklog)
+    overview = method(op.GetOverview)
     inspect_task = method(op.InspectTask)
     inspect_run = method(op.InspectRun)
     get_event = method(op.GetEvent)

@@ -152,6 +152,7 @@ class ClientMethods(TaskMethods, LeaseMethods):
     get_run = method(op.GetRun)
     scheduler_status = method(op.GetSchedulerStatus)
     backlog = method(op.GetBacklog)
+    overview = method(op.GetOverview)
     inspect_task = method(op.InspectTask)
     inspect_run = method(op.InspectRun)
     get_event = method(op.GetEvent)

@@ -66,16 +66,18 @@ from runlease.core.model import (
     Task,
     TaskStatus,
 )
-from runlease.core.views import MAX_PAGE as BACKLOG_MAX_PAGE
 from runlease.core.views import (
+    DEFAULT_OVERVIEW_ROWS,
     Backlog,
     DrainResult,
     InspectView,
+    Overview,
     SchedulerStatus,
     StuckRun,
     TaskDetail,
     priority_rank,
 )
+from runlease.core.views import MAX_PAGE as BACKLOG_MAX_PAGE
 from runlease.errors import InvalidInput
 from runlease.hooks import DeliveryStatus, HookDelivery, HookReport
 
@@ -1170,6 +1172,20 @@ class GetBacklog(ReadRequest[Backlog], tag="backlog"):
             include_paused=self.include_paused,
             after=self.after,
             limit=min(page_limit(self.limit), BACKLOG_MAX_PAGE),
+        )
+
+
+@operation(role="reader", read=True)
+class GetOverview(ReadRequest[Overview], tag="overview"):
+    """What an operator watches: counts, queue depth by workspace and priority, the
+    ``limit`` leases that run out first and the most recently active live sessions
+    (50 of each when not given)."""
+
+    limit: int | None = None
+
+    def answer(self, call: Call) -> Overview:
+        return call.runtime.overview(
+            limit=DEFAULT_OVERVIEW_ROWS if self.limit is None else self.limit
         )
 
 

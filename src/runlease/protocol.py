@@ -80,6 +80,7 @@ from runlease.core.views import (
     Backlog,
     DrainResult,
     InspectView,
+    Overview,
     PauseState,
     SchedulerStatus,
     StuckRun,
@@ -124,6 +125,7 @@ from runlease.operations import (
     GetBacklog,
     GetContext,
     GetEvent,
+    GetOverview,
     GetRun,
     GetSchedulerStatus,
     GetSession,
@@ -333,6 +335,10 @@ class BacklogReply(Reply, tag="backlog"):
     backlog: Backlog
 
 
+class OverviewReply(Reply, tag="overview"):
+    overview: Overview
+
+
 class StuckReply(Reply, tag="stuck"):
     spreads = StuckList
     runs: list[StuckRun]
@@ -402,6 +408,7 @@ AnyReply = (
     | SchedulerReply
     | DrainReply
     | BacklogReply
+    | OverviewReply
     | StuckReply
     | InspectReply
     | EventReply
@@ -472,6 +479,7 @@ _VALUE_REPLIES: Final[tuple[type[Reply], ...]] = (
     SchedulerReply,
     DrainReply,
     BacklogReply,
+    OverviewReply,
     StuckReply,
     InspectReply,
     EventReply,
@@ -817,6 +825,7 @@ __all__ = [
     "GetBacklog",
     "GetContext",
     "GetEvent",
+    "GetOverview",
     "GetRun",
     "GetSchedulerStatus",
     "GetSession",
@@ -842,6 +851,7 @@ __all__ = [
     "OpenSession",
     "OpenedSession",
     "Operation",
+    "OverviewReply",
     "PauseScheduler",
     "PauseTask",
     "PublishTask",

@@ -447,6 +447,20 @@ class ClaimIndex:
                     break  # the highest live lane decides for this group
         return best
 
+    def depth(self) -> dict[tuple[str, int], int]:
+        """Claimable runs per (view key, priority rank), counted from the lanes' sizes: the
+        cost grows with the number of lanes, never with the queue's depth."""
+        out: dict[tuple[str, int], int] = {}
+        for view, by_owner in self._buckets.items():
+            for by_group in by_owner.values():
+                for lanes in by_group.values():
+                    for lane in lanes.lanes:
+                        live = lane.stored() - lane.dead
+                        if live:
+                            key = (view, lane.rank)
+                            out[key] = out.get(key, 0) + live
+        return out
+
     def lane_stats(self) -> list[tuple[int, int, int]]:
         """(stored entries, live entries, recorded dead) per lane: for tests of the bounds."""
         entries = self._entries

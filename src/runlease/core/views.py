@@ -8,8 +8,9 @@ its recent events too.
 
 from __future__ import annotations
 
+import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final, Literal
 
 import msgspec
@@ -82,6 +83,66 @@ class SchedulerStatus(msgspec.Struct, kw_only=True, tag="scheduler_status"):
     # Tasks paused directly (their descendants are paused too, but not counted here).
     paused_task_count: int
     as_of: float
+
+
+class QueueDepth(msgspec.Struct, kw_only=True, tag="queue_depth"):
+    """How many queued runs a claimer could take now, for one workspace and priority."""
+
+    # None: tasks with no workspace.
+    workspace_id: str | None
+    priority: str
+    claimable: int
+
+
+class LeaseRow(msgspec.Struct, kw_only=True, tag="lease_row", omit_defaults=True):
+    """One live lease as an operator watches it run down (no claim token, not even hashed)."""
+
+    run_id: str
+    task_id: str
+    title: str
+    status: str
+    attempt: int
+    priority: str
+    workspace_id: str | None = None
+    session_id: str | None = None
+    agent: str | None = None
+    claimed_at: float | None = None
+    heartbeat_at: float | None = None
+    lease_until: float | None = None
+
+
+class SessionRow(msgspec.Struct, kw_only=True, tag="session_row", omit_defaults=True):
+    """One live session: who it is, what it holds and when it was last heard from."""
+
+    session_id: str
+    agent: str
+    opened_at: float
+    last_active_at: float
+    lease_run_id: str | None = None
+    parent_id: str | None = None
+    capabilities: tuple[str, ...] = ()
+
+
+class Overview(msgspec.Struct, kw_only=True, tag="overview"):
+    """The figures an operator watches at a glance (dashboard, ``runlease top``, metrics).
+
+    ``leases`` are the live leases that run out first and ``sessions`` the most recently
+    active live sessions, at most ``limit`` of each; the counts cover everything."""
+
+    as_of: float
+    scheduler: SchedulerStatus
+    tasks: int
+    queued_runs: int
+    claimable_runs: int
+    # Queued runs held back by a draft, a pause or an open dependency.
+    held_runs: int
+    leased_runs: int
+    live_sessions: int
+    waiting_claimers: int
+    last_event_seq: int
+    queue: list[QueueDepth]
+    leases: list[LeaseRow]
+    sessions: list[SessionRow]
 
 
 class BacklogRun(msgspec.Struct, kw_only=True, tag="backlog_run", omit_defaults=True):
@@ -274,6 +335,93 @@ def scheduler_status(machine: State, now: float) -> SchedulerStatus:
         claimable_run_count=len(machine.index),
         paused_task_count=len(machine.paused_tasks),
         as_of=now,
+    )
+
+
+DEFAULT_OVERVIEW_ROWS: Final = 50
+_PRIORITY_NAMES: Final = {rank: name for name, rank in PRIORITY_RANK.items()}
+
+
+def overview(
+    machine: State,
+    now: float,
+    *,
+    limit: int = DEFAULT_OVERVIEW_ROWS,
+    last_active: Callable[[Session], float],
+    waiting_claimers: int = 0,
+    last_event_seq: int = 0,
+) -> Overview:
+    """Counts, queue depth by workspace and priority, the ``limit`` leases that run out
+    first and the ``limit`` most recently active live sessions.
+
+    Queue depth is read off the claim index's lanes (no scan of the queue); leases and
+    sessions cost one pass over the live ones (an operator read, polled about once a
+    second, not a hot path). ``last_active`` tells when a session last made a request
+    (the runtime keeps that, not the state)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be a whole number from 0 to {MAX_PAGE}")
+    queue = [
+        QueueDepth(
+            workspace_id=view or None,
+            priority=_PRIORITY_NAMES.get(rank, str(rank)),
+            claimable=count,
+        )
+        for (view, rank), count in machine.index.depth().items()
+    ]
+    queue.sort(key=lambda q: (q.workspace_id or "", -PRIORITY_RANK.get(q.priority, 0)))
+    soonest = heapq.nsmallest(
+        limit,
+        machine.leased_runs(),
+        key=lambda run: (run.lease_until if run.lease_until is not None else now, run.id),
+    )
+    sessions = machine.sessions
+    leases = []
+    for run in soonest:
+        task = machine.tasks[run.task_id]
+        holder = sessions.get(run.session_id) if run.session_id is not None else None
+        leases.append(
+            LeaseRow(
+                run_id=run.id,
+                task_id=task.id,
+                title=task.title,
+                status=run.status,
+                attempt=run.attempt,
+                priority=task.priority,
+                workspace_id=task.workspace_id,
+                session_id=run.session_id,
+                agent=None if holder is None else holder.agent,
+                claimed_at=run.claimed_at,
+                heartbeat_at=run.heartbeat_at,
+                lease_until=run.lease_until,
+            )
+        )
+    live = [(last_active(s), s) for s in sessions.values() if s.state == "live"]
+    newest = heapq.nlargest(limit, live, key=lambda pair: (pair[0], pair[1].id))
+    return Overview(
+        as_of=now,
+        scheduler=scheduler_status(machine, now),
+        tasks=len(machine.tasks),
+        queued_runs=len(machine.index) + len(machine.held),
+        claimable_runs=len(machine.index),
+        held_runs=len(machine.held),
+        leased_runs=machine.leased_count(),
+        live_sessions=len(live),
+        waiting_claimers=waiting_claimers,
+        last_event_seq=last_event_seq,
+        queue=queue,
+        leases=leases,
+        sessions=[
+            SessionRow(
+                session_id=s.id,
+                agent=s.agent,
+                opened_at=s.opened_at,
+                last_active_at=active,
+                lease_run_id=s.lease_run_id,
+                parent_id=s.parent_id,
+                capabilities=s.capabilities,
+            )
+            for active, s in newest
+        ],
     )
 
 

@@ -116,6 +116,18 @@ class MemoryReads:
     def scheduler_status(self) -> views.SchedulerStatus:
         return views.scheduler_status(self._machine, self._clock.now())
 
+    def overview(self, *, limit: int = views.DEFAULT_OVERVIEW_ROWS) -> views.Overview:
+        """Counts, queue depth by workspace and priority, the ``limit`` leases that run
+        out first and the ``limit`` most recently active live sessions."""
+        return views.overview(
+            self._machine,
+            self._clock.now(),
+            limit=limit,
+            last_active=self._system.activity.last_active,
+            waiting_claimers=len(self._system.waiters),
+            last_event_seq=self.history.last_seq,
+        )
+
     def backlog(
         self,
         *,
