@@ -9,7 +9,8 @@ command's options under their flag names, dashes or underscores alike::
 
 cyclopts converts and checks each value exactly as it would the same flag, so a new option
 of the command works from the file with no change here; a flag given on the command line
-wins over the file. A missing or malformed file, a key the command does not take (a global
+wins over the file. Relative paths in it are taken from the working directory, as on the
+command line. A missing or malformed file, a key the command does not take (a global
 option such as ``socket`` included: say it with ``listen``) and a value of the wrong type
 are usage errors naming the file and the key.
 """
