@@ -8,12 +8,16 @@ package index in reach (no network, no mirror) the test is skipped, saying so.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -55,6 +59,48 @@ def pip(venv: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[s
         env=clean_env({"PIP_DISABLE_PIP_VERSION_CHECK": "1"}),
         check=False,
     )
+
+
+def _distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_third_party_import_is_a_declared_runtime_dependency() -> None:
+    """A package the code imports must be one the install brings by name, not one that only
+    happens to come along with another dependency (or with the test toolchain)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {
+        _distribution(match.group())
+        for requirement in project["dependencies"]
+        if (match := re.match(r"[A-Za-z0-9][A-Za-z0-9_.-]*", requirement))
+    }
+    imported: set[str] = set()
+    for path in (ROOT / "src" / "runlease").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(imported - set(sys.stdlib_module_names) - {"runlease", "__future__"})
+    providers = packages_distributions()
+    undeclared = [
+        module
+        for module in third_party
+        if not {_distribution(dist) for dist in providers.get(module, [module])} & declared
+    ]
+    assert "rich" in third_party  # the check sees the CLI's imports
+    assert undeclared == []
+
+
+def test_every_requirement_has_a_lower_and_an_upper_bound() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    requirements = [
+        *config["build-system"]["requires"],
+        *config["project"]["dependencies"],
+        *(r for extra in config["project"]["optional-dependencies"].values() for r in extra),
+    ]
+    unbounded = [r for r in requirements if ">=" not in r or not re.search(r"<[^=]", r)]
+    assert unbounded == []
 
 
 @pytest.mark.slow
