@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make serve` needs the package and its runtime dependencies only, not the test toolchain.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+# Options for `make serve`, e.g. SERVE_ARGS="--config runlease.toml".
+SERVE_ARGS ?=
 
 .PHONY: serve test lint typecheck unit bench bench-quick bench-cli clean
 
@@ -12,8 +16,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-serve: $(STAMP)
-	$(BIN)/runlease serve
+$(RUNTIME_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
+serve: $(RUNTIME_STAMP)
+	$(BIN)/runlease serve $(SERVE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

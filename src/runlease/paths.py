@@ -20,6 +20,8 @@ ENV_SESSION_TOKEN: Final = "RUNLEASE_SESSION_TOKEN"
 # The access token a client presents in its handshake (see ``runlease token create``).
 ENV_ACCESS_TOKEN: Final = "RUNLEASE_TOKEN"
 SOCKET_NAME: Final = "runlease.sock"
+# A TOML file of `serve`'s options (the --config global option reads it too).
+ENV_CONFIG: Final = "RUNLEASE_CONFIG"
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:

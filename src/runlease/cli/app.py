@@ -15,11 +15,13 @@ import functools
 import inspect
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from cyclopts import App, CycloptsError, Parameter
 
 from runlease.cli.commands import APP_HELP, COMMANDS, GROUPS, load
+from runlease.cli.config_file import ConfigFile
 from runlease.cli.context import execute, global_options
 from runlease.cli.output import Output, default_output, emit_error
 from runlease.cli.params import Param
@@ -69,8 +71,14 @@ def _translate(hint: Any) -> Any:
     return Annotated[(base, *translated)]
 
 
-def _launch(*tokens: str, **options: Any) -> int:
-    command, bound, _ = app.parse_args(tokens)
+def _launch(*tokens: str, config: Path | None = None, **options: Any) -> int:
+    # A config file is one more source of the command's options, read while parsing: cyclopts
+    # fills from it only what the command line left out (see runlease.cli.config_file).
+    app.config = None if config is None else ConfigFile(config)
+    try:
+        command, bound, _ = app.parse_args(tokens)
+    finally:
+        app.config = None
     return execute(command, bound.args, bound.kwargs, **options)
 
 
@@ -92,6 +100,11 @@ for _words in COMMANDS:
     _parent = app if len(_words) == 1 else _groups[_words[0]]
     _parent.command(f"{__name__}:{' '.join(_words)}", name=_words[-1], help=load(_words).__doc__)
 app.meta.default(for_cyclopts(global_options, _launch))
+# `runlease --install-completion [--shell S]`: cyclopts writes its script where the shell
+# looks for completions and adds a loader line to the shell's startup file.
+app.register_install_completion_command(
+    help="Install shell completion for runlease (bash, zsh or fish; detected if not given)."
+)
 
 
 def __getattr__(name: str) -> Callable[..., int]:

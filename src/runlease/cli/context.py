@@ -20,7 +20,7 @@ from runlease.client import Client
 from runlease.client_common import ENV_SERVER, ENV_TLS_CA, TlsFiles
 from runlease.core.model import Claim, Ownership
 from runlease.errors import InvalidInput, RunleaseError, UsageError
-from runlease.paths import ENV_ACCESS_TOKEN, ENV_SESSION_TOKEN, ENV_SOCKET
+from runlease.paths import ENV_ACCESS_TOKEN, ENV_CONFIG, ENV_SESSION_TOKEN, ENV_SOCKET
 from runlease.protocol import CLI_CLIENT_NAME
 
 # How long a command waits for the server's answer before calling it unavailable (a waiting
@@ -112,6 +112,16 @@ def global_options(
             group="Global options",
         ),
     ] = None,
+    config: Annotated[
+        Path | None,
+        Param(
+            env_var=ENV_CONFIG,
+            help="A TOML file of serve's options, named as its flags without the dashes "
+            '(data-dir = "/srv/runlease", listen = ["tcp://..."]); flags given on the '
+            "command line win. Only serve reads it.",
+            group="Global options",
+        ),
+    ] = None,
 ) -> int:
     """The options every command takes, before or after it; ``tokens`` is the command.
 
@@ -131,9 +141,11 @@ def execute(
     token: str | None = None,
     server: str | None = None,
     tls_ca: Path | None = None,
+    config: Path | None = None,
 ) -> int:
     """Run a parsed command under the global options; a refusal prints its error and exits
-    with its class's code."""
+    with its class's code. (``config`` was applied when the command line was read, by the
+    cyclopts application, for the commands that take one.)"""
     GLOBALS.server = server or None
     GLOBALS.tls_ca = tls_ca
     GLOBALS.socket = socket

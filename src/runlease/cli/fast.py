@@ -9,9 +9,10 @@ call to make.
 It is deliberately narrow: anything it is not sure to read exactly as cyclopts would (help
 and version flags, ``--``, a negative flag such as ``--no-wait``, a repeated option, a value
 that starts with ``-``, a number in another notation, a value outside a choice, a missing
-required option) makes it return None, and cyclopts parses the whole command line instead,
-with its own help and error messages. tests/test_cli_fast.py checks that whenever this
-module answers, cyclopts gives the same answer.
+required option, a config file for a command that reads one) makes it return None, and
+cyclopts parses the whole command line instead, with its own help and error messages.
+tests/test_cli_fast.py checks that whenever this module answers, cyclopts gives the same
+answer.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Annotated, Any, Literal, NamedTuple
 
-from runlease.cli.commands import COMMANDS, GROUPS, Command, load
+from runlease.cli.commands import COMMANDS, CONFIGURABLE, GROUPS, Command, load
 from runlease.cli.context import global_options
 from runlease.cli.params import FAST_OPTIONS, Param, default_flag
 
@@ -72,6 +73,7 @@ def parse(tokens: Sequence[str], env: Mapping[str, str]) -> Invocation | None:
     try:
         options, rest = _scan(_signature(global_options), tokens, env, leave_others=True)
         words = _command_words(rest)
+        _no_config_file(words, options)
         command = load(words)
         signature = _signature(command)
         values, positional = _scan(signature, rest[len(words) :], env)
@@ -88,6 +90,13 @@ def _command_words(rest: Sequence[str]) -> tuple[str, ...]:
     if rest and (rest[0],) in COMMANDS:
         return (rest[0],)
     raise _Unsure
+
+
+def _no_config_file(words: tuple[str, ...], options: Mapping[str, Any]) -> None:
+    """A command that reads a config file and is given one is cyclopts' to run: it applies
+    the file beneath the flags."""
+    if words in CONFIGURABLE and options.get("config") is not None:
+        raise _Unsure
 
 
 def _scan(

@@ -58,6 +58,7 @@ _SCHEDULER = "runlease.cli.commands.scheduler"
 _EVENTS = "runlease.cli.commands.events"
 _HOOKS = "runlease.cli.commands.hooks"
 _TOKENS = "runlease.cli.commands.tokens"
+_COMPLETION = "runlease.cli.commands.completion"
 
 # The words of a command -> "module:function".
 COMMANDS: Final[dict[tuple[str, ...], str]] = {
@@ -117,9 +118,14 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("token", "create"): f"{_TOKENS}:token_create",
     ("token", "list"): f"{_TOKENS}:token_list",
     ("token", "revoke"): f"{_TOKENS}:token_revoke",
+    ("completion",): f"{_COMPLETION}:completion",
 }
 
 Command = Callable[..., int]
+
+# Commands whose options may also come from a TOML file (--config or $RUNLEASE_CONFIG): the
+# cyclopts application reads their command lines, the file's values beneath the flags.
+CONFIGURABLE: Final[frozenset[tuple[str, ...]]] = frozenset({("serve",)})
 
 
 def load(words: tuple[str, ...]) -> Command:

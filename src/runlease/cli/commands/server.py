@@ -162,6 +162,14 @@ def serve(
             negative=(),
         ),
     ] = False,
+    print_systemd: Annotated[
+        bool,
+        Param(
+            help="Print a systemd unit that runs this server with these options (the "
+            "command line and --config merged), and exit without serving.",
+            negative=(),
+        ),
+    ] = False,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -169,7 +177,11 @@ def serve(
     ~/.local/share/runlease; the socket to --socket, else $RUNLEASE_SOCKET, else
     <data dir>/runlease.sock. With --listen, exactly the addresses given (unix:PATH,
     tcp://HOST:PORT); TCP takes --tls-cert and --tls-key. Log lines go to stderr as JSON.
+    Options may also come from a TOML file (--config FILE or $RUNLEASE_CONFIG).
     """
+    # Every option as given, before anything else is bound here: --print-systemd writes
+    # them back out.
+    given = dict(locals())
     # The server (and trio with it) loads only here: client commands never pay for it.
     from runlease.runtime.serve import configure_logging, run_server
     from runlease.runtime.server import ServerLimits
@@ -205,6 +217,8 @@ def serve(
     addresses, tls = _listeners(
         listen or [], socket_path, tls_cert, tls_key, tls_client_ca, insecure_plaintext
     )
+    if print_systemd:
+        return _print_systemd(given, directory, addresses, hooks)
     configure_logging()
     run_server(
         None,
@@ -222,6 +236,46 @@ def serve(
         listen=addresses,
         tls=tls,
         insecure_plaintext=insecure_plaintext,
+    )
+    return 0
+
+
+def _print_systemd(
+    given: dict[str, object], directory: Path, addresses: list[ServerAddress], hooks: list[Hook]
+) -> int:
+    """Print the systemd unit of ``serve`` with the options ``given``; serve nothing."""
+    from runlease.cli.systemd import current_user, option_flags, runlease_executable, serve_unit
+    from runlease.runtime.server import DEFAULT_SHUTDOWN_GRACE
+
+    directory = directory.absolute()
+    command = [
+        *runlease_executable(),
+        "serve",
+        "--data-dir",
+        str(directory),
+        *option_flags(serve, given, leave_out=("data_dir", "print_systemd")),
+    ]
+    if GLOBALS.socket is not None:
+        command += ["--socket", str(GLOBALS.socket.expanduser().absolute())]
+    sockets = [
+        address.path.absolute()
+        for address in addresses
+        if address.kind == "unix" and address.path is not None
+    ]
+    print(
+        serve_unit(
+            command,
+            data_dir=directory,
+            sockets=sockets,
+            working_dir=Path.cwd(),
+            user=current_user(),
+            shutdown_grace=DEFAULT_SHUTDOWN_GRACE,
+            exec_hooks=any(hook.is_exec for hook in hooks),
+            hook_secret_from_env=given.get("hook_secret_file") is None
+            and any(not hook.is_exec for hook in hooks),
+            tcp=any(address.kind == "tcp" for address in addresses),
+        ),
+        end="",
     )
     return 0
 
