@@ -117,6 +117,7 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("token", "create"): f"{_TOKENS}:token_create",
     ("token", "list"): f"{_TOKENS}:token_list",
     ("token", "revoke"): f"{_TOKENS}:token_revoke",
+    ("top",): "runlease.cli.commands.top:top",
 }
 
 Command = Callable[..., int]
