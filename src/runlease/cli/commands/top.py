@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol
 from runlease.cli.context import GLOBALS, show
 from runlease.cli.output import plain
 from runlease.cli.params import Param
-from runlease.cli.top_screen import ServerInfo, render_top
 from runlease.errors import Unavailable, UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
+    from runlease.cli.top_screen import ServerInfo
     from runlease.client import Client
     from runlease.core.model import Event
     from runlease.core.views import Overview
@@ -137,6 +137,8 @@ class Watcher:
             status = client.status()
             self._welcome = client.welcome
             self._uptime = (status.uptime_seconds, self.clock())
+            from runlease.cli.top_screen import ServerInfo
+
             self.server = ServerInfo(address=_address(client), version=status.version)
         last = self.events[-1].seq if self.events else 0
         if view.last_event_seq < last:  # a new store: its sequence starts over
@@ -155,7 +157,10 @@ class Watcher:
         return self.overview.as_of + (self.clock() - self.fetched_at)
 
     def frame(self, *, height: int | None) -> RenderableType:
+        # rich loads only here: the command table imports this module on every command.
         from rich.text import Text
+
+        from runlease.cli.top_screen import render_top
 
         if self.overview is None:
             return Text(self.notice or "connecting...")
