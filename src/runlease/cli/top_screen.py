@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 # is left: the moment to look at it before it expires.
 URGENT_SECONDS: Final = 10.0
 URGENT_SHARE: Final = 0.10
+# Rows each section takes per turn when the height is shared out (queue, leases,
+# sessions, events): the leases running down are what the view is for.
+SECTION_WEIGHTS: Final = (1, 2, 1, 1)
 # Wider consoles have room for the ids that are left out at 80 columns.
 WIDE: Final = 110
 
@@ -96,7 +99,9 @@ class TopScreen:
             shares = [section.wanted for section in sections]
         else:
             overhead = len(header) + sum(section.overhead for section in sections)
-            shares = share_rows(self.height - overhead, [s.wanted for s in sections])
+            shares = share_rows(
+                self.height - overhead, [s.wanted for s in sections], SECTION_WEIGHTS
+            )
         parts: list[RenderableType] = list(header)
         for section, rows in zip(sections, shares, strict=True):
             parts.extend(section.render(rows, console, options))
@@ -326,17 +331,22 @@ class Section:
             yield Text(f"+{hidden} more", style="dim italic", no_wrap=True)
 
 
-def share_rows(budget: int, wanted: Sequence[int]) -> list[int]:
-    """Lines for each section out of ``budget``: one at a time to each in turn while it
-    wants more, so a long section cannot push the others off the screen."""
+def share_rows(
+    budget: int, wanted: Sequence[int], weights: Sequence[int] | None = None
+) -> list[int]:
+    """Lines for each section out of ``budget``: in turns, each section taking up to its
+    weight in lines per turn while it wants more, so a long section cannot push the others
+    off the screen (and the leases, weighted higher, get the larger share)."""
+    weights = weights or [1] * len(wanted)
     given = [0] * len(wanted)
     budget = max(budget, 0)
     while budget > 0:
         progressed = False
         for index, want in enumerate(wanted):
-            if budget > 0 and given[index] < want:
-                given[index] += 1
-                budget -= 1
+            take = min(weights[index], want - given[index], budget)
+            if take > 0:
+                given[index] += take
+                budget -= take
                 progressed = True
         if not progressed:
             break
