@@ -5,6 +5,7 @@ while watching, and Ctrl-C."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import select
@@ -88,6 +89,21 @@ def test_a_pipe_gets_one_frame_unless_an_interval_is_given(cli: Cli) -> None:
         assert watching.wait(timeout=STOP_TIMEOUT) == 0
         assert watching.stderr is not None
         assert watching.stderr.read() == ""
+    finally:
+        watching.kill()
+        watching.wait()
+
+
+def test_json_watching_prints_one_overview_line_per_interval(cli: Cli) -> None:
+    watching = cli.popen("top", "--interval", "0.2", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert watching.stdout is not None
+        out = LineReader(watching.stdout)
+        for _ in range(2):
+            line = out.wait_for(lambda line: line.startswith("{"), START_TIMEOUT)
+            assert set(json.loads(line)) == {"overview"}
+        watching.send_signal(signal.SIGINT)
+        assert watching.wait(timeout=STOP_TIMEOUT) == 0
     finally:
         watching.kill()
         watching.wait()

@@ -338,12 +338,18 @@ def _hooks(specs: list[str], secret_file: Path | None) -> list[Hook]:
 def status(
     *,
     watch: Annotated[
-        bool, Param(help="Keep watching, as runlease top does (with its --interval and --once).")
+        bool,
+        Param(
+            help="Keep watching, as runlease top does (with its --interval and --once).",
+            negative=(),
+        ),
     ] = False,
     interval: Annotated[
         float | None, Param(help="With --watch: ask the server every SECONDS (default 1).")
     ] = None,
-    once: Annotated[bool, Param(help="With --watch: print one frame and exit.")] = False,
+    once: Annotated[
+        bool, Param(help="With --watch: print one frame and exit.", negative=())
+    ] = False,
 ) -> int:
     """Is the server up, has recovery finished, and how much is in it; --watch shows the
     live view of runlease top instead."""

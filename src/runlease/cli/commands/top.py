@@ -55,10 +55,18 @@ def top(
         Param(help="Ask the server every SECONDS (default 1); between asks, countdowns tick."),
     ] = None,
     once: Annotated[
-        bool, Param(help="Print one frame and exit (what a pipe gets unless --interval is given).")
+        bool,
+        Param(
+            help="Print one frame and exit (what a pipe gets unless --interval is given).",
+            negative=(),
+        ),
     ] = False,
     json: Annotated[
-        bool, Param(help="With --once: print the overview as JSON (same as -o json).")
+        bool,
+        Param(
+            help="Print the overview as JSON, one line per frame (same as -o json).",
+            negative=(),
+        ),
     ] = False,
 ) -> int:
     """A live view of the server: scheduler, counts, queue depth, leases running down,
@@ -128,6 +136,7 @@ class Watcher:
         # Status is read again once per connection: a new one may be a restarted server.
         self._welcome: object = None
         self._redraw: Callable[[], None] | None = None
+        self._redraws_in_place = False
 
     def refresh(self, client: Caller, *, rows: int) -> None:
         """Fetch the overview, the server's status on a new connection, and new events."""
@@ -191,8 +200,6 @@ class Watcher:
         in place, else once per outage (printed frames would repeat)."""
         self._redraw = redraw
         self._redraws_in_place = in_place
-
-    _redraws_in_place = False
 
 
 def _live(watcher: Watcher, client: Client, console: Console, period: float) -> None:
