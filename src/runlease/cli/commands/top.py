@@ -83,23 +83,25 @@ def watch(*, interval: float | None, once: bool, json: bool = False) -> int:
     single = once or (not terminal and interval is None)
     as_json = json or GLOBALS.output == "json"
     watcher = Watcher()
-    client = GLOBALS.client(sleep=watcher.reconnecting)
+    try:
+        client = GLOBALS.client(sleep=watcher.reconnecting)
+    except KeyboardInterrupt:
+        return 0  # Ctrl-C is how a watch ends, even before it began
     try:
         if as_json:
-            return _print_json(watcher, client, single, period)
+            return _print_json(client, single, period)
         from rich.console import Console
 
         console = Console()
         if single:
             watcher.refresh(client, rows=_rows(console, terminal))
             console.print(watcher.frame(height=_height(console, terminal)))
-            return 0
-        if terminal:
+        elif terminal:
             _live(watcher, client, console, period)
         else:
             _print_frames(watcher, client, console, period)
     except KeyboardInterrupt:
-        return 0  # Ctrl-C is how a watch ends
+        pass
     finally:
         client.close()
     return 0
@@ -228,11 +230,10 @@ def _print_frames(watcher: Watcher, client: Client, console: Console, period: fl
     _loop(watcher, client, redraw, period, rows=lambda: UNBOUNDED_ROWS, tick=period)
 
 
-def _print_json(watcher: Watcher, client: Client, single: bool, period: float) -> int:
+def _print_json(client: Client, single: bool, period: float) -> int:
+    """The overview as JSON: one document, or one line per interval."""
     while True:
-        watcher.refresh(client, rows=UNBOUNDED_ROWS)
-        assert watcher.overview is not None
-        show({"overview": plain(watcher.overview)})
+        show({"overview": plain(client.overview(limit=UNBOUNDED_ROWS))})
         if single:
             return 0
         time.sleep(period)
