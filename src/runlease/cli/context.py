@@ -39,7 +39,8 @@ class Globals:
         self.server: str | None = None
         self.tls_ca: Path | None = None
 
-    def client(self) -> Client:
+    def client(self, **options: Any) -> Client:
+        """A connected client; ``options`` are more keyword arguments of :class:`Client`."""
         # --server (or $RUNLEASE_SERVER) names any server; else the Unix socket.
         return Client(
             self.server or self.socket,
@@ -49,6 +50,7 @@ class Globals:
             reply_timeout=REPLY_TIMEOUT,
             client_name=CLI_CLIENT_NAME,
             tls=TlsFiles.from_env(ca=self.tls_ca),
+            **options,
         ).connect()
 
 

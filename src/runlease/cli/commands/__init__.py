@@ -119,6 +119,7 @@ COMMANDS: Final[dict[tuple[str, ...], str]] = {
     ("token", "list"): f"{_TOKENS}:token_list",
     ("token", "revoke"): f"{_TOKENS}:token_revoke",
     ("completion",): f"{_COMPLETION}:completion",
+    ("top",): "runlease.cli.commands.top:top",
 }
 
 Command = Callable[..., int]

@@ -389,8 +389,30 @@ def _hooks(specs: list[str], secret_file: Path | None) -> list[Hook]:
     return hooks
 
 
-def status() -> int:
-    """Is the server up, has recovery finished, and how much is in it."""
+def status(
+    *,
+    watch: Annotated[
+        bool,
+        Param(
+            help="Keep watching, as runlease top does (with its --interval and --once).",
+            negative=(),
+        ),
+    ] = False,
+    interval: Annotated[
+        float | None, Param(help="With --watch: ask the server every SECONDS (default 1).")
+    ] = None,
+    once: Annotated[
+        bool, Param(help="With --watch: print one frame and exit.", negative=())
+    ] = False,
+) -> int:
+    """Is the server up, has recovery finished, and how much is in it; --watch shows the
+    live view of runlease top instead."""
+    if watch:
+        from runlease.cli.commands.top import watch as watch_top
+
+        return watch_top(interval=interval, once=once)
+    if interval is not None or once:
+        raise UsageError("--interval and --once go with --watch")
     with connect() as client:
         info = client.status()
     document = plain(info)
