@@ -65,8 +65,17 @@ def _translate(hint: Any) -> Any:
     if typing.get_origin(hint) is not Annotated:
         return hint
     base, *extras = typing.get_args(hint)
-    translated = [Parameter(**x.options) if isinstance(x, Param) else x for x in extras]
+    translated = [_parameter(x) if isinstance(x, Param) else x for x in extras]
     return Annotated[(base, *translated)]
+
+
+def _parameter(param: Param) -> Parameter:
+    options = dict(param.options)
+    parse = options.pop("parse", None)
+    if parse is not None:
+        # A ValueError's message becomes cyclopts' "Invalid value for --flag: ...".
+        options["converter"] = lambda _type, tokens: parse(tokens[0].value)
+    return Parameter(**options)
 
 
 def _launch(*tokens: str, **options: Any) -> int:
