@@ -119,10 +119,20 @@ def run_cyclopts(tokens: list[str]) -> int:
         )
     except CycloptsError as exc:
         output = _output_from_argv(tokens) or default_output()
+        if _stdout_is_for_a_script(tokens):
+            output = "table"  # the error on stderr, so it is never taken for the value
         message = " ".join(str(exc).split()) or type(exc).__name__
         emit_error(USAGE, f"{message} (see runlease --help)", output)
         return UsageError.exit_code
     return result if isinstance(result, int) else 0
+
+
+def _stdout_is_for_a_script(tokens: Sequence[str]) -> bool:
+    """Whether the command line asks for a bare value (--field) or shell code (--export)."""
+    return any(
+        token in ("--field", "--export") or token.startswith(("--field=", "--export="))
+        for token in tokens
+    )
 
 
 def _output_from_argv(tokens: Sequence[str]) -> Output | None:
