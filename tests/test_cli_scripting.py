@@ -287,7 +287,7 @@ def test_session_list_table_has_the_columns_an_operator_reads_first(
     out = render({"sessions": [session]}, capsys, monkeypatch, 80)
     header = next(line for line in out.splitlines() if "agent" in line)
     assert re.findall(r"[a-z_]+", header) == ["id", "agent", "state", "lease_run_id",
-                                              "last_active_at"]  # fmt: skip
+                                              "age_seconds", "last_active_at"]  # fmt: skip
     assert any(session["id"] in line and LONG_ID in line for line in out.splitlines()), out
 
 

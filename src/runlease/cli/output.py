@@ -193,8 +193,8 @@ TableLayout = Mapping[str, tuple[str, ...]]
 LIST_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "tasks": ("id", "title", "status", "priority", "workspace_id", "current_run_id", "created_at"),
     "runs": ("id", "status", "attempt", "session_id", "lease_until", "reason", "error"),
-    # What an operator reads first; parent, ttl and age stay in --json.
-    "sessions": ("id", "agent", "state", "lease_run_id", "last_active_at"),
+    # What an operator reads first; the parent, the ttl and when it opened stay in --json.
+    "sessions": ("id", "agent", "state", "lease_run_id", "age_seconds", "last_active_at"),
     "events": ("seq", "at", "kind", "task_id", "run_id", "session_id", "data"),
     "checkpoints": ("at", "author", "run_id", "note"),
     "stuck": ("task_id", "run_id", "session_id", "kind", "since", "seconds"),
