@@ -209,10 +209,4 @@ def test_a_starvation_time_that_is_not_positive_is_a_usage_error(tmp_path: Path)
             stdin=subprocess.DEVNULL,
         )
         assert done.returncode == 2, (value, done.stdout, done.stderr)
-        # inf is not a duration at all; 0 and -5 are, but not a positive one.
-        expected = (
-            "--starve-after: expected seconds"
-            if value == "inf"
-            else "--starve-after takes a positive number of seconds"
-        )
-        assert expected in done.stdout + done.stderr
+        assert "--starve-after takes a positive number of seconds" in done.stdout + done.stderr

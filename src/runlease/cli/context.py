@@ -208,6 +208,8 @@ def show_event(event: dict[str, Any]) -> None:
 
 
 def check_field_path(path: str) -> None:
+    """Refuse a malformed --field before the command runs (a missing key can only be told
+    from the answer)."""
     if not path or any(not step for step in path.split(".")):
         raise UsageError(
             f"--field takes a PATH of keys and list indexes joined by dots, like run.id or "

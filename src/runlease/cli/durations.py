@@ -2,15 +2,13 @@
 
 Every option that takes seconds reads its value with :func:`parse_duration`, through
 :func:`duration` (its ``Param``), so the forms accepted and the message for a wrong one are
-the same everywhere. A bare number is seconds, read as before (``1.5``, ``1e3``) except that
-inf and nan are refused; otherwise
+the same everywhere. A bare number is seconds, read as before (``1.5``, ``1e3``); otherwise
 the value is one or more NUMBER+UNIT parts with units d, h, m, s, largest first and each at
 most once, so a typo such as ``5m1h`` is refused instead of guessed at.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Final
 
@@ -25,14 +23,10 @@ _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([dhms])")
 def parse_duration(text: str) -> float:
     """Seconds from ``text``; ``ValueError`` naming the accepted forms otherwise."""
     try:
-        seconds = float(text)
+        # Read as before: each option judges its own range (inf included).
+        return float(text)
     except ValueError:
         pass
-    else:
-        # inf and nan are numbers to Python, never a length of time.
-        if math.isfinite(seconds):
-            return seconds
-        raise ValueError(f"expected {DURATION_FORMS}, got {text!r}")
     total = 0.0
     position = 0
     previous_rank = -1

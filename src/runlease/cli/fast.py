@@ -17,6 +17,7 @@ module answers, cyclopts gives the same answer.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -232,9 +233,12 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
     def convert(text: str) -> Any:
         try:
-            return parse(text)
+            value = parse(text)
         except ValueError:
             raise _Unsure from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Unsure  # inf and nan: left to cyclopts, as for a plain number
+        return value
 
     return convert
 
