@@ -67,8 +67,17 @@ def _translate(hint: Any) -> Any:
     if typing.get_origin(hint) is not Annotated:
         return hint
     base, *extras = typing.get_args(hint)
-    translated = [Parameter(**x.options) if isinstance(x, Param) else x for x in extras]
+    translated = [_parameter(x) if isinstance(x, Param) else x for x in extras]
     return Annotated[(base, *translated)]
+
+
+def _parameter(param: Param) -> Parameter:
+    options = dict(param.options)
+    parse = options.pop("parse", None)
+    if parse is not None:
+        # A ValueError's message becomes cyclopts' "Invalid value for --flag: ...".
+        options["converter"] = lambda _type, tokens: parse(tokens[0].value)
+    return Parameter(**options)
 
 
 def _launch(*tokens: str, config: Path | None = None, **options: Any) -> int:
@@ -123,10 +132,20 @@ def run_cyclopts(tokens: list[str]) -> int:
         )
     except CycloptsError as exc:
         output = _output_from_argv(tokens) or default_output()
+        if _stdout_is_for_a_script(tokens):
+            output = "table"  # the error on stderr, so it is never taken for the value
         message = " ".join(str(exc).split()) or type(exc).__name__
         emit_error(USAGE, f"{message} (see runlease --help)", output)
         return UsageError.exit_code
     return result if isinstance(result, int) else 0
+
+
+def _stdout_is_for_a_script(tokens: Sequence[str]) -> bool:
+    """Whether the command line asks for a bare value (--field) or shell code (--export)."""
+    return any(
+        token in ("--field", "--export") or token.startswith(("--field=", "--export="))
+        for token in tokens
+    )
 
 
 def _output_from_argv(tokens: Sequence[str]) -> Output | None:

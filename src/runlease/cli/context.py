@@ -12,16 +12,27 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
-from runlease.cli.output import Output, default_output, emit, emit_error, plain
+from runlease.cli.output import (
+    NoSuchField,
+    Output,
+    TableLayout,
+    default_output,
+    emit,
+    emit_error,
+    emit_event,
+    field_text,
+    field_value,
+    plain,
+)
 from runlease.cli.params import Param
 from runlease.client import Client
 from runlease.client_common import ENV_SERVER, ENV_TLS_CA, TlsFiles
 from runlease.core.model import Claim, Ownership
-from runlease.errors import InvalidInput, RunleaseError, UsageError
+from runlease.errors import PAYLOAD_TOO_LARGE, InvalidInput, RunleaseError, UsageError
 from runlease.paths import ENV_ACCESS_TOKEN, ENV_CONFIG, ENV_SESSION_TOKEN, ENV_SOCKET
-from runlease.protocol import CLI_CLIENT_NAME
+from runlease.protocol import CLI_CLIENT_NAME, MAX_FRAME_BYTES
 
 # How long a command waits for the server's answer before calling it unavailable (a waiting
 # `task next` adds its own --timeout; without one it waits as long as it takes).
@@ -38,6 +49,11 @@ class Globals:
         self.token: str | None = None
         self.server: str | None = None
         self.tls_ca: Path | None = None
+        # --field: print only this value of the answer (and errors on stderr).
+        self.field: str | None = None
+        # Where an error goes: a table means one line on stderr, so that stdout holds only
+        # what a script asked for (--field, session open --export).
+        self.error_output: Output = "json"
 
     def client(self, **options: Any) -> Client:
         """A connected client; ``options`` are more keyword arguments of :class:`Client`."""
@@ -124,6 +140,15 @@ def global_options(
             group="Global options",
         ),
     ] = None,
+    field: Annotated[
+        str | None,
+        Param(
+            help="Print only this value of the JSON answer, e.g. run.id or tasks.0.id: a "
+            "string as is, null as an empty line, anything else as JSON. Errors go to "
+            "stderr; a PATH the answer lacks exits 2.",
+            group="Global options",
+        ),
+    ] = None,
 ) -> int:
     """The options every command takes, before or after it; ``tokens`` is the command.
 
@@ -144,6 +169,7 @@ def execute(
     server: str | None = None,
     tls_ca: Path | None = None,
     config: Path | None = None,
+    field: str | None = None,
 ) -> int:
     """Run a parsed command under the global options; a refusal prints its error and exits
     with its class's code. (``config`` was applied when the command line was read, by the
@@ -151,13 +177,18 @@ def execute(
     GLOBALS.server = server or None
     GLOBALS.tls_ca = tls_ca
     GLOBALS.socket = socket
-    GLOBALS.output = output or default_output()
+    # A script asking for one value reads the answer as JSON, whatever stdout is.
+    GLOBALS.output = "json" if field is not None else output or default_output()
     GLOBALS.session_token = session_token or None
     GLOBALS.token = token or None
+    GLOBALS.field = field
+    GLOBALS.error_output = "table" if field is not None else GLOBALS.output
     try:
+        if field is not None:
+            check_field_path(field)
         result = command(*args, **kwargs)
     except RunleaseError as exc:
-        emit_error(exc.code, exc.message, GLOBALS.output)
+        emit_error(exc.code, exc.message, GLOBALS.error_output)
         return exc.exit_code
     return int(result or 0)
 
@@ -172,10 +203,41 @@ def connect() -> Iterator[Client]:
         client.close()
 
 
-def show(document: dict[str, Any]) -> int:
-    """Print a command's result in the chosen output; the command worked (exit 0)."""
-    emit(document, GLOBALS.output)
+def show(document: dict[str, Any], *, table: TableLayout | None = None) -> int:
+    """Print a command's result in the chosen output (``table`` picks what a table shows;
+    JSON holds everything); the command worked (exit 0)."""
+    if GLOBALS.field is not None:
+        _print_field(document, GLOBALS.field)
+    else:
+        emit(document, GLOBALS.output, table)
     return 0
+
+
+def show_event(event: dict[str, Any]) -> None:
+    """One followed event (an NDJSON line, a row of text, or its --field value)."""
+    if GLOBALS.field is not None:
+        _print_field(event, GLOBALS.field)
+    else:
+        emit_event(event, GLOBALS.output)
+
+
+def check_field_path(path: str) -> None:
+    """Refuse a malformed --field before the command runs (a missing key can only be told
+    from the answer)."""
+    if not path or any(not step for step in path.split(".")):
+        raise UsageError(
+            f"--field takes a PATH of keys and list indexes joined by dots, like run.id or "
+            f"tasks.0.id; got {path!r}"
+        )
+
+
+def _print_field(document: Any, path: str) -> None:
+    try:
+        value = field_value(document, path)
+    except NoSuchField as exc:
+        raise UsageError(f"--field {path}: {exc.args[0]} (the command itself did run)") from None
+    sys.stdout.write(field_text(value) + "\n")
+    sys.stdout.flush()
 
 
 def show_claim(claim: Claim) -> int:
@@ -183,10 +245,30 @@ def show_claim(claim: Claim) -> int:
     return show({"task": plain(claim.task), "run": plain(claim.run), "lease": plain(claim.lease)})
 
 
+def json_param(**options: Any) -> Param:
+    """The ``Param`` of an option whose value is JSON: ``options`` as for any ``Param``, and
+    ``-`` (standard input) or ``@FILE`` accepted in place of the JSON itself."""
+    help_text = options.pop("help", "")
+    forms = "- reads it from standard input, @FILE from a file."
+    return Param(allow_leading_hyphen=True, help=f"{help_text} {forms}".strip(), **options)
+
+
 def json_arg(text: str | None, flag: str, *, object_only: bool = False) -> Any:
-    """The JSON value given to ``flag``, or None when the flag was not given."""
+    """The JSON value given to ``flag``, or None when the flag was not given.
+
+    ``-`` reads the JSON from standard input and ``@PATH`` from a file (neither is JSON,
+    so no literal value is taken for them)."""
     if text is None:
         return None
+    if text == "-":
+        text = _read_json_source(sys.stdin.buffer, flag, "standard input")
+    elif text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            with path.open("rb") as stream:
+                text = _read_json_source(stream, flag, str(path))
+        except OSError as exc:
+            raise UsageError(f"{flag} {text}: cannot read {path}: {exc.strerror}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -196,6 +278,22 @@ def json_arg(text: str | None, flag: str, *, object_only: bool = False) -> Any:
     if object_only and not isinstance(value, dict):
         raise InvalidInput(f'{flag} must be a JSON object, like \'{{"key": "value"}}\'')
     return value
+
+
+def _read_json_source(stream: BinaryIO, flag: str, where: str) -> str:
+    """The text of a JSON value read from ``stream``; refused when larger than a request
+    may carry (the server checks the payload's own limits as for any value)."""
+    data = stream.read(MAX_FRAME_BYTES + 1)
+    if len(data) > MAX_FRAME_BYTES:
+        raise InvalidInput(
+            f"{flag}: {where} holds more than {MAX_FRAME_BYTES} bytes, more than a request "
+            "may carry",
+            code=PAYLOAD_TOO_LARGE,
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{flag}: {where} is not UTF-8 text") from None
 
 
 def owner(session: str | None, agent: str | None) -> Ownership | None:

@@ -18,6 +18,7 @@ answer.
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +59,8 @@ class _Option(NamedTuple):
     convert: Callable[[str], Any] | None  # None: a flag, present or absent
     repeatable: bool
     env_var: str | None
+    # Takes a value starting with "-"; read here only when it is "-" alone (stdin).
+    leading_hyphen: bool = False
 
 
 class _Signature:
@@ -130,7 +133,9 @@ def _scan(
             text = inline
             if not text:
                 raise _Unsure
-        elif index < len(tokens) and not tokens[index].startswith("-"):
+        elif index < len(tokens) and (
+            not tokens[index].startswith("-") or (option.leading_hyphen and tokens[index] == "-")
+        ):
             text = tokens[index]
             index += 1
         else:
@@ -186,11 +191,13 @@ def _signature(function: Callable[..., Any]) -> _Signature:
             )
         repeatable = typing.get_origin(hint) is list
         item = typing.get_args(hint)[0] if repeatable else hint
+        parse = None if param is None else param.options.get("parse")
         option = _Option(
             parameter=parameter.name,
-            convert=None if item is bool else _converter(item),
+            convert=_parsed(parse) if parse else None if item is bool else _converter(item),
             repeatable=repeatable,
             env_var=None if param is None else param.options.get("env_var"),
+            leading_hyphen=param is not None and bool(param.options.get("allow_leading_hyphen")),
         )
         for flag in param.names(parameter.name) if param else (default_flag(parameter.name),):
             signature.options[flag] = option
@@ -228,6 +235,21 @@ def _converter(hint: Any) -> Callable[[str], Any]:
     if typing.get_origin(hint) is Literal:
         return _choice(frozenset(typing.get_args(hint)))
     raise Unreadable(f"the fast path cannot convert to {hint!r}")
+
+
+def _parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An option's own reader (``Param(parse=...)``); a wrong value is cyclopts' to report."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise _Unsure from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _Unsure  # inf and nan: left to cyclopts, as for a plain number
+        return value
+
+    return convert
 
 
 def _integer(text: str) -> int:

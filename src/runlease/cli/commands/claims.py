@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NamedTuple
 
-from runlease.cli.context import connect, json_arg, show, show_claim, spinner
+from runlease.cli.context import connect, json_arg, json_param, show, show_claim, spinner
+from runlease.cli.durations import duration
 from runlease.cli.output import plain
 from runlease.cli.params import Param
 from runlease.core.model import Finished, Priority, Run
@@ -16,10 +17,10 @@ def task_next(
     *,
     wait: Annotated[bool, Param(help="Wait for a claimable run to arrive.")] = False,
     timeout: Annotated[
-        float | None, Param(help="Give up waiting after SECONDS (implies --wait).")
+        float | None, duration(help="Give up waiting after SECONDS (implies --wait).")
     ] = None,
     lease_seconds: Annotated[
-        float | None, Param(help="Lease length; 0 or omitted means 300, capped at 24 h.")
+        float | None, duration(help="Lease length; 0 or omitted means 300, capped at 24 h.")
     ] = None,
     workspace: Annotated[
         str | None, Param(help="Only runs of this workspace (without it: only tasks with none).")
@@ -55,7 +56,7 @@ def task_next(
 
 
 ClaimLease = Annotated[
-    float | None, Param(help="Lease length; 0 or omitted means 300, capped at 24 h.")
+    float | None, duration(help="Lease length; 0 or omitted means 300, capped at 24 h.")
 ]
 ClaimWorkspace = Annotated[
     str | None,
@@ -148,11 +149,13 @@ NextWait = Annotated[
 ]
 NextTimeout = Annotated[
     float | None,
-    Param(help="With --next: give up waiting after SECONDS (implies --wait).", group="Claim next"),
+    duration(
+        help="With --next: give up waiting after SECONDS (implies --wait).", group="Claim next"
+    ),
 ]
 NextLease = Annotated[
     float | None,
-    Param(help="With --next: lease length of the new claim.", group="Claim next"),
+    duration(help="With --next: lease length of the new claim.", group="Claim next"),
 ]
 NextWorkspace = Annotated[
     str | None, Param(help="With --next: only runs of this workspace.", group="Claim next")
@@ -253,7 +256,7 @@ def task_heartbeat(
     /,
     *,
     lease_seconds: Annotated[
-        float | None, Param(help="New lease length from now; 0 or omitted means 300.")
+        float | None, duration(help="New lease length from now; 0 or omitted means 300.")
     ] = None,
 ) -> int:
     """Renew the session's lease on a run: lease_until = now + lease seconds.
@@ -272,7 +275,7 @@ def task_complete(
     run_id: str,
     /,
     *,
-    result: Annotated[str | None, Param(help="A JSON result to keep with the run.")] = None,
+    result: Annotated[str | None, json_param(help="A JSON result to keep with the run.")] = None,
     next_: NextFlag = False,
     wait: NextWait = False,
     timeout: NextTimeout = None,
@@ -311,7 +314,7 @@ def task_fail(
     /,
     *,
     error: Annotated[str, Param(help="What went wrong.")],
-    metadata: Annotated[str | None, Param(help="A JSON object with details.")] = None,
+    metadata: Annotated[str | None, json_param(help="A JSON object with details.")] = None,
     next_: NextFlag = False,
     wait: NextWait = False,
     timeout: NextTimeout = None,
@@ -409,7 +412,7 @@ def task_steal(
         bool, Param(negative=(), help="Only if its lease has run out (atomic).")
     ] = False,
     force: Annotated[bool, Param(negative=(), help="Take even a live lease.")] = False,
-    lease_seconds: Annotated[float | None, Param(help="Length of the new lease.")] = None,
+    lease_seconds: Annotated[float | None, duration(help="Length of the new lease.")] = None,
     reason: Annotated[str | None, Param(help="Why it is taken over.")] = None,
 ) -> int:
     """Take a task's current run for this session under a new lease (session-scoped).

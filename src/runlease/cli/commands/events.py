@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from runlease.cli.context import GLOBALS, connect, show
-from runlease.cli.output import emit_event, plain
+from runlease.cli.context import connect, show, show_event
+from runlease.cli.output import plain
 from runlease.cli.params import Param
 
 
@@ -46,7 +46,7 @@ def events(
             after_seq=after, task_id=task, run_id=run, session_id=session, kinds=kind
         ) as stream:
             for event in stream:
-                emit_event(plain(event), GLOBALS.output)
+                show_event(plain(event))
     return 0
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from runlease.cli.context import connect, json_arg, owner, show
+from runlease.cli.context import connect, json_arg, json_param, owner, show
+from runlease.cli.durations import duration
 from runlease.cli.output import plain
 from runlease.cli.params import Param
 from runlease.core.model import Priority
@@ -76,7 +77,7 @@ def task_update(
     priority: Annotated[Priority | None, Param(help="A new priority.")] = None,
     max_attempts: Annotated[int | None, Param(help="Runs allowed, 1 to 10.")] = None,
     metadata: Annotated[
-        str | None, Param(help="A JSON object replacing the task's metadata.")
+        str | None, json_param(help="A JSON object replacing the task's metadata.")
     ] = None,
     capability: Annotated[
         list[str] | None, Param(help="Replace the required capabilities (repeatable).")
@@ -93,7 +94,7 @@ def task_update(
     ] = None,
     stale_after: Annotated[
         float | None,
-        Param(help="SECONDS without progress before `task stuck` lists it; 0 clears it."),
+        duration(help="SECONDS without progress before `task stuck` lists it; 0 clears it."),
     ] = None,
     approval_policy: Annotated[
         Literal["none", "manual"] | None,
@@ -104,7 +105,7 @@ def task_update(
     remove_tag: Annotated[list[str] | None, Param(help="Remove this TAG (repeatable).")] = None,
     changes: Annotated[
         str | None,
-        Param(help='Raw changes as a JSON object, e.g. \'{"title": "x"}\' (merged first).'),
+        json_param(help='Raw changes as a JSON object, e.g. \'{"title": "x"}\' (merged first).'),
     ] = None,
 ) -> int:
     """Change a task's mutable fields. Immutable ones (scope, workspace_id, parent_task_id,

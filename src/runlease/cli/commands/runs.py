@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Annotated
 
 from runlease.cli.context import connect, show
-from runlease.cli.output import plain
+from runlease.cli.output import INSPECT_TABLE, plain
 from runlease.cli.params import Param
 from runlease.core.model import BulkItem
 from runlease.errors import UsageError
@@ -23,7 +23,7 @@ def run_inspect(run_id: str, /) -> int:
     """
     with connect() as client:
         view = client.inspect_run(run_id)
-    return show(plain(view))
+    return show(plain(view), table=INSPECT_TABLE)
 
 
 def run_cancel(

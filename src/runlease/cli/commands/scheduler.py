@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from runlease.cli.context import connect, show
+from runlease.cli.durations import duration
 from runlease.cli.output import plain
 from runlease.cli.params import Param
 
@@ -27,7 +28,9 @@ def scheduler_resume(
 
 def scheduler_drain(
     *,
-    timeout: Annotated[float | None, Param(help="Stop waiting after SECONDS (default 30).")] = None,
+    timeout: Annotated[
+        float | None, duration(help="Stop waiting after SECONDS (default 30).")
+    ] = None,
     reason: Annotated[str | None, Param(help="Why.")] = None,
 ) -> int:
     """Pause the scheduler and wait until no lease is active; report what remains.

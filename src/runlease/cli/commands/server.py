@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from runlease.cli.context import GLOBALS, connect, show
+from runlease.cli.durations import DURATION_FORMS, duration, parse_duration
 from runlease.cli.output import plain
 from runlease.cli.params import Param
 from runlease.client_common import ServerAddress
@@ -66,21 +67,21 @@ def serve(
     ] = 1024,
     handshake_timeout: Annotated[
         float,
-        Param(
+        duration(
             help="Close, with CONNECTION_TIMEOUT, a connection that has not said hello "
             "within SECONDS."
         ),
     ] = 10.0,
     idle_timeout: Annotated[
         float,
-        Param(
+        duration(
             help="Close, with CONNECTION_TIMEOUT, a connection with nothing in flight for "
             "SECONDS (a waiting claim, an event stream or a drain is never idle); 0: never."
         ),
     ] = 300.0,
     starve_after: Annotated[
         float | None,
-        Param(
+        duration(
             help="Park a queued run that no live session could take (capabilities, owner) "
             "for SECONDS in needs_attention with reason starved, for `run recover`. "
             "Off by default."
@@ -95,14 +96,17 @@ def serve(
     ] = 64 * 1024 * 1024,
     idempotency_window: Annotated[
         float,
-        Param(
+        duration(
             help="Keep each `task create --idempotency-key` for SECONDS: within it the same "
             "key and request answer the first task."
         ),
     ] = 24 * 60 * 60.0,
     history_max_age: Annotated[
         str | None,
-        Param(help="Keep events for SECONDS (default 2592000, 30 days); 0 or none: no age limit."),
+        Param(
+            help="Keep events for SECONDS (default 2592000, 30 days; or a duration: 12h, "
+            "7d); 0 or none: no age limit."
+        ),
     ] = None,
     history_max_events: Annotated[
         str | None,
@@ -112,7 +116,7 @@ def serve(
         str,
         Param(
             help="Stop, with reason idle, a live session that holds no lease and has made "
-            "no request for SECONDS; 0 or none: never."
+            "no request for SECONDS (or a duration: 90m, 1d); 0 or none: never."
         ),
     ] = "86400",
     hook: Annotated[
@@ -339,7 +343,7 @@ def history_retention(max_age: str | None, max_events: str | None) -> HistoryRet
     from runlease.persistence.events import HistoryRetention
 
     default = HistoryRetention()
-    age = _limit("--history-max-age", max_age, default.max_age, float)
+    age = _limit("--history-max-age", max_age, default.max_age, parse_duration)
     count = _limit("--history-max-events", max_events, default.max_events, int)
     return HistoryRetention(max_age=age, max_events=count)
 
@@ -355,14 +359,14 @@ def _limit(flag: str, text: str | None, default: N | None, kind: Callable[[str],
     except ValueError:
         value = None
     if value is None or not 0 <= value < float("inf"):
-        what = "seconds" if kind is float else "a whole number"
+        what = DURATION_FORMS if kind is parse_duration else "a whole number"
         raise UsageError(f'{flag} takes {what} (0 or "none": no limit), got {text!r}')
     return value or None
 
 
 def _idle_timeout(text: str) -> float | None:
     """``--session-idle-timeout``: seconds, or 0 / none for off."""
-    return _limit("--session-idle-timeout", text, None, float)
+    return _limit("--session-idle-timeout", text, None, parse_duration)
 
 
 def _hooks(specs: list[str], secret_file: Path | None) -> list[Hook]:

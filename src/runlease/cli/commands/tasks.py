@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from runlease.cli.context import GLOBALS, connect, json_arg, owner, show
-from runlease.cli.output import emit_event, plain
+from runlease.cli.context import connect, json_arg, json_param, owner, show, show_event
+from runlease.cli.durations import duration
+from runlease.cli.output import INSPECT_TABLE, plain
 from runlease.cli.params import Param
 from runlease.core.finding import ListFilters
 from runlease.core.model import Priority, TaskStatus
@@ -23,7 +24,7 @@ def task_create(
     capability: Annotated[
         list[str] | None, Param(help="A capability a session needs (repeatable).")
     ] = None,
-    metadata: Annotated[str | None, Param(help="A JSON object kept with the task.")] = None,
+    metadata: Annotated[str | None, json_param(help="A JSON object kept with the task.")] = None,
     start: Annotated[bool, Param(help="Also enqueue its first run.")] = False,
     parent: Annotated[str | None, Param(help="Make it a child of this TASK_ID.")] = None,
     preferred_capability: Annotated[
@@ -51,7 +52,7 @@ def task_create(
     ] = False,
     stale_after: Annotated[
         float | None,
-        Param(help="SECONDS without heartbeat or checkpoint after which `task stuck` lists it."),
+        duration(help="SECONDS without heartbeat or checkpoint after which `task stuck` lists it."),
     ] = None,
     idempotency_key: Annotated[
         str | None,
@@ -235,7 +236,7 @@ def task_events(
             return show({"events": plain(events)})
         with client.follow_events(task_id=task_id, after_seq=after_seq) as stream:
             for event in stream:
-                emit_event(plain(event), GLOBALS.output)
+                show_event(plain(event))
     return 0
 
 
@@ -271,14 +272,14 @@ def task_inspect(task_id: str, /) -> int:
     """
     with connect() as client:
         view = client.inspect_task(task_id)
-    return show(plain(view))
+    return show(plain(view), table=INSPECT_TABLE)
 
 
 def task_stuck(
     *,
     threshold: Annotated[
         float | None,
-        Param(
+        duration(
             help="Seconds without heartbeat or checkpoint that count as stuck (600), for "
             "tasks without their own --stale-after."
         ),

@@ -6,6 +6,7 @@ import sys
 from typing import Annotated, Literal
 
 from runlease.cli.context import GLOBALS, connect, show
+from runlease.cli.durations import duration
 from runlease.cli.output import plain
 from runlease.cli.params import Param
 from runlease.paths import ENV_ACCESS_TOKEN
@@ -19,7 +20,7 @@ def token_create(
     ],
     name: Annotated[str, Param(help="A name unique among live tokens; events show it.")],
     ttl: Annotated[
-        float | None, Param(help="Seconds until the token expires (default: never).")
+        float | None, duration(help="Time until the token expires (default: never).")
     ] = None,
 ) -> int:
     """Make an access token and print its secret (shown only this once)."""
