@@ -403,7 +403,7 @@ def status(
         ),
     ] = False,
     interval: Annotated[
-        float | None, Param(help="With --watch: ask the server every SECONDS (default 1).")
+        float | None, duration(help="With --watch: ask the server every SECONDS (default 1).")
     ] = None,
     once: Annotated[
         bool, Param(help="With --watch: print one frame and exit.", negative=())

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Final, Protocol
 
 from runlease.cli.context import GLOBALS, show
+from runlease.cli.durations import duration
 from runlease.cli.output import plain
 from runlease.cli.params import Param
 from runlease.errors import Unavailable, UsageError
@@ -52,7 +53,7 @@ def top(
     *,
     interval: Annotated[
         float | None,
-        Param(help="Ask the server every SECONDS (default 1); between asks, countdowns tick."),
+        duration(help="Ask the server every SECONDS (default 1); between asks, countdowns tick."),
     ] = None,
     once: Annotated[
         bool,
