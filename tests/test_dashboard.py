@@ -18,7 +18,7 @@ import trio
 import trustme
 
 import runlease
-from cli_helpers import RUNLEASE, clean_env
+from cli_helpers import RUNLEASE, Server, clean_env, log_event
 from runlease.client_common import ServerAddress
 from runlease.core.model import Actor, Origin
 from runlease.runtime.http import HttpServer, serve_http
@@ -356,3 +356,33 @@ def test_serve_refuses_plain_http_off_loopback_at_start(
     )
     assert done.returncode == 2, done
     assert needs in done.stdout + done.stderr
+
+
+def test_serve_http_with_tls_cert_serves_https_and_stops_on_sigterm(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    server = Server.serve(
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--socket",
+        str(tmp_path / "s.sock"),
+        "--http",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(pem),
+    )
+    try:
+        line = server.log.wait_for(lambda line: log_event(line) == "http_listening", 60)
+        record = json.loads(line)
+        assert record["https"] is True
+        assert record["url"].startswith("https://127.0.0.1:")
+        server.wait_listening()
+        trust = ssl.create_default_context()
+        ca.configure_trust(trust)
+        page = httpx.get(f"{record['url']}/login", verify=trust, timeout=30)
+        assert page.status_code == 200
+        assert "secure" in page.headers["set-cookie"].lower()
+        assert server.stop() == 0, server.log.lines
+    finally:
+        server.kill()

@@ -265,7 +265,9 @@ async def _serve_until_signalled(
                 )
                 dashboard = None
                 if http is not None:
-                    dashboard = await _start_dashboard(nursery, rt, http, https_files)
+                    dashboard = await _start_dashboard(
+                        nursery, rt, http, https_files, insecure_plaintext
+                    )
                 for url in server.urls:
                     log.info(
                         "listener",
@@ -300,10 +302,24 @@ async def _serve_until_signalled(
 
 
 async def _start_dashboard(
-    nursery: trio.Nursery, rt: Any, address: ServerAddress, https_files: HttpsFiles | None
+    nursery: trio.Nursery,
+    rt: Any,
+    address: ServerAddress,
+    https_files: HttpsFiles | None,
+    insecure_plaintext: bool,
 ) -> HttpServer:
-    """Start the web dashboard in ``nursery`` and log where it listens (``http_listening``)."""
+    """Start the web dashboard in ``nursery`` and log where it listens (``http_listening``).
+
+    Plain HTTP follows the rule of plain TCP listeners: refused off loopback unless
+    ``insecure_plaintext``, and logged as a ``plaintext_listener`` warning where allowed."""
     from runlease.runtime.http import serve_http
+    from runlease.runtime.listeners import check_listeners
+
+    check_listeners(
+        [address._replace(tls=https_files is not None)],
+        tls=https_files is not None,
+        insecure_plaintext=insecure_plaintext,
+    )
 
     dashboard: HttpServer = await nursery.start(
         partial(
