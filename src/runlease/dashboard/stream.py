@@ -37,10 +37,12 @@ DATA_PREVIEW_CHARS: Final = 160
 
 def event_summary(event: Event) -> dict[str, Any]:
     """What the dashboard shows of an event: its ids, kind, actor and a short preview of
-    its data (events never carry a raw claim token)."""
+    its data (events never carry a raw token; the hashes are left out too)."""
     preview = ""
-    if event.data:
-        preview = json.dumps(msgspec.to_builtins(event.data), sort_keys=True, default=str)
+    # Hashes of tokens mean nothing to a person and need not leave the server.
+    shown = {key: value for key, value in event.data.items() if not key.endswith("token_hash")}
+    if shown:
+        preview = json.dumps(msgspec.to_builtins(shown), sort_keys=True, default=str)
         if len(preview) > DATA_PREVIEW_CHARS:
             preview = preview[: DATA_PREVIEW_CHARS - 1] + "…"
     return {
