@@ -32,8 +32,9 @@ LONG_LEASE = 600.0
 async def dashboard(
     metrics: Callable[[], tuple[bytes, str]] | None = None,
     certfile: Path | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[tuple[Runtime, HttpServer]]:
-    async with runlease.open_runtime() as rt, trio.open_nursery() as nursery:
+    async with runlease.open_runtime(clock) as rt, trio.open_nursery() as nursery:
         server: HttpServer = await nursery.start(
             partial(serve_http, rt, LOOPBACK, metrics=metrics, certfile=certfile)
         )
@@ -98,6 +99,9 @@ async def test_login_sets_an_opaque_strict_cookie_and_logout_ends_it() -> None:
 
         page = await client.get("/")
         assert page.status_code == 200
+        figures = (await client.get("/api/overview")).json()
+        assert figures["scheduler"]["paused"] is False
+        assert figures["tasks"] == 0
         assert "watcher" in page.text
         assert "reader" in page.text
         assert secret not in page.text
@@ -107,6 +111,28 @@ async def test_login_sets_an_opaque_strict_cookie_and_logout_ends_it() -> None:
         assert out.status_code == 303
         assert (await client.get("/")).status_code == 303
         assert (await client.get("/fragments/overview")).status_code == 401
+
+
+async def test_login_goes_back_only_to_a_path_of_this_site() -> None:
+    async with dashboard() as (rt, server), client_for(server) as client:
+        secret = await token(rt, "reader")
+        assert (await log_in(client, secret, "/tasks/tsk_1")).headers["location"] == "/tasks/tsk_1"
+        for elsewhere in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+            answer = await log_in(client, secret, elsewhere)
+            assert answer.headers["location"] == "/"
+
+
+async def test_a_token_that_expires_ends_the_login() -> None:
+    now = [1_000_000.0]
+    async with dashboard(clock=lambda: now[0]) as (rt, server), client_for(server) as client:
+        issued = await rt.create_token(name="shift", role="operator", ttl=60)
+        await log_in(client, issued.secret)
+        assert (await client.get("/")).status_code == 200
+        now[0] += 61
+        assert (await client.get("/")).headers["location"] == "/login?next=/"
+        again = await log_in(client, issued.secret)
+        assert again.status_code == 401
+        assert "expired" in again.text
 
 
 async def test_login_refuses_a_wrong_token_and_a_form_without_its_nonce() -> None:
@@ -193,6 +219,54 @@ async def test_a_readers_force_release_is_refused_with_403_and_an_operators_work
             )
             assert missing_reason.status_code == 303  # reason optional there
             assert rt.scheduler_status().paused
+
+
+async def test_every_operator_button_runs_its_operation() -> None:
+    async with dashboard() as (rt, server), client_for(server) as client:
+        await log_in(client, await token(rt, "operator", "ops"))
+        csrf = csrf_of((await client.get("/")).text)
+
+        async def press(action: str, **form: str) -> dict[str, object]:
+            answer = await client.post(
+                action, data={"csrf": csrf, **form}, headers={"Accept": "application/json"}
+            )
+            assert answer.status_code == 200, answer.text
+            reply: dict[str, object] = answer.json()
+            return reply
+
+        await press("/actions/scheduler/pause", reason="maintenance")
+        assert rt.scheduler_status().paused
+        assert rt.scheduler_status().paused_reason == "maintenance"
+        await press("/actions/scheduler/resume")
+        assert not rt.scheduler_status().paused
+
+        task = await rt.create_task("parks itself", start=True)
+        agent = await rt.open_session(agent="builder")
+        claim = await agent.claim_next(lease_seconds=LONG_LEASE)
+        await agent.block(claim.run.id, reason="needs a human")
+        assert rt.get_run(claim.run.id).status == "needs_attention"
+        task_page = (await client.get(f"/tasks/{task.id}")).text
+        assert f"/actions/runs/{claim.run.id}/recover" in task_page
+        await press(f"/actions/runs/{claim.run.id}/recover", reason="looked at it")
+        assert rt.get_run(claim.run.id).status == "queued"
+
+        reply = await press(f"/actions/tasks/{task.id}/cancel", reason="not needed")
+        assert "canceled" in str(reply["message"])
+        assert rt.get_task(task.id).status == "canceled"
+
+        refused = await client.post(
+            "/actions/runs/run_missing/force-release",
+            data={"csrf": csrf, "reason": "x"},
+            headers={"Accept": "application/json"},
+        )
+        assert refused.status_code == 404
+        assert refused.json()["error"]["code"] == "RUN_NOT_FOUND"
+        no_reason = await client.post(
+            f"/actions/runs/{claim.run.id}/force-release",
+            data={"csrf": csrf},
+            headers={"Accept": "application/json"},
+        )
+        assert no_reason.status_code == 400
 
 
 async def read_sse(lines: AsyncIterator[str], count: int) -> list[dict[str, object]]:

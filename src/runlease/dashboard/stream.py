@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import anyio
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -29,6 +30,8 @@ from runlease.runtime.runtime import Runtime
 KEEPALIVE_SECONDS: Final = 15.0
 # Events read ahead of a slow browser; past it the reader waits (the history keeps them).
 READ_AHEAD: Final = 256
+# At most this many events go out in one write.
+MAX_BATCH: Final = 64
 # How long a browser waits before reconnecting after the stream ended.
 RETRY_MILLISECONDS: Final = 2000
 # At most this much of an event's data is shown beside it.
@@ -131,7 +134,7 @@ class EventStream(Response):
                 self.registry.discard(group.cancel_scope)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _forward(self, events: anyio.abc.ObjectReceiveStream[Event], send: Send) -> None:
+    async def _forward(self, events: MemoryObjectReceiveStream[Event], send: Send) -> None:
         while True:
             event = None
             with anyio.move_on_after(KEEPALIVE_SECONDS):
@@ -143,9 +146,19 @@ class EventStream(Response):
                 self.still_allowed()
             except RunleaseError:
                 return
-            await self._body(send, b": keepalive\n\n" if event is None else sse_message(event))
+            if event is None:
+                await self._body(send, b": keepalive\n\n")
+                continue
+            # Whatever else is already read goes out in the same write.
+            chunk = [sse_message(event)]
+            while len(chunk) < MAX_BATCH:
+                try:
+                    chunk.append(sse_message(events.receive_nowait()))
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            await self._body(send, b"".join(chunk))
 
-    async def _read_history(self, sender: anyio.abc.ObjectSendStream[Event]) -> None:
+    async def _read_history(self, sender: MemoryObjectSendStream[Event]) -> None:
         async with sender:
             follow = self.runtime.follow_events(after_seq=self.after_seq)
             async with contextlib.aclosing(follow):
