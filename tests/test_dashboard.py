@@ -21,6 +21,7 @@ import runlease
 from cli_helpers import RUNLEASE, Server, clean_env, log_event
 from runlease.client_common import ServerAddress
 from runlease.core.model import Actor, Origin
+from runlease.errors import Unavailable
 from runlease.runtime.http import HttpServer, serve_http
 from runlease.runtime.runtime import Runtime
 
@@ -310,6 +311,16 @@ async def test_the_event_stream_resumes_after_the_last_event_seen_and_goes_on_li
                 assert data["kind"] == "task_created"
             async with client.stream("GET", "/events", params={"after": "-1"}) as bad:
                 assert bad.status_code == 400
+
+
+async def test_a_port_in_use_is_a_clear_error() -> None:
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with runlease.open_runtime() as rt, trio.open_nursery() as nursery:
+            with pytest.raises(Unavailable, match=f"cannot listen on 127.0.0.1:{port}"):
+                await nursery.start(partial(serve_http, rt, LOOPBACK._replace(port=port)))
 
 
 async def test_a_shutdown_ends_open_event_streams() -> None:

@@ -21,6 +21,7 @@ from hypercorn.trio import serve
 
 from runlease.client_common import ServerAddress
 from runlease.dashboard import Dashboard, create_dashboard
+from runlease.errors import SERVER_UNAVAILABLE, Unavailable
 from runlease.runtime.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -105,13 +106,31 @@ async def serve_http(
         app = cast("ASGIFramework", dashboard.app)
         await serve(app, config, shutdown_trigger=server._stop.wait, task_status=task_status)
 
+    bound = False
     try:
         async with trio.open_nursery() as nursery:
             binds: list[str] = await nursery.start(started)
+            bound = True
             server.url = binds[0]
             task_status.started(server)
+    except (OSError, BaseExceptionGroup) as exc:
+        error = None if bound else _only_os_error(exc)
+        if error is None:
+            raise
+        raise Unavailable(
+            f"the dashboard cannot listen on {address.host}:{address.port}: "
+            f"{error.strerror or error}",
+            code=SERVER_UNAVAILABLE,
+        ) from None
     finally:
         server._stopped.set()
+
+
+def _only_os_error(exc: BaseException) -> OSError | None:
+    """The OSError a failed bind raised, alone or as the only leaf of nested groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
 
 
 __all__ = ["DEFAULT_GRACEFUL_TIMEOUT", "HttpServer", "http_config", "serve_http"]
