@@ -158,3 +158,31 @@ def test_a_readers_force_release_is_refused_and_an_operators_works(
     events = site.cli.ok("events", "--run", run_id)["events"]
     forced = [e for e in events if e["kind"] == "run_force_released"]
     assert forced[-1]["actor"] == {"kind": "token", "ref": "oncall"}
+
+
+def test_the_task_page_links_its_tree_and_cancels_as_an_operator(
+    site: DashboardServer, browser: WebDriver
+) -> None:
+    parent = site.cli.ok("task", "create", "release")["task"]["id"]
+    task = site.cli.ok("task", "create", "build wheels", "--parent", parent)["task"]["id"]
+    child = site.cli.ok("task", "create", "linux wheel", "--parent", task)["task"]["id"]
+    log_in(browser, site.url, site.token("operator", "lead"))
+    browser.get(f"{site.url}/tasks/{task}")
+
+    browser.find_element(By.CSS_SELECTOR, f'#parents a[href="/tasks/{parent}"]')
+    browser.find_element(By.CSS_SELECTOR, f'#children a[href="/tasks/{child}"]').click()
+    wait(browser, "the child's page", lambda d: d.find_element(By.ID, "task-id").text == child)
+    browser.back()
+
+    form = wait(browser, "the cancel form", lambda d: d.find_element(By.CSS_SELECTOR, "#task form"))
+    form.find_element(By.NAME, "reason").send_keys("not this release")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    wait(
+        browser,
+        "the task shown canceled, with the message kept over the reload",
+        lambda d: (
+            d.find_element(By.ID, "task-status").text == "canceled"
+            and "canceled" in d.find_element(By.ID, "notice").text
+        ),
+    )
+    assert site.cli.ok("task", "show", task)["task"]["status"] == "canceled"

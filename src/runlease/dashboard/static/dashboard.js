@@ -143,6 +143,7 @@
     event.preventDefault();
     const button = form.querySelector("button");
     if (button) button.disabled = true;
+    let done = false;
     try {
       const reply = await fetch(form.action, {
         method: "POST",
@@ -153,6 +154,7 @@
       if (reply.status === 401) { toLogin(); return; }
       const answer = await reply.json();
       if (answer.ok) {
+        done = true;
         notice(answer.message, true);
         for (const input of form.querySelectorAll("input[type=text]")) input.value = "";
       } else {
@@ -162,8 +164,13 @@
       notice("The server did not answer; try again.", false);
     } finally {
       if (button) button.disabled = false;
-      if (document.body.dataset.page === "overview") schedule();
-      else if (document.body.dataset.page === "task") location.reload();
+    }
+    // The overview refreshes in place; a task page has no stream, so it loads again once
+    // something changed (a refusal stays on screen).
+    if (document.body.dataset.page === "overview") schedule();
+    else if (done) {
+      sessionStorage.setItem("runlease-notice", document.getElementById("notice").textContent);
+      location.reload();
     }
   }
 
@@ -173,6 +180,11 @@
   });
 
   document.addEventListener("DOMContentLoaded", () => {
+    const carried = sessionStorage.getItem("runlease-notice");
+    if (carried) {
+      sessionStorage.removeItem("runlease-notice");
+      notice(carried, true);
+    }
     takeClock(document);
     tick();
     setInterval(tick, 250);
