@@ -8,7 +8,9 @@ it) and are skipped elsewhere with the reason.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from browser_helpers import (
     dashboard_server,
     log_in,
 )
+from cli_helpers import SKEWED_SERVER, Cli, Server, log_event
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -186,3 +189,34 @@ def test_the_task_page_links_its_tree_and_cancels_as_an_operator(
         ),
     )
     assert site.cli.ok("task", "show", task)["task"]["status"] == "canceled"
+
+
+@pytest.mark.parametrize("skew", [7200, -7200])
+def test_the_countdown_runs_on_the_servers_clock_not_the_browsers(
+    tmp_path: Path, browser: WebDriver, skew: int
+) -> None:
+    """A server whose wall clock is two hours off the browser's: the time left is still
+    the lease's, since the page corrects for the offset between the two clocks."""
+    socket, skew_file = tmp_path / "s.sock", tmp_path / "skew"
+    skew_file.write_text(str(skew))
+    server = Server(
+        [sys.executable, str(SKEWED_SERVER), str(socket), str(skew_file), "127.0.0.1:0"]
+    )
+    try:
+        line = server.log.wait_for(lambda line: log_event(line) == "http_listening", 60)
+        server.wait_listening()
+        site = DashboardServer(server, Cli(socket=socket), json.loads(line)["url"])
+        _task_id, run_id, _session = claimed_run(site, "skew", "on server time")
+        log_in(browser, site.url, site.token("reader", "clocks"))
+
+        def countdown(d: WebDriver) -> str:
+            text: str = lease_row(d, run_id).find_element(By.CSS_SELECTOR, ".countdown").text
+            return text
+
+        first = wait(browser, "the countdown", countdown)
+        assert first.startswith(("9m", "10m")), first
+        wait(browser, "the countdown to move", lambda d: countdown(d) != first)
+        assert countdown(browser).startswith(("9m", "10m"))
+        assert server.stop() == 0, server.log.lines
+    finally:
+        server.kill()
