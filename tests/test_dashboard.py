@@ -21,6 +21,8 @@ import runlease
 from cli_helpers import RUNLEASE, Server, clean_env, log_event
 from runlease.client_common import ServerAddress
 from runlease.core.model import Actor, Origin
+from runlease.dashboard import format as fmt
+from runlease.dashboard.auth import WebSessions
 from runlease.errors import Unavailable
 from runlease.runtime.http import HttpServer, serve_http
 from runlease.runtime.runtime import Runtime
@@ -471,3 +473,34 @@ def test_serve_http_with_tls_cert_serves_https_and_stops_on_sigterm(tmp_path: Pa
         assert server.stop() == 0, server.log.lines
     finally:
         server.kill()
+
+
+def test_browser_sessions_expire_and_the_oldest_go_first_past_capacity() -> None:
+    now = [0.0]
+    sessions = WebSessions(clock=lambda: now[0], lifetime=100, capacity=2)
+    first, _ = sessions.open("tok_a")
+    second, web = sessions.open("tok_b")
+    assert sessions.get(second) == web
+    assert sessions.get("a guess") is None
+    third, _ = sessions.open("tok_c")
+    assert sessions.get(first) is None  # evicted: capacity 2
+    assert len(sessions) == 2
+    now[0] = 100.0
+    assert sessions.get(second) is None  # expired
+    assert sessions.get(third) is None
+    assert len(sessions) == 0
+    assert web.csrf != second  # the CSRF token is not the cookie
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.4, "0s"), (59.9, "59s"), (60, "1m 00s"), (605, "10m 05s"), (7380, "2h 03m")],
+)
+def test_spans_read_the_same_as_the_pages_script_writes_them(seconds: float, shown: str) -> None:
+    assert fmt.span(seconds) == shown
+
+
+def test_time_left_says_expired_once_the_lease_ran_out() -> None:
+    assert fmt.time_left(100.0, 40.0) == "1m 00s"
+    assert fmt.time_left(100.0, 99.5) == "expired"
+    assert fmt.time_left(None, 0.0) == "—"
