@@ -28,7 +28,7 @@ from runlease.errors import RunleaseError
 from runlease.hooks import Hook
 from runlease.persistence.events import HistoryRetention
 from runlease.runtime.collector import GcTuning
-from runlease.runtime.runtime import Durability, open_runtime
+from runlease.runtime.runtime import Durability, Runtime, open_runtime
 from runlease.runtime.server import (
     DEFAULT_SHUTDOWN_GRACE,
     ServerLimits,
@@ -303,7 +303,7 @@ async def _serve_until_signalled(
 
 async def _start_dashboard(
     nursery: trio.Nursery,
-    rt: Any,
+    rt: Runtime,
     address: ServerAddress,
     https_files: HttpsFiles | None,
     insecure_plaintext: bool,
