@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
@@ -28,7 +28,7 @@ from runlease.errors import RunleaseError
 from runlease.hooks import Hook
 from runlease.persistence.events import HistoryRetention
 from runlease.runtime.collector import GcTuning
-from runlease.runtime.runtime import Durability, open_runtime
+from runlease.runtime.runtime import Durability, Runtime, open_runtime
 from runlease.runtime.server import (
     DEFAULT_SHUTDOWN_GRACE,
     ServerLimits,
@@ -38,7 +38,17 @@ from runlease.runtime.server import (
 )
 from runlease.runtime.socket_file import make_private_if_socket_dir
 
+if TYPE_CHECKING:
+    from runlease.runtime.http import HttpServer
+
 log = logging.getLogger("runlease.server")
+
+
+class HttpsFiles(NamedTuple):
+    """The certificate chain (PEM) the dashboard presents, and its key when in another file."""
+
+    cert: Path
+    key: Path | None = None
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -92,6 +102,8 @@ def run_server(
     listen: Sequence[ServerAddress] = (),
     tls: ssl.SSLContext | None = None,
     insecure_plaintext: bool = False,
+    http: ServerAddress | None = None,
+    https_files: HttpsFiles | None = None,
 ) -> None:
     """Run a server in the foreground until SIGINT or SIGTERM, then stop gracefully.
 
@@ -105,7 +117,8 @@ def run_server(
     ``session_idle_timeout`` stops forgotten sessions (see :func:`open_runtime` for each);
     ``hooks`` are delivered as :func:`open_runtime` says. ``socket_path`` (None: none)
     and ``listen`` are where it listens, TCP with ``tls`` (see :class:`SocketServer` for
-    ``insecure_plaintext``). The soft open-file
+    ``insecure_plaintext``). ``http`` (a tcp address) serves the web dashboard there too,
+    over HTTPS with ``https_files``. The soft open-file
     limit is raised towards the hard one first, so the connection cap is not lowered
     needlessly.
 
@@ -132,6 +145,8 @@ def run_server(
             listen,
             tls,
             insecure_plaintext,
+            http,
+            https_files,
         )
     except BaseExceptionGroup as group:
         raise _single_error(group) from None
@@ -173,6 +188,8 @@ async def _serve_until_signalled(
     listen: Sequence[ServerAddress] = (),
     tls: ssl.SSLContext | None = None,
     insecure_plaintext: bool = False,
+    http: ServerAddress | None = None,
+    https_files: HttpsFiles | None = None,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         log.info(
@@ -246,6 +263,11 @@ async def _serve_until_signalled(
                         insecure_plaintext=insecure_plaintext,
                     )
                 )
+                dashboard = None
+                if http is not None:
+                    dashboard = await _start_dashboard(
+                        nursery, rt, http, https_files, insecure_plaintext
+                    )
                 for url in server.urls:
                     log.info(
                         "listener",
@@ -269,14 +291,58 @@ async def _serve_until_signalled(
                         }
                     },
                 )
-                nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope)
+                nursery.start_soon(_watch_signals, signals, server, nursery.cancel_scope, dashboard)
                 await server.wait_stopped()
+                if dashboard is not None:
+                    dashboard.shutdown()
+                    await dashboard.wait_stopped()
                 nursery.cancel_scope.cancel()
             log.info("closing_runtime")
     log.info("stopped")
 
 
-async def _watch_signals(signals: Any, server: SocketServer, scope: trio.CancelScope) -> None:
+async def _start_dashboard(
+    nursery: trio.Nursery,
+    rt: Runtime,
+    address: ServerAddress,
+    https_files: HttpsFiles | None,
+    insecure_plaintext: bool,
+) -> HttpServer:
+    """Start the web dashboard in ``nursery`` and log where it listens (``http_listening``).
+
+    Plain HTTP follows the rule of plain TCP listeners: refused off loopback unless
+    ``insecure_plaintext``, and logged as a ``plaintext_listener`` warning where allowed."""
+    from runlease.runtime.http import serve_http
+    from runlease.runtime.listeners import check_listeners
+
+    check_listeners(
+        [address._replace(tls=https_files is not None)],
+        tls=https_files is not None,
+        insecure_plaintext=insecure_plaintext,
+    )
+
+    dashboard: HttpServer = await nursery.start(
+        partial(
+            serve_http,
+            rt,
+            address,
+            certfile=None if https_files is None else https_files.cert,
+            keyfile=None if https_files is None else https_files.key,
+        )
+    )
+    log.info(
+        "http_listening",
+        extra={"fields": {"url": dashboard.url, "https": https_files is not None}},
+    )
+    return dashboard
+
+
+async def _watch_signals(
+    signals: Any,
+    server: SocketServer,
+    scope: trio.CancelScope,
+    dashboard: HttpServer | None = None,
+) -> None:
     count = 0
     async for signum in signals:
         count += 1
@@ -284,10 +350,12 @@ async def _watch_signals(signals: Any, server: SocketServer, scope: trio.CancelS
         if count == 1:
             log.info("signal_received", extra={"fields": {"signal": name, "action": "drain"}})
             server.shutdown()
+            if dashboard is not None:
+                dashboard.shutdown()
         else:
             log.warning("signal_received", extra={"fields": {"signal": name, "action": "stop_now"}})
             scope.cancel()
             return
 
 
-__all__ = ["JsonLogFormatter", "configure_logging", "run_server"]
+__all__ = ["HttpsFiles", "JsonLogFormatter", "configure_logging", "run_server"]

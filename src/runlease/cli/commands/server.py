@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import ssl
 
     from runlease.persistence.events import HistoryRetention
+    from runlease.runtime.serve import HttpsFiles
 
 N = TypeVar("N", int, float)
 # Where `serve` reads the secret of URL hooks when no --hook-secret-file is given.
@@ -174,6 +175,14 @@ def serve(
             negative=(),
         ),
     ] = False,
+    http: Annotated[
+        str | None,
+        Param(
+            help="Serve the web dashboard on HOST:PORT (port 0: any free port; the log's "
+            "http_listening line has the URL). HTTPS with --tls-cert/--tls-key; plain HTTP "
+            "off loopback needs --insecure-plaintext. Log in with an access token."
+        ),
+    ] = None,
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
@@ -218,8 +227,15 @@ def serve(
             raise UsageError(f"--workspace-root takes WORKSPACE=DIR, got {item!r}")
         roots[workspace] = str(Path(root).expanduser().resolve())
     hooks = _hooks(hook or [], hook_secret_file)
+    http_address = _http_address(http, tls_cert, insecure_plaintext)
     addresses, tls = _listeners(
-        listen or [], socket_path, tls_cert, tls_key, tls_client_ca, insecure_plaintext
+        listen or [],
+        socket_path,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
+        insecure_plaintext,
+        serves_http=http_address is not None,
     )
     if print_systemd:
         return _print_systemd(given, directory, addresses, hooks)
@@ -240,6 +256,8 @@ def serve(
         listen=addresses,
         tls=tls,
         insecure_plaintext=insecure_plaintext,
+        http=http_address,
+        https_files=_https_files(http_address, tls_cert, tls_key),
     )
     return 0
 
@@ -284,6 +302,40 @@ def _print_systemd(
     return 0
 
 
+def _http_address(
+    spec: str | None, cert: Path | None, insecure_plaintext: bool
+) -> ServerAddress | None:
+    """Where ``--http HOST:PORT`` serves the dashboard, checked now: plain HTTP is refused
+    off loopback without --insecure-plaintext, as plain tcp:// listeners are."""
+    if spec is None:
+        return None
+    from runlease.runtime.listeners import check_listeners
+
+    if "://" in spec:
+        raise UsageError(f"--http {spec!r}: write HOST:PORT, e.g. 127.0.0.1:8080")
+    try:
+        address = ServerAddress.parse(f"tcp://{spec}")._replace(tls=cert is not None)
+        check_listeners(
+            [address],
+            tls=cert is not None,
+            insecure_plaintext=insecure_plaintext,
+            log_warnings=False,
+        )
+    except InvalidInput as exc:
+        raise UsageError(f"--http {spec!r}: {exc.message}") from None
+    return address
+
+
+def _https_files(
+    address: ServerAddress | None, cert: Path | None, key: Path | None
+) -> HttpsFiles | None:
+    if address is None or cert is None:
+        return None
+    from runlease.runtime.serve import HttpsFiles
+
+    return HttpsFiles(cert.expanduser(), None if key is None else key.expanduser())
+
+
 def _listeners(
     specs: list[str],
     socket_path: Path,
@@ -291,6 +343,8 @@ def _listeners(
     key: Path | None,
     client_ca: Path | None,
     insecure_plaintext: bool,
+    *,
+    serves_http: bool = False,
 ) -> tuple[list[ServerAddress], ssl.SSLContext | None]:
     """The addresses ``--listen`` asks for (the socket when none) and their TLS context,
     each checked now: a usage error otherwise."""
@@ -315,8 +369,10 @@ def _listeners(
     tcp = [address for address in addresses if address.kind == "tcp"]
     if cert is None and (key is not None or client_ca is not None):
         raise UsageError("--tls-key and --tls-client-ca go with --tls-cert")
-    if cert is not None and not tcp:
-        raise UsageError("--tls-cert is for tcp:// listeners; add --listen tcp://HOST:PORT")
+    if cert is not None and not tcp and not serves_http:
+        raise UsageError(
+            "--tls-cert is for tcp:// listeners and --http; add --listen tcp://HOST:PORT"
+        )
     try:
         tls = None if cert is None else server_tls_context(cert, key, client_ca)
     except InvalidInput as exc:
