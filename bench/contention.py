@@ -52,6 +52,7 @@ from bench.runlease_systems import (
     EchoFloor,
     EmbeddedRunlease,
     HookedRunlease,
+    MeteredRunlease,
     Mode,
     SocketRunlease,
     TlsRunlease,
@@ -106,6 +107,8 @@ def all_systems() -> list[System]:
         EmbeddedRunlease("durable"),
         HookedRunlease("durable", "slow"),
         HookedRunlease("durable", "dead"),
+        MeteredRunlease("memory"),
+        MeteredRunlease("durable"),
         SocketRunlease("memory"),
         SocketRunlease("relaxed"),
         SocketRunlease("durable"),
@@ -130,6 +133,10 @@ GROUPS: Final[dict[str, Callable[[System], bool]]] = {
     # The durable embedded row beside its variants with a slow and a dead hook endpoint.
     "hooks": lambda s: s.key.startswith("embedded-durable"),
     "socket": lambda s: s.family == "runlease-socket",
+    # The embedded memory and durable rows beside the same with metrics scraped every second.
+    "metrics": lambda s: (
+        s.key in ("embedded-memory", "embedded-durable") or s.family == "runlease-embedded-metered"
+    ),
     # The socket rows' server over loopback TCP with TLS.
     "tls": lambda s: s.key.startswith("tls-"),
     "sqlite": lambda s: s.family == "sqlite",

@@ -46,6 +46,7 @@ from runlease.hooks import Hook
 from runlease.runtime.client import open_client
 from runlease.runtime.collector import GcTuning
 from runlease.runtime.listeners import server_tls_context
+from runlease.runtime.metrics import RuntimeMetrics
 from runlease.runtime.runtime import Runtime, open_runtime
 from runlease.runtime.server import SocketServer, bind_unix_socket, serve_socket
 from runlease.runtime.wire import Wire
@@ -172,6 +173,10 @@ class EmbeddedRunlease(System):
         """The keyword arguments of open_runtime for this row."""
         return runtime_options(self.mode, workdir)
 
+    def watch(self, rt: Runtime) -> Callable[[], Awaitable[None]] | None:
+        """What runs beside the contenders while the runtime is open (None: nothing)."""
+        return None
+
     async def _run(
         self,
         workload: Workload,
@@ -179,7 +184,10 @@ class EmbeddedRunlease(System):
         workdir: Path,
         profiler: cProfile.Profile | None,
     ) -> RawRun:
-        async with open_runtime(**self.options(workdir)) as rt:
+        async with open_runtime(**self.options(workdir)) as rt, trio.open_nursery() as beside:
+            watcher = self.watch(rt)
+            if watcher is not None:
+                beside.start_soon(watcher)
             expected = await preload(rt, workload.priorities())
             handles = [await rt.open_session(agent=f"bench-{i}") for i in range(contenders)]
             logs = [ContenderLog() for _ in handles]
@@ -195,6 +203,7 @@ class EmbeddedRunlease(System):
                 go.set()
             if profiler is not None:
                 profiler.disable()
+            beside.cancel_scope.cancel()
             problems = verify_runtime(rt, expected)
         return RawRun(expected=expected, start=start, contenders=logs, system_problems=problems)
 
@@ -229,6 +238,38 @@ class HookedRunlease(EmbeddedRunlease):
     def options(self, workdir: Path) -> dict[str, Any]:
         hook = Hook(kinds=None, target=self._url, secret="bench")
         return {**super().options(workdir), "hooks": [hook]}
+
+
+class MeteredRunlease(EmbeddedRunlease):
+    """The embedded row with its Prometheus metrics on and scraped every second, as a
+    monitored server's are: what timing each claim and counting each event cost."""
+
+    family = "runlease-embedded-metered"
+    # One scrape a second, as a Prometheus server set to scrape often would.
+    SCRAPE_EVERY: Final = 1.0
+
+    def __init__(self, mode: Mode) -> None:
+        super().__init__(mode)
+        self.key = f"embedded-metered-{mode}"
+        self.label = f"runlease embedded, {mode}, metrics scraped every second"
+        self.scrapes = 0
+        self._metrics = RuntimeMetrics()
+
+    def options(self, workdir: Path) -> dict[str, Any]:
+        self._metrics = RuntimeMetrics()
+        return {**super().options(workdir), "observers": [self._metrics]}
+
+    def watch(self, rt: Runtime) -> Callable[[], Awaitable[None]]:
+        metrics = self._metrics
+        metrics.bind(rt)
+
+        async def scrape() -> None:
+            while True:
+                metrics.render()
+                self.scrapes += 1
+                await trio.sleep(self.SCRAPE_EVERY)
+
+        return scrape
 
 
 # ------------------------------------------------------------------------------ socket

@@ -38,6 +38,7 @@ from bench.runlease_systems import (  # noqa: E402
     EchoFloor,
     EmbeddedRunlease,
     HookedRunlease,
+    MeteredRunlease,
     SocketRunlease,
 )
 from rich.console import Console  # noqa: E402
@@ -132,6 +133,23 @@ def test_socket_rows_and_echo_floor_drain_exactly_once(tmp_path: Path) -> None:
     assert [r["system"] for r in rows] == ["socket-relaxed"] * 2 + ["echo"] * 2
     assert all(r["problems"] == [] and r["cycles"] == TINY for r in rows)
     assert {r["durability"] for r in document["ratios"]} == {"floor"}
+
+
+def test_the_metered_rows_drain_exactly_once_while_scraped(tmp_path: Path) -> None:
+    metered = MeteredRunlease("memory")
+    code, document = _run([metered], tmp_path)
+    assert code == 0, (tmp_path / "console.txt").read_text()
+    rows = document["contention"]
+    assert [r["system"] for r in rows] == ["embedded-metered-memory"] * len(LEVELS)
+    assert all(r["problems"] == [] and r["cycles"] == TINY for r in rows)
+    assert metered.scrapes >= len(LEVELS)
+    chosen = contention.select_systems(["metrics"], contention.all_systems())
+    assert [s.key for s in chosen] == [
+        "embedded-memory",
+        "embedded-durable",
+        "embedded-metered-memory",
+        "embedded-metered-durable",
+    ]
 
 
 def test_beanstalkd_missing_is_a_clear_skip_row(

@@ -11,7 +11,12 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src" / "runlease"
 
 # library -> the only package folders allowed to import it
-OWNERS = {"trio": {"runtime", "actors"}, "lmdb": {"persistence"}, "cyclopts": {"cli"}}
+OWNERS = {
+    "trio": {"runtime", "actors"},
+    "lmdb": {"persistence"},
+    "cyclopts": {"cli"},
+    "prometheus_client": {"runtime"},
+}
 # The web dashboard: its app (on anyio, never trio itself) and the listener that serves it.
 OWNERS.update({"starlette": {"dashboard"}, "jinja2": {"dashboard"}, "hypercorn": {"runtime"}})
 # Modules that do IO or keep time; none of them may appear in core/.

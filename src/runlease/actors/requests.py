@@ -21,6 +21,9 @@ class Request:
     finish goes to the journal on its own under that request, and this one carries on as a
     plain waiting claim.
 
+    ``parked`` turns true when a claim found nothing and joined the waiting claimers: its
+    answer then took as long as work took to come, which the claim timings keep apart.
+
     ``resolved`` turns true with the outcome. The :attr:`done` event exists only once
     someone asks for it: a request answered during the turn that delivered it (the common
     case in memory) never needs one.
@@ -33,6 +36,7 @@ class Request:
         "command",
         "error",
         "finish_part",
+        "parked",
         "reply",
         "resolved",
         "wait",
@@ -48,6 +52,7 @@ class Request:
         self.assigned = False
         self.abandoned = False
         self.finish_part: Request | None = None
+        self.parked = False
 
     @property
     def done(self) -> trio.Event:

@@ -169,6 +169,7 @@ class Scheduler:
                 return
             if message.wait:
                 if not self._try_claim_for(message):
+                    message.parked = True
                     self.waiters.park(message)
                 return
         elif isinstance(command, FinishAndClaim):
@@ -204,6 +205,7 @@ class Scheduler:
             request.command = command.claim
             self._applier.hand_on(part, command, outcome)
             # The claim part already saw whatever the finish queued: wait for new work.
+            request.parked = True
             self.waiters.park(request)
             return
         request.assigned = True

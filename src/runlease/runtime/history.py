@@ -167,8 +167,9 @@ class EventHistory:
         """Call ``observer(event)`` with each event published from now on, in sequence
         order, once it is durable. It runs inside the acknowledgement: keep it quick (hand
         the event to a channel with ``send_nowait``); an exception it raises is logged and
-        otherwise ignored."""
-        self._observers.append(observer)
+        otherwise ignored. An observer added twice is still called once per event."""
+        if observer not in self._observers:
+            self._observers.append(observer)
 
     def close(self) -> None:
         """End every follower and waiter (the runtime is closing)."""

@@ -53,6 +53,7 @@ from runlease.hooks import (
     event_body,
     sign,
 )
+from runlease.runtime.timings import Timings
 
 log = logging.getLogger("runlease.hooks")
 
@@ -402,8 +403,10 @@ class HookDispatcher:
         policy: RetryPolicy | None = None,
         draw: Callable[[], float] = random.random,
         wall_clock: Callable[[], float] = time.time,
+        delivery_lag: Timings | None = None,
     ) -> None:
         self.hook = hook
+        self._lag = delivery_lag
         self.name = hook.name
         self._source = source
         self._sender = sender
@@ -447,8 +450,13 @@ class HookDispatcher:
         await self._send_retries()
         newest = source.last_seq
         events = source.read(after_seq=self.cursor, limit=READ_BATCH, kinds=kinds)
+        lag = self._lag
         for event in events:
-            await self._deliver(self._first_record(event), event_body(event))
+            delivered = await self._deliver(self._first_record(event), event_body(event))
+            if delivered and lag is not None:
+                # From the event's time (the runtime's clock) to its delivery; a retry an
+                # operator asks for later is not lag.
+                lag.observe(max(0.0, lag.clock() - event.at))
             self._advance(event.seq)
         if len(events) == READ_BATCH:
             return True
@@ -587,6 +595,7 @@ class HookService:
         policy: RetryPolicy | None = None,
         draw: Callable[[], float] = random.random,
         wall_clock: Callable[[], float] = time.time,
+        delivery_lag: Timings | None = None,
     ) -> None:
         names = [hook.name for hook in hooks]
         if len(set(names)) != len(names):
@@ -594,7 +603,14 @@ class HookService:
         self.log = deliveries
         self.dispatchers = {
             hook.name: HookDispatcher(
-                hook, source, sender, deliveries, policy=policy, draw=draw, wall_clock=wall_clock
+                hook,
+                source,
+                sender,
+                deliveries,
+                policy=policy,
+                draw=draw,
+                wall_clock=wall_clock,
+                delivery_lag=delivery_lag,
             )
             for hook in hooks
         }
@@ -688,11 +704,13 @@ async def open_hooks(
     *,
     sender: Sender | None = None,
     policy: RetryPolicy | None = None,
+    delivery_lag: Timings | None = None,
 ) -> AsyncIterator[HookService]:
     """Run ``hooks`` for the duration of the block (nothing runs when there are none).
 
     The delivery log is loaded from ``store`` first; on exit the dispatchers stop and what
-    they recorded is written.
+    they recorded is written. Each event's first delivery records its lag (from the
+    event's time, read with ``delivery_lag.clock``) in ``delivery_lag``.
     """
     if not hooks:
         yield no_hooks()
@@ -703,7 +721,9 @@ async def open_hooks(
     own_sender = TargetSender(hooks) if sender is None else None
     chosen = sender if sender is not None else own_sender
     assert chosen is not None
-    service = HookService(hooks, source, chosen, deliveries, policy=policy)
+    service = HookService(
+        hooks, source, chosen, deliveries, policy=policy, delivery_lag=delivery_lag
+    )
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)

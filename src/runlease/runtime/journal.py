@@ -62,6 +62,7 @@ from runlease.errors import (
 from runlease.persistence.events import HistoryRetention, check_retention
 from runlease.persistence.records import decode_command, encode_record
 from runlease.persistence.store import Store
+from runlease.runtime.timings import COMMIT_SECONDS_BUCKETS, Timings
 
 log = logging.getLogger("runlease.journal")
 
@@ -164,6 +165,9 @@ class JournalCommitter:
     After each checkpoint round the history is compacted to ``history_retention`` at the
     time ``clock()`` (the runtime's clock, the one events are stamped with), never past
     ``keep_events_after()`` (the lowest hold on the history, None for none).
+
+    Each group commit that writes records is timed into ``commit_timings`` (the write, and
+    the flush when durable).
     """
 
     def __init__(
@@ -176,8 +180,10 @@ class JournalCommitter:
         history_retention: HistoryRetention = DEFAULT_HISTORY_RETENTION,
         keep_events_after: Callable[[], int | None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        commit_timings: Timings | None = None,
     ) -> None:
         check_retention(history_retention)
+        self.commit_timings = commit_timings or Timings(COMMIT_SECONDS_BUCKETS)
         self._history_retention = history_retention
         self._keep_events_after = keep_events_after
         self._clock = clock
@@ -377,6 +383,8 @@ class JournalCommitter:
                 records.append(item[0])
                 events += item[2].events
         if records and self.failure is None:
+            timings = self.commit_timings
+            started = timings.clock()
             try:
                 if self._store.durability == "relaxed":
                     # A log write without a flush takes ~10 us; a trip to a worker thread
@@ -385,6 +393,7 @@ class JournalCommitter:
                     self._log_written.set()
                 else:
                     await self._commit_thread.run(lambda: self._store.append(records, events))
+                timings.observe_since(started)
                 if self._store.checkpoint_due():
                     self._checkpoint_wanted.set()
             except Exception as exc:

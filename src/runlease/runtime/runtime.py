@@ -109,6 +109,7 @@ from runlease.runtime.journal import (
     take_snapshot,
 )
 from runlease.runtime.reads import MemoryReads, RuntimeStatus
+from runlease.runtime.timings import RuntimeTimings
 
 # Events kept in memory beside a store: the recent tail that live followers read.
 DEFAULT_EVENT_CAPACITY = 10_000
@@ -198,6 +199,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         self.collector: TunedCollector | None = None
         # The hooks' dispatchers and delivery log (``hook list``, ``hook retry``).
         self.hooks: HookService = no_hooks()
+        # Claim, commit and hook delivery times, for the metrics (runtime/metrics.py).
+        self.timings = RuntimeTimings(wall=clock.now)
 
     def use_committer(self, committer: Committer) -> None:
         """Swap in a durable committer before the runtime starts serving."""
@@ -388,6 +391,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         cancelled is still returned, so the caller can hand it back rather than lose it.
         """
         self._check_open()
+        timing = self.timings.claims
+        started = timing.clock() if timing is not None else 0.0
         wait, timeout = options.wait, options.timeout
         pending = Pending(command, wait=wait)
         self._inflight.add(pending)
@@ -415,6 +420,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             if wait and command.session_id is not None:
                 # The session was busy for the whole wait: its idle time starts at the end.
                 self.activity.touch(command.session_id)
+            if timing is not None:
+                timing.done(started, pending.parked)
         claim: Claim = pending.result()
         return claim
 
@@ -432,6 +439,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
         the finish is then still reported, with ``no_claim`` REQUEST_CANCELLED.
         """
         self._check_open()
+        timing = self.timings.claims
+        started = timing.clock() if timing is not None else 0.0
         if isinstance(finish, CompleteRun) and self._has_contract(finish):
             finish = await self._with_artifacts(finish)
         wait, timeout = options.wait, options.timeout
@@ -472,6 +481,8 @@ class Runtime(MemoryReads, AsyncTaskMethods):
             self._inflight.discard(pending)
             if wait and claim.session_id is not None:
                 self.activity.touch(claim.session_id)
+            if timing is not None:
+                timing.done(started, pending.parked)
 
     async def _finished(self, pending: Pending) -> Finished:
         part = pending.finish_part
@@ -926,6 +937,7 @@ async def _open_runtime(
             history_retention=retention,
             # Compaction keeps what followers and hooks have not read yet.
             keep_events_after=lambda: runtime.history.keep_after,
+            commit_timings=runtime.timings.commits,
         )
         runtime.use_committer(committer)
         try:
@@ -973,6 +985,8 @@ async def _running_hooks(
     if not hooks:
         yield
         return
-    async with open_hooks(hooks, runtime.history, store) as service:
+    async with open_hooks(
+        hooks, runtime.history, store, delivery_lag=runtime.timings.hook_lag
+    ) as service:
         runtime.hooks = service
         yield
