@@ -40,6 +40,7 @@ from runlease.runtime.socket_file import make_private_if_socket_dir
 
 if TYPE_CHECKING:
     from runlease.runtime.http import HttpServer
+    from runlease.runtime.metrics import RuntimeMetrics
 
 log = logging.getLogger("runlease.server")
 
@@ -208,8 +209,12 @@ async def _serve_until_signalled(
             log.warning("fd_limit_unknown", extra={"fields": {"error": str(exc)}})
         else:
             log.info("fd_limit", extra={"fields": {"soft_before": before, "soft": after}})
+        # With the dashboard, /metrics beside it: counting starts before boot, so the leases
+        # found expired while the server was down are counted too.
+        metrics = _runtime_metrics() if http is not None else None
         async with open_runtime(
             clock,
+            observers=() if metrics is None else (metrics,),
             data_dir=data_dir,
             durability=durability,
             workspace_roots=workspace_roots,
@@ -224,6 +229,8 @@ async def _serve_until_signalled(
             gc_tuning=GcTuning(),
             hooks=hooks,
         ) as rt:
+            if metrics is not None:
+                metrics.bind(rt)
             report = getattr(rt, "boot_report", None)
             if report is not None:
                 log.info(
@@ -266,7 +273,12 @@ async def _serve_until_signalled(
                 dashboard = None
                 if http is not None:
                     dashboard = await _start_dashboard(
-                        nursery, rt, http, https_files, insecure_plaintext
+                        nursery,
+                        rt,
+                        http,
+                        https_files,
+                        insecure_plaintext,
+                        None if metrics is None else metrics.render,
                     )
                 for url in server.urls:
                     log.info(
@@ -301,12 +313,20 @@ async def _serve_until_signalled(
     log.info("stopped")
 
 
+def _runtime_metrics() -> RuntimeMetrics:
+    # Loaded only with --http: a server without the dashboard never imports prometheus_client.
+    from runlease.runtime.metrics import RuntimeMetrics
+
+    return RuntimeMetrics()
+
+
 async def _start_dashboard(
     nursery: trio.Nursery,
     rt: Runtime,
     address: ServerAddress,
     https_files: HttpsFiles | None,
     insecure_plaintext: bool,
+    metrics: Callable[[], tuple[bytes, str]] | None,
 ) -> HttpServer:
     """Start the web dashboard in ``nursery`` and log where it listens (``http_listening``).
 
@@ -328,6 +348,7 @@ async def _start_dashboard(
             address,
             certfile=None if https_files is None else https_files.cert,
             keyfile=None if https_files is None else https_files.key,
+            metrics=metrics,
         )
     )
     log.info(
