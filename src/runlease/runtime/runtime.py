@@ -108,6 +108,7 @@ from runlease.runtime.journal import (
     run_snapshotter,
     take_snapshot,
 )
+from runlease.runtime.operator_log import OperatorLog
 from runlease.runtime.reads import MemoryReads, RuntimeStatus
 
 # Events kept in memory beside a store: the recent tail that live followers read.
@@ -859,10 +860,12 @@ async def _open_runtime(
         collector.start()
     if data_dir is None:
         memory_events = retention.max_events or event_capacity or DEFAULT_MEMORY_EVENTS
+        fresh = Machine()
+        operator_log = OperatorLog(lambda run_id: fresh.runs.get(run_id))
         runtime = Runtime(
-            Machine(),
+            fresh,
             RuntimeClock(clock),
-            history=EventHistory(capacity=memory_events, observers=observers),
+            history=EventHistory(capacity=memory_events, observers=[operator_log, *observers]),
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
             starve_after=starve_after,
@@ -897,6 +900,8 @@ async def _open_runtime(
     try:
         report = BootReport()
         machine = await trio.to_thread.run_sync(load_machine, store, report)
+        # Boot's own expiries are logged as recovery until boot_finished.
+        operator_log = OperatorLog(lambda run_id: machine.runs.get(run_id), booting=True)
         runtime = Runtime(
             machine,
             # Never start before the newest time the recovered state has seen.
@@ -906,7 +911,7 @@ async def _open_runtime(
                 # Events older than the memory ring are read from the store.
                 store=store,
                 start_seq=machine.last_seq,
-                observers=observers,
+                observers=[operator_log, *observers],
             ),
             durability=durability,
             workspace_roots=workspace_roots,
@@ -940,6 +945,7 @@ async def _open_runtime(
                 # Armed only now, so every lease that ran out while down was expired above
                 # as orphaned_on_boot rather than by the clock as an ordinary expiry.
                 runtime._system.arm_deadlines_of_live_state()
+                operator_log.boot_finished(report)
                 if collector is not None:
                     # The recovered state lives as long as the runtime: out of the
                     # collector's full scans from now on.

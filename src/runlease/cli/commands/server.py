@@ -162,13 +162,25 @@ def serve(
             negative=(),
         ),
     ] = False,
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        Param(help="Log lines at this level and above."),
+    ] = "info",
+    log_format: Annotated[
+        Literal["json", "text", "auto"],
+        Param(
+            help="json: one JSON object per line; text: one readable line (time, level, "
+            "event, key=value fields); auto: text when stderr is a terminal, else json."
+        ),
+    ] = "auto",
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
     The data directory defaults to $RUNLEASE_HOME, else $XDG_DATA_HOME/runlease, else
     ~/.local/share/runlease; the socket to --socket, else $RUNLEASE_SOCKET, else
     <data dir>/runlease.sock. With --listen, exactly the addresses given (unix:PATH,
-    tcp://HOST:PORT); TCP takes --tls-cert and --tls-key. Log lines go to stderr as JSON.
+    tcp://HOST:PORT); TCP takes --tls-cert and --tls-key. Log lines go to stderr, as
+    text on a terminal and JSON otherwise (--log-format).
     """
     # The server (and trio with it) loads only here: client commands never pay for it.
     from runlease.runtime.serve import configure_logging, run_server
@@ -205,7 +217,7 @@ def serve(
     addresses, tls = _listeners(
         listen or [], socket_path, tls_cert, tls_key, tls_client_ca, insecure_plaintext
     )
-    configure_logging()
+    configure_logging(level=log_level, log_format=log_format)
     run_server(
         None,
         data_dir=directory,
