@@ -35,6 +35,7 @@ from runlease.errors import (
 )
 from runlease.hooks import Hook, HookDelivery, RetryPolicy
 from runlease.runtime import operator_log
+from runlease.runtime.history import EventHistory
 from runlease.runtime.hooks import DeliveryFailed, DeliveryLog, HookDispatcher
 from runlease.runtime.logs import (
     JsonLogFormatter,
@@ -192,6 +193,18 @@ async def test_other_events_write_no_line(
         await agent.complete(claim.run.id, result=1)
         await agent.stop()
     assert [r.getMessage() for r in logged.records if r.name == "runlease.operator"] == []
+
+
+def test_an_observer_of_some_kinds_sees_only_those_in_order() -> None:
+    history = EventHistory()
+    everything: list[int] = []
+    some: list[int] = []
+    history.add_observer(lambda event: everything.append(event.seq))
+    history.add_observer(lambda event: some.append(event.seq), kinds={"lease_expired"})
+    kinds = ["run_claimed", "lease_expired", "lease_renewed", "lease_expired"]
+    history.publish(Event(seq=seq, kind=kind, at=START) for seq, kind in enumerate(kinds, 1))
+    assert everything == [1, 2, 3, 4]
+    assert some == [2, 4]
 
 
 # --------------------------------------------------------------------- boot

@@ -3,9 +3,9 @@
 A lease that ran out, a lease taken by a steal, a force operation and what boot recovered
 are all events already; :class:`OperatorLog` is an observer of the history that writes one
 line for each, with the ids needed to follow up (``runlease events get SEQ``, ``task
-inspect``). It runs inside the acknowledgement of every event, so it does as little as
-possible for the rest: one dict lookup by kind, and no formatting unless the logger is
-enabled at that line's level. The embedded runtime installs it too; the host decides where
+inspect``). It is registered for its kinds only, so every other event costs one dict
+lookup in the history and no call; and it formats nothing unless the logger is enabled at
+that line's level. The embedded runtime installs it too; the host decides where
 the ``runlease.operator`` logger's lines go.
 
 Levels follow one rule: ``warning`` when a holder lost a lease it may still be working
@@ -35,13 +35,18 @@ _Line = Callable[[Event], None]
 
 class OperatorLog:
     """An event observer (see :meth:`EventHistory.add_observer`) that logs the events an
-    operator needs to hear about.
+    operator needs to hear about; register it for :attr:`KINDS` only.
 
     ``find_run`` looks a run up in the live state (for its attempt, which never changes
     for a run). While ``booting``, expiries with reason ``orphaned_on_boot`` and sessions
     stopped for their TTL are logged as boot recovery; :meth:`boot_finished` ends that and
     logs the summary.
     """
+
+    # The event kinds it writes lines for (and the only ones it needs to be shown).
+    KINDS: Final = frozenset(
+        {"lease_expired", "run_stolen", "run_force_released", "run_force_failed", "session_stopped"}
+    )
 
     def __init__(self, find_run: Callable[[str], Run | None], *, booting: bool = False) -> None:
         self._find_run = find_run

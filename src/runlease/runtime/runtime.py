@@ -861,11 +861,14 @@ async def _open_runtime(
     if data_dir is None:
         memory_events = retention.max_events or event_capacity or DEFAULT_MEMORY_EVENTS
         fresh = Machine()
-        operator_log = OperatorLog(lambda run_id: fresh.runs.get(run_id))
+        history = EventHistory(capacity=memory_events, observers=observers)
+        history.add_observer(
+            OperatorLog(lambda run_id: fresh.runs.get(run_id)), kinds=OperatorLog.KINDS
+        )
         runtime = Runtime(
             fresh,
             RuntimeClock(clock),
-            history=EventHistory(capacity=memory_events, observers=[operator_log, *observers]),
+            history=history,
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
             starve_after=starve_after,
@@ -902,17 +905,19 @@ async def _open_runtime(
         machine = await trio.to_thread.run_sync(load_machine, store, report)
         # Boot's own expiries are logged as recovery until boot_finished.
         operator_log = OperatorLog(lambda run_id: machine.runs.get(run_id), booting=True)
+        history = EventHistory(
+            capacity=event_capacity or DEFAULT_EVENT_CAPACITY,
+            # Events older than the memory ring are read from the store.
+            store=store,
+            start_seq=machine.last_seq,
+            observers=observers,
+        )
+        history.add_observer(operator_log, kinds=OperatorLog.KINDS)
         runtime = Runtime(
             machine,
             # Never start before the newest time the recovered state has seen.
             RuntimeClock(clock, floor=machine.high_water),
-            history=EventHistory(
-                capacity=event_capacity or DEFAULT_EVENT_CAPACITY,
-                # Events older than the memory ring are read from the store.
-                store=store,
-                start_seq=machine.last_seq,
-                observers=[operator_log, *observers],
-            ),
+            history=history,
             durability=durability,
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
