@@ -21,22 +21,28 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+import trustme
 
 import runlease
 from cli_helpers import Server
 from runlease import protocol as p
+from runlease.client_common import ServerAddress
 from runlease.core.model import Event
 from runlease.errors import (
     AUTH_TOKEN_REFUSED,
+    BAD_FRAME,
+    FRAME_TOO_LARGE,
     SERVER_BUSY,
     STORAGE_FAILED,
     RunleaseError,
     Unavailable,
 )
 from runlease.hooks import Hook, HookDelivery, RetryPolicy
+from runlease.persistence.store import Store
 from runlease.runtime import operator_log
 from runlease.runtime.history import EventHistory
 from runlease.runtime.hooks import DeliveryFailed, DeliveryLog, HookDispatcher
+from runlease.runtime.listeners import server_tls_context
 from runlease.runtime.logs import (
     JsonLogFormatter,
     TextLogFormatter,
@@ -115,6 +121,7 @@ async def test_an_expired_lease_is_one_warning_with_the_holder_and_run(
     assert fields["run_id"] == claim.run.id
     assert fields["task_id"] == task.id
     assert fields["session_id"] == agent.id
+    assert fields["agent"] == "sleepy"
     assert fields["attempt"] == 1
     assert fields["reason"] == "lease_expired"
     assert fields["outcome"] == "requeued"
@@ -270,6 +277,30 @@ async def test_boot_lines_are_capped_and_the_summary_counts_the_rest(
 
 
 # ------------------------------------------------------------------ storage
+async def test_a_failed_checkpoint_is_a_warning_and_is_retried(
+    autojump_clock: trio.testing.MockClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    logged: Records,
+) -> None:
+    def broken(store: Store) -> None:
+        raise Unavailable("input/output error (test)", code=STORAGE_FAILED)
+
+    async with runlease.open_runtime(data_dir=tmp_path / "data", durability="relaxed") as rt:
+        monkeypatch.setattr(Store, "checkpoint", broken)
+        await rt.create_task("only in the log")
+        with trio.fail_after(STEP):
+            while len(logged.named("checkpoint_failed")) < 2:  # noqa: ASYNC110 - mock time
+                await trio.sleep(1)
+        monkeypatch.undo()
+    record = logged.named("checkpoint_failed")[0]
+    assert record.levelno == logging.WARNING
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields["code"] == STORAGE_FAILED
+    assert fields["effect"] == "retried_later"
+    assert not logged.named("storage_failed")
+
+
 async def test_a_failed_commit_is_one_critical_storage_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged: Records
 ) -> None:
@@ -395,6 +426,60 @@ async def test_a_late_hello_is_a_warning_an_idle_close_only_info(
     assert (late.levelno, late.fields["phase"]) == (logging.WARNING, "handshake")  # type: ignore[attr-defined]
     assert (sat.levelno, sat.fields["phase"]) == (logging.INFO, "idle")  # type: ignore[attr-defined]
     assert late.fields["code"] == "CONNECTION_TIMEOUT"  # type: ignore[attr-defined]
+
+
+async def test_bad_frames_are_logged_with_their_code(tmp_path: Path, logged: Records) -> None:
+    async with serving(tmp_path) as (_, path):
+        garbled = await Raw.open(path)
+        await garbled.send(p.frame_bytes(b"\xc1\xc1"))
+        reply = await garbled.reply()
+        assert isinstance(reply, p.ErrorReply)
+        assert reply.code == BAD_FRAME
+        await garbled.close()
+        early = await Raw.open(path, hello=False)
+        await early.send(p.HEADER.pack(8192) + b"\x00" * 100)
+        reply = await early.reply()
+        assert isinstance(reply, p.ErrorReply)
+        assert reply.code == FRAME_TOO_LARGE
+        await early.close()
+    record, fields = logged.one("request_rejected")
+    assert record.levelno == logging.WARNING
+    assert fields["code"] == BAD_FRAME
+    record, fields = logged.one("framing_lost")
+    assert record.levelno == logging.WARNING
+    assert fields["code"] == FRAME_TOO_LARGE
+    assert fields["listener"] == f"unix:{path}"
+
+
+async def test_a_failed_tls_handshake_names_the_peer_and_listener(
+    tmp_path: Path, logged: Records
+) -> None:
+    ca = trustme.CA()
+    pem = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    async with runlease.open_runtime() as rt, trio.open_nursery() as nursery:
+        server = SocketServer(
+            rt,
+            None,
+            listen=[ServerAddress.parse("tcp://127.0.0.1:0")],
+            tls=server_tls_context(pem),
+        )
+        await nursery.start(server.run)
+        port = ServerAddress.parse(server.urls[0]).port
+        plain = await trio.open_tcp_stream("127.0.0.1", port)
+        await plain.send_all(b"this is not a TLS client hello\r\n" * 4)
+        with trio.fail_after(STEP):
+            while await plain.receive_some(4096):
+                pass
+        local_port = plain.socket.getsockname()[1]
+        await plain.aclose()
+        server.shutdown()
+        await server.wait_stopped()
+    record, fields = logged.one("tls_handshake_failed")
+    assert record.levelno == logging.WARNING
+    assert fields["listener"] == server.urls[0]
+    assert fields["remote"] == f"127.0.0.1:{local_port}"
+    assert fields["error"]
 
 
 # ------------------------------------------------------------------ formats

@@ -20,7 +20,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
-from runlease.core.model import REASON_ORPHANED_ON_BOOT, Event, Run
+from runlease.core.model import REASON_ORPHANED_ON_BOOT, Event
+from runlease.core.state import State
 from runlease.runtime.journal import BootReport
 
 log = logging.getLogger("runlease.operator")
@@ -37,8 +38,9 @@ class OperatorLog:
     """An event observer (see :meth:`EventHistory.add_observer`) that logs the events an
     operator needs to hear about; register it for :attr:`KINDS` only.
 
-    ``find_run`` looks a run up in the live state (for its attempt, which never changes
-    for a run). While ``booting``, expiries with reason ``orphaned_on_boot`` and sessions
+    ``state`` is the runtime's live state, where a line looks up what the event leaves
+    out: the run's attempt (fixed for a run) and the holder's agent name (fixed for a
+    session). While ``booting``, expiries with reason ``orphaned_on_boot`` and sessions
     stopped for their TTL are logged as boot recovery; :meth:`boot_finished` ends that and
     logs the summary.
     """
@@ -48,8 +50,8 @@ class OperatorLog:
         {"lease_expired", "run_stolen", "run_force_released", "run_force_failed", "session_stopped"}
     )
 
-    def __init__(self, find_run: Callable[[str], Run | None], *, booting: bool = False) -> None:
-        self._find_run = find_run
+    def __init__(self, state: State, *, booting: bool = False) -> None:
+        self._state = state
         self.booting = booting
         self._boot_shown = {"orphaned_lease": 0, "expired_session": 0}
         self._boot_left_out = {"orphaned_lease": 0, "expired_session": 0}
@@ -86,7 +88,6 @@ class OperatorLog:
         fields.update(
             mode=data.get("mode"),
             previous_session_id=data.get("previous_session_id"),
-            agent=data.get("agent"),
             reason=data.get("reason"),
             lease_until=data.get("lease_until"),
             actor=_who(event),
@@ -147,12 +148,15 @@ class OperatorLog:
 
     # ------------------------------------------------------------------ fields
     def _run_fields(self, event: Event) -> dict[str, Any]:
-        run = self._find_run(event.run_id) if event.run_id is not None else None
+        state = self._state
+        run = state.runs.get(event.run_id) if event.run_id is not None else None
+        session = state.sessions.get(event.session_id) if event.session_id is not None else None
         return {
             "seq": event.seq,
             "run_id": event.run_id,
             "task_id": event.task_id,
             "session_id": event.session_id,
+            "agent": None if session is None else session.agent,
             "attempt": None if run is None else run.attempt,
         }
 

@@ -862,9 +862,7 @@ async def _open_runtime(
         memory_events = retention.max_events or event_capacity or DEFAULT_MEMORY_EVENTS
         fresh = Machine()
         history = EventHistory(capacity=memory_events, observers=observers)
-        history.add_observer(
-            OperatorLog(lambda run_id: fresh.runs.get(run_id)), kinds=OperatorLog.KINDS
-        )
+        history.add_observer(OperatorLog(fresh), kinds=OperatorLog.KINDS)
         runtime = Runtime(
             fresh,
             RuntimeClock(clock),
@@ -904,7 +902,7 @@ async def _open_runtime(
         report = BootReport()
         machine = await trio.to_thread.run_sync(load_machine, store, report)
         # Boot's own expiries are logged as recovery until boot_finished.
-        operator_log = OperatorLog(lambda run_id: machine.runs.get(run_id), booting=True)
+        operator_log = OperatorLog(machine, booting=True)
         history = EventHistory(
             capacity=event_capacity or DEFAULT_EVENT_CAPACITY,
             # Events older than the memory ring are read from the store.

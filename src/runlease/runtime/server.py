@@ -863,6 +863,10 @@ class SocketServer:
         try:
             request = p.decode_request(body)
         except p.RequestRejected as exc:
+            log.warning(
+                "request_rejected",
+                extra={"fields": conn.fields(code=exc.code, request_id=exc.request_id)},
+            )
             conn.post(p.ErrorReply(id=exc.request_id, code=exc.code, message=exc.message))
             return
         if isinstance(request, p.Hello):
