@@ -24,7 +24,7 @@ import trio.testing
 import trustme
 
 import runlease
-from cli_helpers import Server
+from cli_helpers import Cli, Server, poll_until
 from runlease import protocol as p
 from runlease.client_common import ServerAddress
 from runlease.core.model import Event
@@ -624,6 +624,24 @@ def test_serve_log_format_text_prints_readable_lines(tmp_path: Path) -> None:
     assert any(line.split()[2] == "recovered" for line in server.log.lines)
     for line in server.log.lines:
         assert not line.startswith("{"), line
+
+
+def test_serve_log_level_warning_keeps_only_warnings(tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    server = Server.serve(
+        "--data-dir", str(tmp_path / "data"), "--socket", str(sock), "--log-level", "warning"
+    )
+    try:
+        cli = Cli(socket=sock)
+        poll_until(lambda: cli.run("status").code == 0, timeout=60, what="the server to serve")
+        # A refused hello is a warning: it is logged while the start-up lines are not.
+        cli.fails("status", "--token", "rl_token_wrong", code=AUTH_TOKEN_REFUSED, exit=5)
+        assert server.stop(signal.SIGTERM) == 0
+    finally:
+        server.kill()
+    lines = [json.loads(line) for line in server.log.lines]
+    assert "handshake_refused" in [line["event"] for line in lines]
+    assert {line["level"] for line in lines} <= {"warning", "error", "critical"}
 
 
 def test_serve_refuses_an_unknown_log_level(tmp_path: Path) -> None:
