@@ -50,7 +50,7 @@ EXIT_NOTHING_TO_CLAIM: Final = 4
 # given as the first argument, logging JSON lines to stderr.
 _SERVER_CODE: Final = (
     "import sys\n"
-    "from runlease.runtime.server import configure_logging, run_server\n"
+    "from runlease.runtime.serve import configure_logging, run_server\n"
     "configure_logging()\n"
     "run_server(sys.argv[1])\n"
 )

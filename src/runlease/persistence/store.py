@@ -506,7 +506,17 @@ class Store:
                     try:
                         self._checkpoint_locked("checkpoint the journal at close", None)
                     except RunleaseError as exc:
-                        log.warning("final checkpoint of %s failed: %s", self.data_dir, exc)
+                        log.warning(
+                            "checkpoint_failed",
+                            extra={
+                                "fields": {
+                                    "data_dir": str(self.data_dir),
+                                    "code": exc.code,
+                                    "error": exc.message,
+                                    "effect": "log_replayed_at_next_open",
+                                }
+                            },
+                        )
                     self._flush_and_record_identity_locked(self._lmdb_last, raise_errors=False)
             finally:
                 with self._log_lock:

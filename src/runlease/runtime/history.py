@@ -96,6 +96,8 @@ class EventHistory:
         self._last_seq = start_seq
         self._floor = start_seq
         self._observers: list[Observer] = list(observers)
+        # Observers of some kinds only: one dict lookup per event, no call for the others.
+        self._observers_by_kind: dict[str, list[Observer]] = {}
         self._holds: dict[str, int] = {}
         self._followers = count(1)
         self._changed = trio.Event()
@@ -120,6 +122,7 @@ class EventHistory:
         ring = self._ring
         by_task = self._by_task
         observers = self._observers
+        by_kind = self._observers_by_kind
         for event in events:
             if len(ring) >= self._capacity:
                 self._evict()
@@ -134,6 +137,10 @@ class EventHistory:
             self._last_seq = event.seq
             if observers:
                 self._notify(observers, event)
+            if by_kind:
+                chosen = by_kind.get(event.kind)
+                if chosen is not None:
+                    self._notify(chosen, event)
         if self._watched:
             self._watched = False
             self._changed.set()
@@ -163,13 +170,21 @@ class EventHistory:
                     extra={"fields": {"seq": event.seq, "observer": repr(observer)}},
                 )
 
-    def add_observer(self, observer: Observer) -> None:
+    def add_observer(self, observer: Observer, *, kinds: Iterable[str] | None = None) -> None:
         """Call ``observer(event)`` with each event published from now on, in sequence
         order, once it is durable. It runs inside the acknowledgement: keep it quick (hand
         the event to a channel with ``send_nowait``); an exception it raises is logged and
-        otherwise ignored. An observer added twice is still called once per event."""
-        if observer not in self._observers:
-            self._observers.append(observer)
+        otherwise ignored. With ``kinds``, only events of those kinds reach it, and the
+        others cost it nothing (observers of all kinds are called first). An observer added
+        twice is still called once per event."""
+        if kinds is None:
+            if observer not in self._observers:
+                self._observers.append(observer)
+            return
+        for kind in kinds:
+            by_kind = self._observers_by_kind.setdefault(kind, [])
+            if observer not in by_kind:
+                by_kind.append(observer)
 
     def close(self) -> None:
         """End every follower and waiter (the runtime is closing)."""

@@ -555,16 +555,10 @@ class HookDispatcher:
                     next_attempt_at=None,
                 )
                 self._log.record(delivery, body)
-                log.warning(
+                # Given up: the event stays undelivered until an operator retries it.
+                log.error(
                     "hook_delivery_failed",
-                    extra={
-                        "fields": {
-                            "hook": self.name,
-                            "delivery": delivery.id,
-                            "attempts": attempts,
-                            "error": error,
-                        }
-                    },
+                    extra={"fields": _delivery_fields(delivery, attempts, error)},
                 )
                 return False
             wait = policy.delay(attempt, self._draw())
@@ -577,8 +571,30 @@ class HookDispatcher:
                 next_attempt_at=now + wait,
             )
             self._log.record(delivery, body)
+            log.warning(
+                "hook_attempt_failed",
+                extra={"fields": _delivery_fields(delivery, attempts, error, retry_in=wait)},
+            )
             await trio.sleep(wait)
         raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
+
+
+def _delivery_fields(
+    delivery: HookDelivery, attempts: int, error: str, **more: Any
+) -> dict[str, Any]:
+    """The fields of a failed delivery's log line: which hook, event and run, and why."""
+    fields: dict[str, Any] = {
+        "hook": delivery.hook,
+        "delivery": delivery.id,
+        "seq": delivery.seq,
+        "kind": delivery.kind,
+        "task_id": delivery.task_id,
+        "run_id": delivery.run_id,
+        "attempts": attempts,
+        "error": error,
+    }
+    fields.update(more)
+    return fields
 
 
 # ------------------------------------------------------------------------ the service

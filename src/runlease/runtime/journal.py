@@ -221,8 +221,9 @@ class JournalCommitter:
         try:
             record = encode_record(command)
         except RunleaseError as exc:  # validated earlier, so this is a bug
-            log.error("cannot encode %s for the journal: %s", type(command).__name__, exc)
-            self._fail(InternalError(f"could not journal {type(command).__name__}"))
+            self._fail(
+                InternalError(f"could not encode {type(command).__name__} for the journal: {exc}")
+            )
             if request is not None:
                 request.resolve(None, self.failure)
             return
@@ -270,14 +271,33 @@ class JournalCommitter:
     async def flush(self) -> None:
         await self.settle(self.submitted_seq, self.generation)
 
-    def _fail(self, error: RunleaseError) -> None:
+    def _fail(self, error: RunleaseError, *, unexpected: bool = False) -> None:
+        """Turn read-only for good (until a restart): the journal cannot follow memory.
+
+        Logged once, as ``storage_failed``; ``unexpected`` adds the traceback of the
+        exception being handled (a failure that is not a known storage error).
+        """
         if self.failure is None:
-            log.critical("journal write failed; runtime is now read-only: %s", error)
+            log.critical(
+                "storage_failed",
+                exc_info=unexpected,
+                extra={"fields": self._storage_fields(error, effect="read_only_until_restart")},
+            )
             self.failure = Unavailable(
                 f"the journal cannot be written ({error.message}); the runtime is read-only "
                 "until it is restarted with a healthy disk. Nothing acknowledged was lost.",
                 code=STORAGE_FAILED,
             )
+
+    def _storage_fields(self, error: BaseException, **more: Any) -> dict[str, Any]:
+        """The fields of a storage failure's log line: where, the code and the error."""
+        fields: dict[str, Any] = {"data_dir": str(self._store.data_dir)}
+        if isinstance(error, RunleaseError):
+            fields.update(code=error.code, error=error.message)
+        else:
+            fields.update(code=None, error=f"{type(error).__name__}: {error}")
+        fields.update(more)
+        return fields
 
     def _note_progress(self) -> None:
         self._progress.set()
@@ -315,7 +335,10 @@ class JournalCommitter:
                     await trio.to_thread.run_sync(self._store.checkpoint)
                 except RunleaseError as exc:
                     # Nothing is lost: the log keeps the records, and the next round retries.
-                    log.warning("checkpoint failed; the write-ahead log keeps the records: %s", exc)
+                    log.warning(
+                        "checkpoint_failed",
+                        extra={"fields": self._storage_fields(exc, effect="retried_later")},
+                    )
                     continue
             if stored or trio.current_time() - compacted_at >= COMPACT_IDLE_EVERY_SECONDS:
                 await self._compact_history()
@@ -333,10 +356,13 @@ class JournalCommitter:
             )
         except RunleaseError as exc:
             # History only: the state is untouched, and the next round tries again.
-            log.warning("compacting the history failed: %s", exc)
+            log.warning(
+                "history_compaction_failed",
+                extra={"fields": self._storage_fields(exc, effect="retried_later")},
+            )
             return
         if deleted:
-            log.info("compacted %d events past the history's retention", deleted)
+            log.info("history_compacted", extra={"fields": {"deleted_events": deleted}})
 
     async def _flush_loop(self) -> None:
         """Relaxed mode: flush the log shortly after writes, off the commit path."""
@@ -348,7 +374,10 @@ class JournalCommitter:
                 await trio.to_thread.run_sync(self._store.sync_log)
             except RunleaseError as exc:
                 # The store refuses appends from now on; the next commit reports it.
-                log.error("flushing the write-ahead log failed: %s", exc)
+                log.error(
+                    "log_flush_failed",
+                    extra={"fields": self._storage_fields(exc, effect="next_commit_fails")},
+                )
 
     async def _write(self, batch: list[_Pending]) -> None:
         # Runs of records are committed together; a snapshot splits the batch so it is
@@ -399,9 +428,10 @@ class JournalCommitter:
             except Exception as exc:
                 if isinstance(exc, RunleaseError) and exc.code == RESOURCE_EXHAUSTED:
                     return exc
-                if not isinstance(exc, RunleaseError):
-                    log.exception("journal commit failed")
-                self._fail(exc if isinstance(exc, RunleaseError) else InternalError(str(exc)))
+                if isinstance(exc, RunleaseError):
+                    self._fail(exc)
+                else:
+                    self._fail(InternalError(f"{type(exc).__name__}: {exc}"), unexpected=True)
                 await self._roll_back_to_journal()
                 if self._on_rollback is not None:
                     self._on_rollback()
@@ -430,7 +460,10 @@ class JournalCommitter:
         may be acknowledged. Until the rolled-back machine is adopted new writes are
         refused too; the callers hear only after it, so a retry meets the restored state.
         """
-        log.warning("journal commit refused for a transient shortage: %s", cause)
+        log.warning(
+            "journal_commit_refused",
+            extra={"fields": self._storage_fields(cause, effect="batch_refused_writes_go_on")},
+        )
         error = Unavailable(
             f"the journal could not be written for a transient shortage of system resources "
             f"({cause.message}); nothing was changed: retry the request",
@@ -473,8 +506,12 @@ class JournalCommitter:
         """
         try:
             durable = await trio.to_thread.run_sync(load_machine, self._store, BootReport())
-        except Exception:
-            log.exception("could not re-read the journal after a failed commit")
+        except Exception as exc:
+            log.error(
+                "journal_reread_failed",
+                exc_info=True,
+                extra={"fields": self._storage_fields(exc, effect="memory_not_rolled_back")},
+            )
             durable = None
         if durable is not None:
             self._machine.adopt(durable)
@@ -488,9 +525,15 @@ class JournalCommitter:
                 await trio.to_thread.run_sync(
                     self._store.write_snapshot, snapshot.seq, snapshot.data
                 )
-        except Exception:
+        except Exception as exc:
             # A failed snapshot loses nothing: the journal still holds every record.
-            log.exception("snapshot at seq %d failed; the journal keeps everything", snapshot.seq)
+            log.error(
+                "snapshot_failed",
+                exc_info=not isinstance(exc, RunleaseError),
+                extra={
+                    "fields": self._storage_fields(exc, seq=snapshot.seq, effect="journal_kept")
+                },
+            )
         finally:
             snapshot.done.set()
 

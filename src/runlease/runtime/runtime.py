@@ -108,6 +108,7 @@ from runlease.runtime.journal import (
     run_snapshotter,
     take_snapshot,
 )
+from runlease.runtime.operator_log import OperatorLog
 from runlease.runtime.reads import MemoryReads, RuntimeStatus
 from runlease.runtime.timings import RuntimeTimings
 
@@ -870,10 +871,13 @@ async def _open_runtime(
         collector.start()
     if data_dir is None:
         memory_events = retention.max_events or event_capacity or DEFAULT_MEMORY_EVENTS
+        fresh = Machine()
+        history = EventHistory(capacity=memory_events, observers=observers)
+        history.add_observer(OperatorLog(fresh), kinds=OperatorLog.KINDS)
         runtime = Runtime(
-            Machine(),
+            fresh,
             RuntimeClock(clock),
-            history=EventHistory(capacity=memory_events, observers=observers),
+            history=history,
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
             starve_after=starve_after,
@@ -908,17 +912,21 @@ async def _open_runtime(
     try:
         report = BootReport()
         machine = await trio.to_thread.run_sync(load_machine, store, report)
+        # Boot's own expiries are logged as recovery until boot_finished.
+        operator_log = OperatorLog(machine, booting=True)
+        history = EventHistory(
+            capacity=event_capacity or DEFAULT_EVENT_CAPACITY,
+            # Events older than the memory ring are read from the store.
+            store=store,
+            start_seq=machine.last_seq,
+            observers=observers,
+        )
+        history.add_observer(operator_log, kinds=OperatorLog.KINDS)
         runtime = Runtime(
             machine,
             # Never start before the newest time the recovered state has seen.
             RuntimeClock(clock, floor=machine.high_water),
-            history=EventHistory(
-                capacity=event_capacity or DEFAULT_EVENT_CAPACITY,
-                # Events older than the memory ring are read from the store.
-                store=store,
-                start_seq=machine.last_seq,
-                observers=observers,
-            ),
+            history=history,
             durability=durability,
             workspace_roots=workspace_roots,
             allow_agent_force=allow_agent_force,
@@ -952,6 +960,7 @@ async def _open_runtime(
                 # Armed only now, so every lease that ran out while down was expired above
                 # as orphaned_on_boot rather than by the clock as an ordinary expiry.
                 runtime._system.arm_deadlines_of_live_state()
+                operator_log.boot_finished(report)
                 if collector is not None:
                     # The recovered state lives as long as the runtime: out of the
                     # collector's full scans from now on.

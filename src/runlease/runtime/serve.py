@@ -1,4 +1,4 @@
-"""``runlease serve``: run a server in the foreground, log JSON lines, stop on a signal.
+"""``runlease serve``: run a server in the foreground, log its lines, stop on a signal.
 
 The first SIGINT or SIGTERM starts a graceful shutdown (see :meth:`SocketServer.shutdown`);
 a second one stops at once.
@@ -6,18 +6,14 @@ a second one stops at once.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import ssl
-import sys
-import traceback
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
@@ -28,6 +24,7 @@ from runlease.errors import RunleaseError
 from runlease.hooks import Hook
 from runlease.persistence.events import HistoryRetention
 from runlease.runtime.collector import GcTuning
+from runlease.runtime.logs import JsonLogFormatter, TextLogFormatter, configure_logging
 from runlease.runtime.runtime import Durability, Runtime, open_runtime
 from runlease.runtime.server import (
     DEFAULT_SHUTDOWN_GRACE,
@@ -50,38 +47,6 @@ class HttpsFiles(NamedTuple):
 
     cert: Path
     key: Path | None = None
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, event name and the record's ``fields``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
-        if record.exc_info:
-            line["exc"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return json.dumps(line, default=str)
-
-
-def configure_logging(stream: IO[str] | None = None, level: int = logging.INFO) -> None:
-    """Send runlease's log records to ``stream`` (stderr) as JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger("runlease")
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-    root.propagate = False
 
 
 def run_server(
@@ -231,19 +196,6 @@ async def _serve_until_signalled(
         ) as rt:
             if metrics is not None:
                 metrics.bind(rt)
-            report = getattr(rt, "boot_report", None)
-            if report is not None:
-                log.info(
-                    "recovered",
-                    extra={
-                        "fields": {
-                            "snapshot_seq": report.snapshot_seq,
-                            "replayed": report.replayed,
-                            "orphaned_leases": len(report.orphaned_leases),
-                            "expired_sessions": len(report.expired_sessions),
-                        }
-                    },
-                )
             for hook in hooks:  # never the secret
                 log.info(
                     "hook",
@@ -379,4 +331,10 @@ async def _watch_signals(
             return
 
 
-__all__ = ["HttpsFiles", "JsonLogFormatter", "configure_logging", "run_server"]
+__all__ = [
+    "HttpsFiles",
+    "JsonLogFormatter",
+    "TextLogFormatter",
+    "configure_logging",
+    "run_server",
+]

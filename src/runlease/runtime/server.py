@@ -209,6 +209,16 @@ def raise_fd_limit() -> tuple[int, int]:
 
 
 # -------------------------------------------------------------------------- connections
+def _remote_address(stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a TCP peer; "" if it is already gone."""
+    raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    try:
+        host, port = raw.socket.getpeername()[:2]
+    except OSError:
+        return ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _InFlight:
     __slots__ = ("ended", "long", "scope", "why")
 
@@ -229,6 +239,7 @@ class _Connection:
         max_inflight: int,
         *,
         local: bool = True,
+        listener: str = "",
     ) -> None:
         self.stream = stream
         # The hot path reads and writes through the wire; the stream closes the socket.
@@ -240,6 +251,7 @@ class _Connection:
         # True for the owner-only Unix socket, False for TCP: what a caller may do without
         # proving who it is depends on it.
         self.local = local
+        self.listener = listener  # the URL of the listener that accepted it
         self.remote = ""  # host:port of a TCP peer
         self.peer: tuple[int, int, int] | None = None
         self.buffer = p.FrameBuffer()
@@ -298,6 +310,8 @@ class _Connection:
 
     def fields(self, **more: Any) -> dict[str, Any]:
         out: dict[str, Any] = {"conn": self.number}
+        if self.listener:
+            out["listener"] = self.listener
         if self.peer is not None:
             out["peer_pid"], out["peer_uid"] = self.peer[0], self.peer[1]
         if self.remote:
@@ -564,29 +578,33 @@ class SocketServer:
                 continue
             stream = bound.wrap(accepted)
             if len(self._connections) >= self.connection_limit:
-                await self._refuse(stream, nursery)
+                await self._refuse(stream, bound, nursery)
                 continue
             self._opened += 1
-            nursery.start_soon(self._serve_connection, stream, self._opened, bound.local)
+            nursery.start_soon(self._serve_connection, stream, self._opened, bound.local, bound.url)
 
     async def _refuse(
-        self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream], nursery: trio.Nursery
+        self,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        bound: _Bound,
+        nursery: trio.Nursery,
     ) -> None:
         """At the connection cap: tell the client so and close, rather than leave it hanging
         in the backlog or let accept fail for want of descriptors."""
         self._refused_unlogged += 1
         now = time.monotonic()
         if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
-            log.warning(
-                "connection_refused",
-                extra={
-                    "fields": {
-                        "reason": "max_connections",
-                        "max_connections": self.connection_limit,
-                        "refused": self._refused_unlogged,
-                    }
-                },
+            fields: dict[str, Any] = {"listener": bound.url}
+            if not bound.local:
+                fields["remote"] = _remote_address(stream)
+            fields.update(
+                code=SERVER_BUSY,
+                reason="max_connections",
+                max_connections=self.connection_limit,
+                # This one and those refused since the last line (one line per interval).
+                refused=self._refused_unlogged,
             )
+            log.warning("connection_refused", extra={"fields": fields})
             self._refusal_logged_at = now
             self._refused_unlogged = 0
         if self._refusing >= MAX_REFUSING:
@@ -625,8 +643,9 @@ class SocketServer:
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
         number: int,
         local: bool = True,
+        listener: str = "",
     ) -> None:
-        conn = _Connection(stream, number, self.max_inflight, local=local)
+        conn = _Connection(stream, number, self.max_inflight, local=local, listener=listener)
         self._connections.add(conn)
         self._note_connections_changed()
         try:
@@ -655,7 +674,10 @@ class SocketServer:
         except OSError:
             conn.peer = None
         if conn.peer is not None and conn.peer[1] != self._uid:
-            log.warning("peer_refused", extra={"fields": conn.fields(server_uid=self._uid)})
+            log.warning(
+                "peer_refused",
+                extra={"fields": conn.fields(code=PEER_REFUSED, server_uid=self._uid)},
+            )
             conn.linger = True
             await conn.send(
                 p.ErrorReply(
@@ -674,9 +696,7 @@ class SocketServer:
     async def _admit_remote(self, conn: _Connection) -> bool:
         """A TCP client: note its address, and finish the TLS handshake (within the
         handshake timeout) before reading a frame; a failed one is logged and closed."""
-        with contextlib.suppress(OSError):
-            host, port = conn.socket.getpeername()[:2]
-            conn.remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        conn.remote = _remote_address(conn.stream)
         stream = conn.stream
         if isinstance(stream, trio.SSLStream):
             with trio.move_on_after(self.limits.handshake_timeout) as late:
@@ -684,13 +704,15 @@ class SocketServer:
                     await stream.do_handshake()
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     reason = exc.__cause__ if exc.__cause__ is not None else exc
-                    log.info(
+                    # Nothing can be said to a peer that does not speak TLS: no code.
+                    log.warning(
                         "tls_handshake_failed", extra={"fields": conn.fields(error=str(reason))}
                     )
                     return False
             if late.cancelled_caught:
-                log.info(
-                    "connection_timed_out", extra={"fields": conn.fields(phase="tls_handshake")}
+                log.warning(
+                    "connection_timed_out",
+                    extra={"fields": conn.fields(code=CONNECTION_TIMEOUT, phase="tls_handshake")},
                 )
                 return False
         log.debug("connection_opened", extra={"fields": conn.fields()})
@@ -755,7 +777,12 @@ class SocketServer:
                 "so the server closed the connection; a client must send hello first "
                 "(`runlease serve --handshake-timeout` sets the limit)",
             )
-        log.info("connection_timed_out", extra={"fields": conn.fields(phase=phase)})
+        # A late hello is a refusal; closing an idle connection is routine.
+        log.log(
+            logging.INFO if conn.handshaken else logging.WARNING,
+            "connection_timed_out",
+            extra={"fields": conn.fields(code=CONNECTION_TIMEOUT, phase=phase)},
+        )
         await conn.send_last(
             p.ErrorReply(id=p.CONNECTION_ID, code=CONNECTION_TIMEOUT, message=message)
         )
@@ -785,7 +812,8 @@ class SocketServer:
                     body = conn.buffer.next_frame()
                 except p.FramingLost as exc:
                     log.warning(
-                        "framing_lost", extra={"fields": conn.fields(declared=exc.declared)}
+                        "framing_lost",
+                        extra={"fields": conn.fields(code=exc.code, declared=exc.declared)},
                     )
                     await conn.send_last(
                         p.ErrorReply(id=p.CONNECTION_ID, code=exc.code, message=exc.message)
@@ -805,7 +833,9 @@ class SocketServer:
                     "receive_budget_exhausted",
                     extra={
                         "fields": conn.fields(
-                            declared=declared, budget=self.limits.max_buffered_bytes
+                            code=SERVER_BUSY,
+                            declared=declared,
+                            budget=self.limits.max_buffered_bytes,
                         )
                     },
                 )
@@ -833,10 +863,19 @@ class SocketServer:
         try:
             request = p.decode_request(body)
         except p.RequestRejected as exc:
+            log.warning(
+                "request_rejected",
+                extra={"fields": conn.fields(code=exc.code, request_id=exc.request_id)},
+            )
             conn.post(p.ErrorReply(id=exc.request_id, code=exc.code, message=exc.message))
             return
         if isinstance(request, p.Hello):
             reply = self._hello(conn, request)
+            if isinstance(reply, p.ErrorReply):
+                log.warning(
+                    "handshake_refused",
+                    extra={"fields": conn.fields(code=reply.code, error=reply.message)},
+                )
             if isinstance(reply, p.ErrorReply) and reply.code == AUTH_TOKEN_REFUSED:
                 # Nothing more is read from a connection that failed to authenticate.
                 await conn.send_last(reply)

@@ -183,14 +183,26 @@ def serve(
             "off loopback needs --insecure-plaintext. Log in with an access token."
         ),
     ] = None,
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        Param(help="Log lines at this level and above."),
+    ] = "info",
+    log_format: Annotated[
+        Literal["json", "text", "auto"],
+        Param(
+            help="json: one JSON object per line; text: one readable line (time, level, "
+            "event, key=value fields); auto: text when stderr is a terminal, else json."
+        ),
+    ] = "auto",
 ) -> int:
     """Run the server in the foreground until SIGINT or SIGTERM.
 
     The data directory defaults to $RUNLEASE_HOME, else $XDG_DATA_HOME/runlease, else
     ~/.local/share/runlease; the socket to --socket, else $RUNLEASE_SOCKET, else
     <data dir>/runlease.sock. With --listen, exactly the addresses given (unix:PATH,
-    tcp://HOST:PORT); TCP takes --tls-cert and --tls-key. Log lines go to stderr as JSON.
-    Options may also come from a TOML file (--config FILE or $RUNLEASE_CONFIG).
+    tcp://HOST:PORT); TCP takes --tls-cert and --tls-key. Log lines go to stderr, as
+    text on a terminal and JSON otherwise (--log-format). Options may also come from a
+    TOML file (--config FILE or $RUNLEASE_CONFIG).
     """
     # Every option as given, before anything else is bound here: --print-systemd writes
     # them back out.
@@ -239,7 +251,7 @@ def serve(
     )
     if print_systemd:
         return _print_systemd(given, directory, addresses, hooks)
-    configure_logging()
+    configure_logging(level=log_level, log_format=log_format)
     run_server(
         None,
         data_dir=directory,
