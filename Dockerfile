@@ -10,6 +10,8 @@
 #   docker run ... -p 7070:7070 -v ./certs:/certs:ro runlease serve --data-dir /data \
 #     --listen unix:/data/runlease.sock --listen tcp://0.0.0.0:7070 \
 #     --tls-cert /certs/server.pem --tls-key /certs/server.key
+# The web dashboard and /metrics: add `--http 0.0.0.0:8080` (HTTPS with the same
+# --tls-cert/--tls-key) and publish it with -p 8080:8080.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -31,8 +33,8 @@ USER runlease
 # `runlease status` and the other commands inside the container find the socket here.
 ENV RUNLEASE_HOME=/data
 
-# The TCP listener's port when one is configured as above.
-EXPOSE 7070
+# The TCP listener's and the dashboard's ports when they are configured as above.
+EXPOSE 7070 8080
 # SIGTERM starts the graceful stop (requests in flight, final snapshot): give `docker stop`
 # more than the server's 10 s grace (--stop-timeout 30).
 STOPSIGNAL SIGTERM
