@@ -20,9 +20,10 @@ import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import httpx
 import pytest
 
-from cli_helpers import Server, clean_env
+from cli_helpers import Server, clean_env, log_event
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_TIMEOUT = 300
@@ -146,11 +147,17 @@ def test_pip_install_gives_a_working_runlease_without_dev_dependencies(tmp_path:
     assert f"ExecStart={runlease} serve" in unit.stdout, unit.stdout + unit.stderr
 
     sock = tmp_path / "s.sock"
+    # With the dashboard too: its web stack and the metrics library are runtime dependencies.
     server = Server(
-        [runlease, "serve", "--data-dir", str(tmp_path / "data"), "--socket", str(sock)]
-    )
+        [runlease, "serve", "--data-dir", str(tmp_path / "data"), "--socket", str(sock),
+         "--http", "127.0.0.1:0"]
+    )  # fmt: skip
     try:
+        url = json.loads(server.log.wait_for(lambda line: log_event(line) == "http_listening", 60))[
+            "url"
+        ]
         server.wait_listening()
+        assert httpx.get(f"{url}/login", timeout=30).status_code == 200
         status = command("--socket", str(sock), "status")
         assert status.returncode == 0, status.stdout + status.stderr
         assert json.loads(status.stdout)["server"]["pid"] == server.process.pid
