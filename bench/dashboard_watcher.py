@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
@@ -53,6 +54,10 @@ class WatchCounts:
     last_seq: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
+    # Whether the dashboard tab was open (False: /metrics scraped alone).
+    tab: bool = True
+    # CPU seconds the watcher used from the contenders' start to the end of the drain.
+    cpu_seconds: float = 0.0
 
     def fail(self, what: str) -> None:
         self.failed += 1
@@ -66,6 +71,8 @@ class WatchCounts:
             problems.append(f"watcher: {self.failed - len(self.failures)} more failures")
         if self.scrapes == 0:
             problems.append("watcher: /metrics was never scraped")
+        if not self.tab:
+            return problems
         if self.fragment_fetches == 0:
             problems.append("watcher: the overview fragment was never fetched")
         if self.last_seq < last_seq:
@@ -81,11 +88,13 @@ class DashboardWatcher:
         counts = watcher.finish(last_event_seq)     # reads the stream up to there
     """
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, *, tab: bool = True) -> None:
         ctx = spawn_context()
         self._pipe, child_end = ctx.Pipe()
         self._child_end = child_end
-        self._process = ctx.Process(target=watcher_main, args=(url, token, child_end), daemon=True)
+        self._process = ctx.Process(
+            target=watcher_main, args=(url, token, child_end, tab), daemon=True
+        )
 
     def __enter__(self) -> DashboardWatcher:
         self._process.start()
@@ -112,10 +121,11 @@ class DashboardWatcher:
             self._pipe.close()
 
 
-def watcher_main(url: str, token: str, conn: Connection) -> None:
-    """Child process: watch until told to stop, then send the counts."""
+def watcher_main(url: str, token: str, conn: Connection, tab: bool = True) -> None:
+    """Child process: watch until told to stop, then send the counts. Without ``tab``,
+    only the scraper runs."""
     try:
-        counts = trio.run(watch, url, token, conn)
+        counts = trio.run(watch, url, token, conn, tab)
         conn.send(("watched", asdict(counts)))
     except BaseException:
         report_failure(None, conn)
@@ -123,30 +133,35 @@ def watcher_main(url: str, token: str, conn: Connection) -> None:
         conn.close()
 
 
-async def watch(url: str, token: str, conn: Connection) -> WatchCounts:
-    counts = WatchCounts()
+async def watch(url: str, token: str, conn: Connection, tab_open: bool = True) -> WatchCounts:
+    counts = WatchCounts(tab=tab_open)
     # The stream waits on events as long as it must: no read timeout on the tab's client.
     timeout = httpx.Timeout(60.0, read=None)
     async with (
         httpx.AsyncClient(base_url=url, timeout=timeout) as tab,
         httpx.AsyncClient(base_url=url, timeout=60.0) as scraper,
     ):
-        after = await open_overview(tab, token, counts)
         refresher = Refresher(tab, counts)
         reader = EventReader(counts, refresher)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(refresher.run)
-            await nursery.start(partial(reader.follow, tab, after))
+            if tab_open:
+                after = await open_overview(tab, token, counts)
+                nursery.start_soon(refresher.run)
+                await nursery.start(partial(reader.follow, tab, after))
             scraping = trio.CancelScope()
             await nursery.start(scrape_metrics, scraper, token, counts, scraping)
-            await refresher.first_fetch.wait()
+            if tab_open:
+                await refresher.first_fetch.wait()
             conn.send(("watching",))
+            cpu_at_start = time.process_time()
             command = await trio.to_thread.run_sync(conn.recv, abandon_on_cancel=True)
+            counts.cpu_seconds = round(time.process_time() - cpu_at_start, 3)
             scraping.cancel()
             _, last_seq = command
-            with trio.move_on_after(CATCH_UP_TIMEOUT):
-                await reader.wait_for(last_seq)
-                await refresher.settle()
+            if tab_open:
+                with trio.move_on_after(CATCH_UP_TIMEOUT):
+                    await reader.wait_for(last_seq)
+                    await refresher.settle()
             nursery.cancel_scope.cancel()
     return counts
 
@@ -300,4 +315,5 @@ def note(counts: WatchCounts) -> dict[str, Any]:
         "fragment_fetches": counts.fragment_fetches,
         "events": counts.events,
         "failed": counts.failed,
+        "cpu_s": counts.cpu_seconds,
     }

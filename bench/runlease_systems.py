@@ -294,7 +294,10 @@ class SocketSystem(System):
             start=start,
             contenders=logs,
             system_problems=problems,
-            notes={"client_processes": min(CLIENT_PROCESSES, contenders)},
+            notes={
+                "client_processes": min(CLIENT_PROCESSES, contenders),
+                "server_cpu_s": server.cpu_seconds,
+            },
         )
 
     def server(self, workload: Workload, workdir: Path) -> ServerProcess:
@@ -342,6 +345,7 @@ class WatchedRunlease(SocketRunlease):
 
     family = "runlease-socket-watched"
     server_kind = "watched"
+    tab = True  # False: /metrics is scraped, no dashboard tab is open
 
     def __init__(self, mode: Mode) -> None:
         super().__init__(mode)
@@ -351,7 +355,7 @@ class WatchedRunlease(SocketRunlease):
     def run(self, workload: Workload, contenders: int, workdir: Path) -> RawRun:
         with (
             self.server(workload, workdir) as server,
-            DashboardWatcher(server.dashboard_url, server.reader_token) as watcher,
+            DashboardWatcher(server.dashboard_url, server.reader_token, tab=self.tab) as watcher,
         ):
             start, logs = self.contend(server, workload, contenders)
             problems = server.verify()
@@ -361,8 +365,25 @@ class WatchedRunlease(SocketRunlease):
             start=start,
             contenders=logs,
             system_problems=problems + counts.problems(server.last_event_seq),
-            notes={"client_processes": min(CLIENT_PROCESSES, contenders), "watcher": note(counts)},
+            notes={
+                "client_processes": min(CLIENT_PROCESSES, contenders),
+                "server_cpu_s": server.cpu_seconds,
+                "watcher": note(counts),
+            },
         )
+
+
+class ScrapedRunlease(WatchedRunlease):
+    """The watched row with /metrics scraped every second and no dashboard tab open: the
+    scrape's share of what watching costs."""
+
+    family = "runlease-socket-scraped"
+    tab = False
+
+    def __init__(self, mode: Mode) -> None:
+        super().__init__(mode)
+        self.key = f"socket-scraped-{mode}"
+        self.label = f"runlease socket, {mode}, /metrics scraped"
 
 
 class EchoFloor(SocketSystem):
@@ -396,8 +417,10 @@ class ServerProcess:
         # The watched kind's dashboard (its URL) and the reader token it is watched with.
         self.dashboard_url = ""
         self.reader_token = ""
-        # The sequence of the last event, as of the last "verify".
+        # The sequence of the last event, and the CPU seconds the server used since it was
+        # ready (the contenders' setup and drain), as of the last "verify".
         self.last_event_seq = 0
+        self.cpu_seconds: float | None = None
         server_pem = ""
         if tls:
             self.ca, server_pem = make_test_certificates(self._socket_dir)
@@ -432,8 +455,9 @@ class ServerProcess:
     def verify(self) -> list[str]:
         self._pipe.send("verify")
         message = self._receive(120)
-        if len(message) > 2:
+        if len(message) > 3:
             self.last_event_seq = int(message[2])
+            self.cpu_seconds = round(float(message[3]), 3)
         return list(message[1])
 
     def __exit__(self, *exc_info: object) -> None:
@@ -540,6 +564,7 @@ async def _serve_runlease(
                     partial(serve_http, rt, LOOPBACK, metrics=metrics.render)
                 )
                 reader = (await rt.create_token(name="bench-watcher", role="reader")).secret
+            cpu_at_ready = time.process_time()
             conn.send(
                 (
                     "ready",
@@ -552,7 +577,8 @@ async def _serve_runlease(
             )
             while (command := await _commands(conn)) != "stop":
                 if command == "verify":
-                    conn.send(("verified", verify_runtime(rt, expected), rt.history.last_seq))
+                    cpu = time.process_time() - cpu_at_ready
+                    conn.send(("verified", verify_runtime(rt, expected), rt.history.last_seq, cpu))
             server.shutdown()
             await server.wait_stopped()
             if http is not None:
