@@ -54,8 +54,10 @@ from bench.runlease_systems import (
     HookedRunlease,
     MeteredRunlease,
     Mode,
+    ScrapedRunlease,
     SocketRunlease,
     TlsRunlease,
+    WatchedRunlease,
 )
 from bench.sqlite_queue import SqliteQueue
 
@@ -115,6 +117,10 @@ def all_systems() -> list[System]:
         TlsRunlease("memory"),
         TlsRunlease("relaxed"),
         TlsRunlease("durable"),
+        WatchedRunlease("memory"),
+        WatchedRunlease("durable"),
+        ScrapedRunlease("memory"),
+        ScrapedRunlease("durable"),
         *one_trip_systems(),
         EchoFloor(),
         SqliteQueue("FULL"),
@@ -136,6 +142,11 @@ GROUPS: Final[dict[str, Callable[[System], bool]]] = {
     # The embedded memory and durable rows beside the same with metrics scraped every second.
     "metrics": lambda s: (
         s.key in ("embedded-memory", "embedded-durable") or s.family == "runlease-embedded-metered"
+    ),
+    # The socket memory and durable rows beside the same with the dashboard open and
+    # /metrics scraped every second.
+    "watched": lambda s: (
+        s.key in ("socket-memory", "socket-durable") or s.family == "runlease-socket-watched"
     ),
     # The socket rows' server over loopback TCP with TLS.
     "tls": lambda s: s.key.startswith("tls-"),
@@ -202,6 +213,12 @@ def run_contention(
                     f"  p99 {row.claim_p99_ms:8.2f} ms  Jain {row.jain:.3f}  {status}"
                     f"  ({took:.1f} s)"
                 )
+            if "watcher" in row.notes:
+                watched = row.notes["watcher"]
+                console.print(
+                    f"    watcher: {watched['scrapes']} scrapes, "
+                    f"{watched['fragment_fetches']} overview fetches, {watched['events']} events"
+                )
             if row.problems:
                 report.print_violation(console, row)
     systems_order = {s.key: i for i, s in enumerate(systems)}
@@ -244,9 +261,9 @@ def run_wakeup(
     for system in systems:
         if not isinstance(system, EmbeddedRunlease | SocketRunlease):
             continue
-        if system.loop != "claim-complete" or isinstance(system, TlsRunlease):
+        if system.loop != "claim-complete" or isinstance(system, TlsRunlease | WatchedRunlease):
             # Waking a parked claimer does not depend on the contender loop; the wake-up
-            # probe speaks to the Unix socket only.
+            # probe speaks to the Unix socket only, to a server nobody watches.
             continue
         workdir = Path(tempfile.mkdtemp(prefix=f"wake-{system.key}-", dir=workroot))
         try:
@@ -272,8 +289,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--systems",
         nargs="+",
         metavar="NAME",
-        help="system keys or groups (all, runlease, peers, embedded, socket, tls, sqlite, "
-        "beanstalkd)",
+        help="system keys or groups (all, runlease, peers, embedded, socket, tls, watched, "
+        "sqlite, beanstalkd)",
     )
     parser.add_argument("--contenders", nargs="+", type=int, metavar="C")
     parser.add_argument("--runs", type=int, metavar="N", help="runs preloaded per measurement")

@@ -30,6 +30,7 @@ from bench.common import (
     monotonic,
     short_socket_dir,
 )
+from bench.dashboard_watcher import DashboardWatcher, note
 from bench.hook_endpoints import dead_endpoint, slow_endpoint
 from bench.procs import (
     await_message,
@@ -45,6 +46,7 @@ from runlease.errors import BAD_REQUEST, NO_CLAIMABLE_RUN, NotFound, RunleaseErr
 from runlease.hooks import Hook
 from runlease.runtime.client import open_client
 from runlease.runtime.collector import GcTuning
+from runlease.runtime.http import HttpServer, serve_http
 from runlease.runtime.listeners import server_tls_context
 from runlease.runtime.metrics import RuntimeMetrics
 from runlease.runtime.runtime import Runtime, open_runtime
@@ -55,6 +57,8 @@ Mode = Literal["memory", "relaxed", "durable"]
 PRELOAD_WRITERS: Final = 64
 CLIENT_PROCESSES: Final = 2
 SERVER_START_TIMEOUT: Final = 600.0
+# Where the watched rows' server serves its dashboard: plain HTTP on a free loopback port.
+LOOPBACK: Final = ServerAddress("tcp", host="127.0.0.1", port=0, tls=False)
 
 
 class Claimer(Protocol):
@@ -282,20 +286,32 @@ class SocketSystem(System):
     tls: bool = False  # contenders connect over TCP with TLS instead of the Unix socket
 
     def run(self, workload: Workload, contenders: int, workdir: Path) -> RawRun:
-        with ServerProcess(self.server_kind, self.mode, workdir, workload, tls=self.tls) as server:
-            start, logs = run_client_processes(
-                socket_client_main,
-                contenders,
-                CLIENT_PROCESSES,
-                (server.target, workload.lease_seconds, self.loop, server.ca, server.access_token),
-            )
+        with self.server(workload, workdir) as server:
+            start, logs = self.contend(server, workload, contenders)
             problems = server.verify()
         return RawRun(
             expected=server.expected,
             start=start,
             contenders=logs,
             system_problems=problems,
-            notes={"client_processes": min(CLIENT_PROCESSES, contenders)},
+            notes={
+                "client_processes": min(CLIENT_PROCESSES, contenders),
+                "server_cpu_s": server.cpu_seconds,
+            },
+        )
+
+    def server(self, workload: Workload, workdir: Path) -> ServerProcess:
+        return ServerProcess(self.server_kind, self.mode, workdir, workload, tls=self.tls)
+
+    def contend(
+        self, server: ServerProcess, workload: Workload, contenders: int
+    ) -> tuple[float, list[ContenderLog]]:
+        """The contenders' drain against ``server``: (barrier instant, their logs)."""
+        return run_client_processes(
+            socket_client_main,
+            contenders,
+            CLIENT_PROCESSES,
+            (server.target, workload.lease_seconds, self.loop, server.ca, server.access_token),
         )
 
 
@@ -319,6 +335,55 @@ class TlsRunlease(SocketRunlease):
         super().__init__(mode)
         self.key = f"tls-{mode}"
         self.label = f"runlease TCP+TLS, {mode}"
+
+
+class WatchedRunlease(SocketRunlease):
+    """The socket row with the dashboard served over the same runtime, open in a tab that
+    follows the live events, and /metrics scraped every second (bench.dashboard_watcher):
+    what an operator watching costs the contenders. A watcher that failed or scraped
+    nothing makes the row fail its check."""
+
+    family = "runlease-socket-watched"
+    server_kind = "watched"
+    tab = True  # False: /metrics is scraped, no dashboard tab is open
+
+    def __init__(self, mode: Mode) -> None:
+        super().__init__(mode)
+        self.key = f"socket-watched-{mode}"
+        self.label = f"runlease socket, {mode}, dashboard open and /metrics scraped"
+
+    def run(self, workload: Workload, contenders: int, workdir: Path) -> RawRun:
+        with (
+            self.server(workload, workdir) as server,
+            DashboardWatcher(server.dashboard_url, server.reader_token, tab=self.tab) as watcher,
+        ):
+            start, logs = self.contend(server, workload, contenders)
+            problems = server.verify()
+            counts = watcher.finish(server.last_event_seq)
+        return RawRun(
+            expected=server.expected,
+            start=start,
+            contenders=logs,
+            system_problems=problems + counts.problems(server.last_event_seq),
+            notes={
+                "client_processes": min(CLIENT_PROCESSES, contenders),
+                "server_cpu_s": server.cpu_seconds,
+                "watcher": note(counts),
+            },
+        )
+
+
+class ScrapedRunlease(WatchedRunlease):
+    """The watched row with /metrics scraped every second and no dashboard tab open: the
+    scrape's share of what watching costs."""
+
+    family = "runlease-socket-scraped"
+    tab = False
+
+    def __init__(self, mode: Mode) -> None:
+        super().__init__(mode)
+        self.key = f"socket-scraped-{mode}"
+        self.label = f"runlease socket, {mode}, /metrics scraped"
 
 
 class EchoFloor(SocketSystem):
@@ -349,6 +414,13 @@ class ServerProcess:
         self.ca = ""
         # The agent token TCP clients authenticate with ("" over the Unix socket).
         self.access_token = ""
+        # The watched kind's dashboard (its URL) and the reader token it is watched with.
+        self.dashboard_url = ""
+        self.reader_token = ""
+        # The sequence of the last event, and the CPU seconds the server used since it was
+        # ready (the contenders' setup and drain), as of the last "verify".
+        self.last_event_seq = 0
+        self.cpu_seconds: float | None = None
         server_pem = ""
         if tls:
             self.ca, server_pem = make_test_certificates(self._socket_dir)
@@ -372,6 +444,9 @@ class ServerProcess:
         if self.ca:
             self.target = str(message[2])
             self.access_token = str(message[3])
+        if self.kind == "watched":
+            self.dashboard_url = str(message[4])
+            self.reader_token = str(message[5])
         return self
 
     def _receive(self, timeout: float) -> tuple[Any, ...]:
@@ -380,6 +455,9 @@ class ServerProcess:
     def verify(self) -> list[str]:
         self._pipe.send("verify")
         message = self._receive(120)
+        if len(message) > 3:
+            self.last_event_seq = int(message[2])
+            self.cpu_seconds = round(float(message[3]), 3)
         return list(message[1])
 
     def __exit__(self, *exc_info: object) -> None:
@@ -416,14 +494,22 @@ def server_main(
     server_pem: str = "",
 ) -> None:
     """Child process: preload, serve, answer "verify", stop on "stop" (or a closed pipe).
-    With ``server_pem``, it also listens on loopback TCP with TLS."""
+    With ``server_pem``, it also listens on loopback TCP with TLS; the ``watched`` kind
+    also serves the dashboard and /metrics over HTTP on loopback."""
     try:
         if kind == "echo":
             trio.run(_serve_echo, Path(socket_path), workload, conn)
             Path(socket_path).unlink(missing_ok=True)
         else:
             trio.run(
-                _serve_runlease, mode, Path(workdir), Path(socket_path), workload, conn, server_pem
+                _serve_runlease,
+                mode,
+                Path(workdir),
+                Path(socket_path),
+                workload,
+                conn,
+                server_pem,
+                kind == "watched",
             )
     except BaseException:
         report_failure(None, conn)
@@ -443,9 +529,19 @@ async def _serve_runlease(
     workload: Workload,
     conn: Connection,
     server_pem: str = "",
+    dashboard: bool = False,
 ) -> None:
+    # With the dashboard, metrics are wired as `runlease serve --http` wires them: counting
+    # from before boot, bound once the runtime is open, rendered by each /metrics request.
+    metrics = RuntimeMetrics() if dashboard else None
     # Tuned like `runlease serve`, which owns its process the same way.
-    async with open_runtime(**runtime_options(mode, workdir), gc_tuning=GcTuning()) as rt:
+    async with open_runtime(
+        **runtime_options(mode, workdir),
+        observers=() if metrics is None else (metrics,),
+        gc_tuning=GcTuning(),
+    ) as rt:
+        if metrics is not None:
+            metrics.bind(rt)
         expected = await preload(rt, workload.priorities())
         async with trio.open_nursery() as nursery:
             listen = [ServerAddress.parse("tcp://127.0.0.1:0")] if server_pem else []
@@ -460,12 +556,34 @@ async def _serve_runlease(
             )
             # A TCP connection must authenticate: its clients get an agent token.
             secret = (await rt.create_token(name="bench", role="agent")).secret if listen else ""
-            conn.send(("ready", expected, server.urls[-1], secret))
+            # The dashboard's watcher logs in and scrapes with a reader token.
+            http: HttpServer | None = None
+            reader = ""
+            if metrics is not None:
+                http = await nursery.start(
+                    partial(serve_http, rt, LOOPBACK, metrics=metrics.render)
+                )
+                reader = (await rt.create_token(name="bench-watcher", role="reader")).secret
+            cpu_at_ready = time.process_time()
+            conn.send(
+                (
+                    "ready",
+                    expected,
+                    server.urls[-1],
+                    secret,
+                    "" if http is None else http.url,
+                    reader,
+                )
+            )
             while (command := await _commands(conn)) != "stop":
                 if command == "verify":
-                    conn.send(("verified", verify_runtime(rt, expected)))
+                    cpu = time.process_time() - cpu_at_ready
+                    conn.send(("verified", verify_runtime(rt, expected), rt.history.last_seq, cpu))
             server.shutdown()
             await server.wait_stopped()
+            if http is not None:
+                http.shutdown()
+                await http.wait_stopped()
 
 
 class EchoState:

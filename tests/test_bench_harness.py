@@ -33,13 +33,17 @@ from bench.common import (  # noqa: E402
     split_evenly,
     summarize,
 )
+from bench.dashboard_watcher import WatchCounts  # noqa: E402
 from bench.procs import report_failure, run_client_processes  # noqa: E402
 from bench.runlease_systems import (  # noqa: E402
     EchoFloor,
     EmbeddedRunlease,
     HookedRunlease,
     MeteredRunlease,
+    ScrapedRunlease,
+    ServerProcess,
     SocketRunlease,
+    WatchedRunlease,
 )
 from rich.console import Console  # noqa: E402
 
@@ -150,6 +154,75 @@ def test_the_metered_rows_drain_exactly_once_while_scraped(tmp_path: Path) -> No
         "embedded-metered-memory",
         "embedded-metered-durable",
     ]
+
+
+def test_the_watched_rows_drain_exactly_once_with_the_dashboard_open(tmp_path: Path) -> None:
+    code, document = _run([WatchedRunlease("memory"), ScrapedRunlease("memory")], tmp_path)
+    assert code == 0, (tmp_path / "console.txt").read_text()
+    rows = document["contention"]
+    assert [r["system"] for r in rows] == ["socket-watched-memory"] * len(LEVELS) + [
+        "socket-scraped-memory"
+    ] * len(LEVELS)
+    for row in rows[len(LEVELS) :]:
+        assert row["problems"] == [], row
+        scraped = row["notes"]["watcher"]
+        assert (scraped["failed"], scraped["page_loads"], scraped["events"]) == (0, 0, 0)
+        assert scraped["scrapes"] >= 1
+        assert row["notes"]["server_cpu_s"] > 0
+    for row in rows[: len(LEVELS)]:
+        assert row["problems"] == [], row
+        assert row["cycles"] == TINY
+        watched = row["notes"]["watcher"]
+        assert watched["failed"] == 0
+        assert watched["page_loads"] == 1
+        # Scraped and refreshed once before the contenders start, then as the clock says.
+        assert watched["scrapes"] >= 1
+        assert watched["fragment_fetches"] >= 1
+        # The stream delivered every event up to the last: a claim and a completion per run
+        # at least.
+        assert watched["events"] >= 2 * TINY
+    chosen = contention.select_systems(["watched"], contention.all_systems())
+    assert [s.key for s in chosen] == [
+        "socket-memory",
+        "socket-durable",
+        "socket-watched-memory",
+        "socket-watched-durable",
+    ]
+
+
+class WrongTokenServer(ServerProcess):
+    """The watched server, but the watcher is handed a token the server never issued."""
+
+    def __enter__(self) -> ServerProcess:
+        super().__enter__()
+        self.reader_token = "rl_not_a_token"
+        return self
+
+
+class WatchedWithAWrongToken(WatchedRunlease):
+    def server(self, workload: Workload, workdir: Path) -> ServerProcess:
+        return WrongTokenServer(self.server_kind, self.mode, workdir, workload)
+
+
+def test_a_watcher_that_cannot_log_in_fails_the_row(tmp_path: Path) -> None:
+    code, document = _run([WatchedWithAWrongToken("memory")], tmp_path)
+    assert code == contention.EXIT_ERROR
+    for row in document["contention"]:
+        assert row["skipped"].startswith("error"), row
+        assert "login was refused" in row["notes"]["error"]
+
+
+def test_a_watch_that_scraped_nothing_or_fell_behind_is_a_problem() -> None:
+    fine = WatchCounts(page_loads=1, scrapes=3, fragment_fetches=2, events=9, last_seq=9)
+    assert fine.problems(9) == []
+    assert any("never scraped" in p for p in WatchCounts(fragment_fetches=1).problems(0))
+    assert any("never fetched" in p for p in WatchCounts(scrapes=1).problems(0))
+    behind = WatchCounts(scrapes=1, fragment_fetches=1, last_seq=7)
+    assert any("stopped at #7 of #9" in p for p in behind.problems(9))
+    refused = WatchCounts(scrapes=1, fragment_fetches=1)
+    for _ in range(8):
+        refused.fail("/metrics: HTTP 401")
+    assert refused.problems(0) == ["watcher: /metrics: HTTP 401"] * 5 + ["watcher: 3 more failures"]
 
 
 def test_beanstalkd_missing_is_a_clear_skip_row(
