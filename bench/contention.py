@@ -217,7 +217,8 @@ def run_contention(
                 watched = row.notes["watcher"]
                 console.print(
                     f"    watcher: {watched['scrapes']} scrapes, "
-                    f"{watched['fragment_fetches']} overview fetches, {watched['events']} events"
+                    f"{watched['fragment_fetches']} overview fetches, {watched['events']} events "
+                    f"shown, {watched.get('skipped', 0)} counted as skipped"
                 )
             if row.problems:
                 report.print_violation(console, row)

@@ -51,6 +51,8 @@ class WatchCounts:
     scrapes: int = 0
     fragment_fetches: int = 0
     events: int = 0
+    # Events the server left out of busy moments (counted in its "skipped" messages).
+    skipped: int = 0
     last_seq: int = 0
     failed: int = 0
     failures: list[str] = field(default_factory=list)
@@ -244,11 +246,13 @@ class EventReader:
             return
         await self._reached.wait()
 
-    def _delivered(self, seq: int) -> None:
+    def _delivered(self, seq: int, *, shown: bool = True) -> None:
+        """Event ``seq`` arrived, or (not ``shown``) the server's count of events up to it
+        that it left out of a busy moment."""
         counts = self._counts
         if seq <= counts.last_seq:
             counts.fail(f"/events: #{seq} came after #{counts.last_seq}")
-        counts.events += 1
+        counts.events += shown
         counts.last_seq = seq
         if seq >= self._target:
             self._reached.set()
@@ -270,14 +274,20 @@ class EventReader:
             self._refresher.want()  # the page refreshes when its stream opens
             task_status.started()
             seq: int | None = None
+            skipped = False
             async for line in stream.aiter_lines():
                 if line.startswith("id:"):
                     seq = int(line[3:].strip())
+                elif line == "event: skipped":
+                    skipped = True
                 elif line.startswith("data:"):
-                    json.loads(line[5:])
+                    data = json.loads(line[5:])
+                    if skipped:
+                        self._counts.skipped += data["count"]
                 elif line == "" and seq is not None:
-                    self._delivered(seq)
+                    self._delivered(seq, shown=not skipped)
                     seq = None
+                    skipped = False
         self._counts.fail("/events: the server ended the stream")
 
 
@@ -314,6 +324,7 @@ def note(counts: WatchCounts) -> dict[str, Any]:
         "scrapes": counts.scrapes,
         "fragment_fetches": counts.fragment_fetches,
         "events": counts.events,
+        "skipped": counts.skipped,
         "failed": counts.failed,
         "cpu_s": counts.cpu_seconds,
     }

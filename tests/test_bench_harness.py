@@ -178,9 +178,9 @@ def test_the_watched_rows_drain_exactly_once_with_the_dashboard_open(tmp_path: P
         # Scraped and refreshed once before the contenders start, then as the clock says.
         assert watched["scrapes"] >= 1
         assert watched["fragment_fetches"] >= 1
-        # The stream delivered every event up to the last: a claim and a completion per run
-        # at least.
-        assert watched["events"] >= 2 * TINY
+        # The stream accounted for every event up to the last (shown, or counted in a
+        # "skipped" message of a busy moment): a claim and a completion per run at least.
+        assert watched["events"] + watched["skipped"] >= 2 * TINY
     chosen = contention.select_systems(["watched"], contention.all_systems())
     assert [s.key for s in chosen] == [
         "socket-memory",

@@ -23,6 +23,7 @@ from runlease.client_common import ServerAddress
 from runlease.core.model import Actor, Origin
 from runlease.dashboard import format as fmt
 from runlease.dashboard.auth import WebSessions
+from runlease.dashboard.stream import SHOWN_PER_FLUSH
 from runlease.errors import Unavailable
 from runlease.runtime.http import HttpServer, serve_http
 from runlease.runtime.runtime import Runtime
@@ -313,6 +314,35 @@ async def test_the_event_stream_resumes_after_the_last_event_seen_and_goes_on_li
                 assert data["kind"] == "task_created"
             async with client.stream("GET", "/events", params={"after": "-1"}) as bad:
                 assert bad.status_code == 400
+
+
+async def test_a_burst_shows_its_newest_events_and_counts_the_rest() -> None:
+    async with dashboard() as (rt, server), client_for(server) as client:
+        await log_in(client, await token(rt, "reader"))
+        for n in range(SHOWN_PER_FLUSH + 30):
+            await rt.create_task(f"task {n}")
+        last = rt.status().last_event_seq
+        with trio.fail_after(30):
+            async with client.stream("GET", "/events", params={"after": "0"}) as stream:
+                lines = stream.aiter_lines()
+                # The whole backlog arrives in one window: one "skipped" message, then the
+                # newest events, in order, each with its own id.
+                head: list[str] = []
+                async for line in lines:
+                    if line.startswith("retry:"):
+                        continue  # the stream's opening advice, before any message
+                    if line == "":
+                        if head:
+                            break
+                        continue
+                    head.append(line)
+                left_out = last - SHOWN_PER_FLUSH
+                assert head[0] == "event: skipped"
+                assert head[1] == f"id: {left_out}"
+                gap = json.loads(head[2].removeprefix("data: "))
+                assert gap == {"count": left_out, "first_seq": 1, "last_seq": left_out}
+                shown = await read_sse(lines, SHOWN_PER_FLUSH)
+                assert [e["id"] for e in shown] == list(range(left_out + 1, last + 1))
 
 
 async def test_a_port_in_use_is_a_clear_error() -> None:

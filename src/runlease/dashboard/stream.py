@@ -8,7 +8,10 @@ goes out when nothing happened for a while, so proxies and browsers keep the con
 An open tab must not slow the queue it watches: events are written at most once per
 ``FLUSH_SECONDS`` (whatever arrived meanwhile in one write, not a write per event, which
 is what costs under load), handed from the reader without a scheduler round trip each,
-and encoded by msgspec.
+and encoded by msgspec. A person reads a few events a second, not thousands: of what
+arrived in one window the newest ``SHOWN_PER_FLUSH`` go out, after one ``skipped``
+message that counts the rest and names their range (its ``id`` is the last of them, so a
+resume carries on after it). The complete feed is ``runlease events --follow``.
 
 The stream ends when the client goes away, when the login's token is revoked or expires
 (checked before each message), or when the server shuts down.
@@ -39,6 +42,8 @@ MAX_BATCH: Final = 4096
 # After an event arrives, wait this long for more before writing: a person sees no delay,
 # and a busy queue costs ten writes a second per tab instead of one per event.
 FLUSH_SECONDS: Final = 0.1
+# Events shown of one window (at most 500 a second); the page keeps the newest 200.
+SHOWN_PER_FLUSH: Final = 50
 # How long a browser waits before reconnecting after the stream ended.
 RETRY_MILLISECONDS: Final = 2000
 # At most this much of an event's data is shown beside it.
@@ -67,6 +72,12 @@ def event_summary(event: Event) -> dict[str, Any]:
         "actor": None if event.actor is None else f"{event.actor.kind}:{event.actor.ref}",
         "data": preview,
     }
+
+
+def skipped_message(first: Event, last: Event, count: int) -> bytes:
+    """The ``skipped`` message standing for ``count`` events from ``first`` to ``last``."""
+    gap = {"count": count, "first_seq": first.seq, "last_seq": last.seq}
+    return b"event: skipped\nid: %d\ndata: %s\n\n" % (last.seq, _JSON.encode(gap))
 
 
 def sse_message(event: Event) -> bytes:
@@ -159,12 +170,18 @@ class EventStream(Response):
                 continue
             # Let a burst gather, then whatever was read goes out in one write.
             await anyio.sleep(FLUSH_SECONDS)
-            chunk = [sse_message(event)]
-            while len(chunk) < MAX_BATCH:
+            arrived = [event]
+            while len(arrived) < MAX_BATCH:
                 try:
-                    chunk.append(sse_message(events.receive_nowait()))
+                    arrived.append(events.receive_nowait())
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
+            chunk = []
+            if len(arrived) > SHOWN_PER_FLUSH:
+                left_out = len(arrived) - SHOWN_PER_FLUSH
+                chunk.append(skipped_message(arrived[0], arrived[left_out - 1], left_out))
+                arrived = arrived[left_out:]
+            chunk.extend(sse_message(e) for e in arrived)
             await self._body(send, b"".join(chunk))
 
     async def _read_history(self, sender: MemoryObjectSendStream[Event]) -> None:
@@ -192,4 +209,10 @@ class EventStream(Response):
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
-__all__ = ["EventStream", "StreamRegistry", "event_summary", "sse_message"]
+__all__ = [
+    "EventStream",
+    "StreamRegistry",
+    "event_summary",
+    "skipped_message",
+    "sse_message",
+]

@@ -129,6 +129,18 @@
       while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
       schedule();
     };
+    // A busy queue: the server sent the newest events of a moment and counted the rest.
+    stream.addEventListener("skipped", (message) => {
+      const gap = JSON.parse(message.data);
+      list.dataset.after = gap.last_seq;
+      const li = document.createElement("li");
+      li.className = "skipped";
+      li.textContent = `… ${gap.count} events not shown (#${gap.first_seq}–#${gap.last_seq}; ` +
+        `runlease events --after ${gap.first_seq - 1} lists them)`;
+      list.prepend(li);
+      while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+      schedule();
+    });
     stream.onerror = () => {
       if (stream.readyState === EventSource.CLOSED) {
         state("closed", "disconnected");
