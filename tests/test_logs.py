@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -647,3 +648,33 @@ def test_serve_log_level_warning_keeps_only_warnings(tmp_path: Path) -> None:
 def test_serve_refuses_an_unknown_log_level(tmp_path: Path) -> None:
     server = Server.serve("--data-dir", str(tmp_path / "data"), "--log-level", "loud")
     assert server.wait_exit() == 2
+
+
+EMBEDDED_EXPIRY = """
+import trio, trio.testing, runlease
+
+async def main():
+    async with runlease.open_runtime() as rt:
+        await rt.create_task("t", start=True)
+        session = await rt.open_session(agent="a")
+        claim = await session.claim_next(lease_seconds=30)
+        await trio.sleep(31)
+        print(rt.get_run(claim.run.id).status)
+
+trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+"""
+
+
+def test_an_embedding_host_that_configured_no_logging_gets_nothing_on_stderr() -> None:
+    # Python prints a library's warnings to stderr when no handler exists anywhere; the
+    # runtime brings its own (a NullHandler), so the host's stderr stays its own.
+    done = subprocess.run(
+        [sys.executable, "-c", EMBEDDED_EXPIRY],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "queued"  # the lease did expire
+    assert done.stderr == ""
