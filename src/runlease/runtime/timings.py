@@ -14,29 +14,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from typing import Final
 
-# Claims: a served claim takes tens of microseconds in memory and a commit's flush when
-# durable; a claim that waited for work may wait for minutes.
-CLAIM_SECONDS_BUCKETS: Final = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
-# One group commit: a log write (relaxed), or a write and a flush to disk (durable).
+# Sub-second to a few seconds: one group commit (a log write, or a write and a flush to
+# disk when durable) and a claim served at once both fall here.
 COMMIT_SECONDS_BUCKETS: Final = (
     0.0001,
     0.00025,
@@ -53,6 +32,9 @@ COMMIT_SECONDS_BUCKETS: Final = (
     1.0,
     2.5,
 )
+# Claims: tens of microseconds in memory, a commit's flush when durable; a claim that
+# waited for work may wait for minutes, hence the longer tail.
+CLAIM_SECONDS_BUCKETS: Final = (*COMMIT_SECONDS_BUCKETS, 5.0, 10.0, 30.0, 60.0)
 # From an event to its delivery: milliseconds when the target is up, up to the retry
 # policy's backoff (minutes to an hour) when it was not.
 HOOK_LAG_SECONDS_BUCKETS: Final = (
